@@ -1,0 +1,62 @@
+"""CLI commands: ``portal worker``, ``portal ledger verify``, ``portal seed-demo``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from portal.services.reconciliation import reconcile
+from portal.web.uow import make_uow
+
+ledger = AppGroup("ledger", help="Ledger maintenance and checks.")
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Check every cached balance against its postings and holds, and that the ledger sums to
+    zero per currency. Exits 1 on any violation."""
+    report = reconcile(make_uow())
+    click.echo(
+        f"checked {report.accounts_checked} accounts, {report.entries_checked} journal entries,"
+        f" {report.postings_checked} postings"
+    )
+    for currency, total in sorted(report.totals_by_currency.items()):
+        click.echo(f"  ledger sum {currency}: {total}")
+    for name, total in sorted(report.system_balances.items()):
+        click.echo(f"  system account {name}: {total} (derived from postings)")
+    for v in report.violations:
+        click.echo(f"VIOLATION {v.check} {v.subject}: expected {v.expected}, found {v.actual}")
+    if not report.ok:
+        click.echo(f"FAILED: {len(report.violations)} violation(s)")
+        sys.exit(1)
+    click.echo("OK: ledger balanced, cached balances match postings and holds")
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Run due jobs once and exit.")
+def worker_command(once: bool) -> None:
+    """Run a background worker (payouts, hold expiry, key purge)."""
+    from portal.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker = Worker(
+        lambda: make_uow(app),
+        poll_seconds=app.config["WORKER_POLL_SECONDS"],
+        lease_seconds=app.config["WORKER_LEASE_SECONDS"],
+    )
+    if once:
+        worker.run_periodic()
+        worker.run_once()
+        return
+    worker.install_signal_handlers()
+    worker.serve()
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(ledger)
+    app.cli.add_command(worker_command)

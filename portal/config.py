@@ -1,0 +1,133 @@
+"""Configuration from environment variables, with safe development defaults.
+
+Every variable is documented in the README. In production (``PORTAL_ENV=production``) the
+secrets and the database have no default: a missing one stops start-up with a clear message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from portal.services.settings import DEFAULT_LIMITS, ServiceSettings, parse_limits
+
+INSTANCE_DIR = Path(os.environ.get("PORTAL_INSTANCE_DIR", Path.cwd() / "instance"))
+
+
+class ConfigError(RuntimeError):
+    """A required production setting is missing or malformed."""
+
+
+def _dev_secrets() -> dict[str, str]:
+    """Random development secrets, made once and kept under instance/ so encrypted data stays
+    readable across restarts. Never used in production."""
+    path = INSTANCE_DIR / "dev-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    values = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "PORTAL_VAULT_KEYS": "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "PORTAL_FINGERPRINT_KEY": secrets.token_urlsafe(32),
+        "PORTAL_CVV_KEY": secrets.token_urlsafe(32),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh)
+    return values
+
+
+def database_url(raw: str) -> str:
+    """Accept ``postgres://``/``postgresql://`` URLs and pin the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+def parse_vault_keys(text: str) -> dict[int, bytes]:
+    """``"1:<base64 32 bytes>,2:<base64 32 bytes>"`` -> {1: key, 2: key}."""
+    keys: dict[int, bytes] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        version, _, b64 = part.partition(":")
+        try:
+            key = base64.b64decode(b64, validate=True)
+            keys[int(version)] = key
+        except ValueError as exc:
+            raise ConfigError(f"PORTAL_VAULT_KEYS: cannot read key {version!r}") from exc
+        if len(key) != 32:
+            raise ConfigError(f"PORTAL_VAULT_KEYS: key {version} must be 32 bytes (AES-256)")
+    if not keys:
+        raise ConfigError("PORTAL_VAULT_KEYS is empty")
+    return keys
+
+
+REQUIRED_IN_PRODUCTION = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "PORTAL_VAULT_KEYS",
+    "PORTAL_FINGERPRINT_KEY",
+    "PORTAL_CVV_KEY",
+)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from the environment."""
+    env = os.environ if env is None else env
+    mode = env.get("PORTAL_ENV", "development")
+    if mode not in ("development", "production", "test"):
+        raise ConfigError(f"PORTAL_ENV must be development, production or test, not {mode!r}")
+    if mode == "production":
+        missing = [name for name in REQUIRED_IN_PRODUCTION if not env.get(name)]
+        if missing:
+            raise ConfigError(
+                "missing production settings: " + ", ".join(missing) + " (see README.md)"
+            )
+        defaults: Mapping[str, str] = {}
+    else:
+        defaults = _dev_secrets()
+
+    def get(name: str, default: str | None = None) -> str | None:
+        return env.get(name) or defaults.get(name) or default
+
+    db_raw = get("DATABASE_URL")
+    vault_keys = parse_vault_keys(get("PORTAL_VAULT_KEYS") or "")
+    active = int(get("PORTAL_VAULT_ACTIVE_KEY", str(max(vault_keys))) or 0)
+    if active not in vault_keys:
+        raise ConfigError(f"PORTAL_VAULT_ACTIVE_KEY {active} is not in PORTAL_VAULT_KEYS")
+    try:
+        limits = parse_limits(get("PORTAL_LIMITS")) if get("PORTAL_LIMITS") else DEFAULT_LIMITS
+    except ValueError as exc:
+        raise ConfigError(f"PORTAL_LIMITS: {exc}") from exc
+
+    return {
+        "PORTAL_ENV": mode,
+        "SECRET_KEY": get("SECRET_KEY"),
+        "SQLALCHEMY_DATABASE_URI": database_url(db_raw) if db_raw else None,
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_size": int(get("PORTAL_DB_POOL_SIZE", "10") or 10),
+            "max_overflow": int(get("PORTAL_DB_MAX_OVERFLOW", "10") or 10),
+            "pool_pre_ping": True,
+        },
+        "REDIS_URL": get("REDIS_URL"),
+        "SERVICE_SETTINGS": ServiceSettings(
+            vault_keys=vault_keys,
+            vault_active_key=active,
+            fingerprint_key=(get("PORTAL_FINGERPRINT_KEY") or "").encode(),
+            cvv_key=(get("PORTAL_CVV_KEY") or "").encode(),
+            limits=limits,
+            idempotency_ttl_hours=max(24, int(get("PORTAL_IDEMPOTENCY_TTL_HOURS", "24") or 24)),
+            withdrawal_hold_hours=int(get("PORTAL_WITHDRAWAL_HOLD_HOURS", "72") or 72),
+            payout_delay_seconds=float(get("PORTAL_PAYOUT_DELAY_SECONDS", "3") or 3),
+            max_cards_per_user=int(get("PORTAL_MAX_CARDS_PER_USER", "5") or 5),
+        ),
+        "WORKER_POLL_SECONDS": float(get("PORTAL_WORKER_POLL_SECONDS", "0.5") or 0.5),
+        "WORKER_LEASE_SECONDS": float(get("PORTAL_WORKER_LEASE_SECONDS", "60") or 60),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+    }

@@ -1,0 +1,1 @@
+"""Pure domain types: money, errors, actors and frozen results. No I/O, no Flask."""

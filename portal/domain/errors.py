@@ -1,0 +1,92 @@
+"""Domain errors with stable codes. HTTP status is mapped once per surface, never here."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PortalError(Exception):
+    """Base of every refusal a service can give. ``code`` is stable and part of the API."""
+
+    code: ClassVar[str] = "portal_error"
+    kind: ClassVar[str] = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "code": self.code, "message": self.message, "param": self.param}
+
+
+class InvalidInput(PortalError):
+    code = "invalid_input"
+
+
+class LimitExceeded(InvalidInput):
+    code = "limit_exceeded"
+
+
+class NotFound(PortalError):
+    code = "not_found"
+
+
+class Forbidden(PortalError):
+    code = "forbidden"
+
+
+class Conflict(PortalError):
+    code = "conflict"
+
+
+class InsufficientFunds(PortalError):
+    code = "insufficient_funds"
+    kind = "card_error"
+
+
+class CardUnavailable(PortalError):
+    """The card is frozen, expired or archived (the code says which)."""
+
+    code = "card_unavailable"
+    kind = "card_error"
+
+
+class CurrencyMismatch(InvalidInput):
+    code = "currency_mismatch"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class TemporarilyUnavailable(PortalError):
+    """Lock timeout or repeated deadlock: nothing was written; retry with the same key."""
+
+    code = "try_again"
+    kind = "api_error"
+
+
+class IdempotencyConflict(PortalError):
+    code = "idempotency_key_reused"
+    kind = "idempotency_error"
+
+
+def _subclasses(cls: type[PortalError]) -> dict[str, type[PortalError]]:
+    found = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        found.update(_subclasses(sub))
+    return found
+
+
+def error_to_dict(error: PortalError) -> dict[str, Any]:
+    """What an idempotency record stores for a refusal, enough to raise it again."""
+    return {"class": type(error).__name__, **error.as_dict()}
+
+
+def error_from_dict(data: dict[str, Any]) -> PortalError:
+    """Rebuild a stored refusal (idempotent replay of a failed request)."""
+    cls = _subclasses(PortalError).get(data.get("class", ""), PortalError)
+    return cls(data["message"], param=data.get("param"), code=data["code"])

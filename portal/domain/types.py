@@ -1,0 +1,112 @@
+"""Actors and the frozen results services return (never ORM rows)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from portal.domain.money import Money
+
+
+class ActorKind(enum.StrEnum):
+    USER = "user"
+    MERCHANT = "merchant"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is acting. Services receive it explicitly; they never read a request."""
+
+    kind: ActorKind
+    id: int | None
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    label: str = ""
+
+    @classmethod
+    def user(cls, user_id: int, permissions: frozenset[str] | set[str] = frozenset()) -> Actor:
+        return cls(ActorKind.USER, user_id, frozenset(permissions))
+
+    @classmethod
+    def system(cls, label: str = "system") -> Actor:
+        return cls(ActorKind.SYSTEM, None, frozenset({"*"}), label)
+
+    def can(self, permission: str) -> bool:
+        return "*" in self.permissions or permission in self.permissions
+
+    @property
+    def scope(self) -> str:
+        """Namespace for idempotency keys: one per principal."""
+        return f"{self.kind}:{self.id if self.id is not None else self.label}"
+
+
+class MovementStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CardStatus(enum.StrEnum):
+    ACTIVE = "active"
+    FROZEN = "frozen"
+
+
+class CardType(enum.StrEnum):
+    DEBIT = "debit"
+    CREDIT = "credit"
+    PREPAID = "prepaid"
+
+
+class TopUpMethod(enum.StrEnum):
+    BANK_TRANSFER = "bank_transfer"
+    CREDIT_CARD = "credit_card"
+    DEBIT_CARD = "debit_card"
+    E_WALLET = "e_wallet"
+    CASH = "cash"
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    card_id: int
+    account_id: int
+    posted: Money
+    pending_debits: Money
+
+    @property
+    def available(self) -> Money:
+        return self.posted - self.pending_debits
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """The only result that ever carries a full number and security code: shown once, at issue."""
+
+    card_id: int
+    account_id: int
+    brand: str
+    card_type: str
+    last4: str
+    number: str
+    cvv: str
+    expiry_month: int
+    expiry_year: int
+    currency: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MovementResult:
+    """Outcome of a top-up, transfer or withdrawal."""
+
+    kind: str
+    id: int
+    status: MovementStatus
+    amount: Money
+    card_id: int
+    balance: Balance
+    created_at: datetime
+    counterparty_card_id: int | None = None
+    method: str | None = None
+    journal_entry_id: int | None = None
+    replayed: bool = False

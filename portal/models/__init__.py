@@ -1,0 +1,50 @@
+"""Typed SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
+
+from portal.models.base import Base
+from portal.models.identity import (
+    Permission,
+    RefreshToken,
+    Role,
+    User,
+    role_permissions,
+    user_roles,
+)
+from portal.models.ledger import (
+    CUSTOMER_ACCOUNT_KINDS,
+    SYSTEM_ACCOUNT_KINDS,
+    Account,
+    Card,
+    Hold,
+    JournalEntry,
+    Posting,
+)
+from portal.models.movements import ApiKey, Merchant, Payment, Refund, TopUp, Transfer, Withdrawal
+from portal.models.system import AuditEvent, IdempotencyKey, Job, OutboxEvent
+
+__all__ = [
+    "CUSTOMER_ACCOUNT_KINDS",
+    "SYSTEM_ACCOUNT_KINDS",
+    "Account",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Card",
+    "Hold",
+    "IdempotencyKey",
+    "Job",
+    "JournalEntry",
+    "Merchant",
+    "OutboxEvent",
+    "Payment",
+    "Permission",
+    "Posting",
+    "Refund",
+    "RefreshToken",
+    "Role",
+    "TopUp",
+    "Transfer",
+    "User",
+    "Withdrawal",
+    "role_permissions",
+    "user_roles",
+]

@@ -1,0 +1,193 @@
+"""Business records of money movements: top-ups, transfers, withdrawals, payments, refunds.
+
+Each carries a status (pending, succeeded, failed) and, once money moved, its journal entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.models.base import Base, currency_column, fk_column, money_column, now_column, pk_column
+
+_STATUS = "status IN ('pending', 'succeeded', 'failed')"
+
+
+def _movement_args(table: str) -> tuple[sa.SchemaItem, ...]:
+    return (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint(_STATUS, name="status"),
+        sa.Index(f"ix_{table}_created_at_id", "created_at", "id"),
+    )
+
+
+class TopUp(Base):
+    __tablename__ = "top_ups"
+    __table_args__ = (
+        *_movement_args("top_ups"),
+        sa.CheckConstraint(
+            "method IN ('bank_transfer', 'credit_card', 'debit_card', 'e_wallet', 'cash')",
+            name="method",
+        ),
+        sa.Index("ix_top_ups_user_currency_created_at", "user_id", "currency", "created_at"),
+    )
+
+    id: Mapped[int] = pk_column()
+    card_id: Mapped[int] = fk_column("cards.id")
+    #: The card owner, denormalised for the daily cap and per-user listings.
+    user_id: Mapped[int] = fk_column("users.id")
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    method: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    failure_code: Mapped[str | None] = mapped_column(sa.String(64))
+    journal_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    created_by_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = now_column()
+    archived_at: Mapped[datetime | None]
+
+
+class Transfer(Base):
+    __tablename__ = "transfers"
+    __table_args__ = (
+        *_movement_args("transfers"),
+        sa.CheckConstraint("from_card_id <> to_card_id", name="distinct_cards"),
+    )
+
+    id: Mapped[int] = pk_column()
+    from_card_id: Mapped[int] = fk_column("cards.id")
+    to_card_id: Mapped[int] = fk_column("cards.id")
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    memo: Mapped[str] = mapped_column(sa.String(140), nullable=False, server_default="")
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    failure_code: Mapped[str | None] = mapped_column(sa.String(64))
+    journal_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    created_by_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = now_column()
+    archived_at: Mapped[datetime | None]
+
+
+class Withdrawal(Base):
+    __tablename__ = "withdrawals"
+    __table_args__ = _movement_args("withdrawals")
+
+    id: Mapped[int] = pk_column()
+    card_id: Mapped[int] = fk_column("cards.id")
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    failure_code: Mapped[str | None] = mapped_column(sa.String(64))
+    hold_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("holds.id"))
+    journal_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    #: Payout destination, encrypted by the vault like card numbers (JSON inside).
+    bank_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    bank_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    bank_name: Mapped[str] = mapped_column(sa.String(100), nullable=False, server_default="")
+    bank_account_last4: Mapped[str] = mapped_column(sa.String(4), nullable=False, server_default="")
+    payout_reference: Mapped[str | None] = mapped_column(sa.String(64))
+    created_by_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = now_column()
+    completed_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN ('pending', 'approved', 'rejected', 'suspended')", name="status"
+        ),
+    )
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = fk_column("users.id")
+    name: Mapped[str] = mapped_column(sa.String(120), nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="pending")
+    created_at: Mapped[datetime] = now_column()
+    updated_at: Mapped[datetime] = now_column()
+    archived_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (sa.CheckConstraint("mode IN ('test', 'live')", name="mode"),)
+
+    id: Mapped[int] = pk_column()
+    merchant_id: Mapped[int] = fk_column("merchants.id")
+    name: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default="")
+    #: Public prefix shown in lists (e.g. ``sk_live_AbC1``); the secret is never stored.
+    prefix: Mapped[str] = mapped_column(sa.String(32), nullable=False, unique=True)
+    key_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    mode: Mapped[str] = mapped_column(sa.String(8), nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(
+        sa.ARRAY(sa.String(64)), nullable=False, server_default="{}"
+    )
+    created_at: Mapped[datetime] = now_column()
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint(
+            "captured_minor >= 0 AND captured_minor <= amount_minor", name="captured"
+        ),
+        sa.CheckConstraint(
+            "refunded_minor >= 0 AND refunded_minor <= captured_minor", name="refunded"
+        ),
+        sa.CheckConstraint(
+            "status IN ('authorized', 'captured', 'voided', 'expired', 'failed',"
+            " 'partially_refunded', 'refunded')",
+            name="status",
+        ),
+        sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = pk_column()
+    merchant_id: Mapped[int] = fk_column("merchants.id")
+    card_id: Mapped[int] = fk_column("cards.id")
+    amount_minor: Mapped[int] = money_column()
+    captured_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    refunded_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    currency: Mapped[str] = currency_column()
+    status: Mapped[str] = mapped_column(sa.String(24), nullable=False)
+    failure_code: Mapped[str | None] = mapped_column(sa.String(64))
+    hold_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("holds.id"))
+    description: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
+    livemode: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.true())
+    created_at: Mapped[datetime] = now_column()
+    updated_at: Mapped[datetime] = now_column()
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint(_STATUS, name="status"),
+    )
+
+    id: Mapped[int] = pk_column()
+    payment_id: Mapped[int] = fk_column("payments.id")
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    reason: Mapped[str] = mapped_column(sa.String(32), nullable=False, server_default="")
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    journal_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    created_at: Mapped[datetime] = now_column()

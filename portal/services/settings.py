@@ -1,0 +1,87 @@
+"""Settings the services need, passed in through the unit of work (never read from Flask)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from portal.domain.money import Money, MoneyError
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-currency limits in minor units. ``daily`` caps the sum per user per UTC day."""
+
+    minimum: int
+    maximum: int
+    daily: int | None = None
+
+
+#: Per currency, per movement kind; written in major units and converted once.
+DEFAULT_LIMITS_MAJOR: dict[str, dict[str, dict[str, str]]] = {
+    "IDR": {
+        "top_up": {"min": "50000", "max": "100000000", "daily": "250000000"},
+        "withdrawal": {"min": "50000", "max": "100000000"},
+        "transfer": {"min": "1000", "max": "100000000"},
+    },
+    "USD": {
+        "top_up": {"min": "5", "max": "10000", "daily": "25000"},
+        "withdrawal": {"min": "5", "max": "10000"},
+        "transfer": {"min": "0.01", "max": "10000"},
+    },
+    "EUR": {
+        "top_up": {"min": "5", "max": "10000", "daily": "25000"},
+        "withdrawal": {"min": "5", "max": "10000"},
+        "transfer": {"min": "0.01", "max": "10000"},
+    },
+    "SGD": {
+        "top_up": {"min": "5", "max": "10000", "daily": "25000"},
+        "withdrawal": {"min": "5", "max": "10000"},
+        "transfer": {"min": "0.01", "max": "10000"},
+    },
+    "JPY": {
+        "top_up": {"min": "500", "max": "1000000", "daily": "2500000"},
+        "withdrawal": {"min": "500", "max": "1000000"},
+        "transfer": {"min": "1", "max": "1000000"},
+    },
+}
+
+
+def parse_limits(source: str | dict[str, Any] | None) -> dict[str, dict[str, Limits]]:
+    """Convert a JSON document of major-unit limits to minor-unit ``Limits``."""
+    data = json.loads(source) if isinstance(source, str) else (source or {})
+    out: dict[str, dict[str, Limits]] = {}
+    for cur, kinds in data.items():
+        per_kind: dict[str, Limits] = {}
+        for kind, spec in kinds.items():
+            try:
+                lo = Money.of_major(spec["min"], cur)
+                hi = Money.of_major(spec["max"], cur)
+                daily = Money.of_major(spec["daily"], cur).amount_minor if "daily" in spec else None
+            except (KeyError, MoneyError) as exc:
+                raise ValueError(f"{cur}.{kind}: {exc}") from exc
+            if not 0 < lo.amount_minor <= hi.amount_minor:
+                raise ValueError(f"{cur}.{kind}: need 0 < min <= max")
+            per_kind[kind] = Limits(lo.amount_minor, hi.amount_minor, daily)
+        out[lo.currency if per_kind else cur.upper()] = per_kind
+    return out
+
+
+DEFAULT_LIMITS = parse_limits(DEFAULT_LIMITS_MAJOR)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    vault_keys: dict[int, bytes]
+    vault_active_key: int
+    fingerprint_key: bytes
+    cvv_key: bytes
+    limits: dict[str, dict[str, Limits]] = field(default_factory=lambda: DEFAULT_LIMITS)
+    idempotency_ttl_hours: int = 24
+    withdrawal_hold_hours: int = 72
+    payout_delay_seconds: float = 3.0
+    max_cards_per_user: int = 5
+
+    def limits_for(self, currency: str, kind: str) -> Limits | None:
+        return self.limits.get(currency, {}).get(kind)

@@ -1,0 +1,570 @@
+"""Money movements on card wallets: top-up, transfer, withdrawal (hold, then post or void).
+
+Every movement follows one shape inside ``uow.run``: pure checks (invalid input writes nothing),
+claim the idempotency key, lock the wallets in account-id order, check ownership and currency
+(refusals that write nothing), then either refuse after locking (a failed record, its audit
+event and the stored response are committed, no journal entry, no balance change) or move the
+money (journal entry, postings, cached balances, business record, audit event, stored response).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+
+from portal.domain.errors import (
+    CurrencyMismatch,
+    Forbidden,
+    InsufficientFunds,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    PortalError,
+    error_from_dict,
+    error_to_dict,
+)
+from portal.domain.money import Money
+from portal.domain.types import Actor, Balance, MovementResult, MovementStatus, TopUpMethod
+from portal.services import audit, idempotency, jobs
+from portal.services.ledger import (
+    LockedWallet,
+    bump_change_versions,
+    card_refusal,
+    lock_wallets,
+    place_hold,
+    post_entry,
+    release_hold,
+    system_account_id,
+    wallet_for,
+)
+from portal.services.uow import UnitOfWork
+from portal.services.vault import Vault
+
+PAYOUT_JOB = "withdrawal.payout"
+
+
+# -- results and replays ---------------------------------------------------------------------
+def _result_to_dict(result: MovementResult) -> dict[str, Any]:
+    data = asdict(result)
+    data["created_at"] = result.created_at.isoformat()
+    return data
+
+
+def _result_from_dict(data: dict[str, Any]) -> MovementResult:
+    def money(m: dict[str, Any]) -> Money:
+        return Money(m["amount_minor"], m["currency"])
+
+    bal = data["balance"]
+    return MovementResult(
+        kind=data["kind"],
+        id=data["id"],
+        status=MovementStatus(data["status"]),
+        amount=money(data["amount"]),
+        card_id=data["card_id"],
+        balance=Balance(
+            bal["card_id"], bal["account_id"], money(bal["posted"]), money(bal["pending_debits"])
+        ),
+        created_at=datetime.fromisoformat(data["created_at"]),
+        counterparty_card_id=data["counterparty_card_id"],
+        method=data["method"],
+        journal_entry_id=data["journal_entry_id"],
+        replayed=True,
+    )
+
+
+def _replay(stored: dict[str, Any]) -> MovementResult:
+    if "error" in stored:
+        raise error_from_dict(stored["error"])
+    return _result_from_dict(stored["result"])
+
+
+def _finish(uow: UnitOfWork, claim: idempotency.Claim, result: MovementResult) -> MovementResult:
+    idempotency.store(uow, claim, {"result": _result_to_dict(result)})
+    return result
+
+
+def _refuse(
+    uow: UnitOfWork, claim: idempotency.Claim, error: PortalError, result: MovementResult
+) -> MovementResult:
+    idempotency.store(uow, claim, {"error": error_to_dict(error)})
+    uow.refuse_after_commit(error)
+    return result
+
+
+# -- pure checks -----------------------------------------------------------------------------
+def _check_amount(uow: UnitOfWork, amount: Money, kind: str, label: str) -> None:
+    if amount.amount_minor <= 0:
+        raise InvalidInput("amount must be positive", param="amount")
+    limits = uow.settings.limits_for(amount.currency, kind)
+    if limits is None:
+        raise InvalidInput(f"{label}s in {amount.currency} are not supported", param="currency")
+    if amount.amount_minor < limits.minimum:
+        minimum = Money(limits.minimum, amount.currency)
+        raise LimitExceeded(f"amount below the minimum of {minimum}", param="amount")
+    if amount.amount_minor > limits.maximum:
+        maximum = Money(limits.maximum, amount.currency)
+        raise LimitExceeded(f"amount above the maximum of {maximum}", param="amount")
+
+
+def _check_currency(wallet: LockedWallet, amount: Money, param: str) -> None:
+    if wallet.currency != amount.currency:
+        raise CurrencyMismatch(
+            f"the card holds {wallet.currency}, not {amount.currency}", param=param
+        )
+
+
+def _require(actor: Actor, permission: str) -> None:
+    if not actor.can(permission) and not actor.can("money:manage"):
+        raise Forbidden(f"missing permission {permission}")
+
+
+def _insufficient(wallet: LockedWallet, amount: Money) -> InsufficientFunds | None:
+    if wallet.available >= amount.amount_minor:
+        return None
+    available = Money(wallet.available, wallet.currency)
+    return InsufficientFunds(f"not enough available money ({available} available)", param="amount")
+
+
+def _day_start(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# -- top-up ----------------------------------------------------------------------------------
+def top_up(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    card_id: int,
+    amount: Money,
+    method: str,
+    idempotency_key: str,
+) -> MovementResult:
+    """Add money to a card's wallet from an outside method. Raises InvalidInput,
+    LimitExceeded, NotFound, CurrencyMismatch, CardUnavailable, IdempotencyConflict."""
+    _require(actor, "wallet:use")
+    key = idempotency.check_key(idempotency_key)
+    if method not in TopUpMethod.__members__.values():
+        allowed = ", ".join(m.value for m in TopUpMethod)
+        raise InvalidInput(f"method must be one of {allowed}", param="method")
+    _check_amount(uow, amount, "top_up", "top-up")
+    params = {"card_id": card_id, "amount": amount.amount_minor, "currency": amount.currency,
+              "method": method}  # fmt: skip
+
+    def work(uow: UnitOfWork) -> MovementResult:
+        claim = idempotency.claim(uow, actor, key, "top_up", params)
+        if claim.replay is not None:
+            return _replay(claim.replay)
+        wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
+        _check_currency(wallet, amount, "currency")
+        bump_change_versions(uow, [wallet.user_id])  # also serialises this user's daily cap
+        now = uow.now()
+        refusal: PortalError | None = card_refusal(wallet, now)
+        limits = uow.settings.limits_for(amount.currency, "top_up")
+        if refusal is None and limits is not None and limits.daily is not None:
+            today = uow.execute(
+                "SELECT COALESCE(SUM(amount_minor), 0) FROM top_ups WHERE user_id = :user"
+                " AND currency = :cur AND status = 'succeeded' AND created_at >= :since",
+                {"user": wallet.user_id, "cur": amount.currency, "since": _day_start(now)},
+            ).scalar_one()
+            if today + amount.amount_minor > limits.daily:
+                left = Money(max(limits.daily - today, 0), amount.currency)
+                refusal = LimitExceeded(
+                    f"daily top-up limit of {Money(limits.daily, amount.currency)} reached"
+                    f" ({left} left today)",
+                    param="amount",
+                    code="daily_limit_exceeded",
+                )
+
+        entry_id = None
+        posted = wallet.posted
+        if refusal is None:
+            funding = system_account_id(uow, "funding", amount.currency)
+            entry_id, balances = post_entry(
+                uow,
+                kind="top_up",
+                currency=amount.currency,
+                legs=[(funding, -amount.amount_minor), (wallet.account_id, amount.amount_minor)],
+                description=f"top-up via {method}",
+            )
+            posted = balances[wallet.account_id]
+        status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
+        top_up_id = uow.execute(
+            "INSERT INTO top_ups (card_id, user_id, amount_minor, currency, method, status,"
+            " failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
+            " VALUES (:card, :user, :amount, :cur, :method, :status, :failure, :entry,"
+            " :actor_kind, :actor_id, :now) RETURNING id",
+            {"card": card_id, "user": wallet.user_id, "amount": amount.amount_minor,
+             "cur": amount.currency, "method": method, "status": status,
+             "failure": refusal.code if refusal else None, "entry": entry_id,
+             "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
+        ).scalar_one()  # fmt: skip
+        audit.record(
+            uow, actor, "top_up.create", "top_up", top_up_id,
+            outcome="failure" if refusal else "success",
+            data={"card_id": card_id, "amount_minor": amount.amount_minor,
+                  "currency": amount.currency, "method": method,
+                  "failure_code": refusal.code if refusal else None},
+        )  # fmt: skip
+        result = MovementResult(
+            kind="top_up", id=top_up_id, status=status, amount=amount, card_id=card_id,
+            balance=wallet.balance(posted=posted), created_at=now, method=method,
+            journal_entry_id=entry_id,
+        )  # fmt: skip
+        if refusal is not None:
+            return _refuse(uow, claim, refusal, result)
+        return _finish(uow, claim, result)
+
+    return uow.run(work)
+
+
+# -- transfer --------------------------------------------------------------------------------
+def transfer(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    from_card_id: int,
+    to_card_id: int,
+    amount: Money,
+    idempotency_key: str,
+    memo: str = "",
+) -> MovementResult:
+    """Move money between two cards of one currency. Raises InvalidInput, LimitExceeded,
+    NotFound, CurrencyMismatch, CardUnavailable, InsufficientFunds, IdempotencyConflict."""
+    _require(actor, "wallet:use")
+    key = idempotency.check_key(idempotency_key)
+    if from_card_id == to_card_id:
+        raise InvalidInput("cannot transfer to the same card", param="to_card_id")
+    memo = (memo or "").strip()
+    if len(memo) > 140:
+        raise InvalidInput("memo is at most 140 characters", param="memo")
+    _check_amount(uow, amount, "transfer", "transfer")
+    params = {"from": from_card_id, "to": to_card_id, "amount": amount.amount_minor,
+              "currency": amount.currency, "memo": memo}  # fmt: skip
+
+    def work(uow: UnitOfWork) -> MovementResult:
+        claim = idempotency.claim(uow, actor, key, "transfer", params)
+        if claim.replay is not None:
+            return _replay(claim.replay)
+        wallets = lock_wallets(uow, [from_card_id, to_card_id])
+        source = wallet_for(wallets, from_card_id, actor, "from_card_id")
+        dest = wallet_for(wallets, to_card_id, None, "to_card_id")
+        _check_currency(source, amount, "currency")
+        _check_currency(dest, amount, "to_card_id")
+        bump_change_versions(uow, [source.user_id, dest.user_id])
+        now = uow.now()
+        refusal: PortalError | None = (
+            card_refusal(source, now) or card_refusal(dest, now) or _insufficient(source, amount)
+        )
+        entry_id = None
+        posted = source.posted
+        if refusal is None:
+            entry_id, balances = post_entry(
+                uow,
+                kind="transfer",
+                currency=amount.currency,
+                legs=[(source.account_id, -amount.amount_minor),
+                      (dest.account_id, amount.amount_minor)],
+                description=memo,
+            )  # fmt: skip
+            posted = balances[source.account_id]
+        status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
+        transfer_id = uow.execute(
+            "INSERT INTO transfers (from_card_id, to_card_id, amount_minor, currency, memo,"
+            " status, failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
+            " VALUES (:src, :dst, :amount, :cur, :memo, :status, :failure, :entry,"
+            " :actor_kind, :actor_id, :now) RETURNING id",
+            {"src": from_card_id, "dst": to_card_id, "amount": amount.amount_minor,
+             "cur": amount.currency, "memo": memo, "status": status,
+             "failure": refusal.code if refusal else None, "entry": entry_id,
+             "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
+        ).scalar_one()  # fmt: skip
+        audit.record(
+            uow, actor, "transfer.create", "transfer", transfer_id,
+            outcome="failure" if refusal else "success",
+            data={"from_card_id": from_card_id, "to_card_id": to_card_id,
+                  "amount_minor": amount.amount_minor, "currency": amount.currency,
+                  "failure_code": refusal.code if refusal else None},
+        )  # fmt: skip
+        result = MovementResult(
+            kind="transfer", id=transfer_id, status=status, amount=amount, card_id=from_card_id,
+            balance=source.balance(posted=posted), created_at=now,
+            counterparty_card_id=to_card_id, journal_entry_id=entry_id,
+        )  # fmt: skip
+        if refusal is not None:
+            return _refuse(uow, claim, refusal, result)
+        return _finish(uow, claim, result)
+
+    return uow.run(work)
+
+
+# -- withdrawal ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BankAccount:
+    """Where a withdrawal is paid out. Stored encrypted; only the bank and last four shown."""
+
+    bank_name: str
+    account_number: str
+    account_holder: str
+
+    def validated(self) -> BankAccount:
+        name = self.bank_name.strip()
+        number = self.account_number.replace(" ", "").replace("-", "").upper()
+        holder = self.account_holder.strip()
+        if not 2 <= len(name) <= 100:
+            raise InvalidInput("bank name is 2 to 100 characters", param="bank_name")
+        if not (6 <= len(number) <= 34 and number.isalnum() and number.isascii()):
+            raise InvalidInput(
+                "account number is 6 to 34 letters or digits", param="account_number"
+            )
+        if not 2 <= len(holder) <= 100:
+            raise InvalidInput("account holder is 2 to 100 characters", param="account_holder")
+        return BankAccount(name, number, holder)
+
+
+def withdraw(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    card_id: int,
+    amount: Money,
+    bank: BankAccount,
+    idempotency_key: str,
+) -> MovementResult:
+    """Reserve money for a payout to a bank account (a hold, posted when the payout is confirmed,
+    voided when it fails). Raises InvalidInput, LimitExceeded, NotFound, CurrencyMismatch,
+    CardUnavailable, InsufficientFunds, IdempotencyConflict."""
+    _require(actor, "wallet:use")
+    key = idempotency.check_key(idempotency_key)
+    bank = bank.validated()
+    _check_amount(uow, amount, "withdrawal", "withdrawal")
+    params = {"card_id": card_id, "amount": amount.amount_minor, "currency": amount.currency,
+              "bank": [bank.bank_name, bank.account_number, bank.account_holder]}  # fmt: skip
+
+    def work(uow: UnitOfWork) -> MovementResult:
+        claim = idempotency.claim(uow, actor, key, "withdraw", params)
+        if claim.replay is not None:
+            return _replay(claim.replay)
+        wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
+        _check_currency(wallet, amount, "currency")
+        bump_change_versions(uow, [wallet.user_id])
+        now = uow.now()
+        refusal: PortalError | None = card_refusal(wallet, now) or _insufficient(wallet, amount)
+        hold_id = None
+        pending = wallet.pending
+        if refusal is None:
+            hold_id, pending = place_hold(
+                uow,
+                wallet,
+                amount.amount_minor,
+                kind="withdrawal",
+                expires_at=now + timedelta(hours=uow.settings.withdrawal_hold_hours),
+            )
+        blob, version = Vault.from_settings(uow.settings).encrypt(
+            json.dumps(asdict(bank)).encode(), purpose="withdrawal.bank"
+        )
+        status = MovementStatus.FAILED if refusal else MovementStatus.PENDING
+        withdrawal_id = uow.execute(
+            "INSERT INTO withdrawals (card_id, amount_minor, currency, status, failure_code,"
+            " hold_id, bank_ciphertext, bank_key_version, bank_name, bank_account_last4,"
+            " created_by_kind, created_by_id, created_at, completed_at)"
+            " VALUES (:card, :amount, :cur, :status, :failure, :hold, :blob, :version,"
+            " :bank_name, :last4, :actor_kind, :actor_id, :now, :completed) RETURNING id",
+            {"card": card_id, "amount": amount.amount_minor, "cur": amount.currency,
+             "status": status, "failure": refusal.code if refusal else None, "hold": hold_id,
+             "blob": blob, "version": version, "bank_name": bank.bank_name,
+             "last4": bank.account_number[-4:], "actor_kind": str(actor.kind),
+             "actor_id": actor.id, "now": now, "completed": now if refusal else None},
+        ).scalar_one()  # fmt: skip
+        if refusal is None:
+            jobs.enqueue(
+                uow,
+                PAYOUT_JOB,
+                {"withdrawal_id": withdrawal_id},
+                run_at=now + timedelta(seconds=uow.settings.payout_delay_seconds),
+                dedupe_key=f"payout:{withdrawal_id}",
+            )
+        audit.record(
+            uow, actor, "withdrawal.create", "withdrawal", withdrawal_id,
+            outcome="failure" if refusal else "success",
+            data={"card_id": card_id, "amount_minor": amount.amount_minor,
+                  "currency": amount.currency, "hold_id": hold_id,
+                  "failure_code": refusal.code if refusal else None},
+        )  # fmt: skip
+        result = MovementResult(
+            kind="withdrawal", id=withdrawal_id, status=status, amount=amount, card_id=card_id,
+            balance=wallet.balance(pending=pending), created_at=now,
+        )  # fmt: skip
+        if refusal is not None:
+            return _refuse(uow, claim, refusal, result)
+        return _finish(uow, claim, result)
+
+    return uow.run(work)
+
+
+def _settle_withdrawal(
+    uow: UnitOfWork,
+    actor: Actor,
+    withdrawal_id: int,
+    *,
+    succeeded: bool,
+    failure_code: str | None = None,
+    hold_status: str = "voided",
+    payout_reference: str | None = None,
+) -> MovementResult:
+    def work(uow: UnitOfWork) -> MovementResult:
+        card_id = uow.execute(
+            "SELECT card_id FROM withdrawals WHERE id = :id", {"id": withdrawal_id}
+        ).scalar()
+        if card_id is None:
+            raise NotFound("no such withdrawal", param="withdrawal_id")
+        wallet = lock_wallets(uow, [card_id])[card_id]  # accounts first, then the record
+        w = uow.execute(
+            "SELECT id, amount_minor, currency, status, hold_id, created_at, journal_entry_id"
+            " FROM withdrawals WHERE id = :id FOR UPDATE",
+            {"id": withdrawal_id},
+        ).one()
+        amount = Money(w.amount_minor, w.currency)
+        result = MovementResult(
+            kind="withdrawal", id=w.id, status=MovementStatus(w.status), amount=amount,
+            card_id=card_id, balance=wallet.balance(), created_at=w.created_at,
+            journal_entry_id=w.journal_entry_id,
+        )  # fmt: skip
+        if w.status != MovementStatus.PENDING:
+            return result  # already settled: settling is idempotent
+        now = uow.now()
+        if succeeded:
+            pending = release_hold(uow, w.hold_id, status="posted")
+            entry_id, balances = post_entry(
+                uow,
+                kind="withdrawal",
+                currency=w.currency,
+                legs=[(wallet.account_id, -w.amount_minor),
+                      (system_account_id(uow, "payouts", w.currency), w.amount_minor)],
+                description=f"payout {payout_reference or ''}".strip(),
+            )  # fmt: skip
+            uow.execute(
+                "UPDATE holds SET journal_entry_id = :entry WHERE id = :hold",
+                {"entry": entry_id, "hold": w.hold_id},
+            )
+            status, posted = MovementStatus.SUCCEEDED, balances[wallet.account_id]
+        else:
+            pending = release_hold(uow, w.hold_id, status=hold_status)
+            entry_id, status, posted = None, MovementStatus.FAILED, wallet.posted
+        uow.execute(
+            "UPDATE withdrawals SET status = :status, failure_code = :failure,"
+            " journal_entry_id = :entry, payout_reference = :ref, completed_at = :now"
+            " WHERE id = :id",
+            {"status": status, "failure": failure_code, "entry": entry_id,
+             "ref": payout_reference, "now": now, "id": w.id},
+        )  # fmt: skip
+        bump_change_versions(uow, [wallet.user_id])
+        audit.record(
+            uow, actor, "withdrawal.confirm" if succeeded else "withdrawal.fail", "withdrawal",
+            w.id, data={"failure_code": failure_code, "payout_reference": payout_reference},
+        )  # fmt: skip
+        return replace(
+            result,
+            status=status,
+            journal_entry_id=entry_id,
+            balance=wallet.balance(posted=posted, pending=pending),
+        )
+
+    return uow.run(work)
+
+
+def confirm_withdrawal(
+    uow: UnitOfWork, *, actor: Actor, withdrawal_id: int, payout_reference: str | None = None
+) -> MovementResult:
+    """Post a pending withdrawal's hold: the money leaves the wallet for the payouts account.
+    A withdrawal that is no longer pending is returned unchanged. Raises NotFound, Forbidden."""
+    _require_staff(actor)
+    return _settle_withdrawal(
+        uow, actor, withdrawal_id, succeeded=True, payout_reference=payout_reference
+    )
+
+
+def fail_withdrawal(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    withdrawal_id: int,
+    failure_code: str = "payout_failed",
+    hold_status: str = "voided",
+) -> MovementResult:
+    """Void a pending withdrawal's hold: the money becomes available again. A withdrawal that is
+    no longer pending is returned unchanged. Raises NotFound, Forbidden."""
+    _require_staff(actor)
+    return _settle_withdrawal(
+        uow, actor, withdrawal_id, succeeded=False, failure_code=failure_code,
+        hold_status=hold_status,
+    )  # fmt: skip
+
+
+def _require_staff(actor: Actor) -> None:
+    if not actor.can("withdrawals:manage"):
+        raise Forbidden("missing permission withdrawals:manage")
+
+
+def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
+    """Expire pending holds past their expiry, each in its own short transaction. A withdrawal
+    whose hold expires fails with ``hold_expired``. Returns how many holds expired."""
+    expired = uow.run(
+        lambda u: u.execute(
+            "SELECT h.id, h.kind, a.card_id, w.id AS withdrawal_id FROM holds h"
+            " JOIN accounts a ON a.id = h.account_id"
+            " LEFT JOIN withdrawals w ON w.hold_id = h.id"
+            " WHERE h.status = 'pending' AND h.expires_at <= :now ORDER BY h.expires_at LIMIT :n",
+            {"now": u.now(), "n": limit},
+        ).all()
+    )
+    count = 0
+    for hold in expired:
+        if hold.withdrawal_id is not None:
+            result = fail_withdrawal(
+                uow, actor=actor, withdrawal_id=hold.withdrawal_id,
+                failure_code="hold_expired", hold_status="expired",
+            )  # fmt: skip
+            count += result.status == MovementStatus.FAILED
+        else:
+
+            def expire_one(u: UnitOfWork, hold: Any = hold) -> bool:
+                lock_wallets(u, [hold.card_id])
+                return release_hold(u, hold.id, status="expired") is not None
+
+            count += uow.run(expire_one)
+    return count
+
+
+def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: int) -> Balance:
+    """A card's posted and pending balances. Raises NotFound."""
+
+    def work(u: UnitOfWork) -> Balance:
+        row = u.execute(
+            "SELECT a.id, a.currency, a.posted_minor, a.pending_debits_minor, c.user_id"
+            " FROM accounts a JOIN cards c ON c.id = a.card_id WHERE c.id = :card",
+            {"card": card_id},
+        ).first()
+        if row is None or (row.user_id != actor.id and not actor.can("money:read")):
+            raise NotFound("no such card", param="card_id")
+        return Balance(
+            card_id, row.id, Money(row.posted_minor, row.currency),
+            Money(row.pending_debits_minor, row.currency),
+        )  # fmt: skip
+
+    return uow.run(work)
+
+
+__all__ = [
+    "PAYOUT_JOB",
+    "BankAccount",
+    "confirm_withdrawal",
+    "expire_holds",
+    "fail_withdrawal",
+    "get_balance",
+    "top_up",
+    "transfer",
+    "withdraw",
+]

@@ -1,0 +1,12 @@
+"""Shared web glue: the unit-of-work factory, health, landing page and error handlers."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from portal.web import health, uow
+
+
+def init_app(app: Flask) -> None:
+    uow.init_app(app)
+    app.register_blueprint(health.bp)
