@@ -35,71 +35,73 @@ class ReconciliationReport:
         return not self.violations
 
 
+RECONCILE_SQL = """
+WITH per_account AS (
+    SELECT a.id, a.kind, a.currency, a.posted_minor, a.pending_debits_minor,
+           COALESCE(p.total, 0) AS postings_total, COALESCE(h.total, 0) AS holds_total
+    FROM accounts a
+    LEFT JOIN (SELECT account_id, SUM(amount_minor) AS total FROM postings
+               GROUP BY account_id) p ON p.account_id = a.id
+    LEFT JOIN (SELECT account_id, SUM(amount_minor) AS total FROM holds
+               WHERE status = 'pending' GROUP BY account_id) h ON h.account_id = a.id
+), mismatched AS (
+    SELECT * FROM per_account
+    WHERE kind IN ('wallet', 'merchant')
+      AND (posted_minor <> postings_total OR pending_debits_minor <> holds_total
+           OR posted_minor - pending_debits_minor < 0)
+), unbalanced AS (
+    SELECT journal_entry_id, currency, SUM(amount_minor) AS total FROM postings
+    GROUP BY journal_entry_id, currency HAVING SUM(amount_minor) <> 0
+)
+SELECT
+    (SELECT count(*) FROM per_account) AS accounts,
+    (SELECT count(*) FROM journal_entries) AS entries,
+    (SELECT count(*) FROM postings) AS postings,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(m)), '[]') FROM mismatched m) AS mismatched,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(u)), '[]') FROM unbalanced u) AS unbalanced,
+    (SELECT COALESCE(jsonb_object_agg(currency, total), '{}')
+       FROM (SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency) t)
+       AS totals,
+    (SELECT COALESCE(jsonb_object_agg(kind || ':' || currency, postings_total), '{}')
+       FROM per_account WHERE kind IN ('funding', 'payouts', 'fees') AND postings_total <> 0)
+       AS system
+"""
+
+
 def reconcile(uow: UnitOfWork) -> ReconciliationReport:
-    """Run every check in one REPEATABLE READ snapshot (consistent while money moves)."""
+    """Run every check in one statement, so it reads one consistent snapshot even while money
+    moves."""
 
     def work(u: UnitOfWork) -> ReconciliationReport:
-        u.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = u.execute(RECONCILE_SQL).one()
         violations: list[Violation] = []
-        accounts = u.execute(
-            """
-            SELECT a.id, a.kind, a.currency, a.posted_minor, a.pending_debits_minor,
-                   COALESCE(p.total, 0) AS postings_total, COALESCE(h.total, 0) AS holds_total
-            FROM accounts a
-            LEFT JOIN (SELECT account_id, SUM(amount_minor) AS total FROM postings
-                       GROUP BY account_id) p ON p.account_id = a.id
-            LEFT JOIN (SELECT account_id, SUM(amount_minor) AS total FROM holds
-                       WHERE status = 'pending' GROUP BY account_id) h ON h.account_id = a.id
-            ORDER BY a.id
-            """
-        ).all()
-        system: dict[str, int] = {}
-        for a in accounts:
-            if a.kind in ("wallet", "merchant"):
-                if a.posted_minor != a.postings_total:
-                    violations.append(
-                        Violation("posted_balance", f"account {a.id}", a.postings_total,
-                                  a.posted_minor)
-                    )  # fmt: skip
-                if a.pending_debits_minor != a.holds_total:
-                    violations.append(
-                        Violation("pending_debits", f"account {a.id}", a.holds_total,
-                                  a.pending_debits_minor)
-                    )  # fmt: skip
-                if a.posted_minor - a.pending_debits_minor < 0:
-                    violations.append(
-                        Violation("available_non_negative", f"account {a.id}", 0,
-                                  a.posted_minor - a.pending_debits_minor)
-                    )  # fmt: skip
-            elif a.postings_total:
-                system[f"{a.kind}:{a.currency}"] = int(a.postings_total)
-        totals = {
-            row.currency: int(row.total)
-            for row in u.execute(
-                "SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency"
-            )
-        }
-        for cur, total in totals.items():
-            if total != 0:
-                violations.append(Violation("ledger_sum", cur, 0, total))
-        for row in u.execute(
-            "SELECT journal_entry_id, currency, SUM(amount_minor) AS total FROM postings"
-            " GROUP BY journal_entry_id, currency HAVING SUM(amount_minor) <> 0"
-        ):
-            violations.append(
-                Violation("entry_sum", f"entry {row.journal_entry_id} {row.currency}", 0,
-                          int(row.total))
-            )  # fmt: skip
-        counts = u.execute(
-            "SELECT (SELECT count(*) FROM journal_entries) AS entries,"
-            " (SELECT count(*) FROM postings) AS postings"
-        ).one()
+        for a in row.mismatched:
+            subject = f"account {a['id']}"
+            if a["posted_minor"] != a["postings_total"]:
+                violations.append(
+                    Violation("posted_balance", subject, a["postings_total"], a["posted_minor"])
+                )
+            if a["pending_debits_minor"] != a["holds_total"]:
+                violations.append(
+                    Violation(
+                        "pending_debits", subject, a["holds_total"], a["pending_debits_minor"]
+                    )
+                )
+            available = a["posted_minor"] - a["pending_debits_minor"]
+            if available < 0:
+                violations.append(Violation("available_non_negative", subject, 0, available))
+        totals = {cur: int(total) for cur, total in row.totals.items()}
+        violations += [Violation("ledger_sum", cur, 0, t) for cur, t in totals.items() if t]
+        violations += [
+            Violation("entry_sum", f"entry {e['journal_entry_id']} {e['currency']}", 0, e["total"])
+            for e in row.unbalanced
+        ]
         return ReconciliationReport(
-            accounts_checked=len(accounts),
-            entries_checked=counts.entries,
-            postings_checked=counts.postings,
+            accounts_checked=row.accounts,
+            entries_checked=row.entries,
+            postings_checked=row.postings,
             totals_by_currency=totals,
-            system_balances=system,
+            system_balances={k: int(v) for k, v in row.system.items()},
             violations=violations,
         )
 

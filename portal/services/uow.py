@@ -122,7 +122,7 @@ class UnitOfWork:
                     log.warning("retrying after %s (attempt %d)", type(exc.orig).__name__, attempt)
                     time.sleep(0.005 * 2**attempt)
                     continue
-                if isinstance(exc.orig, psycopg.errors.LockNotAvailable | RETRYABLE):
+                if isinstance(exc.orig, (psycopg.errors.LockNotAvailable, *RETRYABLE)):
                     raise TemporarilyUnavailable(
                         "the account is busy; try again with the same idempotency key"
                     ) from exc

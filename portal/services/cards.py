@@ -1,0 +1,224 @@
+"""Cards and their wallets: issue (with the wallet account), freeze, archive, key rotation.
+
+A card's number is kept only as AES-GCM ciphertext plus a keyed fingerprint; the security code
+is derived from number and expiry when needed and never stored. ``IssuedCard`` is the single
+place a full number and code leave the service layer: at issue, to be shown once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from sqlalchemy.exc import IntegrityError
+
+from portal.domain import cards as card_numbers
+from portal.domain.errors import Forbidden, InvalidInput, InvalidState, LimitExceeded, NotFound
+from portal.domain.money import MoneyError, normalize_currency
+from portal.domain.types import Actor, CardStatus, CardType, IssuedCard
+from portal.services import audit
+from portal.services.uow import UnitOfWork
+from portal.services.vault import Vault
+
+PAN_PURPOSE = "card.pan"
+VALID_YEARS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CardView:
+    """What pages and the API may show of a card."""
+
+    id: int
+    user_id: int
+    name: str
+    card_type: str
+    brand: str
+    last4: str
+    expiry_month: int
+    expiry_year: int
+    currency: str
+    status: str
+    archived: bool
+
+
+def _may_manage(actor: Actor, owner_id: int, permission: str) -> bool:
+    return (actor.kind == "user" and actor.id == owner_id) or actor.can(permission)
+
+
+def issue_card(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    user_id: int,
+    card_type: str,
+    brand: str,
+    currency: str,
+    name: str = "",
+) -> IssuedCard:
+    """Issue a card with a fresh Luhn-valid number of ``brand`` and its wallet account. Raises
+    InvalidInput, Forbidden, NotFound (no such user), LimitExceeded (too many cards)."""
+    if not _may_manage(actor, user_id, "cards:manage"):
+        raise Forbidden("you may only issue cards for yourself")
+    if card_type not in CardType.__members__.values():
+        raise InvalidInput("card type must be debit, credit or prepaid", param="card_type")
+    if brand not in card_numbers.BRANDS:
+        raise InvalidInput("brand must be one of " + ", ".join(card_numbers.BRANDS), param="brand")
+    try:
+        currency = normalize_currency(currency)
+    except MoneyError as exc:
+        raise InvalidInput(str(exc), param="currency") from exc
+    name = name.strip()
+    if len(name) > 64:
+        raise InvalidInput("card name is at most 64 characters", param="name")
+    vault = Vault.from_settings(uow.settings)
+
+    def work(u: UnitOfWork) -> IssuedCard:
+        # Lock the owner so two concurrent issues cannot both pass the per-user cap.
+        owner = u.execute(
+            "SELECT id FROM users WHERE id = :id AND archived_at IS NULL FOR NO KEY UPDATE",
+            {"id": user_id},
+        ).first()
+        if owner is None:
+            raise NotFound("no such user", param="user_id")
+        held = u.execute(
+            "SELECT count(*) FROM cards WHERE user_id = :id AND archived_at IS NULL",
+            {"id": user_id},
+        ).scalar_one()
+        if held >= u.settings.max_cards_per_user:
+            raise LimitExceeded(
+                f"at most {u.settings.max_cards_per_user} cards per person", param="card_type"
+            )
+        now = u.now()
+        expiry_month, expiry_year = now.month, now.year + VALID_YEARS
+        for _ in range(5):  # a fingerprint collision is astronomically rare; retry anyway
+            number = card_numbers.generate_number(brand)
+            blob, version = vault.encrypt(number.encode(), purpose=PAN_PURPOSE)
+            try:
+                with u.session.begin_nested():
+                    card_id = u.execute(
+                        "INSERT INTO cards (user_id, name, card_type, brand, last4, pan_ciphertext,"
+                        " key_version, fingerprint, expiry_month, expiry_year, currency, status,"
+                        " created_at, updated_at) VALUES (:user, :name, :type, :brand, :last4,"
+                        " :blob, :version, :fp, :month, :year, :cur, 'active', :now, :now)"
+                        " RETURNING id",
+                        {"user": user_id, "name": name, "type": card_type, "brand": brand,
+                         "last4": number[-4:], "blob": blob, "version": version,
+                         "fp": vault.fingerprint(number), "month": expiry_month,
+                         "year": expiry_year, "cur": currency, "now": now},
+                    ).scalar_one()  # fmt: skip
+                break
+            except IntegrityError:
+                continue
+        else:  # pragma: no cover
+            raise RuntimeError("could not draw a unique card number")
+        account_id = u.execute(
+            "INSERT INTO accounts (kind, card_id, currency, posted_minor, pending_debits_minor,"
+            " created_at) VALUES ('wallet', :card, :cur, 0, 0, :now) RETURNING id",
+            {"card": card_id, "cur": currency, "now": now},
+        ).scalar_one()
+        audit.record(
+            u, actor, "card.issue", "card", card_id,
+            data={"user_id": user_id, "brand": brand, "last4": number[-4:],
+                  "card_type": card_type, "currency": currency},
+        )  # fmt: skip
+        return IssuedCard(
+            card_id=card_id, account_id=account_id, brand=brand, card_type=card_type,
+            last4=number[-4:], number=number,
+            cvv=vault.security_code(number, expiry_month, expiry_year),
+            expiry_month=expiry_month, expiry_year=expiry_year, currency=currency, name=name,
+        )  # fmt: skip
+
+    return uow.run(work)
+
+
+def _load_for_change(u: UnitOfWork, actor: Actor, card_id: int, permission: str) -> CardView:
+    row = u.execute(
+        "SELECT id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
+        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id FOR UPDATE",
+        {"id": card_id},
+    ).first()
+    if row is None or not _may_manage(actor, row.user_id, permission):
+        raise NotFound("no such card", param="card_id")
+    return CardView(**row._mapping)
+
+
+def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: int, frozen: bool) -> CardView:
+    """Freeze or unfreeze a card (its owner or staff with cards:manage). Raises NotFound,
+    InvalidState (archived card)."""
+
+    def work(u: UnitOfWork) -> CardView:
+        card = _load_for_change(u, actor, card_id, "cards:manage")
+        if card.archived:
+            raise InvalidState("card is archived", param="card_id")
+        status = CardStatus.FROZEN if frozen else CardStatus.ACTIVE
+        if card.status != status:
+            u.execute(
+                "UPDATE cards SET status = :s, updated_at = :now WHERE id = :id",
+                {"s": status, "now": u.now(), "id": card_id},
+            )
+            audit.record(u, actor, "card.freeze" if frozen else "card.unfreeze", "card", card_id)
+        return _reload(u, card_id)
+
+    return uow.run(work)
+
+
+def set_archived(uow: UnitOfWork, *, actor: Actor, card_id: int, archived: bool) -> CardView:
+    """Archive or restore a card (staff with cards:manage). Raises NotFound, Forbidden."""
+    if not actor.can("cards:manage"):
+        raise Forbidden("missing permission cards:manage")
+
+    def work(u: UnitOfWork) -> CardView:
+        card = _load_for_change(u, actor, card_id, "cards:manage")
+        if card.archived != archived:
+            u.execute(
+                "UPDATE cards SET archived_at = :at, updated_at = :now WHERE id = :id",
+                {"at": u.now() if archived else None, "now": u.now(), "id": card_id},
+            )
+            audit.record(u, actor, "card.archive" if archived else "card.restore", "card", card_id)
+        return _reload(u, card_id)
+
+    return uow.run(work)
+
+
+def _reload(u: UnitOfWork, card_id: int) -> CardView:
+    row = u.execute(
+        "SELECT id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
+        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id",
+        {"id": card_id},
+    ).one()
+    return CardView(**row._mapping)
+
+
+def rotate_vault_keys(uow: UnitOfWork, *, actor: Actor, batch: int = 500) -> int:
+    """Re-encrypt every card number and withdrawal bank record still under an old key with the
+    active key, in batches. Returns how many records were re-encrypted."""
+    if not actor.can("cards:manage"):
+        raise Forbidden("missing permission cards:manage")
+    vault = Vault.from_settings(uow.settings)
+    active = uow.settings.vault_active_key
+    total = 0
+    for table, column, version_col, purpose in (
+        ("cards", "pan_ciphertext", "key_version", PAN_PURPOSE),
+        ("withdrawals", "bank_ciphertext", "bank_key_version", "withdrawal.bank"),
+    ):
+        while True:
+
+            def work(u: UnitOfWork) -> int:
+                rows = u.execute(
+                    f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"
+                    f" WHERE {version_col} <> :active LIMIT :n FOR UPDATE SKIP LOCKED",
+                    {"active": active, "n": batch},
+                ).all()
+                for row in rows:
+                    blob, version = vault.reencrypt(bytes(row.blob), row.version, purpose=purpose)
+                    u.execute(
+                        f"UPDATE {table} SET {column} = :blob, {version_col} = :v WHERE id = :id",
+                        {"blob": blob, "v": version, "id": row.id},
+                    )
+                if rows:
+                    audit.record(u, actor, "vault.rotate", table, None, data={"count": len(rows)})
+                return len(rows)
+
+            done = uow.run(work)
+            total += done
+            if done < batch:
+                break
+    return total

@@ -1,0 +1,200 @@
+"""Test fixtures: a real PostgreSQL (TEST_DATABASE_URL), migrated once per session.
+
+Per-test isolation: each test runs inside an outer transaction on one connection; the unit of
+work's sessions join it with ``join_transaction_mode="create_savepoint"`` so their commits only
+release savepoints, and teardown rolls everything back. Concurrency tests (marked
+``concurrency``) commit for real through ``committing_engine`` and wipe what they wrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import sessionmaker
+
+from portal import create_app
+from portal.config import database_url
+from portal.domain.money import Money
+from portal.domain.types import Actor, IssuedCard
+from portal.extensions import db
+from portal.services import cards, users, wallet
+from portal.services.uow import UnitOfWork
+
+os.environ.setdefault("PORTAL_ENV", "test")
+
+SYSTEM = Actor.system("tests")
+
+
+def _test_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.exit(
+            "TEST_DATABASE_URL is not set: run the suite with `make test`, which starts a "
+            "throwaway embedded PostgreSQL (or set TEST_DATABASE_URL to a PostgreSQL 15+ db).",
+            returncode=2,
+        )
+    return database_url(url)
+
+
+@pytest.fixture(scope="session")
+def app() -> Iterator[Flask]:
+    url = _test_url()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    application = create_app(
+        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": url, "PORTAL_ENV": "test"}
+    )
+    settings = application.config["SERVICE_SETTINGS"]
+    application.config["SERVICE_SETTINGS"] = replace(settings, payout_delay_seconds=0)
+    with application.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
+class Clock:
+    """A settable clock for services (``uow.clock``)."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def connection(app: Flask) -> Iterator[sa.Connection]:
+    """An outer transaction every session of the test joins; rolled back at teardown."""
+    with app.app_context():
+        engine = db.engine
+        engines = db._app_engines[app]  # flask-sqlalchemy's per-app engine map
+    conn = engine.connect()
+    outer = conn.begin()
+    original = engines[None]
+    engines[None] = conn  # type: ignore[assignment]
+    app.extensions["portal.session_factory"] = sessionmaker(
+        bind=conn, expire_on_commit=False, autoflush=False, join_transaction_mode="create_savepoint"
+    )
+    try:
+        yield conn
+    finally:
+        engines[None] = original
+        app.extensions["portal.session_factory"] = None
+        outer.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def uow(app: Flask, connection: sa.Connection, clock: Clock) -> UnitOfWork:
+    return UnitOfWork(
+        app.extensions["portal.session_factory"], app.config["SERVICE_SETTINGS"], clock=clock
+    )
+
+
+_seq = itertools.count(1)
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+class Factory:
+    """Builds users, cards and balances through the real services."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    def user(self, roles: tuple[str, ...] = ("cardholder",), **kw: str) -> Actor:
+        n = next(_seq)
+        created = users.create_user(
+            self.uow,
+            actor=SYSTEM,
+            email=kw.get("email", f"user{n}-{uuid.uuid4().hex[:6]}@example.test"),
+            first_name=kw.get("first_name", "Test"),
+            last_name=kw.get("last_name", f"User{n}"),
+            roles=roles,
+        )
+        return users.actor_for(self.uow, created.id)
+
+    def card(
+        self,
+        owner: Actor,
+        *,
+        currency: str = "USD",
+        balance: str | None = None,
+        brand: str = "visa",
+        card_type: str = "debit",
+    ) -> IssuedCard:
+        assert owner.id is not None
+        card = cards.issue_card(
+            self.uow, actor=owner, user_id=owner.id, card_type=card_type, brand=brand,
+            currency=currency,
+        )  # fmt: skip
+        if balance is not None:
+            self.fund(card, balance)
+        return card
+
+    def fund(self, card: IssuedCard, major: str) -> None:
+        wallet.top_up(
+            self.uow, actor=SYSTEM, card_id=card.card_id,
+            amount=Money.of_major(major, card.currency), method="bank_transfer",
+            idempotency_key=new_key(),
+        )  # fmt: skip
+
+
+@pytest.fixture
+def make(uow: UnitOfWork) -> Factory:
+    return Factory(uow)
+
+
+# -- real commits ---------------------------------------------------------------------------
+WIPE = """
+TRUNCATE postings, holds, journal_entries, top_ups, transfers, withdrawals, payments, refunds,
+         idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens CASCADE;
+DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
+DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
+"""
+
+
+@pytest.fixture
+def committing_engine(app: Flask) -> Iterator[sa.Engine]:
+    """An engine whose sessions commit for real (at most 40 pooled connections); everything it
+    wrote is wiped afterwards."""
+    engine = sa.create_engine(
+        app.config["SQLALCHEMY_DATABASE_URI"], pool_size=30, max_overflow=10, pool_timeout=60
+    )
+    try:
+        yield engine
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(WIPE))
+        engine.dispose()
+
+
+@pytest.fixture
+def real_uow(app: Flask, committing_engine: sa.Engine) -> Callable[[], UnitOfWork]:
+    """A factory of units of work that commit for real (one per thread)."""
+    factory = sessionmaker(bind=committing_engine, expire_on_commit=False, autoflush=False)
+    settings = app.config["SERVICE_SETTINGS"]
+    return lambda: UnitOfWork(factory, settings)
