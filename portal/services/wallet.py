@@ -165,7 +165,7 @@ def top_up(
         limits = uow.settings.limits_for(amount.currency, "top_up")
         if refusal is None and limits is not None and limits.daily is not None:
             today = uow.execute(
-                "SELECT COALESCE(SUM(amount_minor), 0) FROM top_ups WHERE user_id = :user"
+                "SELECT COALESCE(SUM(amount_minor), 0)::bigint FROM top_ups WHERE user_id = :user"
                 " AND currency = :cur AND status = 'succeeded' AND created_at >= :since",
                 {"user": wallet.user_id, "cur": amount.currency, "since": _day_start(now)},
             ).scalar_one()
