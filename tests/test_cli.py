@@ -1,0 +1,62 @@
+"""The ``portal ledger verify`` command and configuration checks."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from portal.config import ConfigError, load_config
+from portal.domain.money import Money
+from portal.services import wallet
+from tests.conftest import new_key
+
+
+def test_ledger_verify_is_clean_then_catches_a_tampered_balance(app, connection, make, uow):
+    alice = make.user()
+    card = make.card(alice, balance="100")
+    other = make.card(make.user())
+    wallet.transfer(uow, actor=alice, from_card_id=card.card_id, to_card_id=other.card_id,
+                    amount=Money(2500, "USD"), idempotency_key=new_key())  # fmt: skip
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "ledger sum USD: 0" in result.output
+    assert "system account funding:USD: -10000" in result.output
+    assert "OK: ledger balanced" in result.output
+
+    connection.execute(
+        sa.text("UPDATE accounts SET posted_minor = posted_minor + 1 WHERE card_id = :c"),
+        {"c": other.card_id},
+    )
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 1
+    assert "VIOLATION posted_balance" in result.output
+    assert "expected 2500, found 2501" in result.output
+
+
+def test_production_refuses_to_start_without_its_secrets():
+    with pytest.raises(ConfigError) as exc:
+        load_config({"PORTAL_ENV": "production", "SECRET_KEY": "x" * 40})
+    for name in ("DATABASE_URL", "PORTAL_VAULT_KEYS", "PORTAL_FINGERPRINT_KEY", "PORTAL_CVV_KEY"):
+        assert name in str(exc.value)
+
+
+def test_bad_settings_are_named():
+    base = {"PORTAL_ENV": "test"}
+    with pytest.raises(ConfigError, match="32 bytes"):
+        load_config({**base, "PORTAL_VAULT_KEYS": "1:c2hvcnQ="})
+    with pytest.raises(ConfigError, match="PORTAL_VAULT_ACTIVE_KEY"):
+        load_config({**base, "PORTAL_VAULT_ACTIVE_KEY": "9"})
+    with pytest.raises(ConfigError, match="PORTAL_LIMITS"):
+        load_config({**base, "PORTAL_LIMITS": '{"USD": {"top_up": {"min": "5", "max": "1"}}}'})
+    with pytest.raises(ConfigError, match="PORTAL_ENV"):
+        load_config({"PORTAL_ENV": "staging"})
+
+
+def test_limits_are_read_in_major_units():
+    config = load_config(
+        {"PORTAL_ENV": "test",
+         "PORTAL_LIMITS": '{"JPY": {"top_up": {"min": "100", "max": "5000", "daily": "9000"}}}'}
+    )  # fmt: skip
+    limits = config["SERVICE_SETTINGS"].limits_for("JPY", "top_up")
+    assert (limits.minimum, limits.maximum, limits.daily) == (100, 5000, 9000)
