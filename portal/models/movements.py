@@ -9,13 +9,14 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.schema import SchemaItem
 
 from portal.models.base import Base, currency_column, fk_column, money_column, now_column, pk_column
 
 _STATUS = "status IN ('pending', 'succeeded', 'failed')"
 
 
-def _movement_args(table: str) -> tuple[sa.SchemaItem, ...]:
+def _movement_args(table: str) -> tuple[SchemaItem, ...]:
     return (
         sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
         sa.CheckConstraint(_STATUS, name="status"),

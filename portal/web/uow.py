@@ -33,7 +33,7 @@ def session_factory(app: Flask | None = None) -> Callable[[], Session]:
             join_transaction_mode="create_savepoint",
         )
         app.extensions["portal.session_factory"] = factory
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def make_uow(app: Flask | None = None, *, clock: Callable[[], datetime] = utcnow) -> UnitOfWork:
