@@ -7,7 +7,7 @@ import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from portal.services.reconciliation import reconcile
 from portal.web.uow import make_uow
@@ -37,6 +37,7 @@ def ledger_verify() -> None:
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--once", is_flag=True, help="Run due jobs once and exit.")
 def worker_command(once: bool) -> None:
     """Run a background worker (payouts, hold expiry, key purge)."""
@@ -60,3 +61,25 @@ def worker_command(once: bool) -> None:
 def register(app: Flask) -> None:
     app.cli.add_command(ledger)
     app.cli.add_command(worker_command)
+
+    @app.cli.command("seed-demo")
+    @click.option("--if-empty", is_flag=True, help="Do nothing when any user exists already.")
+    def seed_demo_command(if_empty: bool) -> None:
+        """Fill the database with demo users, cards and a year of wallet history."""
+        import time
+        from datetime import UTC, datetime
+
+        from portal.demo import has_users, seed_demo, summary_lines
+        from portal.domain.errors import Conflict
+
+        if if_empty and has_users(make_uow(app)):
+            click.echo("demo data not seeded: the database has users already")
+            return
+        started = time.monotonic()
+        try:
+            summary = seed_demo(lambda clock: make_uow(app, clock=clock), now=datetime.now(UTC))
+        except Conflict as exc:
+            raise click.ClickException(f"demo users exist already ({exc})") from exc
+        for line in summary_lines(summary):
+            click.echo(line)
+        click.echo(f"seeded in {time.monotonic() - started:.1f} s")

@@ -123,6 +123,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "pool_size": int(get("PORTAL_DB_POOL_SIZE", "10") or 10),
             "max_overflow": int(get("PORTAL_DB_MAX_OVERFLOW", "10") or 10),
             "pool_pre_ping": True,
+            # Fail fast instead of hanging a web worker when the database is unreachable, and
+            # never wait more than 3 s for a row lock (the unit of work turns that into a
+            # retryable "try again" refusal).
+            "connect_args": {"connect_timeout": 3, "options": "-c lock_timeout=3000"},
         },
         "REDIS_URL": get("REDIS_URL"),
         "SERVICE_SETTINGS": ServiceSettings(
