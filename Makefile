@@ -1,0 +1,57 @@
+# Two commands (DESIGN.md §2): `make run` serves the portal at http://127.0.0.1:5000, `make test`
+# runs the suite. Without DATABASE_URL / TEST_DATABASE_URL both start an embedded PostgreSQL with
+# its data under instance/ (see portal/supervise.py). Extra arguments: make test ARGS="-k ledger -x".
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HTMX := portal/static/vendor/htmx.min.js
+ARGS ?=
+
+.PHONY: venv assets run dev test lint fmt clean
+
+# Python dependencies: reinstalled only when pyproject.toml changes.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Front-end assets, pinned in package-lock.json and served from portal/static/vendor/.
+assets: $(HTMX)
+
+node_modules/.installed: package.json package-lock.json
+	npm install --no-audit --no-fund
+	touch $@
+
+$(HTMX): node_modules/.installed
+	mkdir -p $(@D)
+	cp node_modules/htmx.org/dist/htmx.min.js $@
+
+run: venv assets
+	$(BIN)/python -m portal.supervise run $(ARGS)
+
+dev: venv assets
+	$(BIN)/python -m portal.supervise dev $(ARGS)
+
+test: venv assets
+	$(BIN)/ruff check portal tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m portal.supervise test $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
+
+# Keeps instance/: the development database and the development secrets that encrypt its data.
+clean:
+	rm -rf $(VENV) node_modules $(HTMX) build test-artifacts *.egg-info
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	find portal tests -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,45 @@
+"""Gunicorn settings for Portal: ``gunicorn -c gunicorn.conf.py "portal:create_app()"``.
+
+Environment: ``PORTAL_BIND`` (default ``127.0.0.1:5000``), ``WEB_CONCURRENCY`` worker processes
+(default 2), ``PORTAL_THREADS`` threads per worker (default 4). Size the database pool
+(``PORTAL_DB_POOL_SIZE``) to the threads per worker: each thread holds at most one connection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("PORTAL_THREADS", "4"))
+worker_class = "gthread"
+
+timeout = 30  # a worker silent this long is killed and replaced
+graceful_timeout = 10  # on SIGTERM, time for in-flight requests; the supervisor waits longer
+keepalive = 5
+
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+
+# gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl),
+# shared by every gunicorn of that user; Portal does not use it.
+control_socket_disable = True
+
+
+# prometheus-flask-exporter's multiprocess mode, when PROMETHEUS_MULTIPROC_DIR is set: start each
+# run with an empty directory and drop the files of workers that exit.
+def on_starting(server: Any) -> None:
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
