@@ -87,9 +87,8 @@ class Worker:
             handler(self.make_uow(), job.payload)
         except Exception as exc:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
-            return self.make_uow().run(
-                lambda u: jobs.fail(u, job, self.worker_id, f"{type(exc).__name__}: {exc}")
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            return self.make_uow().run(lambda u: jobs.fail(u, job, self.worker_id, error))
         self.make_uow().run(lambda u: jobs.complete(u, job, self.worker_id))
         return "succeeded"
 

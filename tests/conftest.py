@@ -182,7 +182,11 @@ def committing_engine(app: Flask) -> Iterator[sa.Engine]:
     """An engine whose sessions commit for real (at most 40 pooled connections); everything it
     wrote is wiped afterwards."""
     engine = sa.create_engine(
-        app.config["SQLALCHEMY_DATABASE_URI"], pool_size=30, max_overflow=10, pool_timeout=60
+        app.config["SQLALCHEMY_DATABASE_URI"],
+        pool_size=30,
+        max_overflow=10,
+        pool_timeout=60,
+        connect_args=app.config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"],
     )
     try:
         yield engine

@@ -1,13 +1,11 @@
-"""Audit events, written in the same transaction as what they describe."""
+"""Audit events, written in the same transaction (and statement) as what they describe."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import sqlalchemy as sa
-
 from portal.domain.types import Actor
-from portal.models import AuditEvent
 from portal.services.uow import UnitOfWork
 
 
@@ -18,18 +16,23 @@ def record(
     subject_type: str,
     subject_id: int | None,
     *,
+    subject_from: str | None = None,
     outcome: str = "success",
     data: dict[str, Any] | None = None,
 ) -> None:
-    uow.execute(
-        sa.insert(AuditEvent).values(
-            occurred_at=uow.now(),
-            actor_kind=str(actor.kind),
-            actor_id=actor.id,
-            action=action,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            outcome=outcome,
-            data=data or {},
-        )
+    """Defer an audit event. ``subject_from`` names a deferred part (CTE) whose ``id`` is the
+    subject, for records inserted in the same statement."""
+    subject = f"(SELECT id FROM {subject_from})" if subject_from else ":subject_id"
+    uow.defer(
+        "INSERT INTO audit_events (occurred_at, actor_kind, actor_id, action, subject_type,"
+        f" subject_id, outcome, data) VALUES (:now, :actor_kind, :actor_id, :action, :subject_type,"
+        f" {subject}, :outcome, CAST(:data AS jsonb))",
+        now=uow.now(),
+        actor_kind=str(actor.kind),
+        actor_id=actor.id,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        outcome=outcome,
+        data=json.dumps(data or {}),
     )

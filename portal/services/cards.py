@@ -8,6 +8,7 @@ place a full number and code leave the service layer: at issue, to be shown once
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from sqlalchemy.exc import IntegrityError
 
 from portal.domain import cards as card_numbers
@@ -187,37 +188,40 @@ def _reload(u: UnitOfWork, card_id: int) -> CardView:
     return CardView(**row._mapping)
 
 
+ENCRYPTED_COLUMNS = (
+    # (table, ciphertext column, key-version column, purpose)
+    ("cards", "pan_ciphertext", "key_version", PAN_PURPOSE),
+    ("withdrawals", "bank_ciphertext", "bank_key_version", "withdrawal.bank"),
+)
+
+
 def rotate_vault_keys(uow: UnitOfWork, *, actor: Actor, batch: int = 500) -> int:
     """Re-encrypt every card number and withdrawal bank record still under an old key with the
     active key, in batches. Returns how many records were re-encrypted."""
     if not actor.can("cards:manage"):
         raise Forbidden("missing permission cards:manage")
     vault = Vault.from_settings(uow.settings)
-    active = uow.settings.vault_active_key
     total = 0
-    for table, column, version_col, purpose in (
-        ("cards", "pan_ciphertext", "key_version", PAN_PURPOSE),
-        ("withdrawals", "bank_ciphertext", "bank_key_version", "withdrawal.bank"),
-    ):
-        while True:
+    for table, column, version_col, purpose in ENCRYPTED_COLUMNS:
 
-            def work(u: UnitOfWork) -> int:
-                rows = u.execute(
-                    f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"
-                    f" WHERE {version_col} <> :active LIMIT :n FOR UPDATE SKIP LOCKED",
-                    {"active": active, "n": batch},
-                ).all()
-                for row in rows:
-                    blob, version = vault.reencrypt(bytes(row.blob), row.version, purpose=purpose)
-                    u.execute(
-                        f"UPDATE {table} SET {column} = :blob, {version_col} = :v WHERE id = :id",
-                        {"blob": blob, "v": version, "id": row.id},
-                    )
-                if rows:
-                    audit.record(u, actor, "vault.rotate", table, None, data={"count": len(rows)})
-                return len(rows)
+        def work(u: UnitOfWork, table: str = table, column: str = column,
+                 version_col: str = version_col, purpose: str = purpose) -> int:  # fmt: skip
+            rows = u.execute(
+                f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"
+                f" WHERE {version_col} <> :active LIMIT :n FOR UPDATE SKIP LOCKED",
+                {"active": vault.active_version, "n": batch},
+            ).all()
+            for row in rows:
+                blob, version = vault.reencrypt(bytes(row.blob), row.version, purpose=purpose)
+                u.execute(
+                    f"UPDATE {table} SET {column} = :blob, {version_col} = :v WHERE id = :id",
+                    {"blob": blob, "v": version, "id": row.id},
+                )
+            if rows:
+                audit.record(u, actor, "vault.rotate", table, None, data={"count": len(rows)})
+            return len(rows)
 
-            done = uow.run(work)
+        while done := uow.run(work):
             total += done
             if done < batch:
                 break

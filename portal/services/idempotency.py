@@ -78,10 +78,22 @@ def claim(uow: UnitOfWork, actor: Actor, key: str, operation: str, params: dict[
     return Claim(existing.id, existing.response)
 
 
-def store(uow: UnitOfWork, claim_: Claim, response: dict[str, Any]) -> None:
-    uow.execute(
-        "UPDATE idempotency_keys SET response = CAST(:response AS jsonb) WHERE id = :id",
-        {"response": json.dumps(response), "id": claim_.id},
+def store(
+    uow: UnitOfWork,
+    claim_: Claim,
+    response: dict[str, Any],
+    *,
+    fill: dict[tuple[str, ...], str] | None = None,
+) -> None:
+    """Defer storing the response. ``fill`` maps a JSON path to a deferred part (CTE) whose
+    ``id`` goes there, for ids assigned in the same statement."""
+    value = "CAST(:response AS jsonb)"
+    for path, cte in (fill or {}).items():
+        value = f"jsonb_set({value}, '{{{','.join(path)}}}', to_jsonb((SELECT id FROM {cte})))"
+    uow.defer(
+        f"UPDATE idempotency_keys SET response = {value} WHERE id = :id",
+        response=json.dumps(response),
+        id=claim_.id,
     )
 
 

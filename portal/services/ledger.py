@@ -4,10 +4,15 @@ Lock order, everywhere: customer accounts first, in one statement ordered by id;
 (ordered by id). Nothing locks an account after a user row, so no two movements can deadlock.
 System accounts (funding, payouts, fees) are never locked nor updated: their balances are sums
 of their postings.
+
+Writes go through ``LedgerWrites``, which defers them on the unit of work: the journal entry,
+its postings, holds and one UPDATE per account reach the database in the same single statement
+as the business record, its audit event and the stored idempotent response.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,12 +42,13 @@ class LockedWallet:
     def available(self) -> int:
         return self.posted - self.pending
 
-    def balance(self, posted: int | None = None, pending: int | None = None) -> Balance:
+    def balance(self, posted: int = 0, pending: int = 0) -> Balance:
+        """The balance after adding ``posted`` and ``pending`` deltas."""
         return Balance(
             card_id=self.card_id,
             account_id=self.account_id,
-            posted=Money(self.posted if posted is None else posted, self.currency),
-            pending_debits=Money(self.pending if pending is None else pending, self.currency),
+            posted=Money(self.posted + posted, self.currency),
+            pending_debits=Money(self.pending + pending, self.currency),
         )
 
     def owned_by(self, actor: Actor) -> bool:
@@ -50,13 +56,25 @@ class LockedWallet:
 
 
 def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWallet]:
-    """Lock the wallet accounts of ``card_ids`` in one statement, in account-id order."""
+    """Lock the wallet accounts of ``card_ids`` in one statement, in account-id order, and mark
+    their owners' money views as changed (live updates poll ``users.change_version``), locking
+    those user rows in id order after the accounts."""
     rows = uow.execute(
-        "SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,"
-        " a.posted_minor AS posted, a.pending_debits_minor AS pending, c.status AS card_status,"
-        " c.archived_at, c.expiry_month, c.expiry_year"
-        " FROM accounts a JOIN cards c ON c.id = a.card_id"
-        " WHERE a.card_id = ANY(:ids) ORDER BY a.id FOR UPDATE OF a",
+        """
+        WITH locked AS (
+            SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
+                   a.posted_minor AS posted, a.pending_debits_minor AS pending,
+                   c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year
+            FROM accounts a JOIN cards c ON c.id = a.card_id
+            WHERE a.card_id = ANY(:ids) ORDER BY a.id FOR UPDATE OF a
+        ), bumped AS (
+            UPDATE users SET change_version = change_version + 1 WHERE id IN (
+                SELECT id FROM users WHERE id IN (SELECT user_id FROM locked)
+                ORDER BY id FOR NO KEY UPDATE
+            )
+        )
+        SELECT * FROM locked
+        """,
         {"ids": sorted(set(card_ids))},
     ).mappings()
     return {row["card_id"]: LockedWallet(**row) for row in rows}
@@ -101,113 +119,110 @@ def system_account_id(uow: UnitOfWork, kind: str, currency: str) -> int:
     return _system_ids[cache_key]
 
 
-def post_entry(
-    uow: UnitOfWork,
-    *,
-    kind: str,
-    currency: str,
-    legs: Sequence[tuple[int, int]],
-    description: str = "",
-) -> tuple[int, dict[int, int]]:
-    """Write one journal entry with its postings and update the cached balances of the customer
-    accounts among ``legs`` (already locked by the caller), in a single statement.
+class LedgerWrites:
+    """Collects one movement's ledger writes on the unit of work.
 
-    ``legs`` are (account_id, signed amount); they must sum to zero (the database checks it
-    too, with a deferred trigger). Returns the entry id and the new posted balances.
+    ``entry`` and ``hold`` are CTE names other deferred parts may use, e.g.
+    ``journal_entry_id = (SELECT id FROM entry)``. Balance changes are summed per account and
+    written by ``apply`` as one UPDATE, since a row may change only once per statement.
     """
-    if sum(amount for _, amount in legs) != 0 or any(amount == 0 for _, amount in legs):
-        raise ValueError(f"unbalanced or empty legs: {legs!r}")
-    row = uow.execute(
-        """
-        WITH entry AS (
-            INSERT INTO journal_entries (kind, description, created_at)
-            VALUES (:kind, :description, :now) RETURNING id
-        ), legs AS (
-            SELECT * FROM unnest(CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]))
-                AS l(account_id, amount_minor)
-        ), posted AS (
-            INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency, created_at)
-            SELECT entry.id, legs.account_id, legs.amount_minor, :currency, :now
-            FROM entry, legs
-        ), updated AS (
-            UPDATE accounts a SET posted_minor = a.posted_minor + d.delta
-            FROM (SELECT account_id, sum(amount_minor) AS delta FROM legs GROUP BY account_id) d
-            WHERE a.id = d.account_id AND a.kind IN ('wallet', 'merchant')
-            RETURNING a.id, a.posted_minor
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self._deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self.has_entry = False
+
+    def entry(
+        self,
+        *,
+        kind: str,
+        currency: str,
+        legs: Sequence[tuple[int, int]],
+        customer_accounts: Iterable[int],
+        description: str = "",
+    ) -> None:
+        """One journal entry with its postings. ``legs`` are (account id, signed amount) and
+        must sum to zero (the database checks it too, with a deferred trigger); the cached
+        balances of ``customer_accounts`` (locked by the caller) move with their legs."""
+        if self.has_entry:
+            raise ValueError("one journal entry per movement")
+        if sum(amount for _, amount in legs) != 0 or any(amount == 0 for _, amount in legs):
+            raise ValueError(f"unbalanced or empty legs: {legs!r}")
+        now = self.uow.now()
+        self.uow.defer(
+            "INSERT INTO journal_entries (kind, description, created_at)"
+            " VALUES (:kind, :description, :now) RETURNING id",
+            name="entry", kind=kind, description=description, now=now,
+        )  # fmt: skip
+        self.uow.defer(
+            "INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency,"
+            " created_at) SELECT entry.id, l.account_id, l.amount_minor, :currency, :now"
+            " FROM entry, unnest(CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]))"
+            " AS l(account_id, amount_minor)",
+            name="postings",
+            currency=currency,
+            now=now,
+            accounts=[account for account, _ in legs],
+            amounts=[amount for _, amount in legs],
         )
-        SELECT (SELECT id FROM entry) AS entry_id,
-               COALESCE((SELECT jsonb_object_agg(id, posted_minor) FROM updated), '{}') AS posted
-        """,
-        {
-            "kind": kind,
-            "description": description,
-            "now": uow.now(),
-            "currency": currency,
-            "accounts": [account for account, _ in legs],
-            "amounts": [amount for _, amount in legs],
-        },
-    ).one()
-    return row.entry_id, {int(k): v for k, v in row.posted.items()}
+        customers = set(customer_accounts)
+        for account, amount in legs:
+            if account in customers:
+                self._deltas[account][0] += amount
+        self.has_entry = True
 
+    def hold(self, wallet: LockedWallet, amount: int, *, kind: str, expires_at: datetime) -> None:
+        """Reserve ``amount`` on a locked wallet (CTE ``hold``)."""
+        self.uow.defer(
+            "INSERT INTO holds (account_id, kind, amount_minor, currency, status, expires_at,"
+            " created_at) VALUES (:account, :kind, :amount, :currency, 'pending', :expires, :now)"
+            " RETURNING id",
+            name="hold", account=wallet.account_id, kind=kind, amount=amount,
+            currency=wallet.currency, expires=expires_at, now=self.uow.now(),
+        )  # fmt: skip
+        self._deltas[wallet.account_id][1] += amount
 
-def place_hold(
-    uow: UnitOfWork, wallet: LockedWallet, amount: int, *, kind: str, expires_at: datetime
-) -> tuple[int, int]:
-    """Reserve ``amount`` on a locked wallet. Returns (hold id, new pending debits)."""
-    row = uow.execute(
-        """
-        WITH hold AS (
-            INSERT INTO holds (account_id, kind, amount_minor, currency, status, expires_at,
-                               created_at)
-            VALUES (:account, :kind, :amount, :currency, 'pending', :expires, :now)
-            RETURNING id
-        ), updated AS (
-            UPDATE accounts SET pending_debits_minor = pending_debits_minor + :amount
-            WHERE id = :account RETURNING pending_debits_minor
+    def release(self, hold_id: int, account_id: int, amount: int, *, status: str) -> None:
+        """Resolve a pending hold (posted, voided or expired) on a locked account. The caller
+        has checked, under lock, that the hold is pending: it resolves at most once."""
+        entry = "(SELECT id FROM entry)" if self.has_entry else "NULL"
+        self.uow.defer(
+            f"UPDATE holds SET status = :status, resolved_at = :now, journal_entry_id = {entry}"
+            " WHERE id = :id AND status = 'pending'",
+            name="released", status=status, now=self.uow.now(), id=hold_id,
+        )  # fmt: skip
+        self._deltas[account_id][1] -= amount
+
+    def apply(self) -> None:
+        """Write the summed balance changes: one UPDATE for every touched customer account."""
+        changed = {a: d for a, d in self._deltas.items() if d != [0, 0]}
+        if not changed:
+            return
+        self.uow.defer(
+            "UPDATE accounts a SET posted_minor = a.posted_minor + d.posted,"
+            " pending_debits_minor = a.pending_debits_minor + d.pending"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:posted AS bigint[]),"
+            " CAST(:pending AS bigint[])) AS d(id, posted, pending) WHERE a.id = d.id",
+            name="balances",
+            ids=list(changed),
+            posted=[d[0] for d in changed.values()],
+            pending=[d[1] for d in changed.values()],
         )
-        SELECT (SELECT id FROM hold) AS hold_id,
-               (SELECT pending_debits_minor FROM updated) AS pending
-        """,
-        {
-            "account": wallet.account_id,
-            "kind": kind,
-            "amount": amount,
-            "currency": wallet.currency,
-            "expires": expires_at,
-            "now": uow.now(),
-        },
-    ).one()
-    return row.hold_id, row.pending
+        self._deltas.clear()
 
 
-def release_hold(
-    uow: UnitOfWork, hold_id: int, *, status: str, journal_entry_id: int | None = None
-) -> int | None:
-    """Resolve a pending hold (posted, voided or expired) and drop it from its account's pending
-    debits. The account must be locked by the caller. Returns the new pending debits, or None
-    if the hold was no longer pending (it resolves at most once)."""
-    row = uow.execute(
-        """
-        WITH resolved AS (
-            UPDATE holds SET status = :status, resolved_at = :now,
-                             journal_entry_id = :entry
-            WHERE id = :id AND status = 'pending'
-            RETURNING account_id, amount_minor
-        )
-        UPDATE accounts a SET pending_debits_minor = a.pending_debits_minor - r.amount_minor
-        FROM resolved r WHERE a.id = r.account_id
-        RETURNING a.pending_debits_minor
-        """,
-        {"status": status, "now": uow.now(), "entry": journal_entry_id, "id": hold_id},
+def release_expired_hold(uow: UnitOfWork, hold_id: int, card_id: int) -> bool:
+    """Expire one pending hold that belongs to no business record. Returns False if it was no
+    longer pending."""
+    lock_wallets(uow, [card_id])
+    hold = uow.execute(
+        "SELECT account_id, amount_minor FROM holds WHERE id = :id AND status = 'pending'"
+        " FOR UPDATE",
+        {"id": hold_id},
     ).first()
-    return None if row is None else row.pending_debits_minor
-
-
-def bump_change_versions(uow: UnitOfWork, user_ids: Iterable[int]) -> None:
-    """Mark these users' money views as changed (live updates poll this), locking the user rows
-    in id order, after the accounts."""
-    uow.execute(
-        "UPDATE users SET change_version = change_version + 1 WHERE id IN"
-        " (SELECT id FROM users WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE)",
-        {"ids": sorted(set(user_ids))},
-    )
+    if hold is None:
+        return False
+    writes = LedgerWrites(uow)
+    writes.release(hold_id, hold.account_id, hold.amount_minor, status="expired")
+    writes.apply()
+    return True

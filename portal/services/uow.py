@@ -3,11 +3,20 @@
 A ``UnitOfWork`` owns one SQLAlchemy session and one transaction. ``run(fn)`` executes a use
 case inside a fresh transaction, commits it, runs the on-commit hooks, and retries the whole
 thing a bounded number of times on deadlock or serialization failure (and only then).
+
+Writes can be deferred (``defer``): they are sent together as one statement of data-modifying
+CTEs before the next read and at commit, so a money movement costs one round trip for all its
+inserts and updates. PostgreSQL gives no order between the parts of one statement, so a row may
+be changed by at most one deferred part; parts refer to each other's rows by CTE name.
+
+The row-lock timeout is a connection setting (``lock_timeout`` in the engine's connect
+options, see ``portal.config``): a lock wait past it becomes ``TemporarilyUnavailable``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +34,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
 def utcnow() -> datetime:
@@ -38,14 +48,14 @@ class UnitOfWork:
         settings: ServiceSettings,
         *,
         clock: Callable[[], datetime] = utcnow,
-        lock_timeout_ms: int = 3000,
         max_attempts: int = 4,
     ) -> None:
         self._session_factory = session_factory
         self.settings = settings
         self.clock = clock
-        self.lock_timeout_ms = lock_timeout_ms
         self.max_attempts = max_attempts
+        self._deferred: list[tuple[str, str]] = []
+        self._deferred_params: dict[str, Any] = {}
         self._session: Session | None = None
         self._hooks: list[Callable[[], Any]] = []
         self._refusal: PortalError | None = None
@@ -65,8 +75,33 @@ class UnitOfWork:
         return self._now
 
     def execute(self, statement: str | sa.Executable, params: Any = None) -> sa.Result[Any]:
+        if self._deferred:
+            self.flush()
         stmt = sa.text(statement) if isinstance(statement, str) else statement
         return self.session.execute(stmt, params)
+
+    def defer(self, sql: str, *, name: str | None = None, **params: Any) -> None:
+        """Queue a data-modifying statement (INSERT/UPDATE/DELETE, optionally RETURNING) to be
+        sent with the others as one statement. ``name`` lets later parts refer to its rows."""
+        n = len(self._deferred)
+        name = name or f"w{n}"
+        if any(existing == name for existing, _ in self._deferred):
+            raise ValueError(f"deferred part {name!r} exists already")
+        # Give each part's parameters a unique prefix (``::type`` casts are left alone).
+        sql = _PARAM.sub(
+            lambda m: f":{name}__{m.group(1)}" if m.group(1) in params else m.group(0), sql
+        )
+        self._deferred.append((name, sql))
+        self._deferred_params.update({f"{name}__{k}": v for k, v in params.items()})
+
+    def flush(self, select: str = "SELECT 1") -> sa.Row[Any]:
+        """Send the deferred writes as one statement; ``select`` may read their RETURNING rows,
+        e.g. ``"SELECT (SELECT id FROM record) AS id"``."""
+        parts, params = self._deferred, self._deferred_params
+        self._deferred, self._deferred_params = [], {}
+        ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in parts)
+        statement = f"WITH {ctes}\n{select}" if parts else select
+        return self.session.execute(sa.text(statement), params).one()
 
     def on_commit(self, hook: Callable[[], Any]) -> None:
         """Run ``hook`` after a successful commit (side effects never precede the commit)."""
@@ -84,7 +119,7 @@ class UnitOfWork:
         self._session = self._session_factory()
         self._session.begin()
         self._hooks, self._refusal, self._now = [], None, None
-        self._session.execute(sa.text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}"))
+        self._deferred, self._deferred_params = [], {}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,6 +130,8 @@ class UnitOfWork:
             session.close()
 
     def commit(self) -> None:
+        if self._deferred:
+            self.flush()
         # Deferred constraint triggers (ledger balance) fire here even when the transaction
         # is really a savepoint inside a test's outer transaction.
         self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))

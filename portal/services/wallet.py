@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-
 from portal.domain.errors import (
     CurrencyMismatch,
     Forbidden,
@@ -30,13 +29,11 @@ from portal.domain.money import Money
 from portal.domain.types import Actor, Balance, MovementResult, MovementStatus, TopUpMethod
 from portal.services import audit, idempotency, jobs
 from portal.services.ledger import (
+    LedgerWrites,
     LockedWallet,
-    bump_change_versions,
     card_refusal,
     lock_wallets,
-    place_hold,
-    post_entry,
-    release_hold,
+    release_expired_hold,
     system_account_id,
     wallet_for,
 )
@@ -81,17 +78,37 @@ def _replay(stored: dict[str, Any]) -> MovementResult:
     return _result_from_dict(stored["result"])
 
 
-def _finish(uow: UnitOfWork, claim: idempotency.Claim, result: MovementResult) -> MovementResult:
-    idempotency.store(uow, claim, {"result": _result_to_dict(result)})
-    return result
-
-
-def _refuse(
-    uow: UnitOfWork, claim: idempotency.Claim, error: PortalError, result: MovementResult
+def _record(
+    uow: UnitOfWork,
+    claim: idempotency.Claim,
+    actor: Actor,
+    *,
+    insert: str,
+    params: dict[str, Any],
+    audit_data: dict[str, Any],
+    result: MovementResult,
+    refusal: PortalError | None,
+    with_entry: bool,
 ) -> MovementResult:
-    idempotency.store(uow, claim, {"error": error_to_dict(error)})
-    uow.refuse_after_commit(error)
-    return result
+    """Write the business record (CTE ``record``), its audit event and the stored response in
+    the statement that carries the ledger writes; a refusal is raised after the commit."""
+    uow.defer(insert + " RETURNING id", name="record", **params)
+    audit.record(
+        uow, actor, f"{result.kind}.create", result.kind, None, subject_from="record",
+        outcome="failure" if refusal else "success",
+        data={**audit_data, "failure_code": refusal.code if refusal else None},
+    )  # fmt: skip
+    if refusal is not None:
+        idempotency.store(uow, claim, {"error": error_to_dict(refusal)})
+        uow.refuse_after_commit(refusal)
+    else:
+        fill: dict[tuple[str, ...], str] = {("result", "id"): "record"}
+        if with_entry:
+            fill[("result", "journal_entry_id")] = "entry"
+        idempotency.store(uow, claim, {"result": _result_to_dict(result)}, fill=fill)
+    entry = "(SELECT id FROM entry)" if with_entry else "NULL::bigint"
+    row = uow.flush(f"SELECT (SELECT id FROM record) AS id, {entry} AS entry_id")
+    return replace(result, id=row.id, journal_entry_id=row.entry_id)
 
 
 # -- pure checks -----------------------------------------------------------------------------
@@ -128,6 +145,11 @@ def _insufficient(wallet: LockedWallet, amount: Money) -> InsufficientFunds | No
     return InsufficientFunds(f"not enough available money ({available} available)", param="amount")
 
 
+def _entry(writes: LedgerWrites) -> str:
+    """SQL for the journal entry id of this movement's deferred writes, if it has one."""
+    return "(SELECT id FROM entry)" if writes.has_entry else "NULL"
+
+
 def _day_start(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -157,9 +179,9 @@ def top_up(
         claim = idempotency.claim(uow, actor, key, "top_up", params)
         if claim.replay is not None:
             return _replay(claim.replay)
+        # Locking the wallet also locks its owner's row, which serialises the daily cap.
         wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
         _check_currency(wallet, amount, "currency")
-        bump_change_versions(uow, [wallet.user_id])  # also serialises this user's daily cap
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now)
         limits = uow.settings.limits_for(amount.currency, "top_up")
@@ -178,44 +200,38 @@ def top_up(
                     code="daily_limit_exceeded",
                 )
 
-        entry_id = None
-        posted = wallet.posted
+        writes = LedgerWrites(uow)
         if refusal is None:
             funding = system_account_id(uow, "funding", amount.currency)
-            entry_id, balances = post_entry(
-                uow,
+            writes.entry(
                 kind="top_up",
                 currency=amount.currency,
                 legs=[(funding, -amount.amount_minor), (wallet.account_id, amount.amount_minor)],
+                customer_accounts=[wallet.account_id],
                 description=f"top-up via {method}",
             )
-            posted = balances[wallet.account_id]
+            writes.apply()
         status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
-        top_up_id = uow.execute(
-            "INSERT INTO top_ups (card_id, user_id, amount_minor, currency, method, status,"
+        posted = 0 if refusal else amount.amount_minor
+        return _record(
+            uow, claim, actor,
+            insert="INSERT INTO top_ups (card_id, user_id, amount_minor, currency, method, status,"
             " failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
-            " VALUES (:card, :user, :amount, :cur, :method, :status, :failure, :entry,"
-            " :actor_kind, :actor_id, :now) RETURNING id",
-            {"card": card_id, "user": wallet.user_id, "amount": amount.amount_minor,
-             "cur": amount.currency, "method": method, "status": status,
-             "failure": refusal.code if refusal else None, "entry": entry_id,
-             "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
-        ).scalar_one()  # fmt: skip
-        audit.record(
-            uow, actor, "top_up.create", "top_up", top_up_id,
-            outcome="failure" if refusal else "success",
-            data={"card_id": card_id, "amount_minor": amount.amount_minor,
-                  "currency": amount.currency, "method": method,
-                  "failure_code": refusal.code if refusal else None},
+            f" VALUES (:card, :user, :amount, :cur, :method, :status, :failure, {_entry(writes)},"
+            " :actor_kind, :actor_id, :now)",
+            params={"card": card_id, "user": wallet.user_id, "amount": amount.amount_minor,
+                    "cur": amount.currency, "method": method, "status": status,
+                    "failure": refusal.code if refusal else None,
+                    "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
+            audit_data={"card_id": card_id, "amount_minor": amount.amount_minor,
+                        "currency": amount.currency, "method": method},
+            result=MovementResult(
+                kind="top_up", id=0, status=status, amount=amount, card_id=card_id,
+                balance=wallet.balance(posted=posted), created_at=now, method=method,
+            ),
+            refusal=refusal,
+            with_entry=writes.has_entry,
         )  # fmt: skip
-        result = MovementResult(
-            kind="top_up", id=top_up_id, status=status, amount=amount, card_id=card_id,
-            balance=wallet.balance(posted=posted), created_at=now, method=method,
-            journal_entry_id=entry_id,
-        )  # fmt: skip
-        if refusal is not None:
-            return _refuse(uow, claim, refusal, result)
-        return _finish(uow, claim, result)
 
     return uow.run(work)
 
@@ -253,49 +269,43 @@ def transfer(
         dest = wallet_for(wallets, to_card_id, None, "to_card_id")
         _check_currency(source, amount, "currency")
         _check_currency(dest, amount, "to_card_id")
-        bump_change_versions(uow, [source.user_id, dest.user_id])
         now = uow.now()
         refusal: PortalError | None = (
             card_refusal(source, now) or card_refusal(dest, now) or _insufficient(source, amount)
         )
-        entry_id = None
-        posted = source.posted
+        writes = LedgerWrites(uow)
         if refusal is None:
-            entry_id, balances = post_entry(
-                uow,
+            writes.entry(
                 kind="transfer",
                 currency=amount.currency,
                 legs=[(source.account_id, -amount.amount_minor),
                       (dest.account_id, amount.amount_minor)],
+                customer_accounts=[source.account_id, dest.account_id],
                 description=memo,
             )  # fmt: skip
-            posted = balances[source.account_id]
+            writes.apply()
         status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
-        transfer_id = uow.execute(
-            "INSERT INTO transfers (from_card_id, to_card_id, amount_minor, currency, memo,"
+        posted = 0 if refusal else -amount.amount_minor
+        return _record(
+            uow, claim, actor,
+            insert="INSERT INTO transfers (from_card_id, to_card_id, amount_minor, currency, memo,"
             " status, failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
-            " VALUES (:src, :dst, :amount, :cur, :memo, :status, :failure, :entry,"
-            " :actor_kind, :actor_id, :now) RETURNING id",
-            {"src": from_card_id, "dst": to_card_id, "amount": amount.amount_minor,
-             "cur": amount.currency, "memo": memo, "status": status,
-             "failure": refusal.code if refusal else None, "entry": entry_id,
-             "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
-        ).scalar_one()  # fmt: skip
-        audit.record(
-            uow, actor, "transfer.create", "transfer", transfer_id,
-            outcome="failure" if refusal else "success",
-            data={"from_card_id": from_card_id, "to_card_id": to_card_id,
-                  "amount_minor": amount.amount_minor, "currency": amount.currency,
-                  "failure_code": refusal.code if refusal else None},
+            f" VALUES (:src, :dst, :amount, :cur, :memo, :status, :failure, {_entry(writes)},"
+            " :actor_kind, :actor_id, :now)",
+            params={"src": from_card_id, "dst": to_card_id, "amount": amount.amount_minor,
+                    "cur": amount.currency, "memo": memo, "status": status,
+                    "failure": refusal.code if refusal else None,
+                    "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
+            audit_data={"from_card_id": from_card_id, "to_card_id": to_card_id,
+                        "amount_minor": amount.amount_minor, "currency": amount.currency},
+            result=MovementResult(
+                kind="transfer", id=0, status=status, amount=amount, card_id=from_card_id,
+                balance=source.balance(posted=posted), created_at=now,
+                counterparty_card_id=to_card_id,
+            ),
+            refusal=refusal,
+            with_entry=writes.has_entry,
         )  # fmt: skip
-        result = MovementResult(
-            kind="transfer", id=transfer_id, status=status, amount=amount, card_id=from_card_id,
-            balance=source.balance(posted=posted), created_at=now,
-            counterparty_card_id=to_card_id, journal_entry_id=entry_id,
-        )  # fmt: skip
-        if refusal is not None:
-            return _refuse(uow, claim, refusal, result)
-        return _finish(uow, claim, result)
 
     return uow.run(work)
 
@@ -349,57 +359,53 @@ def withdraw(
             return _replay(claim.replay)
         wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
         _check_currency(wallet, amount, "currency")
-        bump_change_versions(uow, [wallet.user_id])
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now) or _insufficient(wallet, amount)
-        hold_id = None
-        pending = wallet.pending
+        writes = LedgerWrites(uow)
         if refusal is None:
-            hold_id, pending = place_hold(
-                uow,
+            writes.hold(
                 wallet,
                 amount.amount_minor,
                 kind="withdrawal",
                 expires_at=now + timedelta(hours=uow.settings.withdrawal_hold_hours),
             )
+            writes.apply()
         blob, version = Vault.from_settings(uow.settings).encrypt(
             json.dumps(asdict(bank)).encode(), purpose="withdrawal.bank"
         )
         status = MovementStatus.FAILED if refusal else MovementStatus.PENDING
-        withdrawal_id = uow.execute(
-            "INSERT INTO withdrawals (card_id, amount_minor, currency, status, failure_code,"
+        hold = "NULL" if refusal else "(SELECT id FROM hold)"
+        result = _record(
+            uow, claim, actor,
+            insert="INSERT INTO withdrawals (card_id, amount_minor, currency, status, failure_code,"
             " hold_id, bank_ciphertext, bank_key_version, bank_name, bank_account_last4,"
             " created_by_kind, created_by_id, created_at, completed_at)"
-            " VALUES (:card, :amount, :cur, :status, :failure, :hold, :blob, :version,"
-            " :bank_name, :last4, :actor_kind, :actor_id, :now, :completed) RETURNING id",
-            {"card": card_id, "amount": amount.amount_minor, "cur": amount.currency,
-             "status": status, "failure": refusal.code if refusal else None, "hold": hold_id,
-             "blob": blob, "version": version, "bank_name": bank.bank_name,
-             "last4": bank.account_number[-4:], "actor_kind": str(actor.kind),
-             "actor_id": actor.id, "now": now, "completed": now if refusal else None},
-        ).scalar_one()  # fmt: skip
+            f" VALUES (:card, :amount, :cur, :status, :failure, {hold}, :blob, :version,"
+            " :bank_name, :last4, :actor_kind, :actor_id, :now, :completed)",
+            params={"card": card_id, "amount": amount.amount_minor, "cur": amount.currency,
+                    "status": status, "failure": refusal.code if refusal else None,
+                    "blob": blob, "version": version, "bank_name": bank.bank_name,
+                    "last4": bank.account_number[-4:], "actor_kind": str(actor.kind),
+                    "actor_id": actor.id, "now": now, "completed": now if refusal else None},
+            audit_data={"card_id": card_id, "amount_minor": amount.amount_minor,
+                        "currency": amount.currency},
+            result=MovementResult(
+                kind="withdrawal", id=0, status=status, amount=amount, card_id=card_id,
+                balance=wallet.balance(pending=0 if refusal else amount.amount_minor),
+                created_at=now,
+            ),
+            refusal=refusal,
+            with_entry=False,
+        )  # fmt: skip
         if refusal is None:
             jobs.enqueue(
                 uow,
                 PAYOUT_JOB,
-                {"withdrawal_id": withdrawal_id},
+                {"withdrawal_id": result.id},
                 run_at=now + timedelta(seconds=uow.settings.payout_delay_seconds),
-                dedupe_key=f"payout:{withdrawal_id}",
+                dedupe_key=f"payout:{result.id}",
             )
-        audit.record(
-            uow, actor, "withdrawal.create", "withdrawal", withdrawal_id,
-            outcome="failure" if refusal else "success",
-            data={"card_id": card_id, "amount_minor": amount.amount_minor,
-                  "currency": amount.currency, "hold_id": hold_id,
-                  "failure_code": refusal.code if refusal else None},
-        )  # fmt: skip
-        result = MovementResult(
-            kind="withdrawal", id=withdrawal_id, status=status, amount=amount, card_id=card_id,
-            balance=wallet.balance(pending=pending), created_at=now,
-        )  # fmt: skip
-        if refusal is not None:
-            return _refuse(uow, claim, refusal, result)
-        return _finish(uow, claim, result)
+        return result
 
     return uow.run(work)
 
@@ -426,50 +432,47 @@ def _settle_withdrawal(
             " FROM withdrawals WHERE id = :id FOR UPDATE",
             {"id": withdrawal_id},
         ).one()
-        amount = Money(w.amount_minor, w.currency)
         result = MovementResult(
-            kind="withdrawal", id=w.id, status=MovementStatus(w.status), amount=amount,
-            card_id=card_id, balance=wallet.balance(), created_at=w.created_at,
-            journal_entry_id=w.journal_entry_id,
+            kind="withdrawal", id=w.id, status=MovementStatus(w.status),
+            amount=Money(w.amount_minor, w.currency), card_id=card_id, balance=wallet.balance(),
+            created_at=w.created_at, journal_entry_id=w.journal_entry_id,
         )  # fmt: skip
         if w.status != MovementStatus.PENDING:
             return result  # already settled: settling is idempotent
-        now = uow.now()
+        writes = LedgerWrites(uow)
         if succeeded:
-            pending = release_hold(uow, w.hold_id, status="posted")
-            entry_id, balances = post_entry(
-                uow,
+            writes.entry(
                 kind="withdrawal",
                 currency=w.currency,
                 legs=[(wallet.account_id, -w.amount_minor),
                       (system_account_id(uow, "payouts", w.currency), w.amount_minor)],
+                customer_accounts=[wallet.account_id],
                 description=f"payout {payout_reference or ''}".strip(),
             )  # fmt: skip
-            uow.execute(
-                "UPDATE holds SET journal_entry_id = :entry WHERE id = :hold",
-                {"entry": entry_id, "hold": w.hold_id},
-            )
-            status, posted = MovementStatus.SUCCEEDED, balances[wallet.account_id]
-        else:
-            pending = release_hold(uow, w.hold_id, status=hold_status)
-            entry_id, status, posted = None, MovementStatus.FAILED, wallet.posted
-        uow.execute(
-            "UPDATE withdrawals SET status = :status, failure_code = :failure,"
-            " journal_entry_id = :entry, payout_reference = :ref, completed_at = :now"
-            " WHERE id = :id",
-            {"status": status, "failure": failure_code, "entry": entry_id,
-             "ref": payout_reference, "now": now, "id": w.id},
+        writes.release(
+            w.hold_id, wallet.account_id, w.amount_minor,
+            status="posted" if succeeded else hold_status,
         )  # fmt: skip
-        bump_change_versions(uow, [wallet.user_id])
+        writes.apply()
+        status = MovementStatus.SUCCEEDED if succeeded else MovementStatus.FAILED
+        uow.defer(
+            "UPDATE withdrawals SET status = :status, failure_code = :failure,"
+            f" journal_entry_id = {_entry(writes)}, payout_reference = :ref,"
+            " completed_at = :now WHERE id = :id",
+            status=status, failure=failure_code, ref=payout_reference, now=uow.now(), id=w.id,
+        )  # fmt: skip
         audit.record(
             uow, actor, "withdrawal.confirm" if succeeded else "withdrawal.fail", "withdrawal",
             w.id, data={"failure_code": failure_code, "payout_reference": payout_reference},
         )  # fmt: skip
+        entry = "(SELECT id FROM entry)" if writes.has_entry else "NULL::bigint"
+        entry_id = uow.flush(f"SELECT {entry} AS entry_id").entry_id
+        posted = -w.amount_minor if succeeded else 0
         return replace(
             result,
             status=status,
             journal_entry_id=entry_id,
-            balance=wallet.balance(posted=posted, pending=pending),
+            balance=wallet.balance(posted=posted, pending=-w.amount_minor),
         )
 
     return uow.run(work)
@@ -529,12 +532,9 @@ def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
             )  # fmt: skip
             count += result.status == MovementStatus.FAILED
         else:
-
-            def expire_one(u: UnitOfWork, hold: Any = hold) -> bool:
-                lock_wallets(u, [hold.card_id])
-                return release_hold(u, hold.id, status="expired") is not None
-
-            count += uow.run(expire_one)
+            count += uow.run(
+                lambda u, h=hold: release_expired_hold(u, h.id, h.card_id)  # type: ignore[misc]
+            )
     return count
 
 
