@@ -31,9 +31,13 @@ def funded(make, uow):
 def savepoint_error(connection: sa.Connection, *statements: str, **params) -> DBAPIError:
     """Run statements in a savepoint that must fail; return the error, keep the test going."""
     nested = connection.begin_nested()
-    with pytest.raises(DBAPIError) as exc:
+
+    def run_all() -> None:
         for statement in statements:
             run(connection, statement, **params)
+
+    with pytest.raises(DBAPIError) as exc:
+        run_all()
     nested.rollback()
     return exc.value
 

@@ -72,7 +72,8 @@ class TestTopUp:
         assert balances(uow, card) == (5_000_000, 0)
         legs = uow.run(
             lambda u: u.execute(
-                "SELECT a.kind, p.amount_minor FROM postings p JOIN accounts a ON a.id = p.account_id"
+                "SELECT a.kind, p.amount_minor FROM postings p"
+                " JOIN accounts a ON a.id = p.account_id"
                 " WHERE p.journal_entry_id = :e ORDER BY p.amount_minor",
                 {"e": result.journal_entry_id},
             ).all()
@@ -321,8 +322,14 @@ class TestIdempotency:
             amount=usd("10"),
             idempotency_key=key,
         )
-        again = wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
-                                to_card_id=dst.card_id, amount=usd("10"), idempotency_key=key)  # fmt: skip
+        again = wallet.transfer(
+            uow,
+            actor=alice,
+            from_card_id=src.card_id,
+            to_card_id=dst.card_id,
+            amount=usd("10"),
+            idempotency_key=key,
+        )
         assert again.replayed and not first.replayed
         assert replace(again, replayed=False) == first
         assert balances(uow, src) == (9000, 0)
@@ -331,24 +338,54 @@ class TestIdempotency:
     def test_same_key_different_request_is_refused(self, uow, make, alice, bob):
         src, dst = make.card(alice, balance="100"), make.card(bob)
         key = new_key()
-        wallet.transfer(uow, actor=alice, from_card_id=src.card_id, to_card_id=dst.card_id,
-                        amount=usd("10"), idempotency_key=key)  # fmt: skip
+        wallet.transfer(
+            uow,
+            actor=alice,
+            from_card_id=src.card_id,
+            to_card_id=dst.card_id,
+            amount=usd("10"),
+            idempotency_key=key,
+        )
         with pytest.raises(IdempotencyConflict) as exc:
-            wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
-                            to_card_id=dst.card_id, amount=usd("11"), idempotency_key=key)  # fmt: skip
+            wallet.transfer(
+                uow,
+                actor=alice,
+                from_card_id=src.card_id,
+                to_card_id=dst.card_id,
+                amount=usd("11"),
+                idempotency_key=key,
+            )
         assert exc.value.kind == "idempotency_error"
         with pytest.raises(IdempotencyConflict):  # another operation under the same key
-            wallet.top_up(uow, actor=alice, card_id=src.card_id, amount=usd("10"),
-                          method="cash", idempotency_key=key)  # fmt: skip
+            wallet.top_up(
+                uow,
+                actor=alice,
+                card_id=src.card_id,
+                amount=usd("10"),
+                method="cash",
+                idempotency_key=key,
+            )
         assert balances(uow, src) == (9000, 0)
 
     def test_keys_are_scoped_per_user(self, uow, make, alice, bob):
         a, b = make.card(alice, balance="20"), make.card(bob, balance="20")
         key = new_key()
-        wallet.transfer(uow, actor=alice, from_card_id=a.card_id, to_card_id=b.card_id,
-                        amount=usd("5"), idempotency_key=key)  # fmt: skip
-        result = wallet.transfer(uow, actor=bob, from_card_id=b.card_id, to_card_id=a.card_id,
-                                 amount=usd("7"), idempotency_key=key)  # fmt: skip
+        wallet.transfer(
+            uow,
+            actor=alice,
+            from_card_id=a.card_id,
+            to_card_id=b.card_id,
+            amount=usd("5"),
+            idempotency_key=key,
+        )
+        result = wallet.transfer(
+            uow,
+            actor=bob,
+            from_card_id=b.card_id,
+            to_card_id=a.card_id,
+            amount=usd("7"),
+            idempotency_key=key,
+        )
         assert not result.replayed
         assert balances(uow, a) == (2200, 0)
 
@@ -366,25 +403,49 @@ class TestIdempotency:
             )
         make.fund(src, "10")  # even with money now, the key answers as it first did
         with pytest.raises(InsufficientFunds, match=r"5\.00 USD available"):
-            wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
-                            to_card_id=dst.card_id, amount=usd("6"), idempotency_key=key)  # fmt: skip
+            wallet.transfer(
+                uow,
+                actor=alice,
+                from_card_id=src.card_id,
+                to_card_id=dst.card_id,
+                amount=usd("6"),
+                idempotency_key=key,
+            )
         assert count(uow, "transfers") == 1
 
     def test_invalid_input_does_not_burn_the_key(self, uow, make, alice, bob):
         src, dst = make.card(alice, balance="10"), make.card(bob)
         key = new_key()
         with pytest.raises(NotFound):
-            wallet.transfer(uow, actor=alice, from_card_id=src.card_id, to_card_id=424242,
-                            amount=usd("1"), idempotency_key=key)  # fmt: skip
-        result = wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
-                                 to_card_id=dst.card_id, amount=usd("1"), idempotency_key=key)  # fmt: skip
+            wallet.transfer(
+                uow,
+                actor=alice,
+                from_card_id=src.card_id,
+                to_card_id=424242,
+                amount=usd("1"),
+                idempotency_key=key,
+            )
+        result = wallet.transfer(
+            uow,
+            actor=alice,
+            from_card_id=src.card_id,
+            to_card_id=dst.card_id,
+            amount=usd("1"),
+            idempotency_key=key,
+        )
         assert result.status == MovementStatus.SUCCEEDED and not result.replayed
 
     def test_expired_key_starts_afresh(self, uow, make, alice, bob, clock):
         src, dst = make.card(alice, balance="10"), make.card(bob)
         key = new_key()
-        wallet.transfer(uow, actor=alice, from_card_id=src.card_id, to_card_id=dst.card_id,
-                        amount=usd("1"), idempotency_key=key)  # fmt: skip
+        wallet.transfer(
+            uow,
+            actor=alice,
+            from_card_id=src.card_id,
+            to_card_id=dst.card_id,
+            amount=usd("1"),
+            idempotency_key=key,
+        )
         clock.advance(hours=uow.settings.idempotency_ttl_hours - 1)
         assert wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
                                to_card_id=dst.card_id, amount=usd("1"),
@@ -399,8 +460,14 @@ class TestIdempotency:
     def test_bad_keys_are_invalid(self, uow, make, alice, key):
         card = make.card(alice)
         with pytest.raises(InvalidInput) as exc:
-            wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("10"),
-                          method="cash", idempotency_key=key)  # fmt: skip
+            wallet.top_up(
+                uow,
+                actor=alice,
+                card_id=card.card_id,
+                amount=usd("10"),
+                method="cash",
+                idempotency_key=key,
+            )
         assert exc.value.param == "idempotency_key"
 
 
