@@ -15,6 +15,7 @@ options, see ``portal.config``): a lock wait past it becomes ``TemporarilyUnavai
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _text(sql: str) -> sa.TextClause:
+    """Parsed text() constructs, reused across calls (services run the same SQL again and again)."""
+    return sa.text(sql)
 
 
 def utcnow() -> datetime:
@@ -77,7 +84,7 @@ class UnitOfWork:
     def execute(self, statement: str | sa.Executable, params: Any = None) -> sa.Result[Any]:
         if self._deferred:
             self.flush()
-        stmt = sa.text(statement) if isinstance(statement, str) else statement
+        stmt = _text(statement) if isinstance(statement, str) else statement
         return self.session.execute(stmt, params)
 
     def defer(self, sql: str, *, name: str | None = None, **params: Any) -> None:
@@ -101,7 +108,7 @@ class UnitOfWork:
         self._deferred, self._deferred_params = [], {}
         ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in parts)
         statement = f"WITH {ctes}\n{select}" if parts else select
-        return self.session.execute(sa.text(statement), params).one()
+        return self.session.execute(_text(statement), params).one()
 
     def on_commit(self, hook: Callable[[], Any]) -> None:
         """Run ``hook`` after a successful commit (side effects never precede the commit)."""
