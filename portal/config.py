@@ -35,6 +35,7 @@ def _dev_secrets() -> dict[str, str]:
         "PORTAL_VAULT_KEYS": "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "PORTAL_FINGERPRINT_KEY": secrets.token_urlsafe(32),
         "PORTAL_CVV_KEY": secrets.token_urlsafe(32),
+        "PORTAL_JWT_KEY": secrets.token_urlsafe(48),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -73,6 +74,7 @@ TEST_SECRETS = {
     "PORTAL_VAULT_KEYS": "1:" + base64.b64encode(b"t" * 32).decode(),
     "PORTAL_FINGERPRINT_KEY": "test-fingerprint-key",
     "PORTAL_CVV_KEY": "test-cvv-key",
+    "PORTAL_JWT_KEY": "test-jwt-key-0123456789abcdef0123456789abcdef",
 }
 
 REQUIRED_IN_PRODUCTION = (
@@ -81,6 +83,7 @@ REQUIRED_IN_PRODUCTION = (
     "PORTAL_VAULT_KEYS",
     "PORTAL_FINGERPRINT_KEY",
     "PORTAL_CVV_KEY",
+    "PORTAL_JWT_KEY",
 )
 
 
@@ -110,6 +113,16 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     active = int(get("PORTAL_VAULT_ACTIVE_KEY", str(max(vault_keys))) or 0)
     if active not in vault_keys:
         raise ConfigError(f"PORTAL_VAULT_ACTIVE_KEY {active} is not in PORTAL_VAULT_KEYS")
+    jwt_key = (get("PORTAL_JWT_KEY") or "").encode()
+    if len(jwt_key) < 32:
+        raise ConfigError("PORTAL_JWT_KEY must be at least 32 bytes (HS256 needs a 256-bit key)")
+
+    def number(name: str, default: str) -> int:
+        try:
+            return int(get(name, default) or default)
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be a whole number") from exc
+
     try:
         limits = parse_limits(get("PORTAL_LIMITS")) if get("PORTAL_LIMITS") else DEFAULT_LIMITS
     except ValueError as exc:
@@ -139,7 +152,27 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             withdrawal_hold_hours=int(get("PORTAL_WITHDRAWAL_HOLD_HOURS", "72") or 72),
             payout_delay_seconds=float(get("PORTAL_PAYOUT_DELAY_SECONDS", "3") or 3),
             max_cards_per_user=int(get("PORTAL_MAX_CARDS_PER_USER", "5") or 5),
+            jwt_key=jwt_key,
+            jwt_issuer=get("PORTAL_JWT_ISSUER", "portal") or "portal",
+            jwt_audience=get("PORTAL_JWT_AUDIENCE", "portal-api") or "portal-api",
+            access_token_seconds=number("PORTAL_ACCESS_TOKEN_SECONDS", "900"),
+            refresh_token_days=number("PORTAL_REFRESH_TOKEN_DAYS", "30"),
+            refresh_grace_seconds=number("PORTAL_REFRESH_GRACE_SECONDS", "10"),
+            session_idle_minutes=number("PORTAL_SESSION_IDLE_MINUTES", "30"),
+            session_absolute_hours=number("PORTAL_SESSION_ABSOLUTE_HOURS", "12"),
+            email_token_minutes=number("PORTAL_EMAIL_TOKEN_MINUTES", "60"),
+            password_reset_minutes=number("PORTAL_PASSWORD_RESET_MINUTES", "30"),
+            require_verified_email=(get("PORTAL_REQUIRE_VERIFIED_EMAIL", "true") or "").lower()
+            not in ("0", "false", "no", "off"),
         ),
+        "PROXY_COUNT": number("PORTAL_PROXY_COUNT", "0"),
+        "SMTP_URL": get("PORTAL_SMTP_URL"),
+        "MAIL_FROM": get("PORTAL_MAIL_FROM", "Portal <no-reply@portal.test>"),
+        "PUBLIC_URL": get("PORTAL_PUBLIC_URL", "http://127.0.0.1:5000"),
+        "OIDC_ISSUER": get("PORTAL_OIDC_ISSUER"),
+        "OIDC_CLIENT_ID": get("PORTAL_OIDC_CLIENT_ID"),
+        "OIDC_CLIENT_SECRET": get("PORTAL_OIDC_CLIENT_SECRET"),
+        "OIDC_NAME": get("PORTAL_OIDC_NAME", "single sign-on"),
         "WORKER_POLL_SECONDS": float(get("PORTAL_WORKER_POLL_SECONDS", "0.5") or 0.5),
         "WORKER_LEASE_SECONDS": float(get("PORTAL_WORKER_LEASE_SECONDS", "60") or 60),
         "SESSION_COOKIE_HTTPONLY": True,

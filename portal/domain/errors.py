@@ -30,6 +30,28 @@ class LimitExceeded(InvalidInput):
     code = "limit_exceeded"
 
 
+class Unauthenticated(PortalError):
+    """No valid credentials (sign-in failed, token missing, expired or revoked)."""
+
+    code = "unauthenticated"
+    kind = "authentication_error"
+
+
+class InvalidCredentials(Unauthenticated):
+    """Sign-in failed. One message whatever the reason, so it reveals nothing."""
+
+    code = "invalid_credentials"
+
+
+class RateLimited(PortalError):
+    code = "rate_limited"
+    kind = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int = 60, **kw: str | None) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
 class NotFound(PortalError):
     code = "not_found"
 

@@ -82,6 +82,21 @@ class ServiceSettings:
     withdrawal_hold_hours: int = 72
     payout_delay_seconds: float = 3.0
     max_cards_per_user: int = 5
+    #: HS256 key (at least 32 bytes) for access tokens; issuer and audience they carry.
+    jwt_key: bytes = b""
+    jwt_issuer: str = "portal"
+    jwt_audience: str = "portal-api"
+    access_token_seconds: int = 900
+    refresh_token_days: int = 30
+    #: A refresh token used again within this many seconds of its first use is answered
+    #: (concurrent refreshes), not treated as theft.
+    refresh_grace_seconds: int = 10
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    email_token_minutes: int = 60
+    password_reset_minutes: int = 30
+    #: Unverified accounts can sign in but cannot move money while this is on.
+    require_verified_email: bool = True
 
     def limits_for(self, currency: str, kind: str) -> Limits | None:
         return self.limits.get(currency, {}).get(kind)
