@@ -97,8 +97,14 @@ def create_user(
     password_hash = hash_password(password) if password else None
     return uow.run(
         lambda u: insert_user(
-            u, actor, email=email, first_name=first, last_name=last,
-            password_hash=password_hash, roles=roles, verified=verified,
+            u,
+            actor,
+            email=email,
+            first_name=first,
+            last_name=last,
+            password_hash=password_hash,
+            roles=roles,
+            verified=verified,
         )  # fmt: skip
     )
 

@@ -1,13 +1,21 @@
-"""Shared web glue: the unit-of-work factory, health, landing page and error handlers."""
+"""Shared web glue: request ids and security headers, errors, CSRF, rate limits, the unit of
+work, Redis, health and the landing page."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from portal.web import health, redis, uow
+from portal.extensions import csrf, limiter
+from portal.web import errors, health, redis, requests, uow
 
 
 def init_app(app: Flask) -> None:
+    requests.init_app(app)
+    errors.init_app(app)
     uow.init_app(app)
     redis.init_app(app)
+    csrf.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", "portal")
+    limiter.init_app(app)
     app.register_blueprint(health.bp)
