@@ -134,6 +134,7 @@ class Factory:
             first_name=kw.get("first_name", "Test"),
             last_name=kw.get("last_name", f"User{n}"),
             roles=roles,
+            verified=kw.get("verified", "yes") == "yes",
         )
         return users.actor_for(self.uow, created.id)
 

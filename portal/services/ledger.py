@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from portal.domain.errors import CardUnavailable, NotFound
+from portal.domain.errors import CardUnavailable, Forbidden, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance
 from portal.services.uow import UnitOfWork
@@ -37,6 +37,7 @@ class LockedWallet:
     archived_at: datetime | None
     expiry_month: int
     expiry_year: int
+    owner_verified: bool
 
     @property
     def available(self) -> int:
@@ -64,8 +65,9 @@ def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWa
         WITH locked AS (
             SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
                    a.posted_minor AS posted, a.pending_debits_minor AS pending,
-                   c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year
-            FROM accounts a JOIN cards c ON c.id = a.card_id
+                   c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year,
+                   u.email_verified_at IS NOT NULL AS owner_verified
+            FROM accounts a JOIN cards c ON c.id = a.card_id JOIN users u ON u.id = c.user_id
             WHERE a.card_id = ANY(:ids) ORDER BY a.id FOR UPDATE OF a
         ), bumped AS (
             UPDATE users SET change_version = change_version + 1 WHERE id IN (
@@ -81,15 +83,28 @@ def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWa
 
 
 def wallet_for(
-    wallets: dict[int, LockedWallet], card_id: int, actor: Actor | None, param: str
+    wallets: dict[int, LockedWallet],
+    card_id: int,
+    actor: Actor | None,
+    param: str,
+    *,
+    require_verified: bool = False,
 ) -> LockedWallet:
     """The locked wallet of ``card_id``; NotFound if it does not exist or, when ``actor`` is
-    given, belongs to someone else and the actor may not manage money (no existence leak)."""
+    given, belongs to someone else and the actor may not manage money (no existence leak);
+    Forbidden when ``require_verified`` and the owner acting has not verified their email."""
     wallet = wallets.get(card_id)
     if wallet is None or (
         actor is not None and not wallet.owned_by(actor) and not actor.can("money:manage")
     ):
         raise NotFound("no such card", param=param)
+    if (
+        require_verified
+        and actor is not None
+        and wallet.owned_by(actor)
+        and not wallet.owner_verified
+    ):
+        raise Forbidden("verify your email address before moving money", code="email_unverified")
     return wallet
 
 

@@ -180,7 +180,10 @@ def top_up(
         if claim.replay is not None:
             return _replay(claim.replay)
         # Locking the wallet also locks its owner's row, which serialises the daily cap.
-        wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
+        wallet = wallet_for(
+            lock_wallets(uow, [card_id]), card_id, actor, "card_id",
+            require_verified=uow.settings.require_verified_email,
+        )  # fmt: skip
         _check_currency(wallet, amount, "currency")
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now)
@@ -265,7 +268,10 @@ def transfer(
         if claim.replay is not None:
             return _replay(claim.replay)
         wallets = lock_wallets(uow, [from_card_id, to_card_id])
-        source = wallet_for(wallets, from_card_id, actor, "from_card_id")
+        source = wallet_for(
+            wallets, from_card_id, actor, "from_card_id",
+            require_verified=uow.settings.require_verified_email,
+        )  # fmt: skip
         dest = wallet_for(wallets, to_card_id, None, "to_card_id")
         _check_currency(source, amount, "currency")
         _check_currency(dest, amount, "to_card_id")
@@ -357,7 +363,10 @@ def withdraw(
         claim = idempotency.claim(uow, actor, key, "withdraw", params)
         if claim.replay is not None:
             return _replay(claim.replay)
-        wallet = wallet_for(lock_wallets(uow, [card_id]), card_id, actor, "card_id")
+        wallet = wallet_for(
+            lock_wallets(uow, [card_id]), card_id, actor, "card_id",
+            require_verified=uow.settings.require_verified_email,
+        )  # fmt: skip
         _check_currency(wallet, amount, "currency")
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now) or _insufficient(wallet, amount)

@@ -563,3 +563,40 @@ class TestWithdrawal:
         assert balances(uow, card) == (10_000, 0)
         assert wallet.expire_holds(uow, actor=SYSTEM) == 0
         assert_clean(uow)
+
+
+class TestEmailVerification:
+    def test_unverified_owner_cannot_move_money_until_verified(self, uow, make, connection):
+        newcomer = make.user(verified="no")
+        card = make.card(newcomer)
+        make.fund(card, "50")  # money may arrive (staff top-up, incoming transfer)
+        before = count(uow, "top_ups"), count(uow, "transfers"), count(uow, "withdrawals")
+        other = make.card(make.user())
+        for attempt in (
+            lambda: wallet.top_up(uow, actor=newcomer, card_id=card.card_id, amount=usd("10"),
+                                  method="cash", idempotency_key=new_key()),
+            lambda: wallet.transfer(uow, actor=newcomer, from_card_id=card.card_id,
+                                    to_card_id=other.card_id, amount=usd("1"),
+                                    idempotency_key=new_key()),
+            lambda: wallet.withdraw(uow, actor=newcomer, card_id=card.card_id, amount=usd("10"),
+                                    bank=BANK, idempotency_key=new_key()),
+        ):  # fmt: skip
+            with pytest.raises(Forbidden) as exc:
+                attempt()
+            assert exc.value.code == "email_unverified"
+        assert (count(uow, "top_ups"), count(uow, "transfers"), count(uow, "withdrawals")) == before
+        connection.execute(
+            sa.text("UPDATE users SET email_verified_at = now() WHERE id = :id"),
+            {"id": newcomer.id},
+        )
+        wallet.transfer(uow, actor=newcomer, from_card_id=card.card_id, to_card_id=other.card_id,
+                        amount=usd("1"), idempotency_key=new_key())  # fmt: skip
+        assert balances(uow, card) == (4900, 0)
+
+    def test_the_rule_can_be_switched_off(self, uow, make):
+        uow.settings = replace(uow.settings, require_verified_email=False)
+        newcomer = make.user(verified="no")
+        card = make.card(newcomer)
+        wallet.top_up(uow, actor=newcomer, card_id=card.card_id, amount=usd("10"),
+                      method="cash", idempotency_key=new_key())  # fmt: skip
+        assert balances(uow, card) == (1000, 0)
