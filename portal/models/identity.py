@@ -1,4 +1,5 @@
-"""Users, roles, permissions and refresh tokens."""
+"""Users, roles, permissions, and how users prove who they are: refresh tokens, web sessions,
+one-time email links, TOTP recovery codes and single-sign-on identities."""
 
 from __future__ import annotations
 
@@ -51,9 +52,17 @@ class User(Base):
     first_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     last_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     email_verified_at: Mapped[datetime | None]
-    #: TOTP secret, encrypted by the vault; NULL until the user enrols.
+    #: TOTP secret, encrypted by the vault (purpose "user.totp"); NULL until the user enrols.
     totp_secret_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    #: Vault key version that sealed ``totp_secret_ciphertext``.
+    totp_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    #: A secret being enrolled: becomes the secret once the user proves a code from it.
+    totp_pending_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    totp_pending_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    #: The last TOTP time step accepted: a code is accepted only for a later step (no replay).
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
     mfa_enabled_at: Mapped[datetime | None]
+    password_changed_at: Mapped[datetime | None]
     #: Bumped in the same transaction as any money movement touching the user (live updates).
     change_version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
     created_at: Mapped[datetime] = now_column()
@@ -89,7 +98,78 @@ class RefreshToken(Base):
     #: SHA-256 of the opaque token; the token itself is never stored.
     token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
     issued_at: Mapped[datetime] = now_column()
+    #: The family's absolute expiry: set when the family starts, copied to every rotation.
     expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    #: Set when the token is exchanged (rotated); a later exchange is reuse.
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     user_agent: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = fk_column("users.id", ondelete="CASCADE")
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    created_at: Mapped[datetime] = now_column()
+    last_seen_at: Mapped[datetime] = mapped_column(nullable=False)
+    absolute_expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    revoked_at: Mapped[datetime | None]
+    mfa_verified_at: Mapped[datetime | None]
+    user_agent: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
+    ip: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default="")
+
+
+class UserToken(Base):
+    """A one-time link sent by email (verify an address, reset a password); stored hashed."""
+
+    __tablename__ = "user_tokens"
+    __table_args__ = (
+        sa.CheckConstraint("purpose IN ('verify_email', 'reset_password')", name="purpose"),
+    )
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = fk_column("users.id", ondelete="CASCADE")
+    purpose: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    #: For an email change: the address being verified (the email changes once it is).
+    new_email: Mapped[str | None] = mapped_column(sa.String(254))
+    created_at: Mapped[datetime] = now_column()
+    expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    used_at: Mapped[datetime | None]
+
+
+class RecoveryCode(Base):
+    """A one-time TOTP recovery code (SHA-256 of a 125-bit random code)."""
+
+    __tablename__ = "recovery_codes"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "code_hash", name="uq_recovery_codes_user_id_code_hash"),
+    )
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    code_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False)
+    created_at: Mapped[datetime] = now_column()
+    used_at: Mapped[datetime | None]
+
+
+class OAuthIdentity(Base):
+    """A user's account at an OpenID Connect provider (issuer + subject), for single sign-on."""
+
+    __tablename__ = "oauth_identities"
+    __table_args__ = (
+        sa.UniqueConstraint("issuer", "subject", name="uq_oauth_identities_issuer_subject"),
+    )
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = fk_column("users.id", ondelete="CASCADE")
+    issuer: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    subject: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    created_at: Mapped[datetime] = now_column()
