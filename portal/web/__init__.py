@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask
 
 from portal.extensions import csrf, limiter
-from portal.web import errors, health, redis, requests, uow
+from portal.web import auth, errors, health, redis, requests, uow
 
 
 def init_app(app: Flask) -> None:
@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     uow.init_app(app)
     redis.init_app(app)
     csrf.init_app(app)
+    auth.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "portal")
     limiter.init_app(app)

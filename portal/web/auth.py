@@ -1,0 +1,153 @@
+"""Who is asking: server-side web sessions behind Flask-Login, bearer tokens for the API, and
+the decorators pages use to require sign-in, permissions and (for staff) a second factor.
+
+The browser's signed cookie holds only a random session token; the session itself is a row
+(``web_sessions``) checked on every request, so it can be listed, revoked and timed out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Flask, Request, abort, g, redirect, request, session, url_for
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+
+from portal.domain.errors import Unauthenticated
+from portal.domain.types import Actor
+from portal.services import mfa, sessions, tokens
+from portal.services.identity import UserView
+from portal.web.uow import make_uow
+
+login_manager = LoginManager()
+F = TypeVar("F", bound=Callable[..., Any])
+SESSION_KEY = "sid"
+
+
+@dataclass(frozen=True)
+class SessionUser(UserMixin):  # type: ignore[misc]
+    """The signed-in user for this request (never an ORM row)."""
+
+    user: UserView
+    session_id: int
+    mfa_verified: bool
+    actor: Actor
+
+    def get_id(self) -> str:
+        return str(self.user.id)
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def mfa_satisfied(self) -> bool:
+        return self.mfa_verified or not mfa.mfa_required(self.user)
+
+
+def init_app(app: Flask) -> None:
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # the server-side session is the protection
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "info"
+    login_manager.request_loader(_load_from_session)
+    app.extensions["portal.api_authenticator"] = authenticate_bearer
+    secure = str(app.config.get("PUBLIC_URL", "")).startswith("https://")
+    app.config.update(
+        SESSION_COOKIE_NAME="__Host-portal" if secure else "portal_session",
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",  # Strict would break single-sign-on redirects
+    )
+
+
+def _load_from_session(_request: Request) -> SessionUser | None:
+    token = session.get(SESSION_KEY)
+    if not token:
+        return None
+    info = sessions.resolve_web_session(make_uow(), token=token)
+    if info is None:
+        session.clear()
+        return None
+    return SessionUser(info.user, info.session_id, info.mfa_verified, info.actor)
+
+
+def sign_in(user: UserView, *, mfa_verified: bool) -> SessionUser:
+    """Start a new server-side session (a new identifier at every sign-in)."""
+    session.clear()
+    new = sessions.create_web_session(
+        make_uow(),
+        user_id=user.id,
+        user_agent=(request.user_agent.string or "")[:255],
+        ip=request.remote_addr or "",
+        mfa_verified=mfa_verified,
+    )
+    session[SESSION_KEY] = new.token
+    session.permanent = True
+    signed_in = SessionUser(user, new.id, mfa_verified, user.actor)
+    login_user(signed_in)
+    return signed_in
+
+
+def step_up() -> None:
+    """The second factor was just verified: the session gets a new token, marked verified."""
+    new = sessions.mark_mfa_verified(make_uow(), session_id=current_user.session_id)
+    session[SESSION_KEY] = new.token
+    login_user(SessionUser(current_user.user, new.id, True, current_user.actor))
+
+
+def sign_out() -> None:
+    if current_user.is_authenticated:
+        sessions.revoke_session(
+            make_uow(), actor=current_user.actor, session_id=current_user.session_id
+        )
+    logout_user()
+    session.clear()
+
+
+def current_actor() -> Actor:
+    if not current_user.is_authenticated:
+        raise Unauthenticated("sign in first")
+    return current_user.actor  # type: ignore[no-any-return]
+
+
+def login_required(*permissions: str) -> Callable[[F], F]:
+    """Require a signed-in user holding every permission named; staff must also have passed
+    their second factor in this session (enrolling first if they have not)."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            if not current_user.mfa_satisfied:
+                endpoint = "auth.mfa_setup" if not current_user.user.mfa_enabled else "auth.mfa"
+                return redirect(url_for(endpoint, next=request.full_path))
+            if any(not current_user.actor.can(p) for p in permissions):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    actor: Actor
+    user: UserView
+
+
+def authenticate_bearer(req: Request) -> ApiPrincipal:
+    """The API's bearer-token check: a valid access token of a live user and family."""
+    header = req.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("send an access token: Authorization: Bearer <token>")
+    uow = make_uow()
+    claims = tokens.verify_access_token(uow.settings, token.strip())
+    actor, user = tokens.actor_for_access(uow, claims)
+    g.api_user = user
+    return ApiPrincipal(actor, user)
