@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HTMX := portal/static/vendor/htmx.min.js
+SWAGGER_UI := portal/static/vendor/swagger-ui
 ARGS ?=
 
 .PHONY: venv assets run dev test lint fmt clean
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Front-end assets, pinned in package-lock.json and served from portal/static/vendor/.
-assets: $(HTMX)
+assets: $(HTMX) $(SWAGGER_UI)/swagger-ui-bundle.js
 
 node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund
@@ -28,6 +29,12 @@ node_modules/.installed: package.json package-lock.json
 $(HTMX): node_modules/.installed
 	mkdir -p $(@D)
 	cp node_modules/htmx.org/dist/htmx.min.js $@
+
+# Swagger UI for /api/docs: the bundle, its stylesheet and its licence, nothing else.
+$(SWAGGER_UI)/swagger-ui-bundle.js: node_modules/.installed
+	mkdir -p $(@D)
+	cp $(addprefix node_modules/swagger-ui-dist/,swagger-ui.css LICENSE NOTICE) $(@D)/
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js $@
 
 run: venv assets
 	$(BIN)/python -m portal.supervise run $(ARGS)
@@ -52,6 +59,6 @@ fmt: venv
 
 # Keeps instance/: the development database and the development secrets that encrypt its data.
 clean:
-	rm -rf $(VENV) node_modules $(HTMX) build test-artifacts *.egg-info
+	rm -rf $(VENV) node_modules $(HTMX) $(SWAGGER_UI) build test-artifacts *.egg-info
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find portal tests -name __pycache__ -type d -prune -exec rm -rf {} +

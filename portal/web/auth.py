@@ -27,7 +27,7 @@ SESSION_KEY = "sid"
 
 
 @dataclass(frozen=True)
-class SessionUser(UserMixin):  # type: ignore[misc]
+class SessionUser(UserMixin):
     """The signed-in user for this request (never an ORM row)."""
 
     user: UserView
@@ -110,7 +110,7 @@ def sign_out() -> None:
 def current_actor() -> Actor:
     if not current_user.is_authenticated:
         raise Unauthenticated("sign in first")
-    return current_user.actor  # type: ignore[no-any-return]
+    return current_user.actor
 
 
 def login_required(*permissions: str) -> Callable[[F], F]:

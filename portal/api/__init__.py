@@ -1,0 +1,36 @@
+"""The JSON API at ``/api/v1``: the conventions live in :mod:`portal.api.operation`
+(``@operation``), :mod:`~portal.api.errors`, :mod:`~portal.api.pagination`,
+:mod:`~portal.api.security` and :mod:`~portal.api.openapi`; Swagger UI in :mod:`~portal.api.docs`.
+
+To add endpoints, write a module under ``portal/api/`` whose views are declared with
+``@operation(bp, ...)`` and list it in ``ENDPOINT_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flask import Blueprint, Flask
+
+from portal.api import docs, errors
+from portal.api.operation import operation
+from portal.api.security import BEARER, add_scheme, current_actor
+from portal.extensions import csrf
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.add_url_rule("/openapi.json", view_func=docs.openapi_json, methods=["GET"])
+
+#: Modules whose ``@operation(bp, ...)`` declarations make up the API (imported by init_app).
+ENDPOINT_MODULES: tuple[str, ...] = ()
+
+__all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]
+
+
+def init_app(app: Flask) -> None:
+    for module in ENDPOINT_MODULES:
+        importlib.import_module(module)
+    add_scheme(app, BEARER)
+    errors.init_app(app)
+    csrf.exempt(bp)  # the API never authenticates by cookie
+    app.register_blueprint(bp)
+    app.register_blueprint(docs.bp)
