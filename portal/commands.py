@@ -58,9 +58,35 @@ def worker_command(once: bool) -> None:
     worker.serve()
 
 
+@click.command("create-admin")
+@click.option("--email", prompt=True)
+@click.option("--first-name", prompt=True)
+@click.option("--last-name", prompt=True)
+@click.password_option(help="Prompted (twice) when not given; checked against the policy.")
+@with_appcontext
+def create_admin_command(email: str, first_name: str, last_name: str, password: str) -> None:
+    """Create an administrator (the first one, or another). They must enrol a second factor at
+    their first sign-in before they can reach any staff page."""
+    from portal.domain.errors import PortalError
+    from portal.domain.types import Actor
+    from portal.services.passwords import check_password_policy
+    from portal.services.users import create_user
+
+    try:
+        check_password_policy(password, personal=(email, first_name, last_name))
+        created = create_user(
+            make_uow(), actor=Actor.system("cli"), email=email, first_name=first_name,
+            last_name=last_name, password=password, roles=("admin",), verified=True,
+        )  # fmt: skip
+    except PortalError as exc:
+        raise click.ClickException(f"{exc.param or 'input'}: {exc.message}") from exc
+    click.echo(f"administrator {created.email} created (id {created.id})")
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(ledger)
     app.cli.add_command(worker_command)
+    app.cli.add_command(create_admin_command)
 
     @app.cli.command("seed-demo")
     @click.option("--if-empty", is_flag=True, help="Do nothing when any user exists already.")

@@ -60,3 +60,25 @@ def test_limits_are_read_in_major_units():
     )  # fmt: skip
     limits = config["SERVICE_SETTINGS"].limits_for("JPY", "top_up")
     assert (limits.minimum, limits.maximum, limits.daily) == (100, 5000, 9000)
+
+
+def test_create_admin_makes_an_administrator_with_a_checked_password(app, connection):
+    runner = app.test_cli_runner()
+    args = ["create-admin", "--email", "root@portal.test", "--first-name", "Ada",
+            "--last-name", "Root"]  # fmt: skip
+    weak = runner.invoke(args=[*args, "--password", "password"])
+    assert weak.exit_code == 1
+    assert "password" in weak.output
+    result = runner.invoke(args=[*args, "--password", "correct horse battery staple"])
+    assert result.exit_code == 0, result.output
+    assert "administrator root@portal.test created" in result.output
+    roles = connection.execute(
+        sa.text(
+            "SELECT r.name FROM users u JOIN user_roles ur ON ur.user_id = u.id"
+            " JOIN roles r ON r.id = ur.role_id WHERE u.email = 'root@portal.test'"
+        )
+    ).scalars()
+    assert list(roles) == ["admin"]
+    again = runner.invoke(args=[*args, "--password", "correct horse battery staple"])
+    assert again.exit_code == 1
+    assert "already exists" in again.output
