@@ -52,7 +52,13 @@ def app() -> Iterator[Flask]:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     application = create_app(
-        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": url, "PORTAL_ENV": "test"}
+        # CSRF is proven by its own test (tests/pages); the others post without tokens.
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": url,
+            "PORTAL_ENV": "test",
+            "WTF_CSRF_ENABLED": False,
+        }
     )
     settings = application.config["SERVICE_SETTINGS"]
     application.config["SERVICE_SETTINGS"] = replace(settings, payout_delay_seconds=0)

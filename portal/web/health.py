@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, render_template
 
-from portal.extensions import db
+from portal.web.uow import make_uow
 
 bp = Blueprint("health", __name__)
 
@@ -17,8 +16,7 @@ def healthz() -> Any:
     """Database and Redis state as JSON; 503 when the database cannot be reached."""
     checks: dict[str, str] = {}
     try:
-        with db.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        make_uow().run(lambda u: u.execute("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # any failure to reach the database is a 503, never a 500
         checks["database"] = f"error: {type(exc).__name__}"
