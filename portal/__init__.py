@@ -10,7 +10,7 @@ from flask import Flask
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory. ``config`` overrides what the environment gives."""
-    from portal import api, cli, web
+    from portal import api, auth, cli, web
     from portal.config import load_config
     from portal.extensions import db, migrate
 
@@ -27,6 +27,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db)
     web.init_app(app)
+    app.register_blueprint(auth.bp)
+    from portal import sso
+
+    app.register_blueprint(sso.bp)
     api.init_app(app)
     cli.init_app(app)
     return app

@@ -7,12 +7,15 @@ The browser's signed cookie holds only a random session token; the session itsel
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Flask, Request, abort, g, redirect, request, session, url_for
+from flask import Flask, Request, abort, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from portal.domain.errors import Unauthenticated
@@ -24,6 +27,9 @@ from portal.web.uow import make_uow
 login_manager = LoginManager()
 F = TypeVar("F", bound=Callable[..., Any])
 SESSION_KEY = "sid"
+#: Signed-cookie key of a sign-in waiting for its second factor (nobody is signed in yet).
+PENDING_KEY = "auth_pending"
+PENDING_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,34 @@ def step_up() -> None:
     new = sessions.mark_mfa_verified(make_uow(), session_id=current_user.session_id)
     session[SESSION_KEY] = new.token
     login_user(SessionUser(current_user.user, new.id, True, current_user.actor))
+
+
+def account_tag(email: str) -> str:
+    """A keyed digest of an email address (case-insensitive): how sign-in throttling, the
+    trusted-browser cookie and the pending second factor name an account without the address."""
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    text = (email or "").strip().lower().encode("utf-8", "replace")
+    return hmac.new(key, b"portal.auth.account:" + text, hashlib.sha256).hexdigest()[:32]
+
+
+def await_second_factor(user_id: int, email: str, next_url: str | None, *, method: str) -> None:
+    """The first factor passed (a password, or a single-sign-on provider); the second is due.
+    Nobody is signed in: the signed session holds only who is waiting, for a few minutes."""
+    session.clear()
+    session[PENDING_KEY] = {
+        "user_id": user_id,
+        "account": account_tag(email),
+        "expires": int(time.time()) + PENDING_SECONDS,
+        "next": next_url or "",
+        "method": method,
+    }
+
+
+def pending_second_factor() -> dict[str, Any] | None:
+    pending = session.get(PENDING_KEY)
+    if not isinstance(pending, dict) or float(pending.get("expires", 0)) < time.time():
+        return None
+    return pending
 
 
 def sign_out() -> None:
