@@ -453,3 +453,13 @@ def test_next_is_followed_only_when_it_is_a_local_path(
 
     assert flow.response.status_code == 302
     assert flow.response.headers["Location"] == lands
+
+
+def test_the_sign_in_page_offers_single_sign_on_only_when_configured(
+    client: FlaskClient, app: Flask
+) -> None:
+    page = client.get("/auth/login?next=/auth/account").get_data(as_text=True)
+    assert 'href="/auth/sso/login?next=/auth/account"' in page
+    assert "Sign in with" in page
+    plain = app.test_client().get("/auth/login").get_data(as_text=True)
+    assert "/auth/sso/login" not in plain
