@@ -57,6 +57,7 @@ def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.session_protection = None  # the server-side session is the protection
     login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please sign in to see this page."
     login_manager.login_message_category = "info"
     login_manager.request_loader(_load_from_session)
     app.extensions["portal.api_authenticator"] = authenticate_bearer
