@@ -21,7 +21,11 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.add_url_rule("/openapi.json", view_func=docs.openapi_json, methods=["GET"])
 
 #: Modules whose ``@operation(bp, ...)`` declarations make up the API (imported by init_app).
-ENDPOINT_MODULES: tuple[str, ...] = ()
+ENDPOINT_MODULES: tuple[str, ...] = (
+    "portal.api.auth",
+    "portal.api.users",
+    "portal.api.roles",
+)
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]
 

@@ -29,6 +29,7 @@ from portal.domain.errors import (
 )
 from portal.domain.types import Actor
 from portal.services import audit
+from portal.services.credentials import revoke_credentials
 from portal.services.passwords import (
     burn_verification,
     check_password_policy,
@@ -127,28 +128,6 @@ def token_digest(token: str) -> bytes:
 def new_secret() -> str:
     """A 256-bit random secret, URL-safe."""
     return secrets.token_urlsafe(32)
-
-
-def revoke_credentials(
-    u: UnitOfWork, user_id: int, *, except_session_id: int | None = None
-) -> None:
-    """Inside an open transaction: revoke every web session of a user (but one, if named) and
-    every refresh-token family. Deferred: sent with the transaction's next statement."""
-    keep = "" if except_session_id is None else " AND id <> :keep"
-    params: dict[str, Any] = {"now": u.now(), "user_id": user_id}
-    if except_session_id is not None:
-        params["keep"] = except_session_id
-    u.defer(
-        "UPDATE web_sessions SET revoked_at = :now"
-        f" WHERE user_id = :user_id AND revoked_at IS NULL{keep}",
-        **params,
-    )
-    u.defer(
-        "UPDATE refresh_tokens SET revoked_at = :now WHERE user_id = :user_id"
-        " AND revoked_at IS NULL",
-        now=u.now(),
-        user_id=user_id,
-    )
 
 
 def require_user(actor: Actor) -> int:

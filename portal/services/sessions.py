@@ -18,12 +18,12 @@ from typing import Any
 from portal.domain.errors import NotFound, Unauthenticated
 from portal.domain.types import Actor
 from portal.services import audit
+from portal.services.credentials import revoke_credentials
 from portal.services.identity import (
     USER_VIEW_COLUMNS,
     UserView,
     new_secret,
     require_user,
-    revoke_credentials,
     token_digest,
     user_view_from_row,
 )

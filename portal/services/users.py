@@ -23,6 +23,7 @@ from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from portal.domain.permissions import ADMIN_ROLE, ROLE_NAME, SELF_SERVICE_PERMISSIONS
 from portal.domain.types import Actor, ActorKind
 from portal.services import audit
+from portal.services.credentials import revoke_credentials
 from portal.services.pagination import (
     Page,
     check_cursor,
@@ -498,6 +499,8 @@ def _set_archived(uow: UnitOfWork, actor: Actor, user_id: int, archived: bool) -
             "UPDATE users SET archived_at = :at, updated_at = :now WHERE id = :id",
             {"at": u.now() if archived else None, "now": u.now(), "id": user_id},
         )
+        if archived:  # a later restore must not bring the old sessions and tokens back
+            revoke_credentials(u, user_id)
         audit.record(u, actor, "user.archive" if archived else "user.restore", "user", user_id)
         return _reload(u, user_id)
 

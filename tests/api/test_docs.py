@@ -111,7 +111,8 @@ def test_swagger_ui_renders_and_calls_the_api_with_a_bearer_token(
         page.goto(f"{live_server}/api/docs")
         operation = page.locator("#operations-things-list_things_view")
         operation.wait_for(state="visible", timeout=20_000)
-        assert page.locator(".opblock").count() == 7
+        sample = "[id^='operations-things-'], [id^='operations-misc-']"
+        assert page.locator(f".opblock:is({sample})").count() == 7
         assert page.locator(".info .title").inner_text().startswith("Portal API")
 
         ARTIFACTS.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from portal.domain.money import Money
 from portal.domain.types import Actor
 from portal.services import roles, users, wallet
@@ -558,3 +558,22 @@ def test_names_and_emails_with_control_characters_are_refused():
     with pytest.raises(InvalidInput):
         users.clean_email("a\x07@b.test")
     assert users.check_names(" Zoë ", "Ng\u200cuyen") == ("Zoë", "Ng\u200cuyen")  # ZWNJ is fine
+
+
+def test_archiving_revokes_sessions_and_tokens_so_a_restore_does_not_revive_them(uow, make):
+    from portal.services import sessions, tokens
+
+    admin = make.user(roles=("admin",))
+    target = make.user()
+    web = sessions.create_web_session(
+        uow, user_id=target.id, user_agent="t", ip="127.0.0.1", mfa_verified=False
+    )
+    pair = tokens.issue_tokens(uow, user_id=target.id)
+    users.archive_user(uow, actor=admin, user_id=target.id)
+    users.restore_user(uow, actor=admin, user_id=target.id)
+    assert sessions.resolve_web_session(uow, token=web.token) is None
+    claims = tokens.verify_access_token(uow.settings, pair.access_token)
+    with pytest.raises(Unauthenticated):
+        tokens.actor_for_access(uow, claims)
+    with pytest.raises(Unauthenticated):
+        tokens.refresh(uow, refresh_token=pair.refresh_token)

@@ -1,0 +1,465 @@
+"""Users: one's own profile (``/users/me``) and staff administration of users, their roles and
+their sessions. The services decide who may do what (oneself, ``users:read``,
+``users:manage``, ``roles:manage``, and their guard rails); a single permission that gates a
+whole route is also declared on the operation, so it is checked before the body and
+documented."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, field_validator
+
+from portal.api import bp
+from portal.api.auth import (
+    SessionList,
+    Timestamp,
+    User,
+    current_family,
+    object_id,
+    own_profile,
+    send_verification,
+)
+from portal.api.operation import operation
+from portal.api.pagination import ListQuery, ListResponse
+from portal.api.schemas import ApiModel, RequestBody
+from portal.domain.errors import Conflict, InvalidInput, NotFound
+from portal.domain.permissions import ROLE_NAME
+from portal.domain.types import Actor
+from portal.services import identity
+from portal.services import roles as role_service
+from portal.services import sessions as session_service
+from portal.services import users as user_service
+from portal.services.pagination import MAX_ID
+from portal.web.uow import make_uow
+
+T = TypeVar("T")
+
+#: What a permission name looks like (``users:read``); anything else names none.
+PERMISSION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}$")
+
+
+def role_ref(role: str) -> int | str:
+    """A role named in a path, by id (digits) or by name. Raises NotFound for text that cannot
+    name a role (role names start with a letter, so the two never collide)."""
+    if role.isascii() and role.isdigit():
+        number = int(role)
+        if 1 <= number <= MAX_ID:
+            return number
+    elif ROLE_NAME.fullmatch(role):
+        return role
+    raise NotFound("no such role", param="role")
+
+
+def permission_ref(permission: str) -> str:
+    """A permission named in a path. Raises InvalidInput (``unknown_permission``, as the
+    services do for a name they do not know) for text that cannot name one."""
+    if not PERMISSION_NAME.fullmatch(permission):
+        raise InvalidInput("unknown permission", param="permission", code="unknown_permission")
+    return permission
+
+
+def renamed(call: Callable[[], T], params: dict[str, str]) -> T:
+    """Run ``call``, naming a refused parameter as the API does where a service names it
+    otherwise."""
+    try:
+        return call()
+    except InvalidInput as exc:
+        if exc.param in params:
+            exc.param = params[exc.param]
+        raise
+
+
+# -- objects ------------------------------------------------------------------------------------
+class UserSummary(ApiModel):
+    """A user as lists show them; retrieve the user for their permissions."""
+
+    id: int
+    object: Literal["user"] = "user"
+    email: str
+    first_name: str
+    last_name: str
+    email_verified: bool
+    mfa_enabled: bool
+    roles: list[str] = Field(description="Roles assigned; an archived role grants nothing.")
+    archived: bool
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, user: user_service.UserSummary) -> UserSummary:
+        return cls(
+            id=user.id,
+            email=user.email,
+            first_name=user.first_name,
+            last_name=user.last_name,
+            email_verified=user.email_verified,
+            mfa_enabled=user.mfa_enabled,
+            roles=list(user.roles),
+            archived=user.archived,
+            created_at=user.created_at,
+        )
+
+
+class UserList(ListResponse[UserSummary]):
+    """One page of users, newest first."""
+
+
+class DeletedUser(ApiModel):
+    """A user deleted for good."""
+
+    id: int
+    object: Literal["user"] = "user"
+    deleted: Literal[True] = True
+
+
+class UserListQuery(ListQuery):
+    q: str | None = Field(
+        None,
+        max_length=254,
+        description="Search: part of the email, first name, last name or full name "
+        "(case-insensitive).",
+    )
+    role: str | None = Field(None, max_length=32, description="Only users holding this role.")
+    archived: bool | None = Field(
+        None, description="true: archived users only; false: active users only; absent: both."
+    )
+
+    @field_validator("q")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and not user_service.is_printable(value):
+            raise ValueError("control characters are not allowed")
+        return value
+
+
+class NewUser(RequestBody):
+    email: str = Field(max_length=254, examples=["grace@example.com"])
+    first_name: str = Field(max_length=100)
+    last_name: str = Field(max_length=100)
+    roles: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=lambda: ["cardholder"],
+        max_length=10,
+        description="Role names. Granting a role needs every permission it grants.",
+    )
+
+
+class ProfileUpdate(RequestBody):
+    first_name: str | None = Field(None, max_length=100)
+    last_name: str | None = Field(None, max_length=100)
+
+
+class UserUpdate(ProfileUpdate):
+    email: str | None = Field(
+        None,
+        max_length=254,
+        description="Staff only. The new address is unverified and every emailed link is void.",
+    )
+
+
+# -- one's own profile --------------------------------------------------------------------------
+@operation(
+    bp,
+    "GET",
+    "/users/me",
+    summary="My profile",
+    tags=["users"],
+    response=User,
+    operation_id="get_profile",
+)
+def get_profile(actor: Actor) -> User:
+    """The caller's own user object (the same as GET /auth/me)."""
+    return own_profile(lambda: user_service.get_profile(make_uow(), actor=actor))
+
+
+@operation(
+    bp,
+    "PATCH",
+    "/users/me",
+    summary="Change my names",
+    tags=["users"],
+    body=ProfileUpdate,
+    response=User,
+    operation_id="update_profile",
+)
+def update_profile(body: ProfileUpdate, actor: Actor) -> User:
+    """Change one's own first and last name (a field left out stays as it is). The email
+    changes through the account page, which verifies the new address."""
+    return own_profile(
+        lambda: user_service.update_profile(
+            make_uow(), actor=actor, first_name=body.first_name, last_name=body.last_name
+        )
+    )
+
+
+# -- administration -----------------------------------------------------------------------------
+@operation(
+    bp,
+    "GET",
+    "/users",
+    summary="List users",
+    tags=["users"],
+    permission="users:read",
+    query=UserListQuery,
+    response=UserList,
+    operation_id="list_users",
+)
+def list_users(query: UserListQuery, actor: Actor) -> UserList:
+    """Users, newest first, with search (`q`) and filters (`role`, `archived`)."""
+    page = renamed(
+        lambda: user_service.list_users(
+            make_uow(), actor=actor, limit=query.limit, starting_after=query.starting_after,
+            search=query.q, role=query.role, archived=query.archived,
+        ),
+        {"search": "q"},
+    )  # fmt: skip
+    return UserList.of(page, UserSummary.of)
+
+
+@operation(
+    bp,
+    "POST",
+    "/users",
+    summary="Create a user",
+    tags=["users"],
+    permission="users:manage",
+    body=NewUser,
+    response=User,
+    status=201,
+    errors=(Conflict,),
+    operation_id="create_user",
+)
+def create_user(body: NewUser, actor: Actor) -> User:
+    """Create a user with the given roles (by default `cardholder`) and email them a
+    verification link. They have no password yet: they set one through "forgot password",
+    which also verifies the email. Granting roles needs every permission the roles grant.
+    409 `email_taken`."""
+    uow = make_uow()
+    created = user_service.create_user(
+        uow, actor=actor, email=body.email, first_name=body.first_name,
+        last_name=body.last_name, roles=body.roles,
+    )  # fmt: skip
+    send_verification(created.id, created.email)
+    # Read without a permission check: creating needs users:manage, which need not come with
+    # users:read, and the creator may see what they just made.
+    detail = uow.run(lambda u: user_service.load_user(u, created.id))
+    if detail is None:  # deleted in between
+        raise NotFound("no such user", param="user_id")
+    return User.of(detail)
+
+
+@operation(
+    bp,
+    "GET",
+    "/users/<int:user_id>",
+    summary="Retrieve a user",
+    tags=["users"],
+    response=User,
+    operation_id="get_user",
+)
+def get_user(user_id: int, actor: Actor) -> User:
+    """One user: oneself, or anyone with `users:read`."""
+    user_id = object_id(user_id, "user_id", "user")
+    return User.of(user_service.get_user(make_uow(), actor=actor, user_id=user_id))
+
+
+@operation(
+    bp,
+    "PATCH",
+    "/users/<int:user_id>",
+    summary="Update a user",
+    tags=["users"],
+    body=UserUpdate,
+    response=User,
+    errors=(Conflict,),
+    operation_id="update_user",
+)
+def update_user(user_id: int, body: UserUpdate, actor: Actor) -> User:
+    """Change a user's names (oneself, or with `users:manage`) or email (with `users:manage`
+    only: the new address is unverified). Nobody changes a user who holds a permission they
+    lack (403 `privilege_escalation`). 409 `email_taken`."""
+    user_id = object_id(user_id, "user_id", "user")
+    detail = user_service.update_user(
+        make_uow(), actor=actor, user_id=user_id, first_name=body.first_name,
+        last_name=body.last_name, email=body.email,
+    )  # fmt: skip
+    return User.of(detail)
+
+
+@operation(
+    bp,
+    "POST",
+    "/users/<int:user_id>/archive",
+    summary="Archive a user",
+    tags=["users"],
+    permission="users:manage",
+    response=User,
+    errors=(Conflict,),
+    operation_id="archive_user",
+)
+def archive_user(user_id: int, actor: Actor) -> User:
+    """The user can no longer sign in, and their sessions and tokens stop working at their
+    next request; they are revoked too, so a restore does not bring them back. 403
+    `cannot_archive_self`; 409 `last_admin`."""
+    user_id = object_id(user_id, "user_id", "user")
+    return User.of(user_service.archive_user(make_uow(), actor=actor, user_id=user_id))
+
+
+@operation(
+    bp,
+    "POST",
+    "/users/<int:user_id>/restore",
+    summary="Restore an archived user",
+    tags=["users"],
+    permission="users:manage",
+    response=User,
+    operation_id="restore_user",
+)
+def restore_user(user_id: int, actor: Actor) -> User:
+    """The user can sign in again (their sessions and tokens from before the archive stay
+    revoked)."""
+    user_id = object_id(user_id, "user_id", "user")
+    return User.of(user_service.restore_user(make_uow(), actor=actor, user_id=user_id))
+
+
+@operation(
+    bp,
+    "DELETE",
+    "/users/<int:user_id>",
+    summary="Delete a user for good",
+    tags=["users"],
+    permission="users:manage",
+    response=DeletedUser,
+    errors=(Conflict,),
+    operation_id="delete_user",
+)
+def delete_user(user_id: int, actor: Actor) -> DeletedUser:
+    """Only for users with no money history: 409 `user_has_history` for one who has cards,
+    movements or a merchant (archive them instead). 403 `cannot_delete_self`; 409
+    `last_admin`."""
+    user_id = object_id(user_id, "user_id", "user")
+    deleted = user_service.delete_user(make_uow(), actor=actor, user_id=user_id)
+    return DeletedUser(id=deleted.id)
+
+
+@operation(
+    bp,
+    "PUT",
+    "/users/<int:user_id>/roles/<role>",
+    summary="Give a user a role",
+    tags=["users"],
+    permission="roles:manage",
+    response=User,
+    errors=(Conflict,),
+    operation_id="assign_role",
+)
+def assign_role(user_id: int, role: str, actor: Actor) -> User:
+    """Give the user the role (named by name or id); giving a role they hold changes nothing.
+    Nobody changes their own roles (403 `cannot_change_own_roles`) or grants more than they
+    hold (403 `privilege_escalation`). 409 `role_archived`."""
+    user_id = object_id(user_id, "user_id", "user")
+    detail = role_service.assign_role(make_uow(), actor=actor, user_id=user_id, role=role_ref(role))
+    return User.of(detail)
+
+
+@operation(
+    bp,
+    "DELETE",
+    "/users/<int:user_id>/roles/<role>",
+    summary="Take a role from a user",
+    tags=["users"],
+    permission="roles:manage",
+    response=User,
+    errors=(Conflict,),
+    operation_id="remove_role",
+)
+def remove_role(user_id: int, role: str, actor: Actor) -> User:
+    """Take the role (named by name or id) from the user; taking one they do not hold changes
+    nothing. 409 `last_admin`: the last active administrator keeps the admin role."""
+    user_id = object_id(user_id, "user_id", "user")
+    detail = role_service.remove_role(make_uow(), actor=actor, user_id=user_id, role=role_ref(role))
+    return User.of(detail)
+
+
+# -- a user's sessions --------------------------------------------------------------------------
+def _live_session_ids(actor: Actor, user_id: int) -> set[tuple[str, str]]:
+    views = session_service.list_sessions(make_uow(), actor=actor, user_id=user_id)
+    return {(v.kind, v.id) for v in views}
+
+
+@operation(
+    bp,
+    "GET",
+    "/users/<int:user_id>/sessions",
+    summary="List a user's sessions and devices",
+    tags=["users"],
+    response=SessionList,
+    operation_id="list_user_sessions",
+)
+def list_user_sessions(user_id: int, actor: Actor) -> SessionList:
+    """The user's live web sessions and API token families (oneself, or with `users:read`;
+    404 otherwise)."""
+    user_id = object_id(user_id, "user_id", "user")
+    views = session_service.list_sessions(
+        make_uow(), actor=actor, user_id=user_id, current_family_id=current_family()
+    )
+    return SessionList.of_views(views)
+
+
+@operation(
+    bp,
+    "DELETE",
+    "/users/<int:user_id>/sessions/web/<int:session_id>",
+    summary="Sign a user's browser out",
+    tags=["users"],
+    permission="users:manage",
+    status=204,
+    operation_id="revoke_user_web_session",
+)
+def revoke_user_web_session(user_id: int, session_id: int, actor: Actor) -> None:
+    """End one live web session of the user (this needs `users:read` too, to find it). 404 if
+    it is not a live session of this user."""
+    user_id = object_id(user_id, "user_id", "user")
+    session_id = object_id(session_id, "session_id", "session")
+    if ("web", str(session_id)) not in _live_session_ids(actor, user_id):
+        raise NotFound("no such session", param="session_id")
+    session_service.revoke_session(make_uow(), actor=actor, session_id=session_id)
+
+
+@operation(
+    bp,
+    "DELETE",
+    "/users/<int:user_id>/sessions/api/<uuid:family_id>",
+    summary="Revoke a user's API token family",
+    tags=["users"],
+    permission="users:manage",
+    status=204,
+    operation_id="revoke_user_api_session",
+)
+def revoke_user_api_session(user_id: int, family_id: uuid.UUID, actor: Actor) -> None:
+    """Revoke one live API token family of the user (this needs `users:read` too, to find it).
+    404 if it is not a live family of this user."""
+    user_id = object_id(user_id, "user_id", "user")
+    if ("api", str(family_id)) not in _live_session_ids(actor, user_id):
+        raise NotFound("no such session", param="family_id")
+    session_service.revoke_family(make_uow(), actor=actor, family_id=family_id)
+
+
+@operation(
+    bp,
+    "POST",
+    "/users/<int:user_id>/sessions/revoke-all",
+    summary="Sign a user out everywhere",
+    tags=["users"],
+    permission="users:manage",
+    status=204,
+    operation_id="revoke_all_user_sessions",
+)
+def revoke_all_user_sessions(user_id: int, actor: Actor) -> None:
+    """Revoke every web session and API token family of the user."""
+    user_id = object_id(user_id, "user_id", "user")
+    uow = make_uow()
+    identity.get_user_view(uow, user_id)  # 404 for no such user (the revocation checks none)
+    session_service.revoke_all(uow, actor=actor, user_id=user_id)

@@ -1,0 +1,228 @@
+"""Every route of the application, tried as six personas, against an expected-access table.
+
+A route missing from the table fails the test, so a new route must say who may use it. "Allowed"
+means the request got past authentication and authorisation: anything but 401, 403, 404 (how
+other people's objects are hidden) or a redirect to the sign-in or second-factor pages. Each
+request runs in a savepoint that is rolled back, so no request changes what the next one sees.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyotp
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from portal.extensions import limiter
+from portal.services import mfa, sessions, tokens
+from portal.web.auth import SESSION_KEY
+from tests.conftest import Factory
+
+PERSONAS = ("anonymous", "cardholder", "other", "merchant", "support", "admin")
+EVERYONE = frozenset(PERSONAS)
+SIGNED_IN = EVERYONE - {"anonymous"}
+STAFF = frozenset({"support", "admin"})
+ADMIN = frozenset({"admin"})
+OWNER = frozenset({"cardholder"})  # path objects belong to the cardholder persona
+OWNER_OR_STAFF = OWNER | STAFF
+NOBODY: frozenset[str] = frozenset()
+
+#: (method, rule) -> personas allowed. Path objects are the cardholder's own.
+EXPECTED: dict[tuple[str, str], frozenset[str]] = {
+    # pages
+    ("GET", "/"): EVERYONE,
+    ("GET", "/healthz"): EVERYONE,
+    ("GET", "/auth/login"): EVERYONE,
+    ("POST", "/auth/login"): EVERYONE,
+    ("GET", "/auth/register"): EVERYONE,
+    ("POST", "/auth/register"): EVERYONE,
+    ("GET", "/auth/forgot"): EVERYONE,
+    ("POST", "/auth/forgot"): EVERYONE,
+    ("GET", "/auth/reset/<token>"): EVERYONE,
+    ("POST", "/auth/reset/<token>"): EVERYONE,
+    ("GET", "/auth/verify/<token>"): NOBODY,  # an unknown link is a 404 for everyone
+    # The second-factor step needs a pending password sign-in; signed-in users are sent on.
+    ("GET", "/auth/mfa"): SIGNED_IN,
+    ("POST", "/auth/mfa"): SIGNED_IN,
+    ("POST", "/auth/logout"): NOBODY,  # everyone ends on the sign-in page
+    ("GET", "/auth/account"): SIGNED_IN,
+    ("POST", "/auth/account/email"): SIGNED_IN,
+    ("POST", "/auth/account/password"): SIGNED_IN,
+    ("POST", "/auth/account/verify-email"): SIGNED_IN,
+    ("GET", "/auth/mfa/setup"): SIGNED_IN,
+    ("POST", "/auth/mfa/setup"): SIGNED_IN,
+    ("POST", "/auth/mfa/setup/confirm"): SIGNED_IN,
+    ("POST", "/auth/mfa/disable"): SIGNED_IN,
+    ("POST", "/auth/mfa/recovery-codes"): SIGNED_IN,
+    ("POST", "/auth/sessions/<kind>/<ident>/revoke"): OWNER | ADMIN,
+    ("POST", "/auth/sessions/revoke-others"): SIGNED_IN,
+    ("GET", "/auth/sso/login"): NOBODY,  # single sign-on is not configured here: 404
+    ("GET", "/auth/sso/callback"): NOBODY,
+    # API: documentation and sign-in
+    ("GET", "/api/docs"): EVERYONE,
+    ("GET", "/api/v1/openapi.json"): EVERYONE,
+    ("POST", "/api/v1/auth/register"): EVERYONE,
+    ("POST", "/api/v1/auth/token"): EVERYONE,
+    ("POST", "/api/v1/auth/refresh"): EVERYONE,
+    ("POST", "/api/v1/auth/logout"): EVERYONE,
+    ("GET", "/api/v1/auth/me"): SIGNED_IN,
+    ("GET", "/api/v1/auth/sessions"): SIGNED_IN,
+    ("POST", "/api/v1/auth/sessions/revoke-all"): SIGNED_IN,
+    ("DELETE", "/api/v1/auth/sessions/web/<int:session_id>"): OWNER,
+    ("DELETE", "/api/v1/auth/sessions/api/<uuid:family_id>"): OWNER,
+    ("GET", "/api/v1/users/me"): SIGNED_IN,
+    ("PATCH", "/api/v1/users/me"): SIGNED_IN,
+    # API: users and roles
+    ("GET", "/api/v1/users"): STAFF,
+    ("POST", "/api/v1/users"): ADMIN,
+    ("GET", "/api/v1/users/<int:user_id>"): OWNER_OR_STAFF,
+    ("PATCH", "/api/v1/users/<int:user_id>"): OWNER | ADMIN,
+    ("DELETE", "/api/v1/users/<int:user_id>"): ADMIN,
+    ("POST", "/api/v1/users/<int:user_id>/archive"): ADMIN,
+    ("POST", "/api/v1/users/<int:user_id>/restore"): ADMIN,
+    ("PUT", "/api/v1/users/<int:user_id>/roles/<role>"): ADMIN,
+    ("DELETE", "/api/v1/users/<int:user_id>/roles/<role>"): ADMIN,
+    ("GET", "/api/v1/users/<int:user_id>/sessions"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/users/<int:user_id>/sessions/revoke-all"): ADMIN,
+    ("DELETE", "/api/v1/users/<int:user_id>/sessions/web/<int:session_id>"): ADMIN,
+    ("DELETE", "/api/v1/users/<int:user_id>/sessions/api/<uuid:family_id>"): ADMIN,
+    ("GET", "/api/v1/roles"): STAFF,
+    ("POST", "/api/v1/roles"): ADMIN,
+    ("GET", "/api/v1/roles/<role>"): STAFF,
+    ("PATCH", "/api/v1/roles/<role>"): ADMIN,
+    ("POST", "/api/v1/roles/<role>/archive"): ADMIN,
+    ("POST", "/api/v1/roles/<role>/restore"): ADMIN,
+    ("PUT", "/api/v1/roles/<role>/permissions/<permission>"): ADMIN,
+    ("DELETE", "/api/v1/roles/<role>/permissions/<permission>"): ADMIN,
+    ("GET", "/api/v1/permissions"): STAFF,
+}
+
+ROLES_OF = {
+    "cardholder": ("cardholder",),
+    "other": ("cardholder",),
+    "merchant": ("merchant",),
+    "support": ("support",),
+    "admin": ("admin",),
+}
+
+
+@dataclass
+class Persona:
+    name: str
+    user_id: int | None = None
+    web_token: str | None = None
+    access_token: str | None = None
+    #: A second web session and token family: the objects revoke routes act on (revoking the
+    #: session a request arrives with would sign that persona out mid-test).
+    other_session_id: int | None = None
+    other_family_id: str | None = None
+
+
+def _normalise(rule: str) -> str:
+    """Flask spells converters with their arguments; the table does not."""
+    return re.sub(r"<(\w+)\([^)]*\):(\w+)>", r"<\1:\2>", rule)
+
+
+@pytest.fixture
+def personas(uow, make: Factory) -> dict[str, Persona]:
+    found = {"anonymous": Persona("anonymous")}
+    for name, roles in ROLES_OF.items():
+        actor = make.user(roles=roles, first_name=name.title())
+        assert actor.id is not None
+        if name in STAFF:
+            enrolment = mfa.begin_totp_enrolment(uow, actor=actor)
+            mfa.confirm_totp(uow, actor=actor, code=pyotp.TOTP(enrolment.secret).now())
+        web = sessions.create_web_session(
+            uow, user_id=actor.id, user_agent="matrix", ip="127.0.0.1", mfa_verified=True
+        )
+        other_web = sessions.create_web_session(
+            uow, user_id=actor.id, user_agent="other device", ip="127.0.0.2", mfa_verified=True
+        )
+        pair = tokens.issue_tokens(uow, user_id=actor.id, user_agent="matrix")
+        other_pair = tokens.issue_tokens(uow, user_id=actor.id, user_agent="other device")
+        found[name] = Persona(name, actor.id, web.token, pair.access_token, other_web.id,
+                              str(other_pair.family_id))  # fmt: skip
+    return found
+
+
+def _url(rule: str, owner: Persona) -> str:
+    values = {
+        "user_id": str(owner.user_id),
+        "session_id": str(owner.other_session_id),
+        "family_id": owner.other_family_id or "",
+        "role": "cardholder",
+        "permission": "wallet:use",
+        "token": "not-a-real-token",
+        "kind": "web",
+        "ident": str(owner.other_session_id),
+    }
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
+
+
+def _request(client: FlaskClient, persona: Persona, method: str, url: str):
+    headers = {}
+    with client.session_transaction() as flask_session:
+        flask_session.clear()
+        if persona.web_token:
+            flask_session[SESSION_KEY] = persona.web_token
+    if url.startswith("/api/") and persona.access_token:
+        headers["Authorization"] = f"Bearer {persona.access_token}"
+    kwargs = {"json": {}} if url.startswith("/api/") and method != "GET" else {"data": {}}
+    return client.open(url, method=method, headers=headers, **kwargs)
+
+
+def _allowed(response) -> bool:
+    if response.status_code in (401, 403, 404):
+        return False
+    location = response.headers.get("Location", "")
+    return not (response.status_code in (301, 302, 303) and (
+        "/auth/login" in location or "/auth/mfa" in location))  # fmt: skip
+
+
+def test_every_route_answers_as_the_table_says(app: Flask, connection, personas):
+    rules = {
+        (method, _normalise(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert rules - EXPECTED.keys() == set(), "routes missing from the access table"
+    assert EXPECTED.keys() - rules == set(), "the table names routes that no longer exist"
+
+    client = app.test_client()
+    wrong: list[str] = []
+    for method, rule in sorted(rules, key=lambda r: (r[1], r[0])):
+        url = _url(rule, personas["cardholder"])
+        for name in PERSONAS:
+            limiter.reset()
+            savepoint = connection.begin_nested()
+            try:
+                response = _request(client, personas[name], method, url)
+            finally:
+                savepoint.rollback()
+            assert response.status_code < 500, f"{method} {url} as {name}: {response.status_code}"
+            expected = name in EXPECTED[(method, rule)]
+            if _allowed(response) != expected:
+                wrong.append(
+                    f"{method} {rule} as {name}: {response.status_code}"
+                    f" {response.headers.get('Location', '')} (expected"
+                    f" {'allowed' if expected else 'refused'})"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_table_personas_are_who_they_claim(connection, personas):
+    roles = dict(
+        connection.execute(
+            sa.text(
+                "SELECT u.id, r.name FROM users u JOIN user_roles ur ON ur.user_id = u.id"
+                " JOIN roles r ON r.id = ur.role_id"
+            )
+        ).all()
+    )
+    for name, expected in ROLES_OF.items():
+        assert roles[personas[name].user_id] == expected[0]
