@@ -25,21 +25,26 @@ class ConfigError(RuntimeError):
 
 def _dev_secrets() -> dict[str, str]:
     """Random development secrets, made once and kept under instance/ so encrypted data stays
-    readable across restarts. Never used in production."""
-    path = INSTANCE_DIR / "dev-secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
-    values = {
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "PORTAL_VAULT_KEYS": "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
-        "PORTAL_FINGERPRINT_KEY": secrets.token_urlsafe(32),
-        "PORTAL_CVV_KEY": secrets.token_urlsafe(32),
-        "PORTAL_JWT_KEY": secrets.token_urlsafe(48),
+    readable across restarts; a secret added by a later version is generated and added to the
+    file. Never used in production."""
+    makers = {
+        "SECRET_KEY": lambda: secrets.token_urlsafe(48),
+        "PORTAL_VAULT_KEYS": lambda: "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "PORTAL_FINGERPRINT_KEY": lambda: secrets.token_urlsafe(32),
+        "PORTAL_CVV_KEY": lambda: secrets.token_urlsafe(32),
+        "PORTAL_JWT_KEY": lambda: secrets.token_urlsafe(48),
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(values, fh)
+    path = INSTANCE_DIR / "dev-secrets.json"
+    values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = {name: make() for name, make in makers.items() if name not in values}
+    if missing:
+        INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+        values.update(missing)
+        fresh = path.with_suffix(".tmp")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(values, fh)
+        fresh.replace(path)
     return values
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -82,3 +84,23 @@ def test_create_admin_makes_an_administrator_with_a_checked_password(app, connec
     again = runner.invoke(args=[*args, "--password", "correct horse battery staple"])
     assert again.exit_code == 1
     assert "already exists" in again.output
+
+
+def test_development_secrets_are_made_once_and_completed_when_new_ones_appear(
+    tmp_path, monkeypatch
+):
+    from portal import config
+
+    monkeypatch.setattr(config, "INSTANCE_DIR", tmp_path)
+    first = config.load_config({"PORTAL_ENV": "development"})
+    secrets_file = tmp_path / "dev-secrets.json"
+    assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
+    assert config.load_config({"PORTAL_ENV": "development"})["SECRET_KEY"] == first["SECRET_KEY"]
+    # A file from an older version, without a secret added since: it is completed, not replaced.
+    old = json.loads(secrets_file.read_text())
+    del old["PORTAL_JWT_KEY"]
+    secrets_file.write_text(json.dumps(old))
+    again = config.load_config({"PORTAL_ENV": "development"})
+    assert again["SECRET_KEY"] == first["SECRET_KEY"]
+    assert len(again["SERVICE_SETTINGS"].jwt_key) >= 32
+    assert "PORTAL_JWT_KEY" in json.loads(secrets_file.read_text())
