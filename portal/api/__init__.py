@@ -25,6 +25,8 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.auth",
     "portal.api.users",
     "portal.api.roles",
+    "portal.api.cards",
+    "portal.api.money",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

@@ -10,6 +10,9 @@ class PortalError(Exception):
 
     code: ClassVar[str] = "portal_error"
     kind: ClassVar[str] = "invalid_request_error"
+    #: True when this refusal is the stored answer to an earlier request with the same
+    #: idempotency key (the API then sends ``Idempotent-Replayed: true``).
+    replayed: bool = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

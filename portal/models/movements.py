@@ -33,6 +33,8 @@ class TopUp(Base):
             name="method",
         ),
         sa.Index("ix_top_ups_user_currency_created_at", "user_id", "currency", "created_at"),
+        # The activity feed pages each card's movements newest first (migration 0005).
+        sa.Index("ix_top_ups_card_id_created_at_id", "card_id", "created_at", "id"),
     )
 
     id: Mapped[int] = pk_column()
@@ -58,6 +60,8 @@ class Transfer(Base):
     __table_args__ = (
         *_movement_args("transfers"),
         sa.CheckConstraint("from_card_id <> to_card_id", name="distinct_cards"),
+        sa.Index("ix_transfers_from_card_id_created_at_id", "from_card_id", "created_at", "id"),
+        sa.Index("ix_transfers_to_card_id_created_at_id", "to_card_id", "created_at", "id"),
     )
 
     id: Mapped[int] = pk_column()
@@ -79,7 +83,10 @@ class Transfer(Base):
 
 class Withdrawal(Base):
     __tablename__ = "withdrawals"
-    __table_args__ = _movement_args("withdrawals")
+    __table_args__ = (
+        *_movement_args("withdrawals"),
+        sa.Index("ix_withdrawals_card_id_created_at_id", "card_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = pk_column()
     card_id: Mapped[int] = fk_column("cards.id")

@@ -74,7 +74,9 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
 
 def _replay(stored: dict[str, Any]) -> MovementResult:
     if "error" in stored:
-        raise error_from_dict(stored["error"])
+        error = error_from_dict(stored["error"])
+        error.replayed = True
+        raise error
     return _result_from_dict(stored["result"])
 
 

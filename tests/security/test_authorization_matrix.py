@@ -17,10 +17,11 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from portal.domain.money import Money
 from portal.extensions import limiter
-from portal.services import mfa, sessions, tokens
+from portal.services import mfa, sessions, tokens, wallet
 from portal.web.auth import SESSION_KEY
-from tests.conftest import Factory
+from tests.conftest import Factory, new_key
 
 PERSONAS = ("anonymous", "cardholder", "other", "merchant", "support", "admin")
 EVERYONE = frozenset(PERSONAS)
@@ -30,6 +31,8 @@ ADMIN = frozenset({"admin"})
 OWNER = frozenset({"cardholder"})  # path objects belong to the cardholder persona
 OWNER_OR_STAFF = OWNER | STAFF
 NOBODY: frozenset[str] = frozenset()
+#: Holders of wallet:use (cardholders; admin holds every permission).
+WALLET = frozenset({"cardholder", "other", "admin"})
 
 #: (method, rule) -> personas allowed. Path objects are the cardholder's own.
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
@@ -99,6 +102,48 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("PUT", "/api/v1/roles/<role>/permissions/<permission>"): ADMIN,
     ("DELETE", "/api/v1/roles/<role>/permissions/<permission>"): ADMIN,
     ("GET", "/api/v1/permissions"): STAFF,
+    # API: cards (the path card is the cardholder's; rename is for its owner only)
+    ("POST", "/api/v1/cards"): WALLET,
+    ("GET", "/api/v1/cards"): SIGNED_IN,
+    ("GET", "/api/v1/cards/<int:card_id>"): OWNER_OR_STAFF,
+    ("PATCH", "/api/v1/cards/<int:card_id>"): OWNER,
+    ("POST", "/api/v1/cards/<int:card_id>/freeze"): OWNER | ADMIN,
+    ("POST", "/api/v1/cards/<int:card_id>/unfreeze"): OWNER | ADMIN,
+    ("POST", "/api/v1/cards/<int:card_id>/archive"): ADMIN,
+    ("POST", "/api/v1/cards/<int:card_id>/restore"): ADMIN,
+    ("GET", "/api/v1/cards/<int:card_id>/balance"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/cards/lookup"): WALLET,
+    # API: money movements and the activity feed (lists show one's own records)
+    ("POST", "/api/v1/top_ups"): WALLET,
+    ("GET", "/api/v1/top_ups"): SIGNED_IN,
+    ("GET", "/api/v1/top_ups/<int:top_up_id>"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/transfers"): WALLET,
+    ("GET", "/api/v1/transfers"): SIGNED_IN,
+    ("GET", "/api/v1/transfers/<int:transfer_id>"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/withdrawals"): WALLET,
+    ("GET", "/api/v1/withdrawals"): SIGNED_IN,
+    ("GET", "/api/v1/withdrawals/<int:withdrawal_id>"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/withdrawals/<int:withdrawal_id>/confirm"): ADMIN,
+    ("POST", "/api/v1/withdrawals/<int:withdrawal_id>/fail"): ADMIN,
+    ("GET", "/api/v1/activity"): SIGNED_IN,
+    # Wallet pages (wallet:use). A path card is the cardholder's: another cardholder gets 404;
+    # admin may look at it and freeze it (cards:read, cards:manage); only its owner renames it.
+    ("GET", "/wallet"): WALLET,
+    ("GET", "/wallet/changes"): WALLET,
+    ("GET", "/wallet/cards/new"): WALLET,
+    ("POST", "/wallet/cards/new"): WALLET,
+    ("GET", "/wallet/cards/<int:card_id>"): OWNER | ADMIN,
+    ("POST", "/wallet/cards/<int:card_id>/name"): OWNER,
+    ("POST", "/wallet/cards/<int:card_id>/freeze"): OWNER | ADMIN,
+    ("POST", "/wallet/cards/<int:card_id>/unfreeze"): OWNER | ADMIN,
+    ("GET", "/wallet/top-up"): WALLET,
+    ("POST", "/wallet/top-up"): WALLET,
+    ("GET", "/wallet/transfer"): WALLET,
+    ("POST", "/wallet/transfer"): WALLET,
+    ("GET", "/wallet/withdraw"): WALLET,
+    ("POST", "/wallet/withdraw"): WALLET,
+    ("GET", "/wallet/activity"): WALLET,
+    ("GET", "/wallet/activity.csv"): WALLET,
 }
 
 ROLES_OF = {
@@ -120,6 +165,11 @@ class Persona:
     #: session a request arrives with would sign that persona out mid-test).
     other_session_id: int | None = None
     other_family_id: str | None = None
+    #: The cardholder's card and one money movement of each kind on it (path objects).
+    card_id: int | None = None
+    top_up_id: int | None = None
+    transfer_id: int | None = None
+    withdrawal_id: int | None = None
 
 
 def _normalise(rule: str) -> str:
@@ -146,7 +196,26 @@ def personas(uow, make: Factory) -> dict[str, Persona]:
         other_pair = tokens.issue_tokens(uow, user_id=actor.id, user_agent="other device")
         found[name] = Persona(name, actor.id, web.token, pair.access_token, other_web.id,
                               str(other_pair.family_id))  # fmt: skip
+        if name == "cardholder":
+            _give_money_objects(uow, make, actor, found[name])
     return found
+
+
+def _give_money_objects(uow, make: Factory, actor, persona: Persona) -> None:
+    """A card with a top-up, a transfer (to the cardholder's second card) and a pending
+    withdrawal: the objects the money routes' paths name."""
+    card, spare = make.card(actor), make.card(actor)
+    amount = Money.of_major("50.00", "USD")
+    top_up = wallet.top_up(uow, actor=actor, card_id=card.card_id, amount=amount,
+                           method="cash", idempotency_key=new_key())  # fmt: skip
+    moved = wallet.transfer(uow, actor=actor, from_card_id=card.card_id,
+                            to_card_id=spare.card_id, amount=Money.of_major("5.00", "USD"),
+                            idempotency_key=new_key())  # fmt: skip
+    held = wallet.withdraw(uow, actor=actor, card_id=card.card_id, amount=Money.of_major(
+        "10.00", "USD"), bank=wallet.BankAccount("Bank", "12345678", "Card Holder"),
+        idempotency_key=new_key())  # fmt: skip
+    persona.card_id, persona.top_up_id = card.card_id, top_up.id
+    persona.transfer_id, persona.withdrawal_id = moved.id, held.id
 
 
 def _url(rule: str, owner: Persona) -> str:
@@ -159,6 +228,10 @@ def _url(rule: str, owner: Persona) -> str:
         "token": "not-a-real-token",
         "kind": "web",
         "ident": str(owner.other_session_id),
+        "card_id": str(owner.card_id),
+        "top_up_id": str(owner.top_up_id),
+        "transfer_id": str(owner.transfer_id),
+        "withdrawal_id": str(owner.withdrawal_id),
     }
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
 

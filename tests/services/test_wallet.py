@@ -392,7 +392,7 @@ class TestIdempotency:
     def test_a_refusal_is_replayed_as_the_same_refusal(self, uow, make, alice, bob):
         src, dst = make.card(alice, balance="5"), make.card(bob)
         key = new_key()
-        with pytest.raises(InsufficientFunds):
+        with pytest.raises(InsufficientFunds) as first:
             wallet.transfer(
                 uow,
                 actor=alice,
@@ -401,8 +401,9 @@ class TestIdempotency:
                 amount=usd("6"),
                 idempotency_key=key,
             )
+        assert not first.value.replayed
         make.fund(src, "10")  # even with money now, the key answers as it first did
-        with pytest.raises(InsufficientFunds, match=r"5\.00 USD available"):
+        with pytest.raises(InsufficientFunds, match=r"5\.00 USD available") as again:
             wallet.transfer(
                 uow,
                 actor=alice,
@@ -411,6 +412,7 @@ class TestIdempotency:
                 amount=usd("6"),
                 idempotency_key=key,
             )
+        assert again.value.replayed
         assert count(uow, "transfers") == 1
 
     def test_invalid_input_does_not_burn_the_key(self, uow, make, alice, bob):

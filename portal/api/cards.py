@@ -1,0 +1,368 @@
+"""Cards: issue (the full number and security code are in that response and never again), list,
+retrieve, rename, freeze and unfreeze one's own; staff archive and restore any; balances; and
+the recipient look-up by card number before a transfer (rate limited per user and per client
+address, so card numbers cannot be enumerated).
+
+Amounts are integers in minor units with a lowercase ISO currency code, as in Stripe. Another
+person's card is a 404, never a 403, so its existence does not leak."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from flask import current_app, request
+from pydantic import Field
+
+from portal.api import bp
+from portal.api.auth import Timestamp, object_id
+from portal.api.operation import operation
+from portal.api.pagination import ListQuery, ListResponse
+from portal.api.schemas import ApiModel, RequestBody
+from portal.api.security import bearer_credential
+from portal.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
+from portal.domain.types import Actor
+from portal.extensions import limiter
+from portal.services import activity, cards, tokens, wallet
+from portal.web.uow import make_uow
+
+#: Look-ups by card number, counted per user and per client address.
+LOOKUPS_PER_USER = "20 per minute; 100 per hour"
+LOOKUPS_PER_ADDRESS = "20 per minute; 100 per hour"
+
+CardType = Literal["debit", "credit", "prepaid"]
+Brand = Literal["visa", "mastercard", "amex", "discover"]
+
+
+# -- objects ------------------------------------------------------------------------------------
+class CardBalance(ApiModel):
+    """A card's wallet balances, in minor units of the card's currency."""
+
+    object: Literal["balance"] = "balance"
+    card: int
+    currency: str = Field(description="Lowercase ISO 4217 code.", examples=["usd"])
+    posted: int = Field(description="Settled money on the card.")
+    pending: int = Field(description="Held for pending withdrawals; not spendable.")
+    available: int = Field(description="What can be spent now: posted minus pending.")
+
+    @classmethod
+    def of_card(cls, card: activity.CardSummary) -> CardBalance:
+        return cls(
+            card=card.id, currency=card.currency.lower(), posted=card.posted.amount_minor,
+            pending=card.pending.amount_minor, available=card.available.amount_minor,
+        )  # fmt: skip
+
+
+class Card(ApiModel):
+    """A card, masked: brand and last four only."""
+
+    id: int
+    object: Literal["card"] = "card"
+    user: int = Field(description="The cardholder's user id.")
+    name: str
+    card_type: str = Field(examples=["debit"])
+    brand: str = Field(examples=["visa"])
+    last4: str = Field(examples=["4242"])
+    exp_month: int
+    exp_year: int
+    currency: str = Field(description="Lowercase ISO 4217 code.", examples=["usd"])
+    status: Literal["active", "frozen"]
+    archived: bool
+    balance: CardBalance
+    created_at: Timestamp | None
+
+    @classmethod
+    def of(cls, card: activity.CardSummary) -> Card:
+        return cls(
+            id=card.id, user=card.user_id, name=card.name, card_type=card.card_type,
+            brand=card.brand, last4=card.last4, exp_month=card.expiry_month,
+            exp_year=card.expiry_year, currency=card.currency.lower(),
+            status=card.status,  # type: ignore[arg-type]
+            archived=card.archived, balance=CardBalance.of_card(card), created_at=card.created_at,
+        )  # fmt: skip
+
+
+class IssuedCard(Card):
+    """A card just issued. The only response that ever carries the full number and the
+    security code: store them now, they are never shown again."""
+
+    number: str = Field(description="The full card number. Shown once, in this response.")
+    cvc: str = Field(description="The security code. Shown once, in this response.")
+
+
+class CardList(ListResponse[Card]):
+    """The caller's cards, in the order they were issued."""
+
+
+class Recipient(ApiModel):
+    """What a sender may see of a card before paying it."""
+
+    object: Literal["card_recipient"] = "card_recipient"
+    card: int = Field(description="Pass it as `to_card` when creating the transfer.")
+    brand: str
+    last4: str
+    currency: str
+    holder: str = Field(description="First name and last initial.", examples=["Budi S."])
+
+
+# -- requests -----------------------------------------------------------------------------------
+class NewCard(RequestBody):
+    card_type: CardType
+    brand: Brand
+    currency: str = Field(
+        min_length=3, max_length=3, description="ISO 4217 code, any case.", examples=["usd"]
+    )
+    name: str = Field("", max_length=64)
+    user: int | None = Field(
+        None, ge=1, description="Staff with cards:manage only: issue for this user."
+    )
+
+
+class CardUpdate(RequestBody):
+    name: str | None = Field(None, max_length=64, description="Empty clears the name.")
+
+
+class CardListQuery(ListQuery):
+    include_archived: bool = Field(False, description="Also list archived cards.")
+    user: int | None = Field(None, ge=1, description="Staff with cards:read: this user's cards.")
+
+
+class Lookup(RequestBody):
+    number: str = Field(max_length=64, description="The full card number; spaces and dashes ok.")
+
+
+# -- views --------------------------------------------------------------------------------------
+@operation(
+    bp,
+    "POST",
+    "/cards",
+    summary="Issue a card",
+    tags=["cards"],
+    permission="wallet:use",
+    body=NewCard,
+    response=IssuedCard,
+    status=201,
+    operation_id="issue_card",
+)
+def issue_card(body: NewCard, actor: Actor) -> IssuedCard:
+    """Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The
+    response carries the full `number` and `cvc`, exactly once. 422 `limit_exceeded` past the
+    per-person maximum."""
+    uow = make_uow()
+    issued = cards.issue_card(
+        uow, actor=actor, user_id=body.user if body.user is not None else (actor.id or 0),
+        card_type=body.card_type, brand=body.brand, currency=body.currency, name=body.name,
+    )  # fmt: skip
+    card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.card_id))
+    return IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
+
+
+@operation(
+    bp,
+    "GET",
+    "/cards",
+    summary="List my cards",
+    tags=["cards"],
+    query=CardListQuery,
+    response=CardList,
+    operation_id="list_cards",
+)
+def list_cards(query: CardListQuery, actor: Actor) -> CardList:
+    """The caller's cards (staff with cards:read: `user`'s), in the order they were issued,
+    with balances. Archived cards only with `include_archived=true`."""
+    found = activity.list_cards(
+        make_uow(), actor=actor, user_id=query.user, include_archived=query.include_archived
+    )
+    if query.starting_after is not None:
+        ids = [c.id for c in found]
+        if query.starting_after not in ids:
+            raise InvalidInput("starting_after is not a known card id", param="starting_after")
+        found = found[ids.index(query.starting_after) + 1 :]
+    return CardList(
+        url=request.path,
+        has_more=len(found) > query.limit,
+        data=[Card.of(c) for c in found[: query.limit]],
+    )
+
+
+@operation(
+    bp,
+    "GET",
+    "/cards/<int:card_id>",
+    summary="Retrieve a card",
+    tags=["cards"],
+    response=Card,
+    operation_id="get_card",
+)
+def get_card(card_id: int, actor: Actor) -> Card:
+    """One of the caller's cards (staff with cards:read: any), masked, with balances. Never
+    the full number or security code."""
+    card_id = object_id(card_id, "card_id", "card")
+    return Card.of(activity.get_card(make_uow(), actor=actor, card_id=card_id))
+
+
+@operation(
+    bp,
+    "PATCH",
+    "/cards/<int:card_id>",
+    summary="Rename a card",
+    tags=["cards"],
+    body=CardUpdate,
+    response=Card,
+    errors=(Conflict,),
+    operation_id="update_card",
+)
+def update_card(card_id: int, body: CardUpdate, actor: Actor) -> Card:
+    """Name one of one's own cards (owner only). 409 `invalid_state` for an archived card."""
+    card_id = object_id(card_id, "card_id", "card")
+    uow = make_uow()
+    if body.name is None:  # nothing to change; still only for the owner
+        card = activity.get_card(uow, actor=actor, card_id=card_id)
+        if card.user_id != actor.id or actor.kind != "user":
+            raise NotFound("no such card", param="card_id")
+        return Card.of(card)
+    return Card.of(activity.rename_card(uow, actor=actor, card_id=card_id, name=body.name))
+
+
+def _changed(actor: Actor, card_id: int) -> Card:
+    return Card.of(activity.get_card(make_uow(), actor=actor, card_id=card_id))
+
+
+@operation(
+    bp,
+    "POST",
+    "/cards/<int:card_id>/freeze",
+    summary="Freeze a card",
+    tags=["cards"],
+    response=Card,
+    errors=(Conflict,),
+    operation_id="freeze_card",
+)
+def freeze_card(card_id: int, actor: Actor) -> Card:
+    """A frozen card can neither send nor receive money until unfrozen (its owner, or staff
+    with cards:manage). Freezing a frozen card changes nothing. 409 for an archived card."""
+    card_id = object_id(card_id, "card_id", "card")
+    cards.set_frozen(make_uow(), actor=actor, card_id=card_id, frozen=True)
+    return _changed(actor, card_id)
+
+
+@operation(
+    bp,
+    "POST",
+    "/cards/<int:card_id>/unfreeze",
+    summary="Unfreeze a card",
+    tags=["cards"],
+    response=Card,
+    errors=(Conflict,),
+    operation_id="unfreeze_card",
+)
+def unfreeze_card(card_id: int, actor: Actor) -> Card:
+    """The card can send and receive money again (its owner, or staff with cards:manage).
+    409 for an archived card."""
+    card_id = object_id(card_id, "card_id", "card")
+    cards.set_frozen(make_uow(), actor=actor, card_id=card_id, frozen=False)
+    return _changed(actor, card_id)
+
+
+@operation(
+    bp,
+    "POST",
+    "/cards/<int:card_id>/archive",
+    summary="Archive a card",
+    tags=["cards"],
+    permission="cards:manage",
+    response=Card,
+    operation_id="archive_card",
+)
+def archive_card(card_id: int, actor: Actor) -> Card:
+    """Staff: the card leaves its holder's list and can neither send nor receive money; its
+    history stays."""
+    card_id = object_id(card_id, "card_id", "card")
+    cards.set_archived(make_uow(), actor=actor, card_id=card_id, archived=True)
+    return _changed(actor, card_id)
+
+
+@operation(
+    bp,
+    "POST",
+    "/cards/<int:card_id>/restore",
+    summary="Restore an archived card",
+    tags=["cards"],
+    permission="cards:manage",
+    response=Card,
+    operation_id="restore_card",
+)
+def restore_card(card_id: int, actor: Actor) -> Card:
+    """Staff: bring an archived card back."""
+    card_id = object_id(card_id, "card_id", "card")
+    cards.set_archived(make_uow(), actor=actor, card_id=card_id, archived=False)
+    return _changed(actor, card_id)
+
+
+@operation(
+    bp,
+    "GET",
+    "/cards/<int:card_id>/balance",
+    summary="Retrieve a card's balance",
+    tags=["cards"],
+    response=CardBalance,
+    operation_id="get_card_balance",
+)
+def get_card_balance(card_id: int, actor: Actor) -> CardBalance:
+    """Posted, pending (held) and available money on one of the caller's cards (staff with
+    money:read: any card)."""
+    card_id = object_id(card_id, "card_id", "card")
+    balance = wallet.get_balance(make_uow(), actor=actor, card_id=card_id)
+    return CardBalance(
+        card=balance.card_id, currency=balance.posted.currency.lower(),
+        posted=balance.posted.amount_minor, pending=balance.pending_debits.amount_minor,
+        available=balance.available.amount_minor,
+    )  # fmt: skip
+
+
+# -- the recipient look-up ----------------------------------------------------------------------
+def _lookup_user() -> str:
+    """The calling user's id from the access token, or "-". Never raises: a key function that
+    raised would make flask-limiter think its storage died."""
+    try:
+        credential = bearer_credential(request)
+        if credential is None:
+            return "card-lookup-user:-"
+        claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
+        return f"card-lookup-user:{claims.user_id}"
+    except Exception:
+        return "card-lookup-user:-"
+
+
+def _lookup_address() -> str:
+    return f"card-lookup-address:{request.remote_addr or 'unknown'}"
+
+
+def _lookup_limits(view: Callable[..., Any]) -> Callable[..., Any]:
+    view = limiter.limit(LOOKUPS_PER_USER, key_func=_lookup_user)(view)
+    return limiter.limit(LOOKUPS_PER_ADDRESS, key_func=_lookup_address)(view)
+
+
+@operation(
+    bp,
+    "POST",
+    "/cards/lookup",
+    summary="Find a transfer recipient by card number",
+    tags=["cards"],
+    permission="wallet:use",
+    body=Lookup,
+    response=Recipient,
+    errors=(NotFound, RateLimited),
+    rate_limit=_lookup_limits,
+    operation_id="lookup_card",
+)
+def lookup_card(body: Lookup, actor: Actor) -> Recipient:
+    """The card with this number, masked (brand, last four, currency, the holder's first name
+    and last initial), to confirm before a transfer; its `card` is the transfer's `to_card`.
+    404 when no active card has this number; 422 `invalid_card_number`. Limited to 20 a
+    minute and 100 an hour per user and per client address (429 with Retry-After)."""
+    found = activity.find_recipient(make_uow(), actor=actor, number=body.number)
+    return Recipient(
+        card=found.card_id, brand=found.brand, last4=found.last4,
+        currency=found.currency.lower(), holder=found.holder,
+    )  # fmt: skip

@@ -1,0 +1,549 @@
+"""Money movements: top-ups, transfers and withdrawals (create, retrieve, list), staff settlement
+of withdrawals by hand, and the activity feed over all three.
+
+Creating one needs the ``Idempotency-Key`` header (400 ``idempotency_key_missing`` without it).
+The first request answers 201; the same request again with the same key answers that first
+response with ``Idempotent-Replayed: true``; the key with a different body is a 422 of type
+``idempotency_error``. Not enough available money is a 402 ``insufficient_funds``; a frozen,
+expired or archived card a 402 ``card_unavailable`` (``card_frozen``...): the refused movement
+is kept, failed, in the history, and no balance changed.
+
+Amounts are integers in minor units (``amount``) with an ISO currency code (``currency``,
+accepted in any case, answered in lowercase), as in Stripe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Literal, TypeVar
+
+from flask import Response, after_this_request, request
+from pydantic import Field
+
+from portal.api import bp
+from portal.api.auth import Timestamp, object_id
+from portal.api.operation import operation
+from portal.api.pagination import ListQuery, ListResponse
+from portal.api.schemas import ApiModel, QueryModel, RequestBody
+from portal.domain.errors import (
+    CardUnavailable,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidInput,
+    NotFound,
+    PortalError,
+    TemporarilyUnavailable,
+)
+from portal.domain.money import Money, MoneyError
+from portal.domain.types import Actor, MovementResult
+from portal.services import activity, wallet
+from portal.services.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, Page
+from portal.web.uow import make_uow
+
+T = TypeVar("T")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+Status = Literal["pending", "succeeded", "failed"]
+Kind = Literal["top_up", "transfer", "withdrawal"]
+Method = Literal["bank_transfer", "credit_card", "debit_card", "e_wallet", "cash"]
+
+#: Service parameter names and the API's names for them.
+_PARAMS = {"search": "q", "card_id": "card", "from_card_id": "from_card", "to_card_id": "to_card"}
+
+_IDEMPOTENCY_NOTE = (
+    " Send an `Idempotency-Key` header (at most 255 printable characters; 400"
+    " `idempotency_key_missing` without it). The same request with the same key answers the"
+    " first response with `Idempotent-Replayed: true`; the key with another body is a 422"
+    " `idempotency_error`."
+)
+_CREATE_ERRORS = (InsufficientFunds, CardUnavailable, IdempotencyConflict, NotFound,
+                  TemporarilyUnavailable)  # fmt: skip
+
+
+# -- objects ------------------------------------------------------------------------------------
+class Movement(ApiModel):
+    id: int
+    amount: int = Field(description="Minor units of `currency`.", examples=[5000])
+    currency: str = Field(description="Lowercase ISO 4217 code.", examples=["usd"])
+    status: Status
+    card: int = Field(description="The caller's card this movement is seen from.")
+    card_last4: str
+    direction: Literal["in", "out"] = Field(description="Money into or out of `card`.")
+    counterparty: str = Field(
+        description="Masked: a method, a card with its holder's first name and last initial, "
+        "or a bank with the last four digits of the account.",
+        examples=["Visa •••• 4242 (Budi S.)"],
+    )
+    failure_code: str | None = Field(description="Why it failed, when it did.")
+    created_at: Timestamp
+
+
+class TopUp(Movement):
+    """Money added to a card from outside."""
+
+    object: Literal["top_up"] = "top_up"
+    method: Method
+
+
+class Transfer(Movement):
+    """Money moved from one card to another."""
+
+    object: Literal["transfer"] = "transfer"
+    memo: str
+
+
+class Withdrawal(Movement):
+    """Money paid out to a bank account: pending (held) until the payout succeeds or fails."""
+
+    object: Literal["withdrawal"] = "withdrawal"
+
+
+class Activity(ApiModel):
+    """One entry of the activity feed."""
+
+    id: str = Field(description="The kind and the record's id.", examples=["transfer_12"])
+    object: Literal["activity"] = "activity"
+    type: Kind
+    amount: int
+    currency: str
+    status: Status
+    card: int
+    card_last4: str
+    direction: Literal["in", "out"]
+    counterparty: str
+    method: Method | None
+    memo: str
+    failure_code: str | None
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, item: activity.ActivityItem) -> Activity:
+        return cls(
+            id=item.id, type=item.kind,  # type: ignore[arg-type]
+            amount=item.amount.amount_minor, currency=item.amount.currency.lower(),
+            status=item.status, card=item.card_id,  # type: ignore[arg-type]
+            card_last4=item.card_last4, direction=item.direction,  # type: ignore[arg-type]
+            counterparty=item.counterparty, method=item.method,  # type: ignore[arg-type]
+            memo=item.memo, failure_code=item.failure_code, created_at=item.created_at,
+        )  # fmt: skip
+
+
+M = TypeVar("M", TopUp, Transfer, Withdrawal)
+
+
+def _movement(model: type[M], item: activity.ActivityItem) -> M:
+    extra: dict[str, object] = {}
+    if model is TopUp:
+        extra["method"] = item.method
+    elif model is Transfer:
+        extra["memo"] = item.memo
+    return model.model_validate(
+        {
+            "id": item.number, "amount": item.amount.amount_minor,
+            "currency": item.amount.currency.lower(), "status": item.status,
+            "card": item.card_id, "card_last4": item.card_last4, "direction": item.direction,
+            "counterparty": item.counterparty, "failure_code": item.failure_code,
+            "created_at": item.created_at, **extra,
+        }
+    )  # fmt: skip
+
+
+class TopUpList(ListResponse[TopUp]):
+    """Top-ups on the caller's cards, newest first."""
+
+
+class TransferList(ListResponse[Transfer]):
+    """Transfers from and to the caller's cards, newest first."""
+
+
+class WithdrawalList(ListResponse[Withdrawal]):
+    """Withdrawals from the caller's cards, newest first."""
+
+
+class ActivityList(ListResponse[Activity]):
+    """Money movements on the caller's cards, newest first."""
+
+
+# -- requests -----------------------------------------------------------------------------------
+class Amount(RequestBody):
+    amount: int = Field(ge=1, le=MAX_ID, description="Minor units of `currency`.", examples=[5000])
+    currency: str = Field(
+        min_length=3, max_length=3, description="ISO 4217 code, any case.", examples=["usd"]
+    )
+
+
+class NewTopUp(Amount):
+    card: int = Field(ge=1, le=MAX_ID)
+    method: Method
+
+
+class NewTransfer(Amount):
+    from_card: int = Field(ge=1, le=MAX_ID)
+    to_card: int = Field(
+        ge=1, le=MAX_ID, description="One's own card, or the `card` of POST /cards/lookup."
+    )
+    memo: str = Field("", max_length=140)
+
+
+class NewWithdrawal(Amount):
+    card: int = Field(ge=1, le=MAX_ID)
+    bank_name: str = Field(max_length=100, examples=["Bank Central Asia"])
+    account_number: str = Field(max_length=64, description="Stored encrypted; never shown again.")
+    account_holder: str = Field(max_length=100)
+
+
+class Settlement(RequestBody):
+    payout_reference: str | None = Field(None, max_length=64)
+
+
+class Failure(RequestBody):
+    failure_code: str = Field("payout_failed", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class Filters(QueryModel):
+    card: int | None = Field(None, ge=1, le=MAX_ID, description="Only this card's movements.")
+    status: Status | None = None
+    since: date | None = Field(None, description="From this UTC day on (YYYY-MM-DD).")
+    until: date | None = Field(None, description="Up to and including this UTC day.")
+    q: str | None = Field(
+        None, max_length=100, description="Search what is shown: counterparty, method, memo."
+    )
+
+
+class MovementListQuery(ListQuery, Filters):
+    pass
+
+
+class ActivityQuery(Filters):
+    limit: int = Field(
+        DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"How many, 1 to {MAX_LIMIT}."
+    )
+    starting_after: str | None = Field(
+        None, max_length=40, description="A cursor: the id of the last entry of the previous page."
+    )
+    type: Kind | None = Field(None, description="Only this kind of movement.")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _named(call: Callable[[], T]) -> T:
+    """Run ``call``, naming refused parameters as the API does."""
+    try:
+        return call()
+    except PortalError as exc:
+        if exc.param in _PARAMS:
+            exc.param = _PARAMS[exc.param]
+        if getattr(exc, "replayed", False):  # a stored refusal answered again
+            after_this_request(_mark_replayed)
+        raise
+
+
+def _mark_replayed(response: Response) -> Response:
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _money(body: Amount) -> Money:
+    try:
+        return Money(body.amount, body.currency)
+    except MoneyError as exc:
+        raise InvalidInput(str(exc), param="currency") from None
+
+
+def _idempotency_key() -> str:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "")
+    if not key.strip():
+        raise PortalError(
+            f"Send an {IDEMPOTENCY_HEADER} header: money moves only with one.",
+            param=IDEMPOTENCY_HEADER,
+            code="idempotency_key_missing",
+        )
+    return key
+
+
+def _created(model: type[M], actor: Actor, result: MovementResult) -> Response:
+    """The 201 response of a movement: as first recorded (a replay answers the same)."""
+    item = activity.get_activity_item(
+        make_uow(), actor=actor, item_id=activity.item_id(result.kind, result.id)
+    )
+    # Status and time as the first response had them (a withdrawal settles later).
+    obj = _movement(model, item).model_copy(
+        update={"status": result.status.value, "created_at": result.created_at}
+    )
+    response = Response(obj.model_dump_json(), status=201, mimetype="application/json")
+    if result.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _one(model: type[M], kind: str, number: int, actor: Actor) -> M:
+    number = object_id(number, f"{kind}_id", kind.replace("_", "-"))
+    item = activity.get_activity_item(
+        make_uow(), actor=actor, item_id=activity.item_id(kind, number)
+    )
+    return _movement(model, item)
+
+
+def _page(kind: str, query: MovementListQuery, actor: Actor) -> Page[activity.ActivityItem]:
+    after = None if query.starting_after is None else activity.item_id(kind, query.starting_after)
+    return _named(
+        lambda: activity.list_activity(
+            make_uow(), actor=actor, card_id=query.card, kind=kind, status=query.status,
+            since=query.since, until=query.until, search=query.q, limit=query.limit,
+            starting_after=after,
+        )
+    )  # fmt: skip
+
+
+def _list(model: type[M], listing: type[ListResponse[M]], kind: str, query: MovementListQuery,
+          actor: Actor) -> ListResponse[M]:  # fmt: skip
+    page = _page(kind, query, actor)
+    return listing(
+        url=request.path, has_more=page.has_more, data=[_movement(model, i) for i in page.items]
+    )
+
+
+# -- top-ups ------------------------------------------------------------------------------------
+@operation(
+    bp,
+    "POST",
+    "/top_ups",
+    summary="Top up a card",
+    tags=["money"],
+    permission="wallet:use",
+    body=NewTopUp,
+    response=TopUp,
+    status=201,
+    errors=(400, *_CREATE_ERRORS),
+    operation_id="create_top_up",
+    description="Add money to one of the caller's cards from an outside method. 422"
+    " `limit_exceeded` outside the currency's limits or past the daily cap." + _IDEMPOTENCY_NOTE,
+)
+def create_top_up(body: NewTopUp, actor: Actor) -> Response:
+    key = _idempotency_key()
+    result = _named(
+        lambda: wallet.top_up(
+            make_uow(), actor=actor, card_id=body.card, amount=_money(body), method=body.method,
+            idempotency_key=key,
+        )
+    )  # fmt: skip
+    return _created(TopUp, actor, result)
+
+
+@operation(
+    bp,
+    "GET",
+    "/top_ups/<int:top_up_id>",
+    summary="Retrieve a top-up",
+    tags=["money"],
+    response=TopUp,
+    operation_id="get_top_up",
+)
+def get_top_up(top_up_id: int, actor: Actor) -> TopUp:
+    """A top-up on one of the caller's cards (staff with money:read: any)."""
+    return _one(TopUp, "top_up", top_up_id, actor)
+
+
+@operation(
+    bp,
+    "GET",
+    "/top_ups",
+    summary="List top-ups",
+    tags=["money"],
+    query=MovementListQuery,
+    response=TopUpList,
+    operation_id="list_top_ups",
+)
+def list_top_ups(query: MovementListQuery, actor: Actor) -> TopUpList:
+    """Top-ups on the caller's cards (one card's with `card`), newest first, filtered by
+    `status`, `since`, `until` and searched with `q`."""
+    return _list(TopUp, TopUpList, "top_up", query, actor)  # type: ignore[return-value]
+
+
+# -- transfers ----------------------------------------------------------------------------------
+@operation(
+    bp,
+    "POST",
+    "/transfers",
+    summary="Transfer money to a card",
+    tags=["money"],
+    permission="wallet:use",
+    body=NewTransfer,
+    response=Transfer,
+    status=201,
+    errors=(400, *_CREATE_ERRORS),
+    operation_id="create_transfer",
+    description="Move money from one of the caller's cards to another card of the same"
+    " currency: one of their own, or someone else's found with POST /cards/lookup."
+    + _IDEMPOTENCY_NOTE,
+)
+def create_transfer(body: NewTransfer, actor: Actor) -> Response:
+    key = _idempotency_key()
+    result = _named(
+        lambda: wallet.transfer(
+            make_uow(), actor=actor, from_card_id=body.from_card, to_card_id=body.to_card,
+            amount=_money(body), idempotency_key=key, memo=body.memo,
+        )
+    )  # fmt: skip
+    return _created(Transfer, actor, result)
+
+
+@operation(
+    bp,
+    "GET",
+    "/transfers/<int:transfer_id>",
+    summary="Retrieve a transfer",
+    tags=["money"],
+    response=Transfer,
+    operation_id="get_transfer",
+)
+def get_transfer(transfer_id: int, actor: Actor) -> Transfer:
+    """A transfer from one of the caller's cards, or one that reached one of their cards
+    (staff with money:read: any, seen from the sending card)."""
+    return _one(Transfer, "transfer", transfer_id, actor)
+
+
+@operation(
+    bp,
+    "GET",
+    "/transfers",
+    summary="List transfers",
+    tags=["money"],
+    query=MovementListQuery,
+    response=TransferList,
+    operation_id="list_transfers",
+)
+def list_transfers(query: MovementListQuery, actor: Actor) -> TransferList:
+    """Transfers from and (once they succeeded) to the caller's cards, newest first."""
+    return _list(Transfer, TransferList, "transfer", query, actor)  # type: ignore[return-value]
+
+
+# -- withdrawals --------------------------------------------------------------------------------
+@operation(
+    bp,
+    "POST",
+    "/withdrawals",
+    summary="Withdraw to a bank account",
+    tags=["money"],
+    permission="wallet:use",
+    body=NewWithdrawal,
+    response=Withdrawal,
+    status=201,
+    errors=(400, *_CREATE_ERRORS),
+    operation_id="create_withdrawal",
+    description="Hold money on one of the caller's cards for a payout to a bank account: the"
+    " withdrawal is `pending` until the payout succeeds (the money leaves) or fails (the hold"
+    " is released)." + _IDEMPOTENCY_NOTE,
+)
+def create_withdrawal(body: NewWithdrawal, actor: Actor) -> Response:
+    key = _idempotency_key()
+    bank = wallet.BankAccount(body.bank_name, body.account_number, body.account_holder)
+    result = _named(
+        lambda: wallet.withdraw(
+            make_uow(), actor=actor, card_id=body.card, amount=_money(body), bank=bank,
+            idempotency_key=key,
+        )
+    )  # fmt: skip
+    return _created(Withdrawal, actor, result)
+
+
+@operation(
+    bp,
+    "GET",
+    "/withdrawals/<int:withdrawal_id>",
+    summary="Retrieve a withdrawal",
+    tags=["money"],
+    response=Withdrawal,
+    operation_id="get_withdrawal",
+)
+def get_withdrawal(withdrawal_id: int, actor: Actor) -> Withdrawal:
+    """A withdrawal from one of the caller's cards (staff with money:read or
+    withdrawals:manage: any)."""
+    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+
+
+@operation(
+    bp,
+    "GET",
+    "/withdrawals",
+    summary="List withdrawals",
+    tags=["money"],
+    query=MovementListQuery,
+    response=WithdrawalList,
+    operation_id="list_withdrawals",
+)
+def list_withdrawals(query: MovementListQuery, actor: Actor) -> WithdrawalList:
+    """Withdrawals from the caller's cards, newest first."""
+    return _list(Withdrawal, WithdrawalList, "withdrawal", query, actor)  # type: ignore[return-value]
+
+
+@operation(
+    bp,
+    "POST",
+    "/withdrawals/<int:withdrawal_id>/confirm",
+    summary="Confirm a withdrawal's payout",
+    tags=["money"],
+    permission="withdrawals:manage",
+    body=Settlement,
+    response=Withdrawal,
+    errors=(TemporarilyUnavailable,),
+    operation_id="confirm_withdrawal",
+)
+def confirm_withdrawal(withdrawal_id: int, body: Settlement, actor: Actor) -> Withdrawal:
+    """Staff: the payout went out; the held money leaves the card. A withdrawal no longer
+    pending is answered as it is, unchanged."""
+    withdrawal_id = object_id(withdrawal_id, "withdrawal_id", "withdrawal")
+    wallet.confirm_withdrawal(
+        make_uow(), actor=actor, withdrawal_id=withdrawal_id,
+        payout_reference=body.payout_reference,
+    )  # fmt: skip
+    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+
+
+@operation(
+    bp,
+    "POST",
+    "/withdrawals/<int:withdrawal_id>/fail",
+    summary="Fail a withdrawal's payout",
+    tags=["money"],
+    permission="withdrawals:manage",
+    body=Failure,
+    response=Withdrawal,
+    errors=(TemporarilyUnavailable,),
+    operation_id="fail_withdrawal",
+)
+def fail_withdrawal(withdrawal_id: int, body: Failure, actor: Actor) -> Withdrawal:
+    """Staff: the payout failed; the hold is released and the money is available again. A
+    withdrawal no longer pending is answered as it is, unchanged."""
+    withdrawal_id = object_id(withdrawal_id, "withdrawal_id", "withdrawal")
+    wallet.fail_withdrawal(
+        make_uow(), actor=actor, withdrawal_id=withdrawal_id, failure_code=body.failure_code
+    )
+    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+
+
+# -- the activity feed --------------------------------------------------------------------------
+@operation(
+    bp,
+    "GET",
+    "/activity",
+    summary="List activity",
+    tags=["money"],
+    query=ActivityQuery,
+    response=ActivityList,
+    operation_id="list_activity",
+)
+def list_activity(query: ActivityQuery, actor: Actor) -> ActivityList:
+    """Every money movement on the caller's cards, incoming transfers included, newest first;
+    filtered by `card`, `type`, `status`, `since`, `until`, searched with `q`, and paged with
+    `starting_after` (an activity id such as `transfer_12`)."""
+    page = _named(
+        lambda: activity.list_activity(
+            make_uow(), actor=actor, card_id=query.card, kind=query.type, status=query.status,
+            since=query.since, until=query.until, search=query.q, limit=query.limit,
+            starting_after=query.starting_after,
+        )
+    )  # fmt: skip
+    return ActivityList.of(page, Activity.of)

@@ -1,0 +1,654 @@
+"""What a cardholder sees of their money: cards with balances, the activity feed, monthly
+totals, the live-update version, recipient look-ups by card number, and renaming a card.
+
+Reads only, except ``rename_card``. Every read is scoped to the actor's own cards; staff reach
+other people's cards with ``cards:read`` (cards) or ``money:read`` (movements), and an object
+out of reach is NotFound, never Forbidden, so its existence does not leak.
+
+The feed is one statement: a ``UNION ALL`` over top-ups, outgoing transfers, incoming
+transfers and withdrawals, each branch filtered, keyset-paged and limited on its own (so each
+reads at most ``limit + 1`` rows through its card index) before the merge. Items are ordered
+``created_at DESC, kind DESC, id DESC``; the cursor is an item id such as ``"transfer_5"``.
+
+Visibility rules: an incoming transfer shows to its recipient only once it succeeded (a failed
+one moved nothing and is the sender's business); a transfer between two cards of the same
+person shows once, as outgoing from its source card, unless the feed is filtered to the
+destination card, where it shows as incoming. Monthly totals leave transfers between one's own
+cards out (they are neither money in nor money out).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from portal.domain import cards as card_numbers
+from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
+from portal.domain.money import Money
+from portal.domain.types import Actor, ActorKind, MovementStatus
+from portal.services import audit
+from portal.services.pagination import MAX_ID, Page, check_id, check_limit, like_pattern
+from portal.services.uow import UnitOfWork
+from portal.services.users import is_printable
+from portal.services.vault import Vault
+
+KINDS = ("top_up", "transfer", "withdrawal")
+STATUSES = tuple(s.value for s in MovementStatus)
+MAX_SEARCH = 100
+MAX_MONTHS = 120
+MAX_CARD_NAME = 64
+
+METHOD_LABELS = {
+    "bank_transfer": "Bank transfer",
+    "credit_card": "Credit card",
+    "debit_card": "Debit card",
+    "e_wallet": "E-wallet",
+    "cash": "Cash",
+}
+
+_ITEM_ID = re.compile(r"^(top_up|transfer|withdrawal)_([1-9][0-9]{0,18})$")
+_DOTS = "\u2022\u2022\u2022\u2022"
+
+
+# -- results ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CardSummary:
+    """A card as the cardholder sees it: masked, with its wallet balances."""
+
+    id: int
+    user_id: int
+    name: str
+    card_type: str
+    brand: str
+    last4: str
+    expiry_month: int
+    expiry_year: int
+    currency: str
+    status: str
+    archived: bool
+    posted: Money
+    pending: Money
+    available: Money
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityItem:
+    """One money movement as seen from ``card_id`` (one of the viewer's cards)."""
+
+    id: str  # "top_up_12", "transfer_5", "withdrawal_3"
+    kind: str
+    status: str
+    amount: Money
+    direction: str  # "in" | "out", as seen from card_id
+    card_id: int
+    card_last4: str
+    counterparty: str  # masked: "Visa •••• 4242 (Budi S.)" / "BCA •••• 7890" / method name
+    method: str | None
+    failure_code: str | None
+    created_at: datetime
+    memo: str = ""
+
+    @property
+    def number(self) -> int:
+        """The record's id in its own table (``12`` for ``"top_up_12"``)."""
+        return int(self.id.rsplit("_", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class MonthTotals:
+    month: date  # first day of the month (UTC)
+    currency: str
+    money_in: Money
+    money_out: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """What a sender may learn of a card before paying it: never more than this."""
+
+    card_id: int
+    brand: str
+    last4: str
+    currency: str
+    holder: str  # masked name, e.g. "Budi S."
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def masked_name(first_name: str | None, last_name: str | None) -> str:
+    """First name and the initial of the last name: ``"Budi S."``."""
+    first = (first_name or "").strip()
+    last = (last_name or "").strip()
+    if first and last:
+        return f"{first} {last[0].upper()}."
+    if first:
+        return first
+    return f"{last[0].upper()}." if last else "Cardholder"
+
+
+def _user_id(actor: Actor) -> int:
+    if actor.kind != ActorKind.USER or actor.id is None:
+        raise Forbidden("only a signed-in user has cards")
+    return actor.id
+
+
+def item_id(kind: str, number: int) -> str:
+    return f"{kind}_{number}"
+
+
+def parse_item_id(value: str, param: str) -> tuple[str, int]:
+    """(kind, id) of an activity item id. Raises InvalidInput (param ``param``)."""
+    match = _ITEM_ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match.group(2)) > MAX_ID:
+        raise InvalidInput(f"{param} must be an activity id such as transfer_12", param=param)
+    return match.group(1), int(match.group(2))
+
+
+_CARD_COLUMNS = (
+    "c.id, c.user_id, c.name, c.card_type, c.brand, c.last4, c.expiry_month, c.expiry_year,"
+    " c.currency, c.status, c.archived_at IS NOT NULL AS archived, c.created_at,"
+    " a.posted_minor, a.pending_debits_minor"
+)
+_CARDS = f"SELECT {_CARD_COLUMNS} FROM cards c JOIN accounts a ON a.card_id = c.id"
+
+
+def _card(row: sa.Row[Any]) -> CardSummary:
+    posted = Money(row.posted_minor, row.currency)
+    pending = Money(row.pending_debits_minor, row.currency)
+    return CardSummary(
+        id=row.id, user_id=row.user_id, name=row.name, card_type=row.card_type,
+        brand=row.brand, last4=row.last4, expiry_month=row.expiry_month,
+        expiry_year=row.expiry_year, currency=row.currency, status=row.status,
+        archived=row.archived, posted=posted, pending=pending, available=posted - pending,
+        created_at=row.created_at,
+    )  # fmt: skip
+
+
+# -- cards -----------------------------------------------------------------------------------
+def list_cards(
+    uow: UnitOfWork, *, actor: Actor, user_id: int | None = None, include_archived: bool = False
+) -> tuple[CardSummary, ...]:
+    """The actor's cards (or, with cards:read, ``user_id``'s), oldest first, with balances.
+    Raises Forbidden, InvalidInput."""
+    if user_id is None:
+        owner = _user_id(actor)
+    else:
+        owner = check_id(user_id, "user_id")
+        if not (actor.kind == ActorKind.USER and actor.id == owner) and not actor.can("cards:read"):
+            raise Forbidden("missing permission cards:read")
+    archived = "" if include_archived else " AND c.archived_at IS NULL"
+
+    def work(u: UnitOfWork) -> tuple[CardSummary, ...]:
+        rows = u.execute(
+            f"{_CARDS} WHERE c.user_id = :owner{archived} ORDER BY c.created_at, c.id",
+            {"owner": owner},
+        ).all()
+        return tuple(_card(r) for r in rows)
+
+    return uow.run(work)
+
+
+def _may_see_card(actor: Actor, owner_id: int) -> bool:
+    # Staff who may manage any card may see the card they manage.
+    return (
+        (actor.kind == ActorKind.USER and actor.id == owner_id)
+        or actor.can("cards:read")
+        or actor.can("cards:manage")
+    )
+
+
+def get_card(uow: UnitOfWork, *, actor: Actor, card_id: int) -> CardSummary:
+    """One card with balances: one's own, or any with cards:read or cards:manage. Raises
+    NotFound."""
+    if not isinstance(card_id, int) or isinstance(card_id, bool) or not 1 <= card_id <= MAX_ID:
+        raise NotFound("no such card", param="card_id")
+
+    def work(u: UnitOfWork) -> CardSummary:
+        row = u.execute(f"{_CARDS} WHERE c.id = :id", {"id": card_id}).first()
+        if row is None or not _may_see_card(actor, row.user_id):
+            raise NotFound("no such card", param="card_id")
+        return _card(row)
+
+    return uow.run(work)
+
+
+def rename_card(uow: UnitOfWork, *, actor: Actor, card_id: int, name: str) -> CardSummary:
+    """Name one's own card (at most 64 characters; empty clears it). Owner only. Raises
+    InvalidInput, NotFound, InvalidState (archived card)."""
+    if not isinstance(name, str):
+        raise InvalidInput("name must be text", param="name")
+    name = name.strip()
+    if len(name) > MAX_CARD_NAME or not is_printable(name):
+        raise InvalidInput(
+            f"card name is at most {MAX_CARD_NAME} printable characters", param="name"
+        )
+    if not isinstance(card_id, int) or isinstance(card_id, bool) or not 1 <= card_id <= MAX_ID:
+        raise NotFound("no such card", param="card_id")
+
+    def work(u: UnitOfWork) -> CardSummary:
+        row = u.execute(
+            "SELECT user_id, name, archived_at FROM cards WHERE id = :id FOR NO KEY UPDATE",
+            {"id": card_id},
+        ).first()
+        if row is None or not (actor.kind == ActorKind.USER and actor.id == row.user_id):
+            raise NotFound("no such card", param="card_id")
+        if row.archived_at is not None:
+            raise InvalidState("card is archived", param="card_id")
+        if row.name != name:
+            u.execute(
+                "UPDATE cards SET name = :name, updated_at = :now WHERE id = :id",
+                {"name": name, "now": u.now(), "id": card_id},
+            )
+            audit.record(u, actor, "card.rename", "card", card_id, data={"name": name})
+        return _card(u.execute(f"{_CARDS} WHERE c.id = :id", {"id": card_id}).one())
+
+    return uow.run(work)
+
+
+# -- the activity feed -----------------------------------------------------------------------
+_BRAND_NAME_SQL = (
+    "CASE o.brand "
+    + " ".join(f"WHEN '{b.id}' THEN '{b.name}'" for b in card_numbers.BRANDS.values())
+    + " ELSE 'Card' END"
+)
+_METHOD_LABEL_SQL = (
+    "CASE t.method "
+    + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in METHOD_LABELS.items())
+    + " ELSE t.method END"
+)
+
+_COLUMNS = (
+    "kind, id, created_at, status, amount_minor, currency, direction, card_id, card_last4,"
+    " cp_brand, cp_last4, cp_first, cp_last, method, failure_code, bank_name, bank_last4, memo"
+)
+
+# Each branch: (kind, SELECT list, FROM/JOIN, base condition over the scope, search haystack).
+_TOPUP = (
+    "top_up",
+    "'top_up'::text AS kind, t.id, t.created_at, t.status::text AS status, t.amount_minor,"
+    " t.currency::text AS currency, 'in'::text AS direction, t.card_id, c.last4::text AS"
+    " card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4, NULL::text AS cp_first,"
+    " NULL::text AS cp_last, t.method::text AS method, t.failure_code::text AS failure_code,"
+    " NULL::text AS bank_name, NULL::text AS bank_last4, ''::text AS memo",
+    "top_ups t JOIN cards c ON c.id = t.card_id",
+    "t.card_id IN (SELECT id FROM scope)",
+    f"concat_ws(' ', {_METHOD_LABEL_SQL}, c.last4, c.name)",
+)
+
+
+def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
+    mine, other = (
+        ("from_card_id", "to_card_id") if direction == "out" else ("to_card_id", "from_card_id")
+    )
+    base = f"t.{mine} IN (SELECT id FROM scope)"
+    if direction == "in":
+        # Shown once between one's own cards (as outgoing), and only once it moved money.
+        base += f" AND t.{other} NOT IN (SELECT id FROM scope) AND t.status = 'succeeded'"
+    return (
+        "transfer",
+        f"'transfer'::text AS kind, t.id, t.created_at, t.status::text AS status,"
+        f" t.amount_minor, t.currency::text AS currency, '{direction}'::text AS direction,"
+        f" t.{mine} AS card_id, c.last4::text AS card_last4, o.brand::text AS cp_brand,"
+        " o.last4::text AS cp_last4, ou.first_name::text AS cp_first,"
+        " ou.last_name::text AS cp_last, NULL::text AS method,"
+        " t.failure_code::text AS failure_code, NULL::text AS bank_name,"
+        " NULL::text AS bank_last4, t.memo::text AS memo",
+        f"transfers t JOIN cards c ON c.id = t.{mine} JOIN cards o ON o.id = t.{other}"
+        " JOIN users ou ON ou.id = o.user_id",
+        base,
+        # Only what is shown: the holder's first name and last initial (never the last name).
+        f"concat_ws(' ', {_BRAND_NAME_SQL}, o.last4, ou.first_name,"
+        " left(ou.last_name, 1), t.memo, c.last4, c.name)",
+    )
+
+
+_TRANSFER_OUT = _transfer_branch("out")
+_TRANSFER_IN = _transfer_branch("in")
+_WITHDRAWAL = (
+    "withdrawal",
+    "'withdrawal'::text AS kind, t.id, t.created_at, t.status::text AS status, t.amount_minor,"
+    " t.currency::text AS currency, 'out'::text AS direction, t.card_id, c.last4::text AS"
+    " card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4, NULL::text AS cp_first,"
+    " NULL::text AS cp_last, NULL::text AS method, t.failure_code::text AS failure_code,"
+    " t.bank_name::text AS bank_name, t.bank_account_last4::text AS bank_last4,"
+    " ''::text AS memo",
+    "withdrawals t JOIN cards c ON c.id = t.card_id",
+    "t.card_id IN (SELECT id FROM scope)",
+    "concat_ws(' ', t.bank_name, t.bank_account_last4, 'bank withdrawal', c.last4, c.name)",
+)
+
+#: Where a cursor row must be to be reachable (the scope, before any filter).
+_CURSOR_REACH = {
+    "top_up": "SELECT created_at FROM top_ups WHERE id = :cur_id"
+    " AND card_id IN (SELECT id FROM scope)",
+    "transfer": "SELECT created_at FROM transfers WHERE id = :cur_id"
+    " AND (from_card_id IN (SELECT id FROM scope)"
+    " OR (to_card_id IN (SELECT id FROM scope) AND status = 'succeeded'))",
+    "withdrawal": "SELECT created_at FROM withdrawals WHERE id = :cur_id"
+    " AND card_id IN (SELECT id FROM scope)",
+}
+
+
+def _counterparty(row: sa.Row[Any]) -> str:
+    if row.kind == "top_up":
+        return METHOD_LABELS.get(row.method, row.method or "")
+    if row.kind == "transfer":
+        card = card_numbers.mask(row.cp_last4, row.cp_brand)
+        return f"{card} ({masked_name(row.cp_first, row.cp_last)})"
+    bank = row.bank_name or "bank"
+    return f"{bank} {_DOTS} {row.bank_last4}" if row.bank_last4 else bank
+
+
+def _item(row: sa.Row[Any]) -> ActivityItem:
+    return ActivityItem(
+        id=item_id(row.kind, row.id), kind=row.kind, status=row.status,
+        amount=Money(row.amount_minor, row.currency), direction=row.direction,
+        card_id=row.card_id, card_last4=row.card_last4, counterparty=_counterparty(row),
+        method=row.method, failure_code=row.failure_code, created_at=row.created_at,
+        memo=row.memo or "",
+    )  # fmt: skip
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _feed_sql(
+    branches: list[tuple[str, str, str, str, str]],
+    scope: str,
+    filters: list[str],
+    search: bool,
+    cursor_kind: str | None,
+) -> str:
+    parts = []
+    for kind, columns, source, base, haystack in branches:
+        conditions = [base, *filters]
+        if search:
+            conditions.append(f"{haystack} ILIKE :pattern ESCAPE '\\'")
+        if cursor_kind is not None:
+            # (created_at, kind, id) < cursor, with this branch's kind a constant.
+            if kind < cursor_kind:
+                conditions.append("t.created_at <= (SELECT created_at FROM cur)")
+            elif kind == cursor_kind:
+                conditions.append("(t.created_at, t.id) < ((SELECT created_at FROM cur), :cur_id)")
+            else:
+                conditions.append("t.created_at < (SELECT created_at FROM cur)")
+        where = " AND ".join(f"({c})" for c in conditions)
+        parts.append(
+            f"(SELECT {columns} FROM {source} WHERE {where}"
+            " ORDER BY t.created_at DESC, t.id DESC LIMIT :lim)"
+        )
+    ctes = [f"scope AS ({scope})"]
+    if cursor_kind is not None:
+        ctes.append(f"cur AS ({_CURSOR_REACH[cursor_kind]})")
+    return (
+        f"WITH {', '.join(ctes)} SELECT {_COLUMNS} FROM ("
+        + " UNION ALL ".join(parts)
+        + ") feed ORDER BY created_at DESC, kind DESC, id DESC LIMIT :lim"
+    )
+
+
+def _branches_for(kind: str | None, *, unrestricted: bool) -> list[tuple[str, str, str, str, str]]:
+    every = [_TOPUP, _TRANSFER_OUT, _WITHDRAWAL] if unrestricted else [
+        _TOPUP, _TRANSFER_OUT, _TRANSFER_IN, _WITHDRAWAL
+    ]  # fmt: skip
+    return [b for b in every if kind is None or b[0] == kind]
+
+
+def _scope_for(actor: Actor, card_id: int | None, params: dict[str, Any]) -> str:
+    """SQL selecting the card ids the feed covers (the actor's cards, or one card)."""
+    if card_id is None:
+        params["owner"] = _user_id(actor)
+        return "SELECT id FROM cards WHERE user_id = :owner"
+    params["card"] = card_id
+    if actor.can("money:read"):
+        return "SELECT id FROM cards WHERE id = :card"
+    params["owner"] = _user_id(actor)
+    return "SELECT id FROM cards WHERE id = :card AND user_id = :owner"
+
+
+def list_activity(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    card_id: int | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    search: str | None = None,
+    limit: int = 20,
+    starting_after: str | None = None,
+) -> Page[ActivityItem]:
+    """Money movements on the actor's cards (incoming transfers included), newest first; one
+    card's with ``card_id`` (any card's with money:read). ``since``/``until`` are UTC days,
+    both included. Raises InvalidInput, NotFound (card out of reach), Forbidden."""
+    size = check_limit(limit)
+    params: dict[str, Any] = {"lim": size + 1}
+    filters: list[str] = []
+    if card_id is not None and (
+        isinstance(card_id, bool) or not isinstance(card_id, int) or not 1 <= card_id <= MAX_ID
+    ):
+        raise NotFound("no such card", param="card_id")
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput("kind must be one of " + ", ".join(KINDS), param="kind")
+    if status is not None:
+        if status not in STATUSES:
+            raise InvalidInput("status must be one of " + ", ".join(STATUSES), param="status")
+        filters.append("t.status = :status")
+        params["status"] = status
+    if since is not None and until is not None and since > until:
+        raise InvalidInput("since must not be after until", param="since")
+    if since is not None:
+        filters.append("t.created_at >= :since_at")
+        params["since_at"] = _day_start(since)
+    if until is not None:
+        filters.append("t.created_at < :until_at")
+        params["until_at"] = _day_start(until + timedelta(days=1))
+    term = None
+    if search is not None:
+        term = search.strip() if isinstance(search, str) else None
+        if term is None or len(term) > MAX_SEARCH or not is_printable(term):
+            raise InvalidInput(f"search is at most {MAX_SEARCH} characters", param="search")
+        if term:
+            params["pattern"] = like_pattern(term)
+    cursor_kind: str | None = None
+    if starting_after is not None:
+        cursor_kind, params["cur_id"] = parse_item_id(starting_after, "starting_after")
+    scope = _scope_for(actor, card_id, params)
+    sql = _feed_sql(
+        _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind
+    )
+
+    def work(u: UnitOfWork) -> Page[ActivityItem]:
+        rows = u.execute(sql, params).all()
+        if not rows and (card_id is not None or cursor_kind is not None):
+            _check_reach(u, scope, params, card_id, cursor_kind)
+        items = [_item(r) for r in rows]
+        return Page(tuple(items[:size]), len(items) > size)
+
+    return uow.run(work)
+
+
+def _check_reach(
+    u: UnitOfWork, scope: str, params: dict[str, Any], card_id: int | None, cursor: str | None
+) -> None:
+    """Why an empty page is empty, when it may be a card or cursor out of reach (rare path)."""
+    reach = f"WITH scope AS ({scope}) SELECT EXISTS (SELECT 1 FROM scope) AS card"
+    if cursor is not None:
+        reach += f", EXISTS ({_CURSOR_REACH[cursor]}) AS cursor"
+    row = u.execute(reach, params).one()
+    if card_id is not None and not row.card:
+        raise NotFound("no such card", param="card_id")
+    if cursor is not None and not row.cursor:
+        raise InvalidInput("starting_after is not a known activity id", param="starting_after")
+
+
+def get_activity_item(uow: UnitOfWork, *, actor: Actor, item_id: str) -> ActivityItem:
+    """One movement by its activity id, as its viewer sees it: on one's own cards (incoming
+    transfers once they succeeded), or any with money:read (withdrawals also with
+    withdrawals:manage), seen from the source card. Raises InvalidInput, NotFound."""
+    kind, number = parse_item_id(item_id, "id")
+    staff = actor.can("money:read") or (kind == "withdrawal" and actor.can("withdrawals:manage"))
+    params: dict[str, Any] = {"lim": 2, "only": number}
+    if staff:
+        scope = "SELECT id FROM cards"
+        branches = [
+            (k, c, s, "TRUE", h) for k, c, s, _, h in _branches_for(kind, unrestricted=True)
+        ]
+    else:
+        params["owner"] = _user_id(actor)
+        scope = "SELECT id FROM cards WHERE user_id = :owner"
+        branches = _branches_for(kind, unrestricted=False)
+    sql = _feed_sql(branches, scope, ["t.id = :only"], False, None)
+
+    def work(u: UnitOfWork) -> ActivityItem:
+        row = u.execute(sql, params).first()
+        if row is None:
+            raise NotFound(f"no such {kind.replace('_', '-')}", param="id")
+        return _item(row)
+
+    return uow.run(work)
+
+
+# -- monthly totals --------------------------------------------------------------------------
+def _month_starts(today: date, months: int) -> list[date]:
+    y, m = today.year, today.month
+    starts = []
+    for _ in range(months):
+        starts.append(date(y, m, 1))
+        y, m = (y, m - 1) if m > 1 else (y - 1, 12)
+    return starts[::-1]
+
+
+_TOTALS_SQL = """
+WITH scope AS (SELECT id FROM cards WHERE user_id = :owner),
+flows AS (
+    SELECT created_at, currency, amount_minor AS money_in, 0::bigint AS money_out
+      FROM top_ups WHERE card_id IN (SELECT id FROM scope)
+       AND status = 'succeeded' AND created_at >= :start
+    UNION ALL
+    SELECT created_at, currency, 0, amount_minor FROM transfers
+     WHERE from_card_id IN (SELECT id FROM scope) AND to_card_id NOT IN (SELECT id FROM scope)
+       AND status = 'succeeded' AND created_at >= :start
+    UNION ALL
+    SELECT created_at, currency, amount_minor, 0 FROM transfers
+     WHERE to_card_id IN (SELECT id FROM scope) AND from_card_id NOT IN (SELECT id FROM scope)
+       AND status = 'succeeded' AND created_at >= :start
+    UNION ALL
+    SELECT created_at, currency, 0, amount_minor FROM withdrawals
+     WHERE card_id IN (SELECT id FROM scope) AND status = 'succeeded' AND created_at >= :start
+)
+SELECT 'flow' AS source, (date_trunc('month', created_at AT TIME ZONE 'UTC'))::date AS month,
+       currency::text AS currency, sum(money_in)::bigint AS money_in,
+       sum(money_out)::bigint AS money_out
+  FROM flows GROUP BY 2, 3
+UNION ALL
+SELECT DISTINCT 'card', NULL::date, currency::text, 0::bigint, 0::bigint FROM cards
+ WHERE user_id = :owner AND archived_at IS NULL
+"""
+
+
+def monthly_totals(uow: UnitOfWork, *, actor: Actor, months: int = 12) -> tuple[MonthTotals, ...]:
+    """Money in and out of the actor's cards per UTC calendar month and currency, succeeded
+    movements only, over the last ``months`` months including the current one; months with
+    nothing are zero. Transfers between one's own cards count neither way. Ordered by
+    currency, then month. Raises InvalidInput, Forbidden."""
+    owner = _user_id(actor)
+    if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= MAX_MONTHS:
+        raise InvalidInput(f"months must be 1 to {MAX_MONTHS}", param="months")
+
+    def work(u: UnitOfWork) -> tuple[MonthTotals, ...]:
+        starts = _month_starts(u.now().astimezone(UTC).date(), months)
+        rows = u.execute(_TOTALS_SQL, {"owner": owner, "start": _day_start(starts[0])}).all()
+        currencies = sorted({r.currency for r in rows})
+        found = {(r.currency, r.month): r for r in rows if r.source == "flow"}
+        out = []
+        for currency in currencies:
+            for month in starts:
+                row = found.get((currency, month))
+                out.append(
+                    MonthTotals(
+                        month=month,
+                        currency=currency,
+                        money_in=Money(row.money_in if row else 0, currency),
+                        money_out=Money(row.money_out if row else 0, currency),
+                    )
+                )
+        return tuple(out)
+
+    return uow.run(work)
+
+
+# -- live updates and recipients -------------------------------------------------------------
+def change_version(uow: UnitOfWork, *, actor: Actor) -> int:
+    """The actor's money-view version, bumped by every movement touching their cards (pages
+    poll it). Raises Forbidden (not a user), NotFound (user gone)."""
+    owner = _user_id(actor)
+
+    def work(u: UnitOfWork) -> int:
+        version = u.execute(
+            "SELECT change_version FROM users WHERE id = :id", {"id": owner}
+        ).scalar()
+        if version is None:
+            raise NotFound("no such user", param="user_id")
+        return int(version)
+
+    return uow.run(work)
+
+
+def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
+    """The card with this full number, masked, for a sender to confirm before paying it.
+    Needs wallet:use (or money:manage). Raises InvalidInput (``invalid_card_number``),
+    NotFound (no such card, or archived, or its holder archived), Forbidden. Callers must
+    rate-limit it: it is an oracle for card numbers."""
+    if not actor.can("wallet:use") and not actor.can("money:manage"):
+        raise Forbidden("missing permission wallet:use")
+    if not isinstance(number, str):
+        raise InvalidInput("Enter a card number.", param="number", code="invalid_card_number")
+    if len(number) > 64:
+        raise InvalidInput(
+            "This card number is too long.", param="number", code="invalid_card_number"
+        )
+    digits, _brand = card_numbers.validate_number(number)
+    fingerprint = Vault.from_settings(uow.settings).fingerprint(digits)
+
+    def work(u: UnitOfWork) -> Recipient:
+        row = u.execute(
+            "SELECT c.id, c.brand, c.last4, c.currency, u.first_name, u.last_name"
+            " FROM cards c JOIN users u ON u.id = c.user_id WHERE c.fingerprint = :fp"
+            " AND c.archived_at IS NULL AND u.archived_at IS NULL",
+            {"fp": fingerprint},
+        ).first()
+        if row is None:
+            raise NotFound("no card with this number", param="number")
+        return Recipient(
+            card_id=row.id, brand=row.brand, last4=row.last4, currency=row.currency,
+            holder=masked_name(row.first_name, row.last_name),
+        )  # fmt: skip
+
+    return uow.run(work)
+
+
+__all__ = [
+    "KINDS",
+    "METHOD_LABELS",
+    "ActivityItem",
+    "CardSummary",
+    "MonthTotals",
+    "Recipient",
+    "change_version",
+    "find_recipient",
+    "get_activity_item",
+    "get_card",
+    "list_activity",
+    "list_cards",
+    "masked_name",
+    "monthly_totals",
+    "parse_item_id",
+    "rename_card",
+]

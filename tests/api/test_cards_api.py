@@ -1,0 +1,318 @@
+"""The cards API: issue (number and security code shown once), list, retrieve, rename, freeze,
+unfreeze, staff archive and restore, balances, and the rate-limited recipient look-up; another
+cardholder's cards are 404. Also holds the helpers test_money_api uses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from portal.domain import cards as card_numbers
+from portal.domain.types import Actor, IssuedCard
+from portal.extensions import limiter
+from portal.services import tokens
+from portal.services.uow import UnitOfWork
+from tests.api.test_auth_api import API, bearer, client_for, error_of, person, token_for
+from tests.conftest import Factory
+
+
+# -- helpers (also used by test_money_api) ------------------------------------------------------
+def token_of(uow: UnitOfWork, actor: Actor) -> dict[str, str]:
+    assert actor.id is not None
+    return bearer(tokens.issue_tokens(uow, user_id=actor.id).access_token)
+
+
+def no_secrets(response: Any, *cards: IssuedCard) -> None:
+    """No full card number (nor its security code as a field) anywhere in the response."""
+    text = response.get_data(as_text=True)
+    for card in cards:
+        assert card.number not in text
+    assert '"number"' not in text and '"cvc"' not in text
+
+
+@pytest.fixture
+def api(app: Flask, connection: Any) -> FlaskClient:
+    return client_for(app)
+
+
+@pytest.fixture
+def alice(make: Factory) -> Actor:
+    return make.user(first_name="Alice", last_name="Wong")
+
+
+@pytest.fixture
+def budi(make: Factory) -> Actor:
+    return make.user(first_name="Budi", last_name="Santoso")
+
+
+@pytest.fixture
+def as_alice(uow: UnitOfWork, alice: Actor) -> dict[str, str]:
+    return token_of(uow, alice)
+
+
+@pytest.fixture
+def as_budi(uow: UnitOfWork, budi: Actor) -> dict[str, str]:
+    return token_of(uow, budi)
+
+
+@pytest.fixture
+def as_admin(uow: UnitOfWork) -> dict[str, str]:
+    return bearer(token_for(uow, person(uow, "admin")))
+
+
+@pytest.fixture
+def as_support(uow: UnitOfWork) -> dict[str, str]:
+    return bearer(token_for(uow, person(uow, "support")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits() -> None:
+    # Look-up limits count per user id, and ids start again with each test database.
+    limiter.reset()
+
+
+# -- issue --------------------------------------------------------------------------------------
+def test_issue_shows_number_and_cvc_once(api: FlaskClient, as_alice: dict[str, str]) -> None:
+    response = api.post(
+        f"{API}/cards",
+        json={"card_type": "debit", "brand": "amex", "currency": "USD", "name": "Travel"},
+        headers=as_alice,
+    )
+
+    assert response.status_code == 201, response.get_data(as_text=True)
+    issued = response.get_json()
+    number, cvc = issued["number"], issued["cvc"]
+    assert card_numbers.validate_number(number) == (number, "amex")
+    assert len(cvc) == 4 and cvc.isdigit()
+    assert (issued["object"], issued["last4"], issued["currency"], issued["name"]) == (
+        "card", number[-4:], "usd", "Travel"
+    )  # fmt: skip
+    assert issued["balance"] == {
+        "object": "balance", "card": issued["id"], "currency": "usd", "posted": 0, "pending": 0,
+        "available": 0,
+    }  # fmt: skip
+    later = [
+        api.get(f"{API}/cards/{issued['id']}", headers=as_alice),
+        api.get(f"{API}/cards", headers=as_alice),
+        api.patch(f"{API}/cards/{issued['id']}", json={"name": "Trips"}, headers=as_alice),
+        api.post(f"{API}/cards/{issued['id']}/freeze", headers=as_alice),
+        api.get(f"{API}/cards/{issued['id']}/balance", headers=as_alice),
+        api.get(f"{API}/activity", headers=as_alice),
+    ]
+    for later_response in later:
+        assert later_response.status_code == 200
+        text = later_response.get_data(as_text=True)
+        assert number not in text
+        assert '"number"' not in text and '"cvc"' not in text
+    card = later[0].get_json()
+    assert set(card) == {
+        "id", "object", "user", "name", "card_type", "brand", "last4", "exp_month", "exp_year",
+        "currency", "status", "archived", "balance", "created_at",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"card_type": "gold", "brand": "visa", "currency": "usd"}, "parameter_invalid",
+         "card_type"),
+        ({"card_type": "debit", "brand": "jcb", "currency": "usd"}, "parameter_invalid", "brand"),
+        ({"card_type": "debit", "brand": "visa", "currency": "zzz"}, "invalid_input",
+         "currency"),
+        ({"card_type": "debit", "brand": "visa"}, "parameter_missing", "currency"),
+        ({"card_type": "debit", "brand": "visa", "currency": "usd", "name": "x" * 65},
+         "parameter_invalid", "name"),
+    ],
+)  # fmt: skip
+def test_issue_refusals_name_the_field(
+    api: FlaskClient, as_alice: dict[str, str], body: dict[str, Any], code: str, param: str
+) -> None:
+    error = error_of(api.post(f"{API}/cards", json=body, headers=as_alice), 422)
+
+    assert (error["code"], error["param"]) == (code, param)
+
+
+def test_issue_respects_the_per_person_maximum(
+    api: FlaskClient, app: Flask, as_alice: dict[str, str]
+) -> None:
+    body = {"card_type": "prepaid", "brand": "visa", "currency": "eur"}
+    maximum = app.config["SERVICE_SETTINGS"].max_cards_per_user
+    for _ in range(maximum):
+        assert api.post(f"{API}/cards", json=body, headers=as_alice).status_code == 201
+
+    error = error_of(api.post(f"{API}/cards", json=body, headers=as_alice), 422)
+
+    assert error["code"] == "limit_exceeded"
+    assert len(api.get(f"{API}/cards?limit=100", headers=as_alice).get_json()["data"]) == maximum
+
+
+def test_issue_for_someone_else_needs_cards_manage(
+    api: FlaskClient, as_alice: dict[str, str], as_admin: dict[str, str], budi: Actor
+) -> None:
+    body = {"card_type": "debit", "brand": "visa", "currency": "usd", "user": budi.id}
+
+    refused = error_of(api.post(f"{API}/cards", json=body, headers=as_alice), 403)
+    issued = api.post(f"{API}/cards", json=body, headers=as_admin)
+
+    assert refused["code"] == "forbidden"
+    assert issued.status_code == 201 and issued.get_json()["user"] == budi.id
+
+
+# -- read and change ----------------------------------------------------------------------------
+def test_list_and_get_only_ones_own_cards(
+    api: FlaskClient, make: Factory, alice: Actor, budi: Actor, as_alice: dict[str, str],
+    as_budi: dict[str, str], as_support: dict[str, str],
+) -> None:  # fmt: skip
+    mine = [make.card(alice, balance="12.34"), make.card(alice, currency="IDR")]
+    theirs = make.card(budi)
+
+    listed = api.get(f"{API}/cards", headers=as_alice).get_json()
+    assert (listed["object"], listed["url"], listed["has_more"]) == ("list", f"{API}/cards", False)
+    assert [c["id"] for c in listed["data"]] == [c.card_id for c in mine]
+    assert listed["data"][0]["balance"]["available"] == 1234
+    assert listed["data"][1]["currency"] == "idr"
+    first = api.get(f"{API}/cards?limit=1", headers=as_alice).get_json()
+    rest = api.get(
+        f"{API}/cards?limit=1&starting_after={mine[0].card_id}", headers=as_alice
+    ).get_json()
+    assert ([c["id"] for c in first["data"]], first["has_more"]) == ([mine[0].card_id], True)
+    assert ([c["id"] for c in rest["data"]], rest["has_more"]) == ([mine[1].card_id], False)
+    no_secrets(api.get(f"{API}/cards", headers=as_alice), *mine)
+    # Someone else's card is not there, whatever the way in.
+    for response in (
+        api.get(f"{API}/cards/{theirs.card_id}", headers=as_alice),
+        api.get(f"{API}/cards/{theirs.card_id}/balance", headers=as_alice),
+        api.patch(f"{API}/cards/{theirs.card_id}", json={"name": "x"}, headers=as_alice),
+        api.post(f"{API}/cards/{theirs.card_id}/freeze", headers=as_alice),
+        api.post(f"{API}/cards/{theirs.card_id}/unfreeze", headers=as_alice),
+        api.get(f"{API}/cards/{10**15}", headers=as_alice),
+        api.get(f"{API}/cards/{2**64}", headers=as_alice),
+    ):
+        assert error_of(response, 404)["code"] == "not_found"
+    error_of(api.get(f"{API}/cards?user={budi.id}", headers=as_alice), 403)
+    assert api.get(f"{API}/cards", headers=as_budi).get_json()["data"][0]["id"] == theirs.card_id
+    # Staff with cards:read see anyone's.
+    staff = api.get(f"{API}/cards?user={alice.id}", headers=as_support).get_json()
+    assert [c["id"] for c in staff["data"]] == [c.card_id for c in mine]
+    assert api.get(f"{API}/cards/{theirs.card_id}", headers=as_support).status_code == 200
+    error_of(api.get(f"{API}/cards"), 401)
+
+
+def test_rename_freeze_and_unfreeze(
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str]
+) -> None:
+    card = make.card(alice)
+    url = f"{API}/cards/{card.card_id}"
+
+    renamed = api.patch(url, json={"name": " Daily "}, headers=as_alice)
+    unchanged = api.patch(url, json={}, headers=as_alice)
+    frozen = api.post(f"{url}/freeze", headers=as_alice)
+    again = api.post(f"{url}/freeze", headers=as_alice)
+    thawed = api.post(f"{url}/unfreeze", headers=as_alice)
+    too_long = error_of(api.patch(url, json={"name": "y" * 65}, headers=as_alice), 422)
+
+    assert renamed.status_code == 200 and renamed.get_json()["name"] == "Daily"
+    assert unchanged.get_json()["name"] == "Daily"
+    assert (frozen.get_json()["status"], again.get_json()["status"]) == ("frozen", "frozen")
+    assert thawed.get_json()["status"] == "active"
+    assert too_long["param"] == "name"
+
+
+def test_staff_archive_and_restore(
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str],
+    as_admin: dict[str, str], as_support: dict[str, str],
+) -> None:  # fmt: skip
+    card = make.card(alice)
+    url = f"{API}/cards/{card.card_id}"
+
+    assert error_of(api.post(f"{url}/archive", headers=as_alice), 403)["code"] == (
+        "permission_denied"
+    )
+    error_of(api.post(f"{url}/archive", headers=as_support), 403)
+    archived = api.post(f"{url}/archive", headers=as_admin)
+    assert archived.status_code == 200 and archived.get_json()["archived"] is True
+    assert api.get(f"{API}/cards", headers=as_alice).get_json()["data"] == []
+    listed = api.get(f"{API}/cards?include_archived=true", headers=as_alice).get_json()["data"]
+    assert [c["id"] for c in listed] == [card.card_id]
+    assert error_of(api.post(f"{url}/freeze", headers=as_alice), 409)["code"] == "invalid_state"
+    assert error_of(api.patch(url, json={"name": "z"}, headers=as_alice), 409)["code"] == (
+        "invalid_state"
+    )
+    restored = api.post(f"{url}/restore", headers=as_admin)
+    assert restored.get_json()["archived"] is False
+    assert api.post(f"{url}/freeze", headers=as_admin).get_json()["status"] == "frozen"
+
+
+def test_balance(
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str],
+    as_support: dict[str, str],
+) -> None:  # fmt: skip
+    card = make.card(alice, balance="100.50")
+
+    mine = api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice)
+    staff = api.get(f"{API}/cards/{card.card_id}/balance", headers=as_support)
+
+    assert mine.get_json() == {
+        "object": "balance", "card": card.card_id, "currency": "usd", "posted": 10050,
+        "pending": 0, "available": 10050,
+    }  # fmt: skip
+    assert staff.get_json() == mine.get_json()
+
+
+# -- recipient look-up --------------------------------------------------------------------------
+def test_lookup_shows_only_the_masked_recipient(
+    api: FlaskClient, make: Factory, budi: Actor, as_alice: dict[str, str]
+) -> None:
+    theirs = make.card(budi, currency="IDR", brand="discover")
+    spaced = "-".join(theirs.number[i : i + 4] for i in range(0, len(theirs.number), 4))
+
+    response = api.post(f"{API}/cards/lookup", json={"number": spaced}, headers=as_alice)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json() == {
+        "object": "card_recipient", "card": theirs.card_id, "brand": "discover",
+        "last4": theirs.number[-4:], "currency": "idr", "holder": "Budi S.",
+    }  # fmt: skip
+    assert theirs.number not in response.get_data(as_text=True)
+    assert "Santoso" not in response.get_data(as_text=True)
+    unknown = error_of(
+        api.post(f"{API}/cards/lookup", json={"number": "4111111111111111"}, headers=as_alice),
+        404,
+    )
+    invalid = error_of(
+        api.post(f"{API}/cards/lookup", json={"number": "4111111111111112"}, headers=as_alice),
+        422,
+    )
+    assert unknown["param"] == "number"
+    assert (invalid["code"], invalid["param"]) == ("invalid_card_number", "number")
+
+
+def test_lookup_is_rate_limited_per_user_and_per_address(
+    app: Flask, connection: Any, uow: UnitOfWork, make: Factory, alice: Actor, budi: Actor
+) -> None:
+    theirs = make.card(budi)
+    body = json.dumps({"number": theirs.number})
+    alice_headers = {**token_of(uow, alice), "Content-Type": "application/json"}
+    carol_headers = {**token_of(uow, make.user()), "Content-Type": "application/json"}
+
+    def lookup(client: FlaskClient, headers: dict[str, str]) -> Any:
+        return client.post(f"{API}/cards/lookup", data=body, headers=headers)
+
+    # Per user: a new address each time does not help.
+    answers = [lookup(client_for(app), alice_headers).status_code for _ in range(21)]
+    assert answers == [200] * 20 + [429]
+    limited = lookup(client_for(app), alice_headers)
+    assert error_of(limited, 429)["type"] == "rate_limit_error"
+    assert int(limited.headers["Retry-After"]) > 0
+    # Per address: another user from the same address is limited too.
+    limiter.reset()
+    shared = client_for(app)
+    answers = [lookup(shared, alice_headers if i % 2 else carol_headers).status_code
+               for i in range(21)]  # fmt: skip
+    assert answers == [200] * 20 + [429]
+    # Someone else, from elsewhere, is not.
+    assert lookup(client_for(app), carol_headers).status_code == 200
