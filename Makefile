@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HTMX := portal/static/vendor/htmx.min.js
 SWAGGER_UI := portal/static/vendor/swagger-ui
+CHARTJS := portal/static/vendor/chartjs
 ARGS ?=
 
 .PHONY: venv assets run dev test lint fmt clean
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Front-end assets, pinned in package-lock.json and served from portal/static/vendor/.
-assets: $(HTMX) $(SWAGGER_UI)/swagger-ui-bundle.js
+assets: $(HTMX) $(SWAGGER_UI)/swagger-ui-bundle.js $(CHARTJS)/chart.umd.min.js
 
 node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund
@@ -35,6 +36,12 @@ $(SWAGGER_UI)/swagger-ui-bundle.js: node_modules/.installed
 	mkdir -p $(@D)
 	cp $(addprefix node_modules/swagger-ui-dist/,swagger-ui.css LICENSE NOTICE) $(@D)/
 	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js $@
+
+# Chart.js for the wallet's monthly chart: the UMD bundle and its licence (no source map).
+$(CHARTJS)/chart.umd.min.js: node_modules/.installed
+	mkdir -p $(@D)
+	cp node_modules/chart.js/LICENSE.md $(@D)/
+	sed '/^\/\/# sourceMappingURL=/d' node_modules/chart.js/dist/chart.umd.min.js > $@
 
 run: venv assets
 	$(BIN)/python -m portal.supervise run $(ARGS)
@@ -59,6 +66,6 @@ fmt: venv
 
 # Keeps instance/: the development database and the development secrets that encrypt its data.
 clean:
-	rm -rf $(VENV) node_modules $(HTMX) $(SWAGGER_UI) build test-artifacts *.egg-info
+	rm -rf $(VENV) node_modules $(HTMX) $(SWAGGER_UI) $(CHARTJS) build test-artifacts *.egg-info
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find portal tests -name __pycache__ -type d -prune -exec rm -rf {} +

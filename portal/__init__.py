@@ -31,6 +31,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from portal import sso
 
     app.register_blueprint(sso.bp)
+    from portal import cardholder
+
+    app.register_blueprint(cardholder.bp)
     api.init_app(app)
     cli.init_app(app)
     return app

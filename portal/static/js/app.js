@@ -47,6 +47,113 @@
     setUpCopyButtons(document);
   });
 
+  /* The wallet's monthly chart: <canvas data-chart='{"currency", "digits", "labels", "in",
+     "out"}'>, drawn with Chart.js when it is loaded (the dashboard loads it). Charts swapped in
+     by live updates are drawn too; charts whose canvas left the page are destroyed. */
+  function cssVar(name, fallback) {
+    var value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+
+  function drawCharts(root, animate) {
+    var Chart = window.Chart;
+    if (!Chart) {
+      return;
+    }
+    Object.values(Chart.instances || {}).forEach(function (chart) {
+      if (!chart.canvas || !chart.canvas.isConnected) {
+        chart.destroy();
+      }
+    });
+    root.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+      if (Chart.getChart(canvas)) {
+        return;
+      }
+      var data;
+      try {
+        data = JSON.parse(canvas.dataset.chart);
+      } catch (error) {
+        return;
+      }
+      var format = new Intl.NumberFormat(undefined, {
+        minimumFractionDigits: data.digits,
+        maximumFractionDigits: data.digits,
+      });
+      var compact = new Intl.NumberFormat(undefined, { notation: "compact" });
+      var text = cssVar("--color-muted", "#4a5261");
+      var grid = cssVar("--color-chart-grid", "#e5e7eb");
+      var reduced = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      new Chart(canvas, {
+        type: "bar",
+        data: {
+          labels: data.labels,
+          datasets: [
+            {
+              label: "Money in",
+              data: data["in"].map(Number),
+              backgroundColor: cssVar("--color-chart-in", "#16a34a"),
+              borderRadius: 4,
+            },
+            {
+              label: "Money out",
+              data: data.out.map(Number),
+              backgroundColor: cssVar("--color-chart-out", "#2563eb"),
+              borderRadius: 4,
+            },
+          ],
+        },
+        options: {
+          responsive: true,
+          maintainAspectRatio: false,
+          animation: animate && !reduced ? { duration: 400 } : false,
+          interaction: { mode: "index", intersect: false },
+          plugins: {
+            legend: { position: "bottom", labels: { color: text, boxWidth: 12 } },
+            tooltip: {
+              callbacks: {
+                label: function (item) {
+                  return item.dataset.label + ": " + format.format(item.parsed.y) + " " +
+                    data.currency;
+                },
+              },
+            },
+          },
+          scales: {
+            x: { grid: { display: false }, ticks: { color: text, maxRotation: 0, autoSkip: true } },
+            y: {
+              beginAtZero: true,
+              grid: { color: grid },
+              ticks: {
+                color: text,
+                callback: function (value) {
+                  return compact.format(value);
+                },
+              },
+            },
+          },
+        },
+      });
+    });
+  }
+
+  /* A swapped-in review or receipt takes the focus, so keyboard and screen-reader users
+     follow the step they are on. */
+  function focusNewStep(root) {
+    var target = root.querySelector("[data-autofocus]");
+    if (target) {
+      target.focus();
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    drawCharts(document, true);
+  });
+
+  /* Out-of-band swaps (live updates) settle after the main swap: redraw any new chart. */
+  document.addEventListener("htmx:afterSettle", function () {
+    drawCharts(document, false);
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     var detail = event.detail || {};
     var target = detail.target;
@@ -55,6 +162,8 @@
     setUpCopyButtons(current || document);
     if (current && detail.xhr && detail.xhr.status === 422) {
       focusFirstInvalid(current);
+    } else if (current && current.id === "money-flow") {
+      focusNewStep(current);
     }
   });
 })();

@@ -1,0 +1,931 @@
+"""Routes of the wallet pages.
+
+Every page works as plain form posts (Post/Redirect/Get); with htmx, a money form swaps itself
+for its review, then for its receipt (422 with the errors next to the fields), and card buttons
+answer the updated tile. Money forms carry an idempotency key minted when the form is first
+rendered and kept through the review, so a second submit of the same form replays the first
+answer instead of moving money again.
+
+Live updates: pages carry a small poller that asks ``/wallet/changes?v=<version>`` every 1.5 s.
+The answer is 204 (htmx swaps nothing) while the user's change version is unchanged, otherwise
+a new poller plus the changed fragments out of band. It only reads PostgreSQL, holds no worker
+between polls, and so works across processes with or without Redis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from flask import (
+    abort,
+    current_app,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+
+from portal.cardholder import bp
+from portal.cardholder.forms import (
+    CARD_TYPE_LABELS,
+    METHOD_LABELS,
+    ActivityFilterForm,
+    IssueCardForm,
+    MoneyForm,
+    RenameCardForm,
+    TopUpForm,
+    TransferForm,
+    WithdrawForm,
+    add_service_error,
+    new_key,
+    options,
+)
+from portal.domain.cards import brand_name
+from portal.domain.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    NotFound,
+    PortalError,
+)
+from portal.domain.money import Money, MoneyError, exponent
+from portal.domain.types import CardType, MovementResult
+from portal.extensions import limiter
+from portal.services import activity, cards, wallet
+from portal.services.activity import ActivityItem, CardSummary, MonthTotals, Recipient
+from portal.services.wallet import BankAccount
+from portal.web.auth import current_actor, login_required
+from portal.web.uow import make_uow
+
+#: How often pages ask whether anything changed (milliseconds); the issue asks for about 1.5 s.
+POLL_MS = 1500
+LATEST_ITEMS = 6
+PAGE_SIZE = 20
+CSV_PAGE = 100
+
+KIND_LABELS = {"top_up": "Top-up", "transfer": "Transfer", "withdrawal": "Withdrawal"}
+STATUS_LABELS = {"pending": "Pending", "succeeded": "Succeeded", "failed": "Failed"}
+MOVEMENT_TITLES = {
+    "top_up": "Top-up",
+    "transfer": "Transfer",
+    "withdrawal": "Withdrawal",
+    "withdraw": "Withdrawal",
+}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _is_htmx() -> bool:
+    """An htmx request that wants a fragment (not a boosted navigation or a history restore)."""
+    headers = request.headers
+    return (
+        headers.get("HX-Request") == "true"
+        and not headers.get("HX-Boosted")
+        and not headers.get("HX-History-Restore-Request")
+    )
+
+
+def _render(template: str, status: int = 200, /, **context: Any) -> Response:
+    response = make_response(render_template(template, **context), status)
+    response.vary.add("HX-Request")
+    return response
+
+
+def _fragments(*parts: tuple[str, Mapping[str, Any]], status: int = 200) -> Response:
+    html = "".join(render_template(name, **context) for name, context in parts)
+    response = make_response(html, status)
+    response.vary.add("HX-Request")
+    return response
+
+
+@bp.before_request
+def _htmx_needs_sign_in() -> Response | None:
+    """An htmx request (a poll, a button) whose session has ended gets a full-page trip to the
+    sign-in page, not the sign-in page swapped into a tile."""
+    if _is_htmx() and not current_user.is_authenticated:
+        response = make_response("", 401)
+        response.headers["HX-Redirect"] = url_for("auth.login", next=url_for(".index"))
+        return response
+    return None
+
+
+@bp.after_request
+def _no_store(response: Response) -> Response:
+    """Balances, histories and (once) a card number: nothing here belongs in a cache."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@bp.app_template_filter("money")
+def _money_filter(value: Money | None) -> str:
+    return value.format() if value is not None else ""
+
+
+@bp.app_template_filter("brand")
+def _brand_filter(value: str | None) -> str:
+    return brand_name(value)
+
+
+def _uow() -> Any:
+    return make_uow()
+
+
+def _my_cards(*, include_archived: bool = False) -> tuple[CardSummary, ...]:
+    return activity.list_cards(_uow(), actor=current_actor(), include_archived=include_archived)
+
+
+def _version() -> int:
+    return activity.change_version(_uow(), actor=current_actor())
+
+
+def card_label(card: CardSummary, *, balance: bool = True) -> str:
+    """How a card is named in a list: "Visa •••• 4242 · Groceries (1,200.00 USD available)"."""
+    text = f"{brand_name(card.brand)} •••• {card.last4}"
+    if card.name:
+        text += f" · {card.name}"
+    if card.status == "frozen":
+        text += f" · {card.currency} (frozen)"
+    elif balance:
+        text += f" ({card.available.format()} available)"
+    else:
+        text += f" · {card.currency}"
+    return text
+
+
+def _poller(view: str, version: int, **params: Any) -> dict[str, Any]:
+    return {"live": {"view": view, "version": version, "params": params, "every": POLL_MS}}
+
+
+# -- dashboard -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChartSeries:
+    """One currency's monthly money in and out, for the chart (a ``data-chart`` attribute) and
+    its table (the same numbers, readable without JavaScript)."""
+
+    currency: str
+    rows: tuple[MonthTotals, ...]
+
+    @property
+    def payload(self) -> str:
+        return json.dumps(
+            {
+                "currency": self.currency,
+                "digits": exponent(self.currency),
+                "labels": [r.month.strftime("%b %Y") for r in self.rows],
+                "in": [r.money_in.to_major_str() for r in self.rows],
+                "out": [r.money_out.to_major_str() for r in self.rows],
+            },
+            separators=(",", ":"),
+        )
+
+    @property
+    def total_in(self) -> Money:
+        return Money(sum(r.money_in.amount_minor for r in self.rows), self.currency)
+
+    @property
+    def total_out(self) -> Money:
+        return Money(sum(r.money_out.amount_minor for r in self.rows), self.currency)
+
+    @property
+    def empty(self) -> bool:
+        return all(r.money_in.amount_minor == 0 == r.money_out.amount_minor for r in self.rows)
+
+
+def _chart_series(totals: Sequence[MonthTotals], currencies: Sequence[str]) -> list[ChartSeries]:
+    by_currency: dict[str, list[MonthTotals]] = defaultdict(list)
+    for row in totals:
+        by_currency[row.currency].append(row)
+    order = list(dict.fromkeys([*currencies, *by_currency]))
+    return [
+        ChartSeries(cur, tuple(sorted(by_currency[cur], key=lambda r: r.month)))
+        for cur in order
+        if by_currency.get(cur)
+    ]
+
+
+def _dashboard_context() -> dict[str, Any]:
+    actor = current_actor()
+    my_cards = _my_cards()
+    latest = activity.list_activity(_uow(), actor=actor, limit=LATEST_ITEMS)
+    totals = activity.monthly_totals(_uow(), actor=actor, months=12)
+    return {
+        "cards": my_cards,
+        "latest": latest.items,
+        "latest_more": latest.has_more,
+        "charts": _chart_series(totals, [c.currency for c in my_cards]),
+    }
+
+
+@bp.get("")
+@login_required("wallet:use")
+def index() -> Response:
+    version = _version()  # first: a change made while the page renders is caught by the poll
+    return _render("cardholder/dashboard.html", **_dashboard_context(),
+                   **_poller("dashboard", version))  # fmt: skip
+
+
+# -- live updates --------------------------------------------------------------------------------
+@bp.get("/changes")
+@login_required("wallet:use")
+def changes() -> Response:
+    """204 while nothing changed; otherwise a new poller and the changed fragments (OOB)."""
+    seen = request.args.get("v", type=int)
+    version = _version()
+    if seen is not None and seen == version:
+        response = make_response("", 204)
+        response.vary.add("HX-Request")
+        return response
+    view = request.args.get("view", "dashboard")
+    parts: list[tuple[str, Mapping[str, Any]]] = []
+    if view == "card":
+        card_id = request.args.get("card", type=int)
+        if card_id is None:
+            abort(404)
+        card = activity.get_card(_uow(), actor=current_actor(), card_id=card_id)
+        recent = activity.list_activity(
+            _uow(), actor=current_actor(), card_id=card_id, limit=LATEST_ITEMS
+        )
+        parts.append(("cardholder/_live.html", _poller("card", version, card=card_id)))
+        parts.append(("cardholder/_card_tile.html", {"card": card, "oob": True, "large": True}))
+        parts.append(("cardholder/_card_activity.html",
+                      {"card": card, "items": recent.items, "more": recent.has_more,
+                       "oob": True}))  # fmt: skip
+    elif view == "activity":
+        parts.append(("cardholder/_live.html", _poller("activity", version)))
+        parts.append(("cardholder/_activity_notice.html", {"changed": True, "oob": True}))
+    else:
+        parts.append(("cardholder/_live.html", _poller("dashboard", version)))
+        context = _dashboard_context()
+        parts.append(("cardholder/_cards.html", {**context, "oob": True}))
+        parts.append(("cardholder/_latest.html", {**context, "oob": True}))
+        parts.append(("cardholder/_charts.html", {**context, "oob": True}))
+    return _fragments(*parts)
+
+
+# -- cards ---------------------------------------------------------------------------------------
+def _currencies() -> list[str]:
+    return sorted(make_uow().settings.limits)
+
+
+@bp.route("/cards/new", methods=["GET", "POST"])
+@login_required("wallet:use")
+def issue_card() -> Response:
+    form = IssueCardForm()
+    form.currency.choices = options((c, c) for c in _currencies())
+    if request.method == "GET":
+        mine = _my_cards()
+        form.currency.data = mine[0].currency if mine else "USD"
+    if form.validate_on_submit():
+        try:
+            issued = cards.issue_card(
+                _uow(),
+                actor=current_actor(),
+                user_id=current_user.id,
+                card_type=form.card_type.data or "",
+                brand=form.brand.data or "",
+                currency=form.currency.data or "",
+                name=form.name.data or "",
+            )
+        except (InvalidInput, PortalError) as error:
+            if isinstance(error, NotFound):
+                raise
+            add_service_error(form, error, default="card_type")
+        else:
+            # The one page that ever shows the full number and security code; no redirect
+            # (the number must not sit in a session) and no caching.
+            number = " ".join(
+                issued.number[i : i + 4] for i in range(0, len(issued.number), 4)
+            )  # fmt: skip
+            label = CARD_TYPE_LABELS.get(issued.card_type, issued.card_type)  # type: ignore[call-overload]
+            return _render(
+                "cardholder/card_issued.html", 201, card=issued, number=number, type_label=label
+            )
+    status = 422 if request.method == "POST" else 200
+    return _render("cardholder/card_new.html", status, form=form)
+
+
+def _card_or_404(card_id: int) -> CardSummary:
+    return activity.get_card(_uow(), actor=current_actor(), card_id=card_id)
+
+
+def _card_page(card: CardSummary, status: int = 200, **overrides: Any) -> Response:
+    recent = activity.list_activity(_uow(), actor=current_actor(), card_id=card.id,
+                                    limit=LATEST_ITEMS)  # fmt: skip
+    rename = RenameCardForm(formdata=None)
+    rename.name.data = card.name
+    context: dict[str, Any] = {
+        "card": card,
+        "items": recent.items,
+        "more": recent.has_more,
+        "rename_form": rename,
+        "type_label": CARD_TYPE_LABELS.get(CardType(card.card_type), card.card_type),
+    }
+    context.update(overrides)
+    return _render("cardholder/card.html", status, **context, **_poller("card", _version(),
+                   card=card.id))  # fmt: skip
+
+
+@bp.get("/cards/<int:card_id>")
+@login_required("wallet:use")
+def card(card_id: int) -> Response:
+    return _card_page(_card_or_404(card_id))
+
+
+@bp.post("/cards/<int:card_id>/name")
+@login_required("wallet:use")
+def rename_card(card_id: int) -> Response:
+    current = _card_or_404(card_id)
+    form = RenameCardForm()
+    if form.validate_on_submit():
+        try:
+            updated = activity.rename_card(
+                _uow(), actor=current_actor(), card_id=card_id, name=form.name.data or ""
+            )
+        except NotFound:
+            raise
+        except PortalError as error:
+            add_service_error(form, error, default="name")
+        else:
+            if _is_htmx():
+                return _fragments(
+                    ("cardholder/_rename_form.html", {"card": updated, "rename_form": form,
+                                                      "saved": True}),
+                    ("cardholder/_card_tile.html", {"card": updated, "oob": True,
+                                                    "large": True}),
+                )  # fmt: skip
+            flash("The card's name is saved.", "success")
+            return redirect(url_for(".card", card_id=card_id))
+    if _is_htmx():
+        return _fragments(
+            ("cardholder/_rename_form.html", {"card": current, "rename_form": form}), status=422
+        )
+    return _card_page(current, 422, rename_form=form)
+
+
+def _set_frozen(card_id: int, frozen: bool) -> Response:
+    try:
+        cards.set_frozen(_uow(), actor=current_actor(), card_id=card_id, frozen=frozen)
+    except NotFound:
+        raise
+    except PortalError as error:
+        if _is_htmx():
+            raise
+        flash(error.message[:1].upper() + error.message[1:] + ".", "error")
+        refused = True
+    else:
+        refused = False
+    updated = _card_or_404(card_id)
+    large = request.form.get("view") == "card"
+    if _is_htmx():
+        return _fragments(("cardholder/_card_tile.html", {"card": updated, "large": large}))
+    if not refused:
+        word = "frozen" if frozen else "unfrozen"
+        flash(f"{brand_name(updated.brand)} •••• {updated.last4} is {word}.", "success")
+    if large:
+        return redirect(url_for(".card", card_id=card_id))
+    return redirect(url_for(".index"))
+
+
+@bp.post("/cards/<int:card_id>/freeze")
+@login_required("wallet:use")
+def freeze_card(card_id: int) -> Response:
+    return _set_frozen(card_id, True)
+
+
+@bp.post("/cards/<int:card_id>/unfreeze")
+@login_required("wallet:use")
+def unfreeze_card(card_id: int) -> Response:
+    return _set_frozen(card_id, False)
+
+
+# -- money: shared flow --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Review:
+    """What the review step shows and the confirm step sends."""
+
+    kind: str
+    card: CardSummary
+    amount: Money
+    destination: str
+    details: tuple[tuple[str, str], ...]
+    to_card_id: int | None = None
+    bank: BankAccount | None = None
+
+    @property
+    def fee(self) -> Money:
+        return Money(0, self.amount.currency)
+
+
+def _card_choices(form: MoneyForm, my_cards: Sequence[CardSummary], *, balance: bool) -> None:
+    form.card_id.choices = options((c.id, card_label(c, balance=balance)) for c in my_cards)
+
+
+def _chosen(my_cards: Sequence[CardSummary], card_id: int | None) -> CardSummary | None:
+    return next((c for c in my_cards if c.id == card_id), None)
+
+
+def _check_amount(form: MoneyForm, card: CardSummary, kind: str, *, spend: bool) -> Money | None:
+    """The amount in the card's currency, checked against the limits and (when money leaves the
+    card) the available balance, with the services' own wording. The service checks again."""
+    field = form.amount
+    try:
+        amount = Money.of_major(field.data or "", card.currency)
+    except MoneyError as exc:
+        text = str(exc)
+        if "is not an amount" in text:
+            text = f"Enter an amount in {card.currency}, like 25 or 25.50"
+        field.errors = [*field.errors, text[:1].upper() + text[1:] + "."]
+        return None
+    if amount.amount_minor <= 0:
+        field.errors = [*field.errors, "Enter an amount above zero."]
+        return None
+    limits = make_uow().settings.limits_for(card.currency, kind)
+    if limits is None:
+        label = MOVEMENT_TITLES[kind].lower()
+        field.errors = [*field.errors, f"{label.capitalize()}s in {card.currency} are not "
+                        "supported."]  # fmt: skip
+        return None
+    if amount.amount_minor < limits.minimum:
+        minimum = Money(limits.minimum, card.currency)
+        field.errors = [*field.errors, f"Amount below the minimum of {minimum}."]
+        return None
+    if amount.amount_minor > limits.maximum:
+        maximum = Money(limits.maximum, card.currency)
+        field.errors = [*field.errors, f"Amount above the maximum of {maximum}."]
+        return None
+    if spend and amount.amount_minor > card.available.amount_minor:
+        field.errors = [
+            *field.errors,
+            f"Not enough available money ({card.available} available).",
+        ]
+        return None
+    return amount
+
+
+def _check_card(form: MoneyForm, card: CardSummary | None) -> bool:
+    field = form.card_id
+    if card is None:
+        field.errors = [*field.errors, "Choose one of your cards."]
+        return False
+    if card.status == "frozen":
+        field.errors = [*field.errors, "Card is frozen. Unfreeze it first."]
+        return False
+    return True
+
+
+def _receipt(kind: str, result: MovementResult, review: Review) -> dict[str, Any]:
+    return {"kind": kind, "result": result, "review": review,
+            "title": MOVEMENT_TITLES[kind], "status_labels": STATUS_LABELS}  # fmt: skip
+
+
+def _money_flow(
+    kind: str,
+    form: MoneyForm,
+    my_cards: Sequence[CardSummary],
+    plan: Any,
+    execute: Any,
+) -> Response:
+    """The form -> review -> confirm flow every money form shares."""
+    template = f"cardholder/{kind}.html"
+    fragment = f"cardholder/_{kind}_form.html"
+
+    def show_form(status: int) -> Response:
+        context = {"form": form, "cards": my_cards, "kind": kind}
+        if _is_htmx():
+            return _fragments((fragment, context), status=status)
+        return _render(template, status, **context)
+
+    form.ensure_key()
+    if request.method == "GET":
+        form.step.data = "review"
+        return show_form(200)
+    step = form.step.data or "review"
+    form.step.data = "review"
+    if step == "edit":
+        form.validate()  # the values come back; errors are cleared below
+        for field in form:
+            field.errors = []
+        form.form_errors.clear()
+        return show_form(200)
+    if not form.validate():
+        return show_form(422)
+    review = plan(form)
+    if review is None:
+        return show_form(422)
+    if step != "confirm":
+        context = {"review": review, "form": form, "kind": kind}
+        if _is_htmx():
+            return _fragments(("cardholder/_review.html", context))
+        return _render(template, 200, **context)
+    try:
+        result = execute(review, form.idempotency_key.data)
+    except NotFound:
+        raise
+    except IdempotencyConflict:
+        form.form_errors.append(
+            "This form was already used for a different request. Check the details and send "
+            "it again."
+        )
+        form.idempotency_key.data = new_key()
+        return show_form(422)
+    except PortalError as error:
+        add_service_error(form, error, default="amount")
+        form.idempotency_key.data = new_key()  # the refusal is stored under the old key
+        return show_form(422)
+    context = _receipt(kind, result, review)
+    if _is_htmx():
+        return _fragments(("cardholder/_receipt.html", context))
+    flash(_flash_text(kind, result, review), "success")
+    return redirect(url_for(".index"))
+
+
+def _flash_text(kind: str, result: MovementResult, review: Review) -> str:
+    if kind == "top_up":
+        return f"Added {result.amount} to {review.destination}."
+    if kind == "transfer":
+        return f"Sent {result.amount} to {review.destination}."
+    return (
+        f"Withdrawal of {result.amount} to {review.destination} requested. It shows as pending "
+        "until the bank confirms it."
+    )
+
+
+def _preselect(form: MoneyForm, my_cards: Sequence[CardSummary]) -> None:
+    if request.method == "GET":
+        wanted = request.args.get("card", type=int)
+        usable = [c for c in my_cards if c.status != "frozen"] or list(my_cards)
+        if wanted and _chosen(my_cards, wanted):
+            form.card_id.data = wanted
+        elif usable:
+            form.card_id.data = usable[0].id
+
+
+def _need_cards(my_cards: Sequence[CardSummary], kind: str) -> Response | None:
+    if my_cards:
+        return None
+    return _render(f"cardholder/{kind}.html", 200, form=None, cards=(), kind=kind)
+
+
+# -- top-up --------------------------------------------------------------------------------------
+@bp.route("/top-up", methods=["GET", "POST"])
+@login_required("wallet:use")
+def top_up() -> Response:
+    my_cards = _my_cards()
+    if (empty := _need_cards(my_cards, "top_up")) is not None:
+        return empty
+    form = TopUpForm()
+    _card_choices(form, my_cards, balance=False)
+    _preselect(form, my_cards)
+
+    def plan(form: TopUpForm) -> Review | None:
+        card = _chosen(my_cards, form.card_id.data)
+        if not _check_card(form, card):
+            return None
+        assert card is not None
+        amount = _check_amount(form, card, "top_up", spend=False)
+        if amount is None:
+            return None
+        method = METHOD_LABELS.get(form.method.data, form.method.data)
+        destination = card_label(card, balance=False)
+        return Review("top_up", card, amount, destination,
+                      (("Pay with", method), ("To card", destination)))  # fmt: skip
+
+    def execute(review: Review, key: str) -> MovementResult:
+        return wallet.top_up(_uow(), actor=current_actor(), card_id=review.card.id,
+                             amount=review.amount, method=form.method.data or "",
+                             idempotency_key=key)  # fmt: skip
+
+    return _money_flow("top_up", form, my_cards, plan, execute)
+
+
+# -- transfer ------------------------------------------------------------------------------------
+def _recipient_lookups_limit() -> str:
+    return "20 per minute; 200 per day"
+
+
+def _recipient_key() -> str:
+    return f"recipient-lookup:{current_user.id if current_user.is_authenticated else 'anon'}"
+
+
+@bp.route("/transfer", methods=["GET", "POST"])
+@login_required("wallet:use")
+@limiter.limit(
+    _recipient_lookups_limit,
+    key_func=_recipient_key,
+    methods=["POST"],
+    deduct_when=lambda response: bool(g.get("recipient_lookup")),
+)
+def transfer() -> Response:
+    my_cards = _my_cards()
+    if (empty := _need_cards(my_cards, "transfer")) is not None:
+        return empty
+    form = TransferForm()
+    _card_choices(form, my_cards, balance=True)
+    form.to_card_id.choices = options(
+        [(0, "Choose a card"), *((c.id, card_label(c, balance=False)) for c in my_cards)]
+    )
+    _preselect(form, my_cards)
+    if request.method == "GET" and len(my_cards) < 2:
+        form.destination.data = "other"
+
+    def plan(form: TransferForm) -> Review | None:
+        card = _chosen(my_cards, form.card_id.data)
+        if not _check_card(form, card):
+            return None
+        assert card is not None
+        recipient: Recipient | None = None
+        to_card: CardSummary | None = None
+        if form.destination.data == "other":
+            g.recipient_lookup = True
+            try:
+                recipient = activity.find_recipient(
+                    _uow(), actor=current_actor(), number=form.to_number.data or ""
+                )
+            except (NotFound, InvalidInput) as error:
+                message = error.message if isinstance(error, InvalidInput) else (
+                    "No card with that number. Check the number and try again")  # fmt: skip
+                form.to_number.errors = [*form.to_number.errors,
+                                         message[:1].upper() + message[1:] + "."]  # fmt: skip
+                return None
+            if recipient.card_id == card.id:
+                form.to_number.errors = [*form.to_number.errors,
+                                         "That is the card you are sending from."]  # fmt: skip
+                return None
+            if recipient.currency != card.currency:
+                form.to_number.errors = [*form.to_number.errors,
+                                         f"That card holds {recipient.currency}; the card you "
+                                         f"send from holds {card.currency}."]  # fmt: skip
+                return None
+        else:
+            to_card = _chosen(my_cards, form.to_card_id.data)
+            if to_card is None:
+                form.to_card_id.errors = [*form.to_card_id.errors, "Choose one of your cards."]
+                return None
+            if to_card.id == card.id:
+                form.to_card_id.errors = [*form.to_card_id.errors,
+                                          "Choose a different card from the one you send "
+                                          "from."]  # fmt: skip
+                return None
+            if to_card.currency != card.currency:
+                form.to_card_id.errors = [*form.to_card_id.errors,
+                                          f"That card holds {to_card.currency}; the card you "
+                                          f"send from holds {card.currency}."]  # fmt: skip
+                return None
+            if to_card.status == "frozen":
+                form.to_card_id.errors = [*form.to_card_id.errors, "Card is frozen."]
+                return None
+        amount = _check_amount(form, card, "transfer", spend=True)
+        if amount is None:
+            return None
+        if recipient is not None:
+            destination = (
+                f"{recipient.holder} · {brand_name(recipient.brand)} •••• {recipient.last4}"
+            )
+            to_id = recipient.card_id
+        else:
+            assert to_card is not None
+            destination = f"Your {card_label(to_card, balance=False)}"
+            to_id = to_card.id
+        details = [("From", card_label(card, balance=False)), ("To", destination)]
+        if form.memo.data:
+            details.append(("Note", form.memo.data))
+        return Review("transfer", card, amount, destination, tuple(details), to_card_id=to_id)
+
+    def execute(review: Review, key: str) -> MovementResult:
+        assert review.to_card_id is not None
+        return wallet.transfer(_uow(), actor=current_actor(), from_card_id=review.card.id,
+                               to_card_id=review.to_card_id, amount=review.amount,
+                               idempotency_key=key, memo=form.memo.data or "")  # fmt: skip
+
+    return _money_flow("transfer", form, my_cards, plan, execute)
+
+
+# -- withdrawal ----------------------------------------------------------------------------------
+@bp.route("/withdraw", methods=["GET", "POST"])
+@login_required("wallet:use")
+def withdraw() -> Response:
+    my_cards = _my_cards()
+    if (empty := _need_cards(my_cards, "withdraw")) is not None:
+        return empty
+    form = WithdrawForm()
+    _card_choices(form, my_cards, balance=True)
+    _preselect(form, my_cards)
+
+    def plan(form: WithdrawForm) -> Review | None:
+        card = _chosen(my_cards, form.card_id.data)
+        ok = _check_card(form, card)
+        try:
+            bank = BankAccount(form.bank_name.data or "", form.account_number.data or "",
+                               form.account_holder.data or "").validated()  # fmt: skip
+        except InvalidInput as error:
+            add_service_error(form, error)
+            return None
+        if not ok:
+            return None
+        assert card is not None
+        amount = _check_amount(form, card, "withdrawal", spend=True)
+        if amount is None:
+            return None
+        destination = f"{bank.bank_name} account ending {bank.account_number[-4:]}"
+        details = (
+            ("From", card_label(card, balance=False)),
+            ("To", f"{destination} ({bank.account_holder})"),
+            ("Arrives", "Usually within minutes; pending until the bank confirms"),
+        )
+        return Review("withdraw", card, amount, destination, details, bank=bank)
+
+    def execute(review: Review, key: str) -> MovementResult:
+        assert review.bank is not None
+        return wallet.withdraw(_uow(), actor=current_actor(), card_id=review.card.id,
+                               amount=review.amount, bank=review.bank,
+                               idempotency_key=key)  # fmt: skip
+
+    return _money_flow("withdraw", form, my_cards, plan, execute)
+
+
+# -- history -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Filters:
+    card_id: int | None
+    kind: str | None
+    status: str | None
+    since: date | None
+    until: date | None
+    search: str | None
+
+    def service_args(self) -> dict[str, Any]:
+        return {"card_id": self.card_id, "kind": self.kind, "status": self.status,
+                "since": self.since, "until": self.until, "search": self.search}  # fmt: skip
+
+
+def _parse_day(form: FlaskForm, name: str) -> date | None:
+    field = getattr(form, name)
+    text = (field.data or "").strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        field.errors = [*field.errors, "Enter a date like 2025-01-31."]
+        return None
+
+
+def _filters(my_cards: Sequence[CardSummary]) -> tuple[ActivityFilterForm, Filters]:
+    form = ActivityFilterForm(request.args)
+    form.card.choices = options(
+        [("", "All cards"), *((str(c.id), card_label(c, balance=False)) for c in my_cards)]
+    )
+    form.kind.choices = options([("", "All kinds"), *KIND_LABELS.items()])
+    form.status.choices = options([("", "Any status"), *STATUS_LABELS.items()])
+    card_id = None
+    if form.card.data:
+        if not str(form.card.data).isdigit():
+            form.card.errors = ["Choose one of your cards."]
+        else:
+            card_id = int(form.card.data)
+    kind = form.kind.data if form.kind.data in KIND_LABELS else None
+    status = form.status.data if form.status.data in STATUS_LABELS else None
+    since = _parse_day(form, "since")
+    until = _parse_day(form, "until")
+    if since and until and since > until:
+        form.until.errors = [*form.until.errors, "The end date is before the start date."]
+        until = None
+    search = (form.q.data or "").strip()[:100] or None
+    return form, Filters(card_id, kind, status, since, until, search)
+
+
+def _query(filters_form: ActivityFilterForm, **extra: Any) -> dict[str, Any]:
+    params = {
+        "card": filters_form.card.data or None,
+        "kind": filters_form.kind.data or None,
+        "status": filters_form.status.data or None,
+        "since": filters_form.since.data or None,
+        "until": filters_form.until.data or None,
+        "q": filters_form.q.data or None,
+        **extra,
+    }
+    return {k: v for k, v in params.items() if v}
+
+
+@bp.get("/activity")
+@login_required("wallet:use")
+def activity_page() -> Response:
+    version = _version()
+    my_cards = _my_cards(include_archived=True)
+    form, filters = _filters(my_cards)
+    after = request.args.get("starting_after") or None
+    try:
+        page = activity.list_activity(
+            _uow(), actor=current_actor(), limit=PAGE_SIZE, starting_after=after,
+            **filters.service_args(),
+        )  # fmt: skip
+    except InvalidInput as error:
+        add_service_error(form, error, default="q")
+        page = None
+    items: tuple[ActivityItem, ...] = page.items if page else ()
+    has_more = bool(page and page.has_more)
+    next_url = (
+        url_for(".activity_page", **_query(form, starting_after=items[-1].id))
+        if has_more and items else None
+    )  # fmt: skip
+    context = {
+        "form": form,
+        "items": items,
+        "next_url": next_url,
+        "csv_url": url_for(".activity_csv", **_query(form)),
+        "filtered": bool(_query(form)),
+        "continued": after is not None,
+        "first_url": url_for(".activity_page", **_query(form)),
+    }
+    target = request.headers.get("HX-Target")
+    if _is_htmx() and target == "load-more":
+        return _fragments(("cardholder/_activity_rows.html", context))
+    if _is_htmx() and target == "activity-results":
+        return _fragments(("cardholder/_activity_results.html", context))
+    return _render("cardholder/activity.html", **context, **_poller("activity", version))
+
+
+_CSV_FIELDS = (
+    "created_at", "id", "kind", "status", "direction", "amount", "currency", "card",
+    "counterparty", "method", "failure_code",
+)  # fmt: skip
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str | None) -> str:
+    """A text cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
+    value = text or ""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _csv_row(item: ActivityItem) -> list[str]:
+    amount = item.amount.to_major_str()
+    signed = amount if item.direction == "in" else f"-{amount}"
+    return [
+        item.created_at.astimezone(UTC).isoformat(timespec="seconds"),
+        _cell(str(item.id)),
+        item.kind,
+        item.status,
+        item.direction,
+        signed,
+        item.amount.currency,
+        f"•••• {item.card_last4}" if item.card_last4 else "",
+        _cell(item.counterparty),
+        _cell(item.method),
+        _cell(item.failure_code),
+    ]
+
+
+@bp.get("/activity.csv")
+@login_required("wallet:use")
+def activity_csv() -> Response:
+    """The history as CSV, with the page's filters, streamed a page of rows at a time."""
+    my_cards = _my_cards(include_archived=True)
+    form, filters = _filters(my_cards)
+    actor = current_actor()
+    # The first page is read now, so a refused filter is an error page and not a broken file.
+    first = activity.list_activity(_uow(), actor=actor, limit=CSV_PAGE, **filters.service_args())
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def rows() -> Iterator[str]:
+        # Runs after the request has ended (the response streams): no request context, only
+        # the app's, and the actor and filters captured above.
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+
+        def flush() -> str:
+            text = buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate(0)
+            return text
+
+        writer.writerow(_CSV_FIELDS)
+        page = first
+        while True:
+            for item in page.items:
+                writer.writerow(_csv_row(item))
+            yield flush()
+            if not page.has_more or not page.items:
+                return
+            with app.app_context():
+                page = activity.list_activity(
+                    make_uow(app), actor=actor, limit=CSV_PAGE,
+                    starting_after=page.items[-1].id, **filters.service_args(),
+                )  # fmt: skip
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    response = Response(rows(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="portal-activity-{stamp}.csv"'
+    return response

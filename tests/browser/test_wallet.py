@@ -1,0 +1,187 @@
+"""The wallet in a real browser against a live server (real commits, wiped afterwards): sign in,
+issue a card, top up, send money to another person whose open page shows it arrive without a
+reload, withdraw and watch it go from pending to succeeded, a double click that moves money
+once; screenshots of the dashboard at a phone's and a desktop's width."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from playwright.sync_api import expect
+
+from portal.services import cards, users
+from portal.services.uow import UnitOfWork
+from portal.worker import Worker
+from tests.browser.test_sign_in_flow import Watch
+from tests.conftest import SYSTEM
+
+PASSWORD = "correct horse battery staple"
+
+
+def _person(real_uow: Callable[[], UnitOfWork], first: str, last: str) -> tuple[int, str]:
+    email = f"{first.lower()}-{uuid.uuid4().hex[:8]}@example.test"
+    created = users.create_user(real_uow(), actor=SYSTEM, email=email, first_name=first,
+                                last_name=last, password=PASSWORD, roles=("cardholder",),
+                                verified=True)  # fmt: skip
+    return created.id, email
+
+
+def _sign_in(context: Any, email: str) -> Any:
+    page = context.new_page()
+    page.goto("/auth/login?next=/wallet")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/wallet")
+    return page
+
+
+@pytest.fixture
+def worker(real_uow: Callable[[], UnitOfWork]) -> Iterator[threading.Event]:
+    """A background worker that starts running jobs once the test sets the returned event."""
+    go, stop = threading.Event(), threading.Event()
+    runner = Worker(real_uow, poll_seconds=0.2)
+
+    def loop() -> None:
+        while not stop.is_set():
+            if go.is_set():
+                runner.run_once()
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield go
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _balance(engine: sa.Engine, card_id: int) -> tuple[int, int]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT posted_minor, pending_debits_minor FROM accounts WHERE card_id = :c"),
+            {"c": card_id},
+        ).one()
+    return row.posted_minor, row.pending_debits_minor
+
+
+def test_wallet_flow_with_live_updates(
+    browser: Any,
+    live_server: str,
+    artifacts: Path,
+    real_uow: Callable[[], UnitOfWork],
+    committing_engine: sa.Engine,
+    worker: threading.Event,
+) -> None:
+    _alice_id, alice_email = _person(real_uow, "Alice", "Walker")
+    bob_id, bob_email = _person(real_uow, "Bob", "Santoso")
+    bob_actor = users.actor_for(real_uow(), bob_id)
+    bobs_card = cards.issue_card(real_uow(), actor=bob_actor, user_id=bob_id,
+                                 card_type="debit", brand="mastercard", currency="USD")  # fmt: skip
+
+    # Bob's dashboard stays open in its own browser context the whole time.
+    bob_context = browser.new_context(viewport={"width": 390, "height": 900}, base_url=live_server)
+    bob_page = _sign_in(bob_context, bob_email)
+    bob_watch = Watch(bob_page)
+    assert bob_page.locator(f"#card-{bobs_card.card_id} [data-balance=available]").inner_text() \
+        == "0.00 USD"  # fmt: skip
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server)
+    page = _sign_in(context, alice_email)
+    watch = Watch(page)
+    expect(page.get_by_text("You have no cards yet")).to_be_visible()
+    watch.check("empty dashboard")
+
+    # Issue a card: the number and code are shown once.
+    page.get_by_role("link", name="Issue your first card").click()
+    page.get_by_label("Prepaid").check()
+    page.get_by_label("Visa", exact=True).check()
+    page.get_by_label("Currency").select_option("USD")
+    page.get_by_label("Name (optional)").fill("Everyday")
+    page.get_by_role("button", name="Issue card").click()
+    expect(page.get_by_text("You won't see this again")).to_be_visible()
+    number = page.locator("#card-number").inner_text().replace(" ", "")
+    assert re.fullmatch(r"4\d{15}", number)
+    page.screenshot(path=str(artifacts / "wallet-card-issued-1280.png"), full_page=True)
+    watch.check("card issued")
+
+    # Top up (review, then confirm).
+    page.get_by_role("link", name="I have saved them, top up this card").click()
+    page.get_by_label("Amount").fill("250")
+    page.get_by_role("button", name="Review top-up").click()
+    expect(page.get_by_role("heading", name="Check and confirm")).to_be_visible()
+    page.get_by_role("button", name="Top up 250.00 USD").click()
+    expect(page.get_by_role("heading", name="Money added")).to_be_visible()
+    watch.check("top-up")
+
+    # Send money to Bob's card by number: his name is shown masked before sending.
+    page.goto("/wallet/transfer")
+    page.get_by_label("Someone else's card").check()
+    page.get_by_label("Card number").fill(bobs_card.number)
+    page.get_by_label("Amount").fill("40")
+    page.get_by_role("button", name="Review transfer").click()
+    expect(page.get_by_text("Bob S. · Mastercard")).to_be_visible()
+    page.get_by_role("button", name="Send 40.00 USD").click()
+    expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
+
+    # Bob's open page shows it within about two seconds, without a reload.
+    bob_tile = bob_page.locator(f"#card-{bobs_card.card_id} [data-balance=available]")
+    expect(bob_tile).to_have_text("40.00 USD", timeout=5000)  # within ~2 s
+    expect(bob_page.locator("#latest-activity").get_by_text("Alice W.")).to_be_visible()
+    bob_page.screenshot(path=str(artifacts / "wallet-dashboard-live-390.png"), full_page=True)
+    bob_watch.check("bob's live dashboard")
+
+    # A double click on submit moves money once.
+    page.goto("/wallet/transfer")
+    page.get_by_label("Someone else's card").check()
+    page.get_by_label("Card number").fill(bobs_card.number)
+    page.get_by_label("Amount").fill("10")
+    page.get_by_role("button", name="Review transfer").click()
+    page.get_by_role("button", name="Send 10.00 USD").dblclick()
+    expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
+    expect(bob_tile).to_have_text("50.00 USD", timeout=5000)  # within ~2 s
+    assert _balance(committing_engine, bobs_card.card_id) == (5000, 0)
+
+    # Withdraw: pending on the dashboard, then succeeded once the worker pays out.
+    page.goto("/wallet/withdraw")
+    page.get_by_label("Amount").fill("100")
+    page.get_by_label("Bank name").fill("Demo Bank")
+    page.get_by_label("Account number").fill("12345678")
+    page.get_by_label("Account holder").fill("Alice Walker")
+    page.get_by_role("button", name="Review withdrawal").click()
+    page.get_by_role("button", name="Withdraw 100.00 USD").click()
+    expect(page.get_by_role("heading", name="Withdrawal requested")).to_be_visible()
+    page.get_by_role("link", name="Back to wallet").click()
+    page.wait_for_url("**/wallet")
+    row = page.locator("#latest-activity li", has_text="Demo Bank").first
+    expect(row.locator("[data-status=pending]")).to_be_visible()
+    assert "100.00 USD" in page.locator("[data-balance=pending]").first.inner_text()
+    worker.set()
+    row = page.locator("#latest-activity li", has_text="Demo Bank").first
+    row.locator("[data-status]").wait_for(state="detached", timeout=10000)
+    assert "0.00 USD" in page.locator("[data-balance=pending]").first.inner_text()
+    assert page.locator("[data-balance=available]").first.inner_text() == "100.00 USD"
+    watch.check("withdrawal settled")
+
+    # Screenshots of the dashboard with data, at a desktop's and a phone's width.
+    page.wait_for_timeout(600)  # the chart's first animation
+    page.screenshot(path=str(artifacts / "wallet-dashboard-1280.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(artifacts / "wallet-dashboard-390.png"), full_page=True)
+    watch.check("dashboard at 390")
+    page.goto("/wallet/activity")
+    page.screenshot(path=str(artifacts / "wallet-activity-390.png"), full_page=True)
+    watch.check("activity at 390")
+    context.close()
+    bob_context.close()
+    # Money: 250 in, 50 to Bob, 100 withdrawn.
