@@ -83,8 +83,24 @@ def create_admin_command(email: str, first_name: str, last_name: str, password: 
     click.echo(f"administrator {created.email} created (id {created.id})")
 
 
+vault = AppGroup("vault", help="The card vault's encryption keys.")
+
+
+@vault.command("rotate")
+def vault_rotate() -> None:
+    """Re-encrypt every card number and payout bank record under the active key
+    (PORTAL_VAULT_ACTIVE_KEY). Keep the old key in PORTAL_VAULT_KEYS until this has run."""
+    from portal.domain.types import Actor
+    from portal.services.cards import rotate_vault_keys
+
+    uow = make_uow()
+    done = rotate_vault_keys(uow, actor=Actor.system("cli"))
+    click.echo(f"re-encrypted {done} record(s) under key {uow.settings.vault_active_key}")
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(ledger)
+    app.cli.add_command(vault)
     app.cli.add_command(worker_command)
     app.cli.add_command(create_admin_command)
 

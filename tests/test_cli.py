@@ -104,3 +104,41 @@ def test_development_secrets_are_made_once_and_completed_when_new_ones_appear(
     assert again["SECRET_KEY"] == first["SECRET_KEY"]
     assert len(again["SERVICE_SETTINGS"].jwt_key) >= 32
     assert "PORTAL_JWT_KEY" in json.loads(secrets_file.read_text())
+
+
+def test_vault_rotate_reencrypts_every_record_under_the_active_key(app, connection, make):
+    from dataclasses import replace
+
+    from portal.services.vault import Vault
+    from portal.services.wallet import BankAccount, withdraw
+    from tests.conftest import new_key
+
+    alice = make.user()
+    card = make.card(alice, balance="100")
+    bank = BankAccount("Bank", "1234567890", "Alice")
+    withdraw(make.uow, actor=alice, card_id=card.card_id, amount=Money(1000, "USD"), bank=bank,
+             idempotency_key=new_key())  # fmt: skip
+    old = app.config["SERVICE_SETTINGS"]
+    new_keys = {**old.vault_keys, 2: b"n" * 32}
+    app.config["SERVICE_SETTINGS"] = replace(old, vault_keys=new_keys, vault_active_key=2)
+    try:
+        result = app.test_cli_runner().invoke(args=["vault", "rotate"])
+        assert result.exit_code == 0, result.output
+        assert "re-encrypted 2 record(s) under key 2" in result.output
+        row = connection.execute(
+            sa.text("SELECT pan_ciphertext, key_version FROM cards WHERE id = :id"),
+            {"id": card.card_id},
+        ).one()
+        assert row.key_version == 2
+        vault = Vault.from_settings(app.config["SERVICE_SETTINGS"])
+        assert vault.decrypt(bytes(row.pan_ciphertext), 2, purpose="card.pan").decode() == (
+            card.number
+        )
+        versions = connection.execute(
+            sa.text("SELECT DISTINCT bank_key_version FROM withdrawals")
+        ).scalars()
+        assert list(versions) == [2]
+        again = app.test_cli_runner().invoke(args=["vault", "rotate"])
+        assert "re-encrypted 0 record(s)" in again.output
+    finally:
+        app.config["SERVICE_SETTINGS"] = old
