@@ -31,6 +31,7 @@ from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind, MovementStatus
 from portal.services import audit
+from portal.services.cards import update_card
 from portal.services.pagination import MAX_ID, Page, check_id, check_limit, like_pattern
 from portal.services.uow import UnitOfWork
 from portal.services.users import is_printable
@@ -239,10 +240,7 @@ def rename_card(uow: UnitOfWork, *, actor: Actor, card_id: int, name: str) -> Ca
         if row.archived_at is not None:
             raise InvalidState("card is archived", param="card_id")
         if row.name != name:
-            u.execute(
-                "UPDATE cards SET name = :name, updated_at = :now WHERE id = :id",
-                {"name": name, "now": u.now(), "id": card_id},
-            )
+            update_card(u, card_id, "name = :name", name=name)
             audit.record(u, actor, "card.rename", "card", card_id, data={"name": name})
         return _card(u.execute(f"{_CARDS} WHERE c.id = :id", {"id": card_id}).one())
 

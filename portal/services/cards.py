@@ -8,6 +8,7 @@ place a full number and code leave the service layer: at issue, to be shown once
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -111,9 +112,11 @@ def issue_card(
         else:  # pragma: no cover
             raise RuntimeError("could not draw a unique card number")
         account_id = u.execute(
-            "INSERT INTO accounts (kind, card_id, currency, posted_minor, pending_debits_minor,"
-            " created_at) VALUES ('wallet', :card, :cur, 0, 0, :now) RETURNING id",
-            {"card": card_id, "cur": currency, "now": now},
+            "WITH wallet AS (INSERT INTO accounts (kind, card_id, currency, posted_minor,"
+            " pending_debits_minor, created_at) VALUES ('wallet', :card, :cur, 0, 0, :now)"
+            " RETURNING id), bumped AS (UPDATE users SET change_version = change_version + 1"
+            " WHERE id = :user) SELECT id FROM wallet",
+            {"card": card_id, "cur": currency, "now": now, "user": user_id},
         ).scalar_one()
         audit.record(
             u, actor, "card.issue", "card", card_id,
@@ -133,12 +136,24 @@ def issue_card(
 def _load_for_change(u: UnitOfWork, actor: Actor, card_id: int, permission: str) -> CardView:
     row = u.execute(
         "SELECT id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
-        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id FOR UPDATE",
+        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id"
+        " FOR NO KEY UPDATE",
         {"id": card_id},
     ).first()
     if row is None or not _may_manage(actor, row.user_id, permission):
         raise NotFound("no such card", param="card_id")
     return CardView(**row._mapping)
+
+
+def update_card(u: UnitOfWork, card_id: int, assignments: str, **params: Any) -> None:
+    """Change a card and mark its owner's pages as changed (live updates poll
+    ``users.change_version``), in one statement."""
+    u.execute(
+        f"WITH changed AS (UPDATE cards SET {assignments}, updated_at = :now WHERE id = :id"
+        " RETURNING user_id) UPDATE users SET change_version = change_version + 1"
+        " WHERE id IN (SELECT user_id FROM changed)",
+        {**params, "now": u.now(), "id": card_id},
+    )
 
 
 def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: int, frozen: bool) -> CardView:
@@ -151,10 +166,7 @@ def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: int, frozen: bool) -> 
             raise InvalidState("card is archived", param="card_id")
         status = CardStatus.FROZEN if frozen else CardStatus.ACTIVE
         if card.status != status:
-            u.execute(
-                "UPDATE cards SET status = :s, updated_at = :now WHERE id = :id",
-                {"s": status, "now": u.now(), "id": card_id},
-            )
+            update_card(u, card_id, "status = :s", s=status)
             audit.record(u, actor, "card.freeze" if frozen else "card.unfreeze", "card", card_id)
         return _reload(u, card_id)
 
@@ -169,10 +181,7 @@ def set_archived(uow: UnitOfWork, *, actor: Actor, card_id: int, archived: bool)
     def work(u: UnitOfWork) -> CardView:
         card = _load_for_change(u, actor, card_id, "cards:manage")
         if card.archived != archived:
-            u.execute(
-                "UPDATE cards SET archived_at = :at, updated_at = :now WHERE id = :id",
-                {"at": u.now() if archived else None, "now": u.now(), "id": card_id},
-            )
+            update_card(u, card_id, "archived_at = :at", at=u.now() if archived else None)
             audit.record(u, actor, "card.archive" if archived else "card.restore", "card", card_id)
         return _reload(u, card_id)
 
@@ -208,7 +217,7 @@ def rotate_vault_keys(uow: UnitOfWork, *, actor: Actor, batch: int = 500) -> int
                  version_col: str = version_col, purpose: str = purpose) -> int:  # fmt: skip
             rows = u.execute(
                 f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"
-                f" WHERE {version_col} <> :active LIMIT :n FOR UPDATE SKIP LOCKED",
+                f" WHERE {version_col} <> :active LIMIT :n FOR NO KEY UPDATE SKIP LOCKED",
                 {"active": vault.active_version, "n": batch},
             ).all()
             for row in rows:

@@ -387,3 +387,19 @@ def test_masked_name():
     assert activity.masked_name("Budi", "santoso") == "Budi S."
     assert activity.masked_name(" Ada ", "") == "Ada"
     assert activity.masked_name("", "") == "Cardholder"
+
+
+def test_card_changes_bump_the_owners_change_version(uow, make):
+    from portal.services import activity, cards
+
+    owner = make.user()
+    before = activity.change_version(uow, actor=owner)
+    card = make.card(owner)
+    issued = activity.change_version(uow, actor=owner)
+    cards.set_frozen(uow, actor=owner, card_id=card.card_id, frozen=True)
+    frozen = activity.change_version(uow, actor=owner)
+    activity.rename_card(uow, actor=owner, card_id=card.card_id, name="Groceries")
+    renamed = activity.change_version(uow, actor=owner)
+    cards.set_archived(uow, actor=SYSTEM, card_id=card.card_id, archived=True)
+    archived = activity.change_version(uow, actor=owner)
+    assert before < issued < frozen < renamed < archived
