@@ -133,6 +133,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"PORTAL_LIMITS: {exc}") from exc
 
+    log_format = get("PORTAL_LOG_FORMAT", "json" if mode == "production" else "text")
+    if log_format not in ("json", "text", "off"):
+        raise ConfigError(f"PORTAL_LOG_FORMAT must be json, text or off, not {log_format!r}")
+
     return {
         "PORTAL_ENV": mode,
         "SECRET_KEY": get("SECRET_KEY"),
@@ -178,6 +182,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OIDC_CLIENT_ID": get("PORTAL_OIDC_CLIENT_ID"),
         "OIDC_CLIENT_SECRET": get("PORTAL_OIDC_CLIENT_SECRET"),
         "OIDC_NAME": get("PORTAL_OIDC_NAME", "single sign-on"),
+        "LOG_FORMAT": log_format,
+        "LOG_LEVEL": (get("PORTAL_LOG_LEVEL", "INFO") or "INFO").upper(),
+        "METRICS_ENABLED": (get("PORTAL_METRICS_ENABLED", "true") or "").lower()
+        not in ("0", "false", "no", "off"),
+        "METRICS_TOKEN": get("PORTAL_METRICS_TOKEN"),
         "WORKER_POLL_SECONDS": float(get("PORTAL_WORKER_POLL_SECONDS", "0.5") or 0.5),
         "WORKER_LEASE_SECONDS": float(get("PORTAL_WORKER_LEASE_SECONDS", "60") or 60),
         "SESSION_COOKIE_HTTPONLY": True,

@@ -7,10 +7,14 @@ from flask import Flask
 
 from portal.extensions import csrf, limiter
 from portal.web import auth, errors, health, redis, requests, uow
+from portal.web import logging as log_setup
+from portal.web import metrics as metrics_setup
 
 
 def init_app(app: Flask) -> None:
     requests.init_app(app)
+    log_setup.init_app(app)
+    metrics_setup.init_app(app)
     errors.init_app(app)
     uow.init_app(app)
     redis.init_app(app)

@@ -1,0 +1,133 @@
+"""Prometheus request metrics: counts by url_rule and real status (404 and 429 included), and
+/metrics answers only the bearer token."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from portal import create_app
+from portal.extensions import db, limiter
+from portal.services.uow import UnitOfWork
+from tests.api.test_auth_api import API, client_for, new_email, person, sign_in
+from tests.api.test_cards_api import token_of
+from tests.conftest import Factory
+
+TOKEN = "metrics-test-token-0123456789"
+
+
+@pytest.fixture
+def scraped_app(app: Flask, connection: sa.Connection) -> Iterator[Flask]:
+    """An app of its own with /metrics open to TOKEN (and its own registry), on the test's
+    connection like the session app."""
+    scraped = create_app({**app.config, "METRICS_TOKEN": TOKEN})
+    with scraped.app_context():
+        engines = db._app_engines[scraped]
+    engines[None] = connection  # type: ignore[assignment]
+    scraped.extensions["portal.session_factory"] = app.extensions["portal.session_factory"]
+    limiter.reset()
+    yield scraped
+    limiter.reset()
+
+
+def sample(text: str, rule: str, status: int, method: str) -> float:
+    pattern = re.compile(
+        r"^portal_http_request_duration_seconds_count\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M
+    )
+    for found in pattern.finditer(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', found["labels"]))
+        if labels == {"method": method, "status": str(status), "url_rule": rule}:
+            return float(found["value"])
+    return 0.0
+
+
+def test_requests_are_counted_by_route_and_status(scraped_app: Flask, connection: Any) -> None:
+    client = client_for(scraped_app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = client.get("/metrics", headers=auth).get_data(as_text=True)
+
+    email = new_email()
+    failures_before = value(before, "portal_sign_ins_total", outcome="failure")
+    limited_before = value(before, "portal_sign_ins_total", outcome="limited")
+    answers = [
+        client.post(f"{API}/auth/token", json={"email": email, "password": "wrong-pass-123"})
+        for _ in range(6)
+    ]
+    client.get("/no/such/page")
+    client.get("/no/such/page")
+
+    assert [a.status_code for a in answers] == [401] * 5 + [429]
+    after = client.get("/metrics", headers=auth).get_data(as_text=True)
+    rule = "/api/v1/auth/token"
+    assert sample(after, rule, 401, "POST") - sample(before, rule, 401, "POST") == 5
+    assert sample(after, rule, 429, "POST") - sample(before, rule, 429, "POST") == 1
+    assert sample(after, "None", 404, "GET") - sample(before, "None", 404, "GET") == 2
+    assert value(after, "portal_sign_ins_total", outcome="failure") - failures_before == 5
+    assert value(after, "portal_sign_ins_total", outcome="limited") - limited_before == 1
+    assert "/metrics" not in re.findall(r'url_rule="([^"]*)"', after)
+
+
+def test_metrics_need_the_token(scraped_app: Flask, connection: Any) -> None:
+    client = client_for(scraped_app)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_metrics_are_off_without_a_token(app: Flask, connection: Any) -> None:
+    assert not app.config.get("METRICS_TOKEN")
+    assert client_for(app).get("/metrics").status_code == 404
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    for found in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', found[1])) == labels:
+            return float(found[2])
+    return 0.0
+
+
+def test_business_counters_move_by_exactly_what_moved(
+    scraped_app: Flask, connection: Any, make: Factory, uow: UnitOfWork
+) -> None:
+    alice, budi = make.user(), make.user()
+    mine, theirs = make.card(alice), make.card(budi)
+    as_alice = token_of(uow, alice)
+    client = client_for(scraped_app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = client.get("/metrics", headers=auth).get_data(as_text=True)
+
+    def post(path: str, body: dict[str, Any], idem: str | None = None) -> Any:
+        headers = {**as_alice, "Idempotency-Key": idem or uuid.uuid4().hex}
+        return client.post(f"{API}{path}", json=body, headers=headers)
+
+    top_up = {"card": mine.card_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
+    same = uuid.uuid4().hex
+    assert post("/top_ups", top_up, same).status_code == 201
+    assert post("/top_ups", top_up, same).headers["Idempotent-Replayed"] == "true"
+    assert post("/top_ups", {**top_up, "amount": 1700}).status_code == 201
+    transfer = {"from_card": mine.card_id, "to_card": theirs.card_id, "amount": 350,
+                "currency": "usd"}  # fmt: skip
+    assert post("/transfers", transfer).status_code == 201
+    assert post("/transfers", {**transfer, "amount": 999_999}).status_code == 402
+    person_ = person(uow, "cardholder")
+    assert sign_in(client, person_.email).status_code == 200
+
+    after = client.get("/metrics", headers=auth).get_data(as_text=True)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    money = "portal_money_moved_minor_units_total"
+    assert moved(money, kind="top_up", currency="usd", outcome="succeeded") == 4200
+    assert moved(money, kind="transfer", currency="usd", outcome="succeeded") == 350
+    assert moved("portal_money_movements_total", kind="top_up", currency="usd",
+                 outcome="succeeded") == 2  # fmt: skip
+    assert moved("portal_idempotent_replays_total", kind="top_up") == 1
+    assert moved("portal_refusals_total", kind="transfer", code="insufficient_funds") == 1
+    assert moved("portal_sign_ins_total", outcome="success") == 1
