@@ -16,8 +16,17 @@ import hmac
 import os
 
 from flask import Flask, Response, abort, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_flask_exporter import PrometheusMetrics
+
+from portal.services.monitoring import queue_state
+from portal.web.uow import make_uow
 
 #: Money-moving API routes (POST) and the movement kind each creates.
 MONEY_ROUTES = {
@@ -96,6 +105,23 @@ def _scrape_registry(app: Flask) -> CollectorRegistry:
     return own
 
 
+def _database_state() -> CollectorRegistry:
+    """Gauges read from the database at scrape time: job queue and pending holds."""
+    state = queue_state(make_uow())
+    registry = CollectorRegistry()
+    jobs = Gauge("portal_jobs", "Background jobs by status.", ["status"], registry=registry)
+    for status, count in state.jobs_by_status.items():
+        jobs.labels(status=status).set(count)
+    Gauge(
+        "portal_job_oldest_due_seconds", "Age of the oldest job waiting to run.",
+        registry=registry,
+    ).set(state.oldest_due_job_seconds)  # fmt: skip
+    Gauge(
+        "portal_holds_pending", "Holds reserving money (withdrawals in flight).", registry=registry
+    ).set(state.holds_pending)
+    return registry
+
+
 def init_app(app: Flask) -> None:
     if not app.config.get("METRICS_ENABLED", True):
         return
@@ -123,7 +149,7 @@ def init_app(app: Flask) -> None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             abort(401)
-        body = generate_latest(_scrape_registry(app))
+        body = generate_latest(_scrape_registry(app)) + generate_latest(_database_state())
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])

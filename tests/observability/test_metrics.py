@@ -131,3 +131,34 @@ def test_business_counters_move_by_exactly_what_moved(
     assert moved("portal_idempotent_replays_total", kind="top_up") == 1
     assert moved("portal_refusals_total", kind="transfer", code="insufficient_funds") == 1
     assert moved("portal_sign_ins_total", outcome="success") == 1
+
+
+def test_queue_and_holds_are_read_from_the_database_at_scrape_time(
+    scraped_app: Flask, connection: Any, make: Factory, uow: Any, clock: Any
+) -> None:
+    from datetime import timedelta
+
+    from portal.domain.money import Money
+    from portal.services import jobs, wallet
+    from tests.conftest import new_key
+
+    client = scraped_app.test_client()
+    before = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(
+        as_text=True
+    )
+    alice = make.user()
+    card = make.card(alice, balance="100")
+    wallet.withdraw(uow, actor=alice, card_id=card.card_id, amount=Money(2000, "USD"),
+                    bank=wallet.BankAccount("Bank", "1234567890", "Alice"),
+                    idempotency_key=new_key())  # fmt: skip
+    clock.now -= timedelta(minutes=5)  # a job that has been due for five minutes
+    uow.run(lambda u: jobs.enqueue(u, "test.waiting", {}))
+    after = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(
+        as_text=True
+    )
+    assert value(after, "portal_jobs", status="queued") == (
+        value(before, "portal_jobs", status="queued") + 2  # the payout and the waiting job
+    )
+    assert re.search(r"^portal_holds_pending (\S+)$", after, re.M)[1] == "1.0"
+    oldest = float(re.search(r"^portal_job_oldest_due_seconds (\S+)$", after, re.M)[1])
+    assert 290 <= oldest <= 400
