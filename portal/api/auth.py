@@ -24,8 +24,6 @@ credentials. Addresses come from ``request.remote_addr`` (ProxyFix with
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -48,6 +46,7 @@ from portal.services import sessions as session_service
 from portal.services import users as user_service
 from portal.services.pagination import MAX_ID
 from portal.web import mail
+from portal.web.auth import account_tag
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.api")
@@ -228,9 +227,7 @@ def _email_digest() -> str:
         email = data.get("email") if isinstance(data, dict) else None
         if not isinstance(email, str) or not email.strip():
             return "-"
-        text = email.strip().lower().encode("utf-8", "replace")
-        key = str(current_app.config["SECRET_KEY"]).encode()
-        return hmac.new(key, b"portal.api.sign-in:" + text, hashlib.sha256).hexdigest()[:32]
+        return account_tag(email)
     except Exception:
         return "-"
 

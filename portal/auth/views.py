@@ -74,6 +74,7 @@ from portal.web.auth import (
     sign_out,
     step_up,
 )
+from portal.web.auth import safe_next as web_safe_next
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.auth")
@@ -133,25 +134,9 @@ def _status(default: int = 422) -> int:
 
 
 def safe_next(value: object) -> str | None:
-    """A same-site relative path to go to after signing in, or None (absolute URLs,
-    protocol-relative ``//host``, backslashes and control characters are refused)."""
-    if not isinstance(value, str):
-        return None
-    target = value.strip()
-    if target.endswith("?"):  # request.full_path of a URL without a query
-        target = target[:-1]
-    if (
-        not target.startswith("/")
-        or target.startswith("//")
-        or "\\" in target
-        or len(target) > 2000
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
-    ):
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return None
-    if parts.path in (url_for("auth.logout"), url_for("auth.login")):
+    """Where to go after signing in: a same-site path, never back to sign-in or sign-out."""
+    target = web_safe_next(value)
+    if target is None or urlsplit(target).path in (url_for("auth.logout"), url_for("auth.login")):
         return None
     return target
 

@@ -20,7 +20,6 @@ import logging
 import re
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from authlib.integrations.flask_client import OAuth, OAuthError
@@ -44,7 +43,7 @@ from portal.domain.errors import PortalError
 from portal.services import mfa, sso
 from portal.services.identity import UserView
 from portal.sso import bp
-from portal.web.auth import await_second_factor, sign_in, sign_out
+from portal.web.auth import await_second_factor, safe_next, sign_in, sign_out
 from portal.web.errors import http_status
 from portal.web.uow import make_uow
 
@@ -61,7 +60,6 @@ _register_lock = threading.Lock()
 
 #: Where a signed-in user lands when the sign-in carried no (safe) ``next``.
 NEXT_KEY = "sso_next"
-_MAX_NEXT = 512
 
 # -- the second-factor hand-off: the contract with the auth blueprint -------------------------
 #: The same marker a password sign-in leaves for ``auth.mfa`` (portal/auth/views.py,
@@ -146,16 +144,6 @@ def _provider_name() -> str:
     return str(current_app.config.get("OIDC_NAME") or "single sign-on")
 
 
-def _safe_next(value: str | None) -> str | None:
-    """A local path to return to after sign-in, or None (no open redirects)."""
-    if not value or len(value) > _MAX_NEXT or not value.startswith("/"):
-        return None
-    if value.startswith("//") or "\\" in value or any(ord(c) < 33 for c in value):
-        return None
-    parts = urlsplit(value)
-    return None if parts.scheme or parts.netloc else value
-
-
 def _callback_url() -> str:
     """The redirect URI registered at the provider: from PUBLIC_URL, never the Host header."""
     base = str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
@@ -219,7 +207,7 @@ def login() -> Any:
         abort(404)
     try:
         _metadata(client)
-        wanted = _safe_next(request.args.get("next"))
+        wanted = safe_next(request.args.get("next"))
         response = client.authorize_redirect(_callback_url())
     except ProviderUnavailable as exc:
         log.warning("single sign-on unavailable: %s", exc)
@@ -313,7 +301,7 @@ def callback() -> Any:
     except PortalError as exc:
         return _failure(http_status(exc), exc.message, exc.code)
 
-    next_url = _safe_next(session.pop(NEXT_KEY, None))
+    next_url = safe_next(session.pop(NEXT_KEY, None))
     if current_user.is_authenticated:
         sign_out()  # whoever was signed in here before: that session ends
     if user.mfa_enabled:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Request, abort, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
@@ -131,6 +132,27 @@ def pending_second_factor() -> dict[str, Any] | None:
     if not isinstance(pending, dict) or float(pending.get("expires", 0)) < time.time():
         return None
     return pending
+
+
+def safe_next(value: object) -> str | None:
+    """A same-site relative path to go to after signing in, or None (absolute URLs,
+    protocol-relative ``//host``, backslashes and control characters are refused: no open
+    redirects)."""
+    if not isinstance(value, str):
+        return None
+    target = value.strip()
+    if target.endswith("?"):  # request.full_path of a URL without a query
+        target = target[:-1]
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or len(target) > 2000
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    ):
+        return None
+    parts = urlsplit(target)
+    return None if parts.scheme or parts.netloc else target
 
 
 def sign_out() -> None:
