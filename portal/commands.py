@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -40,20 +39,25 @@ def ledger_verify() -> None:
 @with_appcontext
 @click.option("--once", is_flag=True, help="Run due jobs once and exit.")
 def worker_command(once: bool) -> None:
-    """Run a background worker (payouts, hold expiry, key purge)."""
-    from portal.worker import Worker
+    """Run a background worker (payouts, hold expiry, ledger checks, key purge). It logs
+    through the app's console handler (JSON lines in production, secrets masked)."""
+    from portal.worker import Worker, serve_http
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker = Worker(
         lambda: make_uow(app),
         poll_seconds=app.config["WORKER_POLL_SECONDS"],
         lease_seconds=app.config["WORKER_LEASE_SECONDS"],
+        ledger_check_seconds=app.config["LEDGER_CHECK_SECONDS"],
     )
     if once:
         worker.run_periodic()
         worker.run_once()
         return
+    if port := app.config.get("WORKER_HTTP_PORT"):
+        serve_http(
+            worker, port, host=app.config["WORKER_HTTP_HOST"], token=app.config.get("METRICS_TOKEN")
+        )
     worker.install_signal_handlers()
     worker.serve()
 

@@ -1,12 +1,18 @@
 """The background worker: claims due jobs and runs their handlers.
 
-Run one or more with ``portal worker``. Each loop: run periodic tasks when due, claim jobs with
-``FOR UPDATE SKIP LOCKED`` under a lease, run each handler (handlers are idempotent), then mark
-the job succeeded, or failed with backoff (dead after ``max_attempts``).
+Run one or more with ``portal worker``. Each loop: run periodic tasks when due (hold expiry,
+the ledger check, key purge), claim jobs with ``FOR UPDATE SKIP LOCKED`` under a lease, run
+each handler (handlers are idempotent), then mark the job succeeded, or failed with backoff
+(dead after ``max_attempts``).
+
+With ``PORTAL_WORKER_HTTP_PORT`` set, a worker serves ``GET /healthz`` (200 while its loop has
+turned recently, else 503: the probes' signal) and ``GET /metrics`` (its :class:`WorkerMetrics`,
+behind ``PORTAL_METRICS_TOKEN`` like the web's) on that port.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import signal
@@ -14,27 +20,68 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
 from portal.domain.types import Actor
-from portal.services import jobs, payouts, wallet
+from portal.services import jobs, payouts, reconciliation, wallet
 from portal.services.uow import UnitOfWork
 
 log = logging.getLogger("portal.worker")
 
 SYSTEM_ACTOR = Actor.system("worker")
 
-#: Periodic tasks: (name, interval seconds, task).
-PERIODIC: list[tuple[str, float, Callable[[UnitOfWork], object]]] = [
-    ("expire_holds", 5.0, lambda uow: wallet.expire_holds(uow, actor=SYSTEM_ACTOR)),
-    ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
-]
-
 
 def _purge_keys(uow: UnitOfWork) -> int:
     from portal.services.idempotency import purge_expired
 
     return purge_expired(uow)
+
+
+def periodic_tasks(
+    ledger_check_seconds: float = 300.0,
+) -> list[tuple[str, float, Callable[[UnitOfWork], object]]]:
+    """Periodic tasks: (name, interval seconds, task). Each worker runs them; they are
+    idempotent, and the ledger check feeds the imbalance gauge and alert."""
+    return [
+        ("expire_holds", 5.0, lambda uow: wallet.expire_holds(uow, actor=SYSTEM_ACTOR)),
+        ("ledger_check", ledger_check_seconds, reconciliation.record_check),
+        ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
+    ]
+
+
+class WorkerMetrics:
+    """What a worker exports: jobs by kind and outcome with their latency, periodic task
+    failures, and when its loop last turned (the liveness signal)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.jobs = Counter(
+            "portal_worker_jobs", "Jobs run by kind and outcome (succeeded, retry, dead).",
+            ["kind", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.job_seconds = Histogram(
+            "portal_worker_job_duration_seconds", "Time to run a job's handler, by kind.",
+            ["kind"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )  # fmt: skip
+        self.periodic_failures = Counter(
+            "portal_worker_periodic_failures", "Periodic task runs that raised, by task.",
+            ["task"], registry=self.registry,
+        )  # fmt: skip
+        self.last_loop = Gauge(
+            "portal_worker_last_loop_timestamp_seconds",
+            "Unix time the worker's loop last turned.", registry=self.registry,
+        )  # fmt: skip
 
 
 class Worker:
@@ -46,6 +93,8 @@ class Worker:
         lease_seconds: float = 60.0,
         batch: int = 10,
         worker_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
+        ledger_check_seconds: float = 300.0,
     ) -> None:
         self.make_uow = make_uow
         self.poll_seconds = poll_seconds
@@ -53,17 +102,22 @@ class Worker:
         self.batch = batch
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.stopping = threading.Event()
+        self.metrics = metrics or WorkerMetrics()
+        self.periodic = periodic_tasks(ledger_check_seconds)
         self._next_run: dict[str, float] = {}
+        #: time.monotonic() when the loop last turned (see healthy()).
+        self.last_loop = time.monotonic()
         payouts.register()
 
     def run_periodic(self) -> None:
         now = time.monotonic()
-        for name, interval, task in PERIODIC:
+        for name, interval, task in self.periodic:
             if self._next_run.get(name, 0.0) <= now:
                 self._next_run[name] = now + interval
                 try:
                     task(self.make_uow())
                 except Exception:
+                    self.metrics.periodic_failures.labels(name).inc()
                     log.exception("periodic task %s failed", name)
 
     def run_once(self) -> int:
@@ -80,7 +134,9 @@ class Worker:
         return len(claimed)
 
     def run_job(self, job: jobs.ClaimedJob) -> str:
+        """Run one claimed job; returns its outcome: succeeded, retry or dead."""
         handler = jobs.HANDLERS.get(job.kind)
+        started = time.perf_counter()
         try:
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
@@ -88,13 +144,19 @@ class Worker:
         except Exception as exc:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
             error = f"{type(exc).__name__}: {exc}"
-            return self.make_uow().run(lambda u: jobs.fail(u, job, self.worker_id, error))
-        self.make_uow().run(lambda u: jobs.complete(u, job, self.worker_id))
-        return "succeeded"
+            status = self.make_uow().run(lambda u: jobs.fail(u, job, self.worker_id, error))
+            outcome = "dead" if status == "dead" else "retry"
+        else:
+            self.make_uow().run(lambda u: jobs.complete(u, job, self.worker_id))
+            outcome = "succeeded"
+        self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+        self.metrics.jobs.labels(job.kind, outcome).inc()
+        return outcome
 
     def serve(self) -> None:
         log.info("worker %s started", self.worker_id)
         while not self.stopping.is_set():
+            self.beat()
             self.run_periodic()
             try:
                 busy = self.run_once()
@@ -105,9 +167,57 @@ class Worker:
                 self.stopping.wait(self.poll_seconds)
         log.info("worker %s stopped", self.worker_id)
 
+    def beat(self) -> None:
+        self.last_loop = time.monotonic()
+        self.metrics.last_loop.set_to_current_time()
+
+    def healthy(self, stale_after: float) -> bool:
+        """Whether the loop turned within ``stale_after`` seconds (a job may hold it for up to
+        its lease, so probes allow at least that)."""
+        return not self.stopping.is_set() and time.monotonic() - self.last_loop < stale_after
+
     def install_signal_handlers(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+
+def serve_http(
+    worker: Worker, port: int, *, host: str, token: str | None = None
+) -> ThreadingHTTPServer:
+    """Serve ``/healthz`` and (with ``token``) ``/metrics`` for ``worker`` in a daemon thread.
+    Nothing here is secret but the metrics, which need the token."""
+    stale_after = max(30.0, worker.lease_seconds + 2 * worker.poll_seconds)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/healthz":
+                ok = worker.healthy(stale_after)
+                self._answer(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+            elif self.path == "/metrics" and token:
+                given = self.headers.get("Authorization", "")
+                if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    body = generate_latest(worker.metrics.registry)
+                    self._answer(200, body, CONTENT_TYPE_LATEST)
+                else:
+                    self._answer(401, b"unauthorized\n", "text/plain")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # probes and scrapes every few seconds would drown the worker's own log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
+    log.info("worker %s serves /healthz and /metrics on port %d", worker.worker_id, port)
+    return server

@@ -67,6 +67,7 @@ from portal.services import activity, cards, wallet
 from portal.services.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet import BankAccount
 from portal.web.auth import current_actor, login_required
+from portal.web.cache import cached
 from portal.web.uow import make_uow
 
 #: How often pages ask whether anything changed (milliseconds); the issue asks for about 1.5 s.
@@ -214,11 +215,39 @@ def _chart_series(totals: Sequence[MonthTotals], currencies: Sequence[str]) -> l
     ]
 
 
-def _dashboard_context() -> dict[str, Any]:
+def _dump_totals(totals: Sequence[MonthTotals]) -> str:
+    return json.dumps(
+        [[t.month.isoformat(), t.currency, t.money_in.amount_minor, t.money_out.amount_minor]
+         for t in totals]
+    )  # fmt: skip
+
+
+def _load_totals(stored: str) -> tuple[MonthTotals, ...]:
+    return tuple(
+        MonthTotals(date.fromisoformat(month), cur, Money(money_in, cur), Money(money_out, cur))
+        for month, cur, money_in, money_out in json.loads(stored)
+    )
+
+
+def _monthly_totals(version: int) -> tuple[MonthTotals, ...]:
+    """The chart's totals, cached under the change version they were read at (any movement
+    on the user's cards bumps it) and the month (the window moves when a month begins)."""
+    actor = current_actor()
+    month = datetime.now(UTC).strftime("%Y-%m")
+    return cached(
+        "monthly_totals",
+        f"{actor.id}:{version}:{month}",
+        lambda: activity.monthly_totals(_uow(), actor=actor, months=12),
+        dump=_dump_totals,
+        load=_load_totals,
+    )
+
+
+def _dashboard_context(version: int) -> dict[str, Any]:
     actor = current_actor()
     my_cards = _my_cards()
     latest = activity.list_activity(_uow(), actor=actor, limit=LATEST_ITEMS)
-    totals = activity.monthly_totals(_uow(), actor=actor, months=12)
+    totals = _monthly_totals(version)
     return {
         "cards": my_cards,
         "latest": latest.items,
@@ -231,7 +260,7 @@ def _dashboard_context() -> dict[str, Any]:
 @login_required("wallet:use")
 def index() -> Response:
     version = _version()  # first: a change made while the page renders is caught by the poll
-    return _render("cardholder/dashboard.html", **_dashboard_context(),
+    return _render("cardholder/dashboard.html", **_dashboard_context(version),
                    **_poller("dashboard", version))  # fmt: skip
 
 
@@ -266,7 +295,7 @@ def changes() -> Response:
         parts.append(("cardholder/_activity_notice.html", {"changed": True, "oob": True}))
     else:
         parts.append(("cardholder/_live.html", _poller("dashboard", version)))
-        context = _dashboard_context()
+        context = _dashboard_context(version)
         parts.append(("cardholder/_cards.html", {**context, "oob": True}))
         parts.append(("cardholder/_latest.html", {**context, "oob": True}))
         parts.append(("cardholder/_charts.html", {**context, "oob": True}))

@@ -23,7 +23,7 @@ from portal.models.ledger import (
     Posting,
 )
 from portal.models.movements import ApiKey, Merchant, Payment, Refund, TopUp, Transfer, Withdrawal
-from portal.models.system import AuditEvent, IdempotencyKey, Job, OutboxEvent
+from portal.models.system import AuditEvent, IdempotencyKey, Job, LedgerCheck, OutboxEvent
 
 __all__ = [
     "CUSTOMER_ACCOUNT_KINDS",
@@ -36,6 +36,7 @@ __all__ = [
     "Hold",
     "IdempotencyKey",
     "Job",
+    "LedgerCheck",
     "JournalEntry",
     "Merchant",
     "OAuthIdentity",

@@ -90,6 +90,28 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
 
+class LedgerCheck(Base):
+    """One periodic reconciliation's result (``portal.services.reconciliation.record_check``)."""
+
+    __tablename__ = "ledger_checks"
+    __table_args__ = (
+        sa.CheckConstraint("violation_count >= 0", name="violation_count"),
+        sa.Index("ix_ledger_checks_checked_at", "checked_at"),
+    )
+
+    id: Mapped[int] = pk_column()
+    checked_at: Mapped[datetime] = mapped_column(nullable=False)
+    duration_ms: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    accounts_checked: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    entries_checked: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    postings_checked: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    #: Sum of all postings per currency: zero in a balanced ledger.
+    totals: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    violation_count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    #: The first violations found (check, subject, expected, actual).
+    violations: Mapped[list[Any]] = mapped_column(JSONB, nullable=False)
+
+
 class AuditEvent(Base):
     """Append-only (a trigger refuses UPDATE and DELETE)."""
 

@@ -226,6 +226,7 @@ def authenticate(uow: UnitOfWork, *, email: str, password: str) -> UserView:
                 u, view.actor, "auth.sign_in", "user", view.id,
                 data={"rehashed": new_hash is not None},
             )  # fmt: skip
+            u.observe("sign_ins", outcome="success")
             return view
         if view is None:
             reason = "unknown_email"
@@ -237,6 +238,7 @@ def authenticate(uow: UnitOfWork, *, email: str, password: str) -> UserView:
             u, Actor.system("sign-in"), "auth.sign_in", "user", user_id,
             outcome="failure", data={"reason": reason},
         )  # fmt: skip
+        u.observe("sign_ins", outcome="failure")
         u.refuse_after_commit(InvalidCredentials(SIGN_IN_FAILED))
         return None
 

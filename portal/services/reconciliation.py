@@ -8,9 +8,17 @@ reported as derived from postings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 
 from portal.services.uow import UnitOfWork
+
+#: Violations kept with each recorded check (the count is always complete).
+KEPT_VIOLATIONS = 50
+#: How long recorded checks are kept.
+CHECK_RETENTION = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +114,52 @@ def reconcile(uow: UnitOfWork) -> ReconciliationReport:
         )
 
     return uow.run(work)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCheckSummary:
+    checked_at: datetime
+    #: Sum of all postings per currency (zero when balanced).
+    totals_by_currency: dict[str, int]
+    violation_count: int
+
+
+def record_check(uow: UnitOfWork) -> ReconciliationReport:
+    """Reconcile and store the result (the periodic task behind the ledger-imbalance gauge and
+    alert), pruning checks older than :data:`CHECK_RETENTION`."""
+    started = time.monotonic()
+    report = reconcile(uow)
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+
+    def work(u: UnitOfWork) -> None:
+        u.defer(
+            "INSERT INTO ledger_checks (checked_at, duration_ms, accounts_checked,"
+            " entries_checked, postings_checked, totals, violation_count, violations)"
+            " VALUES (:now, :ms, :accounts, :entries, :postings, CAST(:totals AS jsonb),"
+            " :count, CAST(:violations AS jsonb))",
+            now=u.now(), ms=elapsed_ms, accounts=report.accounts_checked,
+            entries=report.entries_checked, postings=report.postings_checked,
+            totals=json.dumps(report.totals_by_currency), count=len(report.violations),
+            violations=json.dumps([asdict(v) for v in report.violations[:KEPT_VIOLATIONS]]),
+        )  # fmt: skip
+        u.defer(
+            "DELETE FROM ledger_checks WHERE checked_at < :cutoff",
+            cutoff=u.now() - CHECK_RETENTION,
+        )
+
+    uow.run(work)
+    return report
+
+
+def last_check(uow: UnitOfWork) -> LedgerCheckSummary | None:
+    """The most recent recorded check, or None when none has run."""
+    row = uow.run(
+        lambda u: u.execute(
+            "SELECT checked_at, totals, violation_count FROM ledger_checks"
+            " ORDER BY checked_at DESC, id DESC LIMIT 1"
+        ).one_or_none()
+    )
+    if row is None:
+        return None
+    totals = {currency: int(total) for currency, total in row.totals.items()}
+    return LedgerCheckSummary(row.checked_at, totals, row.violation_count)

@@ -215,6 +215,7 @@ def _reuse(u: UnitOfWork, row: Any, reason: str) -> None:
         data={"family_id": str(row.family_id), "token_id": row.id, "reason": reason,
               "used_at": row.used_at.isoformat()},
     )  # fmt: skip
+    u.observe("token_reuse_detections", reason=reason)
     u.refuse_after_commit(Unauthenticated("this refresh token is no longer valid; sign in again"))
 
 

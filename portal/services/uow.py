@@ -9,6 +9,10 @@ CTEs before the next read and at commit, so a money movement costs one round tri
 inserts and updates. PostgreSQL gives no order between the parts of one statement, so a row may
 be changed by at most one deferred part; parts refer to each other's rows by CTE name.
 
+Business metrics are observed inside the transaction (``observe``) and published to the unit of
+work's ``metrics`` sink only when it commits, or when it ends with a domain refusal (a refusal is
+an outcome too); a transaction that fails otherwise, or is retried, publishes nothing.
+
 The row-lock timeout is a connection setting (``lock_timeout`` in the engine's connect
 options, see ``portal.config``): a lock wait past it becomes ``TemporarilyUnavailable``.
 """
@@ -32,6 +36,9 @@ from portal.domain.errors import PortalError, TemporarilyUnavailable
 from portal.services.settings import ServiceSettings
 
 T = TypeVar("T")
+
+#: Receives ``(name, value, labels)`` for each observation of a finished unit of work.
+MetricsSink = Callable[[str, float, dict[str, str]], None]
 log = logging.getLogger(__name__)
 
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
@@ -56,11 +63,14 @@ class UnitOfWork:
         *,
         clock: Callable[[], datetime] = utcnow,
         max_attempts: int = 4,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self._session_factory = session_factory
         self.settings = settings
         self.clock = clock
         self.max_attempts = max_attempts
+        self.metrics = metrics
+        self._observed: list[tuple[str, float, dict[str, str]]] = []
         self._deferred: list[tuple[str, str]] = []
         self._deferred_params: dict[str, Any] = {}
         self._session: Session | None = None
@@ -114,6 +124,20 @@ class UnitOfWork:
         """Run ``hook`` after a successful commit (side effects never precede the commit)."""
         self._hooks.append(hook)
 
+    def observe(self, name: str, value: float = 1.0, **labels: str) -> None:
+        """Count ``value`` on the business metric ``name`` once this transaction has ended with
+        a commit or a domain refusal (see the module docstring)."""
+        if self.metrics is not None:
+            self._observed.append((name, value, labels))
+
+    def _publish(self) -> None:
+        observed, self._observed = self._observed, []
+        for name, value, labels in observed:
+            try:
+                self.metrics(name, value, labels)  # type: ignore[misc]
+            except Exception:  # metrics never undo or fail a use case
+                log.exception("metrics sink failed for %s", name)
+
     def refuse_after_commit(self, error: PortalError) -> None:
         """Commit what was written (a failed record, its audit event, the stored response),
         then raise ``error`` to the caller."""
@@ -125,7 +149,7 @@ class UnitOfWork:
             raise RuntimeError("unit of work is already open")
         self._session = self._session_factory()
         self._session.begin()
-        self._hooks, self._refusal, self._now = [], None, None
+        self._hooks, self._refusal, self._now, self._observed = [], None, None, []
         self._deferred, self._deferred_params = [], {}
         return self
 
@@ -143,6 +167,7 @@ class UnitOfWork:
         # is really a savepoint inside a test's outer transaction.
         self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
         self.session.commit()
+        self._publish()
         hooks, self._hooks = self._hooks, []
         for hook in hooks:
             try:
@@ -155,7 +180,11 @@ class UnitOfWork:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 with self:
-                    result = fn(self)
+                    try:
+                        result = fn(self)
+                    except PortalError:
+                        self._publish()  # a refusal raised before any write is an outcome too
+                        raise
                     refusal = self._refusal
                     self.commit()
                 if refusal is not None:

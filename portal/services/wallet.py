@@ -72,7 +72,15 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
     )
 
 
-def _replay(stored: dict[str, Any]) -> MovementResult:
+def _observe(uow: UnitOfWork, result: MovementResult) -> None:
+    """Business metrics for a movement that was recorded (counted once the commit is done)."""
+    labels = {"kind": result.kind, "currency": result.amount.currency, "outcome": result.status}
+    uow.observe("money_movements", **labels)
+    uow.observe("money_moved_minor_units", result.amount.amount_minor, **labels)
+
+
+def _replay(uow: UnitOfWork, kind: str, stored: dict[str, Any]) -> MovementResult:
+    uow.observe("idempotent_replays", kind=kind)
     if "error" in stored:
         error = error_from_dict(stored["error"])
         error.replayed = True
@@ -103,7 +111,9 @@ def _record(
     if refusal is not None:
         idempotency.store(uow, claim, {"error": error_to_dict(refusal)})
         uow.refuse_after_commit(refusal)
+        uow.observe("refusals", kind=result.kind, code=refusal.code)
     else:
+        _observe(uow, result)
         fill: dict[tuple[str, ...], str] = {("result", "id"): "record"}
         if with_entry:
             fill[("result", "journal_entry_id")] = "entry"
@@ -180,7 +190,7 @@ def top_up(
     def work(uow: UnitOfWork) -> MovementResult:
         claim = idempotency.claim(uow, actor, key, "top_up", params)
         if claim.replay is not None:
-            return _replay(claim.replay)
+            return _replay(uow, "top_up", claim.replay)
         # Locking the wallet also locks its owner's row, which serialises the daily cap.
         wallet = wallet_for(
             lock_wallets(uow, [card_id]), card_id, actor, "card_id",
@@ -268,7 +278,7 @@ def transfer(
     def work(uow: UnitOfWork) -> MovementResult:
         claim = idempotency.claim(uow, actor, key, "transfer", params)
         if claim.replay is not None:
-            return _replay(claim.replay)
+            return _replay(uow, "transfer", claim.replay)
         wallets = lock_wallets(uow, [from_card_id, to_card_id])
         source = wallet_for(
             wallets, from_card_id, actor, "from_card_id",
@@ -364,7 +374,7 @@ def withdraw(
     def work(uow: UnitOfWork) -> MovementResult:
         claim = idempotency.claim(uow, actor, key, "withdraw", params)
         if claim.replay is not None:
-            return _replay(claim.replay)
+            return _replay(uow, "withdrawal", claim.replay)
         wallet = wallet_for(
             lock_wallets(uow, [card_id]), card_id, actor, "card_id",
             require_verified=uow.settings.require_verified_email,
@@ -479,12 +489,14 @@ def _settle_withdrawal(
         entry = "(SELECT id FROM entry)" if writes.has_entry else "NULL::bigint"
         entry_id = uow.flush(f"SELECT {entry} AS entry_id").entry_id
         posted = -w.amount_minor if succeeded else 0
-        return replace(
+        settled = replace(
             result,
             status=status,
             journal_entry_id=entry_id,
             balance=wallet.balance(posted=posted, pending=-w.amount_minor),
         )
+        _observe(uow, settled)
+        return settled
 
     return uow.run(work)
 

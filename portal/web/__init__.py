@@ -1,12 +1,12 @@
 """Shared web glue: request ids and security headers, errors, CSRF, rate limits, the unit of
-work, Redis, health and the landing page."""
+work, Redis and the cache, health and the landing page."""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from portal.extensions import csrf, limiter
-from portal.web import auth, errors, health, redis, requests, uow
+from portal.web import auth, cache, errors, health, redis, requests, uow
 from portal.web import logging as log_setup
 from portal.web import metrics as metrics_setup
 
@@ -18,6 +18,7 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     uow.init_app(app)
     redis.init_app(app)
+    cache.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")

@@ -1,6 +1,11 @@
 """Prometheus metrics: request counts and latency histograms by ``url_rule`` and real status
-(4xx and 429 included) and business counters (money moved, refusals, replays, sign-ins), served
-at ``/metrics`` to holders of ``PORTAL_METRICS_TOKEN``.
+(4xx and 429 included), business counters (money moved, refusals, replays, sign-ins, token
+reuse, cache look-ups) and gauges read from the database at scrape time, served at ``/metrics``
+to holders of ``PORTAL_METRICS_TOKEN``.
+
+Business counters are observed by the services inside their unit of work and published here
+after the commit (``UnitOfWork.observe``; :func:`portal.web.uow.make_uow` passes this app's
+:class:`BusinessMetrics` as the sink), so the pages, the API and the worker count alike.
 
 prometheus-flask-exporter records every request; each app gets its own ``CollectorRegistry`` (so
 several apps in one process, as in the tests, never collide). Under gunicorn with
@@ -26,72 +31,58 @@ from prometheus_client import (
 from prometheus_flask_exporter import PrometheusMetrics
 
 from portal.services.monitoring import queue_state
+from portal.services.reconciliation import last_check
 from portal.web.uow import make_uow
 
-#: Money-moving API routes (POST) and the movement kind each creates.
-MONEY_ROUTES = {
-    "/api/v1/top_ups": "top_up",
-    "/api/v1/transfers": "transfer",
-    "/api/v1/withdrawals": "withdrawal",
-}
-SIGN_IN_ROUTE = "/api/v1/auth/token"
+#: Business counters: name observed by the services (``uow.observe(name, value, **labels)``)
+#: -> (help, label names). The exported name is ``portal_<name>_total``. To add one, add it here
+#: and observe it in the service, inside the unit of work (it is counted after the commit).
+BUSINESS_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "money_moved_minor_units": (
+        "Money moved, in minor units of the currency, by kind, currency and outcome.",
+        ("kind", "currency", "outcome"),
+    ),
+    "money_movements": (
+        "Money movements by kind, currency and outcome.", ("kind", "currency", "outcome"),
+    ),
+    "refusals": ("Refused money movements by kind and error code.", ("kind", "code")),
+    "idempotent_replays": ("Answers replayed for a reused idempotency key.", ("kind",)),
+    "sign_ins": ("Sign-ins by outcome (success, failure, limited).", ("outcome",)),
+    "token_reuse_detections": (
+        "Refresh tokens presented again after rotation (their family is revoked).", ("reason",),
+    ),
+}  # fmt: skip
+
+#: Sign-in endpoints whose 429 answers count as ``sign_ins{outcome="limited"}``.
+SIGN_IN_ENDPOINTS = frozenset({"auth.login", "auth.mfa", "api.create_token"})
 
 
 class BusinessMetrics:
-    """Business counters, recorded from responses: a response exists only after the service
-    returned, so after its unit of work committed (a refusal rolled back). Replays
-    (``Idempotent-Replayed: true``) are counted as replays, never as money moved again. A new
-    money-moving route or outcome is added to :data:`MONEY_ROUTES` / :meth:`record`."""
+    """The app's business counters and the sink units of work publish observations to."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.moved = Counter(
-            "portal_money_moved_minor_units",
-            "Money moved, in minor units of the currency, by kind, currency and outcome.",
-            ["kind", "currency", "outcome"],
-            registry=registry,
-        )
-        self.movements = Counter(
-            "portal_money_movements",
-            "Money movements by kind, currency and outcome.",
-            ["kind", "currency", "outcome"],
-            registry=registry,
-        )
-        self.refusals = Counter(
-            "portal_refusals", "Refused money movements by error code.", ["kind", "code"],
-            registry=registry,
-        )  # fmt: skip
-        self.replays = Counter(
-            "portal_idempotent_replays", "Answers replayed for a reused idempotency key.",
-            ["kind"], registry=registry,
-        )  # fmt: skip
-        self.sign_ins = Counter(
-            "portal_sign_ins", "API sign-ins by outcome (success, failure, limited).",
-            ["outcome"], registry=registry,
+        self.counters = {
+            name: Counter(f"portal_{name}", help_, labels, registry=registry)
+            for name, (help_, labels) in BUSINESS_COUNTERS.items()
+        }
+        self.cache_requests = Counter(
+            "portal_cache_requests", "Cache look-ups by cache and result (hit, miss, error).",
+            ["cache", "result"], registry=registry,
         )  # fmt: skip
 
-    def record(self, response: Response) -> None:
-        rule = request.url_rule.rule if request.url_rule else None
-        if request.method != "POST" or rule is None:
-            return
-        status = response.status_code
-        if rule == SIGN_IN_ROUTE:
-            outcome = {200: "success", 401: "failure", 429: "limited"}.get(status)
-            if outcome:
-                self.sign_ins.labels(outcome).inc()
-            return
-        kind = MONEY_ROUTES.get(rule)
-        if kind is None or not response.is_json:
-            return
-        if response.headers.get("Idempotent-Replayed") == "true":
-            self.replays.labels(kind).inc()
-            return
-        body = response.get_json(silent=True) or {}
-        if status == 201:
-            currency, outcome = str(body.get("currency", "")), str(body.get("status", ""))
-            self.movements.labels(kind, currency, outcome).inc()
-            self.moved.labels(kind, currency, outcome).inc(int(body.get("amount") or 0))
-        elif 400 <= status < 500 and isinstance(body.get("error"), dict):
-            self.refusals.labels(kind, str(body["error"].get("code") or "unknown")).inc()
+    def __call__(self, name: str, value: float, labels: dict[str, str]) -> None:
+        self.counters[name].labels(**labels).inc(value)
+
+    def record_limited_sign_in(self, response: Response) -> Response:
+        if response.status_code == 429 and request.endpoint in SIGN_IN_ENDPOINTS:
+            self.counters["sign_ins"].labels(outcome="limited").inc()
+        return response
+
+
+def business_metrics(app: Flask) -> BusinessMetrics | None:
+    """The app's business metrics (None when metrics are off)."""
+    found: BusinessMetrics | None = app.extensions.get("portal.business_metrics")
+    return found
 
 
 def _scrape_registry(app: Flask) -> CollectorRegistry:
@@ -106,8 +97,10 @@ def _scrape_registry(app: Flask) -> CollectorRegistry:
 
 
 def _database_state() -> CollectorRegistry:
-    """Gauges read from the database at scrape time: job queue and pending holds."""
+    """Gauges read from the database at scrape time: job queue, pending holds and the last
+    periodic ledger check (the worker's reconciliation; the ledger is never summed here)."""
     state = queue_state(make_uow())
+    check = last_check(make_uow())
     registry = CollectorRegistry()
     jobs = Gauge("portal_jobs", "Background jobs by status.", ["status"], registry=registry)
     for status, count in state.jobs_by_status.items():
@@ -119,6 +112,23 @@ def _database_state() -> CollectorRegistry:
     Gauge(
         "portal_holds_pending", "Holds reserving money (withdrawals in flight).", registry=registry
     ).set(state.holds_pending)
+    if check is not None:
+        imbalance = Gauge(
+            "portal_ledger_imbalance_minor_units",
+            "Sum of all postings per currency at the last ledger check (0 when balanced).",
+            ["currency"], registry=registry,
+        )  # fmt: skip
+        for currency, total in check.totals_by_currency.items():
+            imbalance.labels(currency=currency).set(total)
+        Gauge(
+            "portal_ledger_violations",
+            "Violations found by the last ledger check (balances, holds, entries, sums).",
+            registry=registry,
+        ).set(check.violation_count)
+        Gauge(
+            "portal_ledger_last_check_timestamp_seconds",
+            "Unix time of the last periodic ledger check.", registry=registry,
+        ).set(check.checked_at.timestamp())  # fmt: skip
     return registry
 
 
@@ -135,11 +145,8 @@ def init_app(app: Flask) -> None:
     metrics.init_app(app)
     app.extensions["portal.metrics"] = metrics
     business = BusinessMetrics(metrics.registry)
-
-    @app.after_request
-    def record_business(response: Response) -> Response:
-        business.record(response)
-        return response
+    app.extensions["portal.business_metrics"] = business
+    app.after_request(business.record_limited_sign_in)
 
     token = app.config.get("METRICS_TOKEN")
     if not token:

@@ -38,4 +38,9 @@ def session_factory(app: Flask | None = None) -> Callable[[], Session]:
 
 def make_uow(app: Flask | None = None, *, clock: Callable[[], datetime] = utcnow) -> UnitOfWork:
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    return UnitOfWork(session_factory(app), app.config["SERVICE_SETTINGS"], clock=clock)
+    return UnitOfWork(
+        session_factory(app),
+        app.config["SERVICE_SETTINGS"],
+        clock=clock,
+        metrics=app.extensions.get("portal.business_metrics"),
+    )

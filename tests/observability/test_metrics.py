@@ -124,9 +124,9 @@ def test_business_counters_move_by_exactly_what_moved(
         return value(after, name, **labels) - value(before, name, **labels)
 
     money = "portal_money_moved_minor_units_total"
-    assert moved(money, kind="top_up", currency="usd", outcome="succeeded") == 4200
-    assert moved(money, kind="transfer", currency="usd", outcome="succeeded") == 350
-    assert moved("portal_money_movements_total", kind="top_up", currency="usd",
+    assert moved(money, kind="top_up", currency="USD", outcome="succeeded") == 4200
+    assert moved(money, kind="transfer", currency="USD", outcome="succeeded") == 350
+    assert moved("portal_money_movements_total", kind="top_up", currency="USD",
                  outcome="succeeded") == 2  # fmt: skip
     assert moved("portal_idempotent_replays_total", kind="top_up") == 1
     assert moved("portal_refusals_total", kind="transfer", code="insufficient_funds") == 1
