@@ -62,6 +62,8 @@ def app() -> Iterator[Flask]:
     )
     settings = application.config["SERVICE_SETTINGS"]
     application.config["SERVICE_SETTINGS"] = replace(settings, payout_delay_seconds=0)
+    if (client := application.extensions.get("portal.redis")) is not None:
+        client.flushdb()  # a new database reuses ids: nothing cached for the old one may stay
     with application.app_context():
         from flask_migrate import upgrade
 

@@ -162,3 +162,70 @@ def test_queue_and_holds_are_read_from_the_database_at_scrape_time(
     assert re.search(r"^portal_holds_pending (\S+)$", after, re.M)[1] == "1.0"
     oldest = float(re.search(r"^portal_job_oldest_due_seconds (\S+)$", after, re.M)[1])
     assert 290 <= oldest <= 400
+
+
+def test_token_reuse_is_counted(
+    scraped_app: Flask, connection: Any, uow: UnitOfWork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from tests.api.test_auth_api import pair_of
+
+    monkeypatch.setitem(
+        scraped_app.config,
+        "SERVICE_SETTINGS",
+        replace(scraped_app.config["SERVICE_SETTINGS"], refresh_grace_seconds=0),
+    )
+    client = client_for(scraped_app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    name = "portal_token_reuse_detections_total"
+    before = client.get("/metrics", headers=auth).get_data(as_text=True)
+    first = pair_of(sign_in(client, person(uow, "cardholder").email))
+    client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert client.post(
+        f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]}
+    ).status_code == 401  # fmt: skip
+    after = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert value(after, name, reason="used_after_grace") - value(
+        before, name, reason="used_after_grace"
+    ) == 1  # fmt: skip
+
+
+def test_ledger_gauges_come_from_the_last_recorded_check(
+    scraped_app: Flask, connection: sa.Connection, make: Factory, uow: UnitOfWork
+) -> None:
+    """The scrape reads the last periodic check (never sums the ledger itself): balanced, then
+    a posting without its other half and a cached balance that drifted both show."""
+    from portal.services import reconciliation
+
+    client = scraped_app.test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    card = make.card(make.user(), balance="10")
+    reconciliation.record_check(uow)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert value(text, "portal_ledger_imbalance_minor_units", currency="USD") == 0
+    assert re.search(r"^portal_ledger_violations (\S+)$", text, re.M)[1] == "0.0"
+    checked = float(re.search(r"^portal_ledger_last_check_timestamp_seconds (\S+)$", text, re.M)[1])
+    assert checked > 0
+
+    # Corruption no code path can make: triggers off for this (rolled back) transaction only.
+    connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
+    entry = connection.execute(
+        sa.text("INSERT INTO journal_entries (kind) VALUES ('test') RETURNING id")
+    ).scalar_one()
+    account = connection.execute(
+        sa.text("SELECT id FROM accounts WHERE card_id = :c"), {"c": card.card_id}
+    ).scalar_one()
+    connection.execute(
+        sa.text("INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
+                " VALUES (:e, :a, 7, 'USD')"),
+        {"e": entry, "a": account},
+    )  # fmt: skip
+    connection.execute(sa.text("SET LOCAL session_replication_role = origin"))
+    before_second_check = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert value(before_second_check, "portal_ledger_imbalance_minor_units", currency="USD") == 0
+    reconciliation.record_check(uow)
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    assert value(text, "portal_ledger_imbalance_minor_units", currency="USD") == 7
+    # The ledger sum, the entry's sum and the wallet's cached balance (1000, postings say 1007).
+    assert re.search(r"^portal_ledger_violations (\S+)$", text, re.M)[1] == "3.0"
