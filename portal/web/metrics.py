@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Iterator
 
 from flask import Flask, Response, abort, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from portal.services.monitoring import queue_state
@@ -96,40 +93,46 @@ def _scrape_registry(app: Flask) -> CollectorRegistry:
     return own
 
 
-def _database_state() -> CollectorRegistry:
+class DatabaseState(Collector):
     """Gauges read from the database at scrape time: job queue, pending holds and the last
-    periodic ledger check (the worker's reconciliation; the ledger is never summed here)."""
-    state = queue_state(make_uow())
-    check = last_check(make_uow())
-    registry = CollectorRegistry()
-    jobs = Gauge("portal_jobs", "Background jobs by status.", ["status"], registry=registry)
-    for status, count in state.jobs_by_status.items():
-        jobs.labels(status=status).set(count)
-    Gauge(
-        "portal_job_oldest_due_seconds", "Age of the oldest job waiting to run.",
-        registry=registry,
-    ).set(state.oldest_due_job_seconds)  # fmt: skip
-    Gauge(
-        "portal_holds_pending", "Holds reserving money (withdrawals in flight).", registry=registry
-    ).set(state.holds_pending)
-    if check is not None:
-        imbalance = Gauge(
+    periodic ledger check (the worker's reconciliation; the ledger is never summed here).
+    Metric families built per scrape, never stored values: under multiprocess mode a stored
+    gauge would land in every worker's files and be exported twice."""
+
+    def collect(self) -> Iterator[Metric]:
+        state = queue_state(make_uow())
+        check = last_check(make_uow())
+        jobs = GaugeMetricFamily("portal_jobs", "Background jobs by status.", labels=["status"])
+        for status, count in state.jobs_by_status.items():
+            jobs.add_metric([status], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "portal_job_oldest_due_seconds", "Age of the oldest job waiting to run.",
+            value=state.oldest_due_job_seconds,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "portal_holds_pending", "Holds reserving money (withdrawals in flight).",
+            value=state.holds_pending,
+        )  # fmt: skip
+        if check is None:
+            return
+        imbalance = GaugeMetricFamily(
             "portal_ledger_imbalance_minor_units",
             "Sum of all postings per currency at the last ledger check (0 when balanced).",
-            ["currency"], registry=registry,
-        )  # fmt: skip
+            labels=["currency"],
+        )
         for currency, total in check.totals_by_currency.items():
-            imbalance.labels(currency=currency).set(total)
-        Gauge(
+            imbalance.add_metric([currency], total)
+        yield imbalance
+        yield GaugeMetricFamily(
             "portal_ledger_violations",
             "Violations found by the last ledger check (balances, holds, entries, sums).",
-            registry=registry,
-        ).set(check.violation_count)
-        Gauge(
+            value=check.violation_count,
+        )
+        yield GaugeMetricFamily(
             "portal_ledger_last_check_timestamp_seconds",
-            "Unix time of the last periodic ledger check.", registry=registry,
-        ).set(check.checked_at.timestamp())  # fmt: skip
-    return registry
+            "Unix time of the last periodic ledger check.", value=check.checked_at.timestamp(),
+        )  # fmt: skip
 
 
 def init_app(app: Flask) -> None:
@@ -151,12 +154,14 @@ def init_app(app: Flask) -> None:
     token = app.config.get("METRICS_TOKEN")
     if not token:
         return  # no endpoint at all: scrape needs a token
+    database_state = CollectorRegistry()
+    database_state.register(DatabaseState())
 
     def serve_metrics() -> Response:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             abort(401)
-        body = generate_latest(_scrape_registry(app)) + generate_latest(_database_state())
+        body = generate_latest(_scrape_registry(app)) + generate_latest(database_state)
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])
