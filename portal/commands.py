@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -11,6 +12,7 @@ from flask.cli import AppGroup, with_appcontext
 from portal.services.reconciliation import reconcile
 from portal.web.uow import make_uow
 
+log = logging.getLogger("portal.worker")
 ledger = AppGroup("ledger", help="Ledger maintenance and checks.")
 
 
@@ -44,6 +46,9 @@ def worker_command(once: bool) -> None:
     from portal.worker import Worker, serve_http
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    from portal.telemetry import WORKER_SERVICE, setup_tracing
+
+    setup_tracing(WORKER_SERVICE, app=app)  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     worker = Worker(
         lambda: make_uow(app),
         poll_seconds=app.config["WORKER_POLL_SECONDS"],
@@ -52,7 +57,7 @@ def worker_command(once: bool) -> None:
     )
     if once:
         worker.run_periodic()
-        worker.run_once()
+        log.info("worker %s ran once: %d job(s)", worker.worker_id, worker.run_once())
         return
     if port := app.config.get("WORKER_HTTP_PORT"):
         serve_http(

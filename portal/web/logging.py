@@ -28,7 +28,7 @@ access_log = logging.getLogger("portal.access")
 
 MASK = "[REDACTED]"
 
-_CARD = re.compile(r"(?<![A-Za-z0-9_-])\d(?:[ -]?\d){12,18}(?![A-Za-z0-9_])")
+_CARD = re.compile(r"(?<![A-Za-z0-9_])\d(?:[ -]?\d){12,18}(?![A-Za-z0-9_])")
 _CVC = re.compile(
     r"""(?ix)
     (["']?\b(?:cvc|cvv|cvc2|cvv2|security[_ ]?code)\b["']?\s*[:=]\s*["']?)

@@ -3,8 +3,13 @@ the business counters, the periodic ledger check, and its /healthz and /metrics 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,8 +66,9 @@ def test_settled_withdrawals_are_counted_once_committed(
     alice = make.user()
     card = make.card(alice, balance="100")
     for account in ("9876543210", "1111110000"):  # the demo processor declines ...0000
+        bank = wallet.BankAccount("Bank", account, "Alice")
         wallet.withdraw(observed_uow(), actor=alice, card_id=card.card_id,
-                        amount=Money(3000, "USD"), bank=wallet.BankAccount("Bank", account, "Alice"),
+                        amount=Money(3000, "USD"), bank=bank,
                         idempotency_key=new_key())  # fmt: skip
 
     def movements(outcome: str) -> float:
@@ -132,3 +138,23 @@ def test_worker_metrics_need_the_token(served) -> None:
     assert answer.status_code == 200
     assert 'portal_worker_jobs_total{kind="payout",outcome="succeeded"} 1.0' in answer.text
     assert "portal_worker_last_loop_timestamp_seconds" in answer.text
+
+
+def test_the_worker_logs_json_lines_with_secrets_masked(app, real_uow) -> None:
+    """``portal worker --once`` as a deployment runs it: JSON lines on stdout, and a card number
+    that reaches a log message (here through a job kind) is masked."""
+    card_number = "4111111111111111"
+    real_uow().run(lambda u: jobs.enqueue(u, f"pay-{card_number}", {}, max_attempts=1))
+    env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "PORTAL_ENV": "test", "PORTAL_LOG_FORMAT": "json"}  # fmt: skip
+    script = Path(sys.executable).parent / "portal"
+    done = subprocess.run(
+        [str(script), "worker", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    messages = [line["message"] for line in lines]
+    assert any("attempt 1 failed" in m for m in messages), messages
+    assert any("ran once: 1 job(s)" in m for m in messages), messages
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert card_number not in done.stdout + done.stderr
