@@ -1,8 +1,10 @@
-"""Static checks of the deployment files (no Docker engine, no database needed).
+"""Checks of the deployment files: static ones (no Docker engine, no database), and the
+observability tests that scrape a live portal (test_metric_names.py, test_prometheus_live.py:
+these need the test database like the rest of the suite).
 
-External tools: ``docker-compose`` and ``promtool`` (Debian's ``docker-compose`` and
-``prometheus`` packages) and ``kubernetes-validate`` (PyPI). Outside CI a missing tool skips its
-test; under ``CI=true`` it fails, so CI cannot pass without really validating.
+External tools: ``docker-compose``, ``promtool`` and ``prometheus`` (Debian's ``docker-compose``
+and ``prometheus`` packages) and ``kubernetes-validate`` (PyPI). Outside CI a missing tool skips
+its test with the reason; under ``CI=true`` it fails, so CI cannot pass without really validating.
 """
 
 from __future__ import annotations

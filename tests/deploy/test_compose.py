@@ -166,3 +166,16 @@ def test_portal_services_get_every_required_setting_with_dev_placeholders(
 def test_header_says_the_secrets_are_development_only() -> None:
     header = COMPOSE.read_text(encoding="utf-8").split("services:")[0]
     assert "DEVELOPMENT ONLY" in header
+
+
+def test_worker_healthcheck_probes_its_own_healthz(services: dict[str, dict[str, Any]]) -> None:
+    """The worker's healthcheck asks its /healthz (on PORTAL_WORKER_HTTP_PORT) with what the
+    image has (python's urllib; the slim image has no curl)."""
+    worker = services["worker"]
+    port = worker["environment"]["PORTAL_WORKER_HTTP_PORT"]
+    check = worker["healthcheck"]
+    assert not check.get("disable")
+    assert check["test"][:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{port}/healthz" in check["test"][3]
+    compile(check["test"][3], "healthcheck", "exec")  # valid Python
+    assert port in [str(p) for p in worker["expose"]]

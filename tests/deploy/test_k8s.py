@@ -164,3 +164,25 @@ def test_secret_template_has_every_required_key_and_no_real_value() -> None:
     assert config["data"]["PORTAL_ENV"] == "production"
     assert config["data"]["PORTAL_BIND"] == "0.0.0.0:8000"
     assert not set(REQUIRED_SECRETS) & set(config["data"]), "secrets belong in the Secret"
+
+
+def test_worker_serves_healthz_for_its_probes_and_metrics_for_prometheus() -> None:
+    deployment = named("Deployment", "portal-worker")
+    (worker,) = containers(deployment)
+    (port,) = worker["ports"]
+    env = {item["name"]: item.get("value") for item in worker["env"]}
+    assert env["PORTAL_WORKER_HTTP_PORT"] == str(port["containerPort"]) == "9101"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert worker[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    # Liveness must outlast a job holding the loop for its whole lease (60 s by default).
+    liveness = worker["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service = named("Service", "portal-worker")
+    assert service["spec"]["clusterIP"] == "None"  # one endpoint per worker pod
+    assert service["spec"]["publishNotReadyAddresses"] is True  # a stalled worker is scraped
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -62,6 +62,50 @@ def test_prometheus_scrapes_the_portal_web_service() -> None:
     assert jobs["portal"].get("metrics_path", "/metrics") == "/metrics"
     (compose,) = load_yaml_documents(ROOT / "docker-compose.yml")
     assert compose["services"]["portal"]["environment"]["PORTAL_BIND"].endswith(":8000")
+
+
+def test_prometheus_scrapes_the_worker_on_its_http_port() -> None:
+    (config,) = load_yaml_documents(PROMETHEUS)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    worker = jobs["portal-worker"]
+    targets = [t for sc in worker["static_configs"] for t in sc["targets"]]
+    (compose,) = load_yaml_documents(ROOT / "docker-compose.yml")
+    service = compose["services"]["worker"]
+    port = service["environment"]["PORTAL_WORKER_HTTP_PORT"]
+    assert targets == [f"worker:{port}"]
+    assert port in [str(p) for p in service["expose"]]
+    assert worker.get("metrics_path", "/metrics") == "/metrics"
+    assert "worker" in compose["services"]["prometheus"]["depends_on"]
+
+
+def test_scrapes_send_the_metrics_token_from_a_mounted_file() -> None:
+    """Both portal jobs send the bearer token; the file Prometheus reads holds the same value as
+    the compose stack's PORTAL_METRICS_TOKEN and is mounted where the config expects it."""
+    (config,) = load_yaml_documents(PROMETHEUS)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (compose,) = load_yaml_documents(ROOT / "docker-compose.yml")
+    token = compose["services"]["portal"]["environment"]["PORTAL_METRICS_TOKEN"]
+    assert compose["services"]["worker"]["environment"]["PORTAL_METRICS_TOKEN"] == token
+    mounts = {
+        str(v).split(":")[1]: str(v).split(":")[0]
+        for v in compose["services"]["prometheus"]["volumes"]
+    }
+    config_dir = PurePosixPath(
+        next(
+            inside
+            for inside, host in mounts.items()
+            if host == "./deploy/prometheus/prometheus.yml"
+        )
+    ).parent
+    for name in ("portal", "portal-worker"):
+        authorization = jobs[name]["authorization"]
+        assert authorization.get("type", "Bearer") == "Bearer"
+        assert "credentials" not in authorization, "the token belongs in a file, not the config"
+        relative = authorization["credentials_file"]
+        assert (PROMETHEUS.parent / relative).read_text(encoding="utf-8").strip() == token
+        in_container = str(config_dir / relative)
+        assert mounts.get(in_container) == f"./deploy/prometheus/{relative}", in_container
+        assert "dev-only" in token
 
 
 def test_grafana_data_sources_point_at_compose_services() -> None:
