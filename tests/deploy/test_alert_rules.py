@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import ROOT, load_yaml_documents, require_tool
+from tests.deploy.promql import dashboards
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
@@ -129,15 +130,8 @@ def test_every_alert_waits_and_explains_itself() -> None:
         assert len(annotations.get("description", "")) > 40, f"{name} has no description"
         dashboard = annotations.get("dashboard")
         if dashboard:  # links a dashboard that is really provisioned
-            uids = {board["uid"] for board in dashboards()}
+            uids = {board["uid"] for board in dashboards().values()}
             assert dashboard.removeprefix("/d/") in uids, f"{name} links unknown {dashboard}"
-
-
-def dashboards() -> list[dict[str, Any]]:
-    import json
-
-    folder = ROOT / "deploy" / "grafana" / "dashboards"
-    return [json.loads(path.read_text(encoding="utf-8")) for path in folder.glob("*.json")]
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
