@@ -180,7 +180,8 @@ def make(uow: UnitOfWork) -> Factory:
 # -- real commits ---------------------------------------------------------------------------
 WIPE = """
 TRUNCATE postings, holds, journal_entries, top_ups, transfers, withdrawals, payments, refunds,
-         idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens CASCADE;
+         idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens,
+         ledger_checks CASCADE;
 DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
 DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
 """
