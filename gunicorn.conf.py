@@ -43,3 +43,12 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# OpenTelemetry's SDK (when OTEL_EXPORTER_OTLP_ENDPOINT is set) starts in each worker, never in
+# the master: the batch span processor's export thread does not survive a fork. With
+# preload_app the app exists already and is instrumented here; otherwise create_app does it.
+def post_fork(server: Any, worker: Any) -> None:
+    from portal import telemetry
+
+    telemetry.setup_tracing(telemetry.WEB_SERVICE, app=getattr(server.app, "callable", None))

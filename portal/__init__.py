@@ -10,7 +10,7 @@ from flask import Flask
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory. ``config`` overrides what the environment gives."""
-    from portal import api, auth, cli, web
+    from portal import api, auth, cli, telemetry, web
     from portal.config import load_config
     from portal.extensions import db, migrate
 
@@ -36,4 +36,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cardholder.bp)
     api.init_app(app)
     cli.init_app(app)
+    telemetry.init_app(app)
     return app

@@ -2,6 +2,10 @@
 
 Every variable is documented in the README. In production (``PORTAL_ENV=production``) the
 secrets and the database have no default: a missing one stops start-up with a clear message.
+
+Tracing is configured by OpenTelemetry's standard ``OTEL_*`` variables, read from the process
+environment by ``portal.telemetry`` and the SDK (gunicorn's ``post_fork`` runs before any app
+exists): ``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on, ``OTEL_SERVICE_NAME`` names the process.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from opentelemetry import propagate, trace
+
 from portal.services.uow import UnitOfWork
 
 Handler = Callable[[UnitOfWork, dict[str, Any]], None]
@@ -44,7 +46,11 @@ def enqueue(
     trace_context: dict[str, Any] | None = None,
 ) -> int | None:
     """Add a job in the current transaction. With ``dedupe_key``, at most one such job is
-    queued or running at a time; returns None when one already is."""
+    queued or running at a time; returns None when one already is. Without ``trace_context``,
+    the current span's W3C context is stored (none when no span is current), so the worker
+    continues the trace of the request that enqueued the job."""
+    if trace_context is None:
+        trace_context = current_trace_context()
     row = uow.execute(
         "INSERT INTO jobs (kind, payload, dedupe_key, max_attempts, run_at, trace_context,"
         " created_at, updated_at)"
@@ -63,6 +69,15 @@ def enqueue(
         },
     ).first()
     return None if row is None else int(row.id)
+
+
+def current_trace_context() -> dict[str, str] | None:
+    """The current span's context as W3C headers (``traceparent``, ``tracestate``), or None."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
 
 
 def claim(
