@@ -35,6 +35,7 @@ from prometheus_client import (
 from portal.domain.types import Actor
 from portal.services import jobs, payouts, reconciliation, wallet
 from portal.services.uow import UnitOfWork
+from portal.telemetry import job_span
 
 log = logging.getLogger("portal.worker")
 
@@ -135,23 +136,27 @@ class Worker:
 
     def run_job(self, job: jobs.ClaimedJob) -> str:
         """Run one claimed job; returns its outcome: succeeded, retry or dead."""
-        handler = jobs.HANDLERS.get(job.kind)
-        started = time.perf_counter()
-        try:
-            if handler is None:
-                raise LookupError(f"no handler for job kind {job.kind!r}")
-            handler(self.make_uow(), job.payload)
-        except Exception as exc:
-            log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
-            error = f"{type(exc).__name__}: {exc}"
-            status = self.make_uow().run(lambda u: jobs.fail(u, job, self.worker_id, error))
-            outcome = "dead" if status == "dead" else "retry"
-        else:
-            self.make_uow().run(lambda u: jobs.complete(u, job, self.worker_id))
-            outcome = "succeeded"
-        self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
-        self.metrics.jobs.labels(job.kind, outcome).inc()
-        return outcome
+        with job_span(job) as span:
+            handler = jobs.HANDLERS.get(job.kind)
+            started = time.perf_counter()
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for job kind {job.kind!r}")
+                handler(self.make_uow(), job.payload)
+            except Exception as exc:
+                span.failed(exc)
+                log.warning(
+                    "job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc
+                )
+                error = f"{type(exc).__name__}: {exc}"
+                status = self.make_uow().run(lambda u: jobs.fail(u, job, self.worker_id, error))
+                outcome = "dead" if status == "dead" else "retry"
+            else:
+                self.make_uow().run(lambda u: jobs.complete(u, job, self.worker_id))
+                outcome = "succeeded"
+            self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+            self.metrics.jobs.labels(job.kind, outcome).inc()
+            return outcome
 
     def serve(self) -> None:
         log.info("worker %s started", self.worker_id)
@@ -219,5 +224,8 @@ def serve_http(
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
-    log.info("worker %s serves /healthz and /metrics on port %d", worker.worker_id, port)
+    log.info(
+        "worker %s serves /healthz and /metrics on port %d", worker.worker_id,
+        server.server_address[1],
+    )  # fmt: skip
     return server
