@@ -20,7 +20,9 @@ timeout = 30  # a worker silent this long is killed and replaced
 graceful_timeout = 10  # on SIGTERM, time for in-flight requests; the supervisor waits longer
 keepalive = 5
 
-accesslog = "-"
+# No gunicorn access log: it prints raw paths (reset and verification links carry tokens).
+# The app logs one masked `portal.access` line per request, by route, with status and duration.
+accesslog = None
 errorlog = "-"
 loglevel = "info"
 

@@ -75,7 +75,7 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
 def _observe(uow: UnitOfWork, result: MovementResult) -> None:
     """Business metrics for a movement that was recorded (counted once the commit is done)."""
     labels = {"kind": result.kind, "currency": result.amount.currency, "outcome": result.status}
-    uow.observe("money_movements", **labels)
+    uow.observe("money_movements", 1, **labels)
     uow.observe("money_moved_minor_units", result.amount.amount_minor, **labels)
 
 

@@ -78,7 +78,9 @@ def cached(
             metrics.cache_requests.labels(cache=cache, result=result).inc()
 
     try:
-        stored = client.get(full_key) if client is not None else local.get(full_key)
+        stored: bytes | str | None = (
+            client.get(full_key) if client is not None else local.get(full_key)  # type: ignore[assignment]
+        )
     except redis.RedisError as exc:
         log.warning("cache %s unavailable: %s", cache, exc)
         count("error")
