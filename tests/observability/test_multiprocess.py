@@ -1,8 +1,10 @@
-"""prometheus-flask-exporter's multiprocess mode under a real gunicorn with two workers: one
-scrape sums every worker's requests, and the gauges read from the database appear once."""
+"""A real gunicorn with two workers: prometheus-flask-exporter's multiprocess mode (one scrape
+sums every worker's requests, the gauges read from the database appear once) and its console
+output (JSON access lines by route; no raw path with a token in it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -41,12 +44,14 @@ def gunicorn(app: Flask, tmp_path: Path):
         "WEB_CONCURRENCY": "2",
         "PORTAL_THREADS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-        "PORTAL_LOG_FORMAT": "off",
+        "PORTAL_LOG_FORMAT": "json",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "portal:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    output = tmp_path / "output.txt"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "portal:create_app()"],
+            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90  # a loaded 2-core machine boots slowly
@@ -57,18 +62,16 @@ def gunicorn(app: Flask, tmp_path: Path):
             except requests.RequestException:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(server.stderr.read().decode() if server.stderr else "")
+                raise AssertionError(output.read_text())
             time.sleep(0.2)
-        yield url, multiproc
+        yield url, multiproc, server, output
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if server.stderr:
-            server.stderr.close()
 
 
-def test_one_scrape_adds_up_every_worker(gunicorn: tuple[str, Path]) -> None:
-    url, multiproc = gunicorn
+def test_one_scrape_adds_up_every_worker(gunicorn: tuple[str, Path, Any, Path]) -> None:
+    url, multiproc, _server, _output = gunicorn
     assert not (multiproc / "gauge_all_999999.db").exists()
     session = requests.Session()
     for _ in range(40):  # new connections, so both workers answer some
@@ -87,3 +90,15 @@ def test_one_scrape_adds_up_every_worker(gunicorn: tuple[str, Path]) -> None:
     for gauge in ("portal_jobs", "portal_holds_pending", "portal_job_oldest_due_seconds"):
         found = [labels for (name, labels) in samples if name == gauge]
         assert found and all("pid" not in dict(labels) for labels in found), gauge
+
+
+def test_the_console_shows_routes_never_raw_paths(gunicorn: tuple[str, Path, Any, Path]) -> None:
+    url, _multiproc, server, output = gunicorn
+    token = "Xq9reset-token-that-must-stay-secret"
+    assert requests.get(f"{url}/auth/reset/{token}", timeout=30).status_code in (200, 302, 404)
+    server.terminate()
+    server.wait(timeout=30)
+    text = output.read_text()
+    assert token not in text
+    access = [json.loads(line) for line in text.splitlines() if '"portal.access"' in line]
+    assert any(line.get("route") == "/auth/reset/<token>" for line in access), text
