@@ -9,17 +9,13 @@ web's /metrics and the worker's own /metrics endpoint (served on a real port) ar
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 from flask import Flask
 
-from portal import create_app
-from portal.extensions import db, limiter
 from portal.services import jobs
 from portal.services.uow import UnitOfWork
 from portal.web.uow import make_uow
@@ -35,8 +31,8 @@ from tests.deploy.promql import (
     rule_exprs,
     sample_names,
 )
+from tests.observability.test_metrics import TOKEN, scraped_app  # noqa: F401 (a fixture)
 
-TOKEN = "deploy-metrics-test-token-0123456789"
 #: Series Prometheus itself makes for every target.
 SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -49,20 +45,6 @@ class Scrapes:
     @property
     def names(self) -> set[str]:
         return exported_names(self.web) | exported_names(self.worker) | SCRAPE_SERIES
-
-
-@pytest.fixture
-def scraped_app(app: Flask, connection: sa.Connection) -> Iterator[Flask]:
-    """An app of its own with /metrics open to TOKEN (its own registry), on the test's
-    connection like the session app."""
-    scraped = create_app({**app.config, "METRICS_TOKEN": TOKEN})
-    with scraped.app_context():
-        engines = db._app_engines[scraped]
-    engines[None] = connection  # type: ignore[assignment]
-    scraped.extensions["portal.session_factory"] = app.extensions["portal.session_factory"]
-    limiter.reset()
-    yield scraped
-    limiter.reset()
 
 
 def scripted_traffic(app: Flask, make: Factory, uow: UnitOfWork) -> None:
@@ -126,7 +108,7 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture
-def scrapes(scraped_app: Flask, connection: Any, make: Factory, uow: UnitOfWork) -> Scrapes:
+def scrapes(scraped_app: Flask, connection: Any, make: Factory, uow: UnitOfWork) -> Scrapes:  # noqa: F811
     scripted_traffic(scraped_app, make, uow)
     worker = worker_scrape(scraped_app, uow)
     web = scraped_app.test_client().get("/metrics", headers=auth())

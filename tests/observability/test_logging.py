@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,9 +21,9 @@ from tests.api.test_auth_api import API, PASSWORD, client_for, person, sign_in
 from tests.api.test_cards_api import token_of
 
 
-@pytest.fixture
-def json_log(app: Flask) -> Iterator[io.StringIO]:
-    """Everything the ``portal`` loggers write, as JSON lines, for one test."""
+@contextmanager
+def capture_json(app: Flask) -> Iterator[io.StringIO]:
+    """Everything the ``portal`` loggers write meanwhile, as JSON lines."""
     stream = io.StringIO()
     handler = log_setup.build_handler(app.config, stream=stream, fmt="json")
     logger = logging.getLogger("portal")
@@ -31,6 +32,12 @@ def json_log(app: Flask) -> Iterator[io.StringIO]:
         yield stream
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def json_log(app: Flask) -> Iterator[io.StringIO]:
+    with capture_json(app) as stream:
+        yield stream
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -40,12 +39,12 @@ from portal import create_app, telemetry
 from portal.extensions import db, limiter
 from portal.services import jobs
 from portal.services.uow import UnitOfWork
-from portal.web import logging as log_setup
 from portal.web.uow import make_uow
 from portal.worker import Worker
 from tests.api.test_auth_api import API, client_for
 from tests.api.test_cards_api import token_of
 from tests.conftest import Factory
+from tests.observability.test_logging import capture_json
 
 ROOT = Path(__file__).resolve().parents[2]
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -105,14 +104,8 @@ def traced_uow(traced_app: Flask) -> Iterator[UnitOfWork]:
 
 @pytest.fixture
 def json_log(traced_app: Flask) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = log_setup.build_handler(traced_app.config, stream=stream, fmt="json")
-    logger = logging.getLogger("portal")
-    logger.addHandler(handler)
-    try:
+    with capture_json(traced_app) as stream:
         yield stream
-    finally:
-        logger.removeHandler(handler)
 
 
 # -- helpers --------------------------------------------------------------------------------------
