@@ -23,7 +23,7 @@ from pydantic import Field
 
 from portal.api import bp
 from portal.api.auth import Timestamp, object_id
-from portal.api.operation import operation
+from portal.api.operation import REPLAYED_HEADER, operation
 from portal.api.pagination import ListQuery, ListResponse
 from portal.api.schemas import ApiModel, QueryModel, RequestBody
 from portal.domain.errors import (
@@ -43,8 +43,6 @@ from portal.web.uow import make_uow
 
 T = TypeVar("T")
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotent-Replayed"
 
 Status = Literal["pending", "succeeded", "failed"]
 Kind = Literal["top_up", "transfer", "withdrawal"]
@@ -53,12 +51,6 @@ Method = Literal["bank_transfer", "credit_card", "debit_card", "e_wallet", "cash
 #: Service parameter names and the API's names for them.
 _PARAMS = {"search": "q", "card_id": "card", "from_card_id": "from_card", "to_card_id": "to_card"}
 
-_IDEMPOTENCY_NOTE = (
-    " Send an `Idempotency-Key` header (at most 255 printable characters; 400"
-    " `idempotency_key_missing` without it). The same request with the same key answers the"
-    " first response with `Idempotent-Replayed: true`; the key with another body is a 422"
-    " `idempotency_error`."
-)
 _CREATE_ERRORS = (InsufficientFunds, CardUnavailable, IdempotencyConflict, NotFound,
                   TemporarilyUnavailable)  # fmt: skip
 
@@ -252,17 +244,6 @@ def _money(body: Amount) -> Money:
         raise InvalidInput(str(exc), param="currency") from None
 
 
-def _idempotency_key() -> str:
-    key = request.headers.get(IDEMPOTENCY_HEADER, "")
-    if not key.strip():
-        raise PortalError(
-            f"Send an {IDEMPOTENCY_HEADER} header: money moves only with one.",
-            param=IDEMPOTENCY_HEADER,
-            code="idempotency_key_missing",
-        )
-    return key
-
-
 def _created(model: type[M], actor: Actor, result: MovementResult) -> Response:
     """The 201 response of a movement: as first recorded (a replay answers the same)."""
     item = activity.get_activity_item(
@@ -318,15 +299,15 @@ def _list(model: type[M], listing: type[ListResponse[M]], kind: str, query: Move
     status=201,
     errors=(400, *_CREATE_ERRORS),
     operation_id="create_top_up",
+    idempotency="required",
     description="Add money to one of the caller's cards from an outside method. 422"
-    " `limit_exceeded` outside the currency's limits or past the daily cap." + _IDEMPOTENCY_NOTE,
+    " `limit_exceeded` outside the currency's limits or past the daily cap.",
 )
-def create_top_up(body: NewTopUp, actor: Actor) -> Response:
-    key = _idempotency_key()
+def create_top_up(body: NewTopUp, actor: Actor, idempotency_key: str) -> Response:
     result = _named(
         lambda: wallet.top_up(
             make_uow(), actor=actor, card_id=body.card, amount=_money(body), method=body.method,
-            idempotency_key=key,
+            idempotency_key=idempotency_key,
         )
     )  # fmt: skip
     return _created(TopUp, actor, result)
@@ -375,16 +356,15 @@ def list_top_ups(query: MovementListQuery, actor: Actor) -> TopUpList:
     status=201,
     errors=(400, *_CREATE_ERRORS),
     operation_id="create_transfer",
+    idempotency="required",
     description="Move money from one of the caller's cards to another card of the same"
-    " currency: one of their own, or someone else's found with POST /cards/lookup."
-    + _IDEMPOTENCY_NOTE,
+    " currency: one of their own, or someone else's found with POST /cards/lookup.",
 )
-def create_transfer(body: NewTransfer, actor: Actor) -> Response:
-    key = _idempotency_key()
+def create_transfer(body: NewTransfer, actor: Actor, idempotency_key: str) -> Response:
     result = _named(
         lambda: wallet.transfer(
             make_uow(), actor=actor, from_card_id=body.from_card, to_card_id=body.to_card,
-            amount=_money(body), idempotency_key=key, memo=body.memo,
+            amount=_money(body), idempotency_key=idempotency_key, memo=body.memo,
         )
     )  # fmt: skip
     return _created(Transfer, actor, result)
@@ -433,17 +413,17 @@ def list_transfers(query: MovementListQuery, actor: Actor) -> TransferList:
     status=201,
     errors=(400, *_CREATE_ERRORS),
     operation_id="create_withdrawal",
+    idempotency="required",
     description="Hold money on one of the caller's cards for a payout to a bank account: the"
     " withdrawal is `pending` until the payout succeeds (the money leaves) or fails (the hold"
-    " is released)." + _IDEMPOTENCY_NOTE,
+    " is released).",
 )
-def create_withdrawal(body: NewWithdrawal, actor: Actor) -> Response:
-    key = _idempotency_key()
+def create_withdrawal(body: NewWithdrawal, actor: Actor, idempotency_key: str) -> Response:
     bank = wallet.BankAccount(body.bank_name, body.account_number, body.account_holder)
     result = _named(
         lambda: wallet.withdraw(
             make_uow(), actor=actor, card_id=body.card, amount=_money(body), bank=bank,
-            idempotency_key=key,
+            idempotency_key=idempotency_key,
         )
     )  # fmt: skip
     return _created(Withdrawal, actor, result)

@@ -11,7 +11,7 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from portal.api.operation import Operation
+from portal.api.operation import IDEMPOTENCY_HEADER, REPLAYED_HEADER, Operation
 from portal.api.schemas import Error
 from portal.api.security import schemes
 
@@ -133,6 +133,15 @@ def build(app: Flask) -> dict[str, Any]:
                     "description": "The authentication scheme to use (Bearer).",
                     "schema": {"type": "string"},
                 },
+                REPLAYED_HEADER: {
+                    "description": "`true` when this answer is the stored first answer to an "
+                    "earlier request with the same idempotency key.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+            "parameters": {
+                IDEMPOTENCY_HEADER: _idempotency_parameter(required=True),
+                f"{IDEMPOTENCY_HEADER}-optional": _idempotency_parameter(required=False),
             },
             "securitySchemes": {name: dict(s.openapi) for name, s in known.items()},
         },
@@ -151,6 +160,9 @@ def _operation(
     ]
     if spec.query is not None:
         parameters.extend(_query_parameters(schema_of(spec.query, "validation"), components))
+    if spec.idempotency:
+        suffix = "" if spec.idempotency == "required" else "-optional"
+        parameters.append({"$ref": f"#/components/parameters/{IDEMPOTENCY_HEADER}{suffix}"})
     doc: dict[str, Any] = {
         "operationId": spec.operation_id,
         "summary": spec.summary,
@@ -178,6 +190,8 @@ def _operation(
         "description": spec.summary,
         "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
     }
+    if spec.idempotency:
+        success["headers"][REPLAYED_HEADER] = {"$ref": f"#/components/headers/{REPLAYED_HEADER}"}
     if spec.response is not None:
         success["content"] = {
             "application/json": {"schema": schema_of(spec.response, "serialization")}
@@ -199,6 +213,20 @@ def _operation(
             responses[str(status)] = _error_response(status, f"Error {status}.")
     doc["responses"] = responses
     return doc
+
+
+def _idempotency_parameter(*, required: bool) -> dict[str, Any]:
+    return {
+        "name": IDEMPOTENCY_HEADER,
+        "in": "header",
+        "required": required,
+        "description": "Makes the request safe to retry: the same request with the same key "
+        "answers the first response (with `Idempotent-Replayed: true`) and changes nothing "
+        "more; the key with another request is a 422 `idempotency_error`. Keys are kept at "
+        "least 24 hours, per caller."
+        + ("" if required else " Without a key, a retried request is a new request."),
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
 
 
 def _ref_name(schema: dict[str, Any]) -> str:

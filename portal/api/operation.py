@@ -50,6 +50,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
 #: Largest request body an operation reads (``API_MAX_BODY_BYTES`` overrides it); larger is 413.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -72,6 +75,7 @@ class Operation:
     status: int
     errors: tuple[int, ...]  # statuses documented on top of those every operation has
     deprecated: bool
+    idempotency: str | None = None  # "required", "optional" or None: the Idempotency-Key header
 
 
 def operation(
@@ -92,6 +96,7 @@ def operation(
     operation_id: str | None = None,
     description: str | None = None,
     deprecated: bool = False,
+    idempotency: str | None = None,
 ) -> Callable[[F], F]:
     """Declare a JSON API endpoint ``method path`` (Flask rule syntax, relative to ``bp``).
 
@@ -107,6 +112,10 @@ def operation(
       404 when the path has parameters and 413 when there is a body.
     - ``rate_limit``: a flask-limiter limit string, or a ``limiter.limit(...)`` decorator; it is
       checked before authentication.
+    - ``idempotency``: ``"required"`` or ``"optional"``: the operation reads the
+      ``Idempotency-Key`` header (400 ``idempotency_key_missing`` when required and absent) and
+      passes it as ``idempotency_key=`` (None when optional and absent); documented as a header
+      parameter, with ``Idempotent-Replayed`` on the success response.
     - ``operation_id`` defaults to the view's name; ``description`` to its docstring.
     """
     method = method.upper()
@@ -119,6 +128,8 @@ def operation(
         raise ValueError("an operation with a permission must authenticate")
     if response is None and status != 204:
         raise ValueError("an operation without a response model answers 204")
+    if idempotency not in (None, "required", "optional"):
+        raise ValueError('idempotency is "required", "optional" or None')
     extra = tuple(sorted({_status_of(e) for e in errors}))
 
     def decorate(view: F) -> F:
@@ -126,6 +137,8 @@ def operation(
         for name, model in (("body", body), ("query", query)):
             if model is not None and name not in parameters:
                 raise TypeError(f"{view.__name__} must take a {name!r} parameter")
+        if idempotency and "idempotency_key" not in parameters:
+            raise TypeError(f"{view.__name__} must take an 'idempotency_key' parameter")
         wants_actor = "actor" in parameters
         if wants_actor and not schemes:
             raise TypeError(f"{view.__name__} takes an actor but its operation is anonymous")
@@ -144,6 +157,7 @@ def operation(
             status=status,
             errors=extra,
             deprecated=deprecated,
+            idempotency=idempotency,
         )
 
         @wraps(view)
@@ -164,6 +178,10 @@ def operation(
                 kwargs["query"] = _validate(spec.query, _query_input(spec.query))
             if spec.body is not None:
                 kwargs["body"] = _validate(spec.body, raw)
+            if spec.idempotency:
+                kwargs["idempotency_key"] = _idempotency_key(
+                    required=spec.idempotency == "required"
+                )
             return _respond(spec, view(**kwargs))
 
         run.__api_operation__ = spec  # type: ignore[attr-defined]
@@ -180,6 +198,19 @@ def operation(
 
 
 # -- request ------------------------------------------------------------------------------------
+def _idempotency_key(*, required: bool) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "")
+    if key.strip():
+        return key
+    if required:
+        raise PortalError(
+            f"Send an {IDEMPOTENCY_HEADER} header: this request is only taken with one.",
+            param=IDEMPOTENCY_HEADER,
+            code="idempotency_key_missing",
+        )
+    return None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

@@ -267,3 +267,21 @@ def test_schemathesis_finds_every_answer_documented(api_app: Flask, mode: str) -
         "get_thing",
         "list_things_view",
     ]
+
+
+def test_money_operations_declare_the_idempotency_key_header(real_app: Flask) -> None:
+    spec = real_app.test_client().get("/api/v1/openapi.json").get_json()
+    components = spec["components"]
+    for path in ("/api/v1/top_ups", "/api/v1/transfers", "/api/v1/withdrawals"):
+        post = spec["paths"][path]["post"]
+        (header,) = [
+            components["parameters"][p["$ref"].rsplit("/", 1)[-1]]
+            for p in post["parameters"]
+            if "$ref" in p
+        ]
+        assert (header["name"], header["in"], header["required"]) == (
+            "Idempotency-Key", "header", True,
+        )  # fmt: skip
+        assert "Idempotent-Replayed" in post["responses"]["201"]["headers"]
+    listing = spec["paths"]["/api/v1/top_ups"]["get"]
+    assert all("$ref" not in p for p in listing.get("parameters", []))
