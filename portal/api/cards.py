@@ -11,16 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from pydantic import Field
 
 from portal.api import bp
 from portal.api.auth import Timestamp, object_id
-from portal.api.operation import operation
+from portal.api.operation import REPLAYED_HEADER, operation
 from portal.api.pagination import ListQuery, ListResponse
 from portal.api.schemas import ApiModel, RequestBody
 from portal.api.security import bearer_credential
-from portal.domain.errors import Conflict, InvalidInput, NotFound, RateLimited
+from portal.domain.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+)
 from portal.domain.types import Actor
 from portal.extensions import limiter
 from portal.services import activity, cards, tokens, wallet
@@ -143,18 +149,28 @@ class Lookup(RequestBody):
     response=IssuedCard,
     status=201,
     operation_id="issue_card",
+    idempotency="optional",
+    errors=(IdempotencyConflict,),
 )
-def issue_card(body: NewCard, actor: Actor) -> IssuedCard:
+def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> Response:
     """Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The
-    response carries the full `number` and `cvc`, exactly once. 422 `limit_exceeded` past the
-    per-person maximum."""
+    response carries the full `number` and `cvc`: only here, and again only to a retry of the
+    same request under the same `Idempotency-Key`. 422 `limit_exceeded` past the per-person
+    maximum."""
     uow = make_uow()
     issued = cards.issue_card(
         uow, actor=actor, user_id=body.user if body.user is not None else (actor.id or 0),
         card_type=body.card_type, brand=body.brand, currency=body.currency, name=body.name,
+        idempotency_key=idempotency_key,
     )  # fmt: skip
     card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.card_id))
-    return IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
+    answer = IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
+    response = Response(
+        answer.model_dump_json(by_alias=True), status=201, mimetype="application/json"
+    )
+    if issued.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 @operation(

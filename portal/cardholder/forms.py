@@ -101,17 +101,23 @@ def _card(label: str) -> SelectField:
     )  # fmt: skip
 
 
-class MoneyForm(FlaskForm):
-    """Shared by the three money forms: the idempotency key and the step of the flow."""
+class IdempotentForm(FlaskForm):
+    """A form whose submission is taken once: a hidden idempotency key, made when the form is
+    shown and sent back with every submission of it (a double submit replays the first)."""
 
     idempotency_key = HiddenField()
-    #: "review" (form -> summary), "confirm" (summary -> move money), "edit" (summary -> form).
-    step = HiddenField(default="review")
 
     def ensure_key(self) -> None:
         key = (self.idempotency_key.data or "").strip()
         if not key or len(key) > 200:
             self.idempotency_key.data = new_key()
+
+
+class MoneyForm(IdempotentForm):
+    """Shared by the three money forms: the idempotency key and the step of the flow."""
+
+    #: "review" (form -> summary), "confirm" (summary -> move money), "edit" (summary -> form).
+    step = HiddenField(default="review")
 
 
 class TopUpForm(MoneyForm):
@@ -177,7 +183,7 @@ class WithdrawForm(MoneyForm):
     )
 
 
-class IssueCardForm(FlaskForm):
+class IssueCardForm(IdempotentForm):
     card_type = RadioField(
         "Card type",
         choices=options((t.value, label) for t, label in CARD_TYPE_LABELS.items()),

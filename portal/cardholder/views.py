@@ -312,6 +312,7 @@ def _currencies() -> list[str]:
 def issue_card() -> Response:
     form = IssueCardForm()
     form.currency.choices = options((c, c) for c in _currencies())
+    form.ensure_key()
     if request.method == "GET":
         mine = _my_cards()
         form.currency.data = mine[0].currency if mine else "USD"
@@ -325,7 +326,14 @@ def issue_card() -> Response:
                 brand=form.brand.data or "",
                 currency=form.currency.data or "",
                 name=form.name.data or "",
+                idempotency_key=form.idempotency_key.data,
             )
+        except IdempotencyConflict:
+            form.form_errors.append(
+                "This form already issued a card (see your wallet). Send it again to issue"
+                " another one."
+            )
+            form.idempotency_key.data = new_key()
         except (InvalidInput, PortalError) as error:
             if isinstance(error, NotFound):
                 raise

@@ -16,7 +16,7 @@ from portal.domain import cards as card_numbers
 from portal.domain.errors import Forbidden, InvalidInput, InvalidState, LimitExceeded, NotFound
 from portal.domain.money import MoneyError, normalize_currency
 from portal.domain.types import Actor, CardStatus, CardType, IssuedCard
-from portal.services import audit
+from portal.services import audit, idempotency
 from portal.services.uow import UnitOfWork
 from portal.services.vault import Vault
 
@@ -54,9 +54,13 @@ def issue_card(
     brand: str,
     currency: str,
     name: str = "",
+    idempotency_key: str | None = None,
 ) -> IssuedCard:
-    """Issue a card with a fresh Luhn-valid number of ``brand`` and its wallet account. Raises
-    InvalidInput, Forbidden, NotFound (no such user), LimitExceeded (too many cards)."""
+    """Issue a card with a fresh Luhn-valid number of ``brand`` and its wallet account. With
+    ``idempotency_key``, the same request again (a double submit, a retry after a lost answer)
+    answers the card the first one issued, to the same caller, instead of issuing another.
+    Raises InvalidInput, Forbidden, NotFound (no such user), LimitExceeded (too many cards),
+    IdempotencyConflict (the key was used for another request)."""
     if not _may_manage(actor, user_id, "cards:manage"):
         raise Forbidden("you may only issue cards for yourself")
     if card_type not in CardType.__members__.values():
@@ -71,8 +75,15 @@ def issue_card(
     if len(name) > 64:
         raise InvalidInput("card name is at most 64 characters", param="name")
     vault = Vault.from_settings(uow.settings)
+    key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    params = {"user_id": user_id, "card_type": card_type, "brand": brand, "currency": currency,
+              "name": name}  # fmt: skip
 
     def work(u: UnitOfWork) -> IssuedCard:
+        claim = idempotency.claim(u, actor, key, "card_issue", params) if key else None
+        if claim is not None and claim.replay is not None:
+            u.observe("idempotent_replays", kind="card_issue")
+            return _reissued(u, vault, int(claim.replay["result"]["card_id"]))
         # Lock the owner so two concurrent issues cannot both pass the per-user cap.
         owner = u.execute(
             "SELECT id FROM users WHERE id = :id AND archived_at IS NULL FOR NO KEY UPDATE",
@@ -123,6 +134,9 @@ def issue_card(
             data={"user_id": user_id, "brand": brand, "last4": number[-4:],
                   "card_type": card_type, "currency": currency},
         )  # fmt: skip
+        if claim is not None:
+            # The card's id only: the number stays in the vault, never in a stored response.
+            idempotency.store(u, claim, {"result": {"card_id": card_id}})
         return IssuedCard(
             card_id=card_id, account_id=account_id, brand=brand, card_type=card_type,
             last4=number[-4:], number=number,
@@ -131,6 +145,24 @@ def issue_card(
         )  # fmt: skip
 
     return uow.run(work)
+
+
+def _reissued(u: UnitOfWork, vault: Vault, card_id: int) -> IssuedCard:
+    """The answer to a replayed issue: the card the first request issued, read back."""
+    row = u.execute(
+        "SELECT c.id, a.id AS account_id, c.brand, c.card_type, c.last4, c.pan_ciphertext,"
+        " c.key_version, c.expiry_month, c.expiry_year, c.currency, c.name"
+        " FROM cards c JOIN accounts a ON a.card_id = c.id WHERE c.id = :id",
+        {"id": card_id},
+    ).one()
+    number = vault.decrypt(row.pan_ciphertext, row.key_version, purpose=PAN_PURPOSE).decode()
+    return IssuedCard(
+        card_id=row.id, account_id=row.account_id, brand=row.brand, card_type=row.card_type,
+        last4=row.last4, number=number,
+        cvv=vault.security_code(number, row.expiry_month, row.expiry_year),
+        expiry_month=row.expiry_month, expiry_year=row.expiry_year, currency=row.currency,
+        name=row.name, replayed=True,
+    )  # fmt: skip
 
 
 def _load_for_change(u: UnitOfWork, actor: Actor, card_id: int, permission: str) -> CardView:

@@ -5,6 +5,7 @@ cardholder's cards are 404. Also holds the helpers test_money_api uses."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -316,3 +317,20 @@ def test_lookup_is_rate_limited_per_user_and_per_address(
     assert answers == [200] * 20 + [429]
     # Someone else, from elsewhere, is not.
     assert lookup(client_for(app), carol_headers).status_code == 200
+
+
+def test_issue_with_an_idempotency_key_is_taken_once(
+    api: FlaskClient, as_alice: dict[str, str]
+) -> None:
+    body = {"card_type": "debit", "brand": "visa", "currency": "USD", "name": "Retry"}
+    headers = {**as_alice, "Idempotency-Key": uuid.uuid4().hex}
+    first = api.post(f"{API}/cards", json=body, headers=headers)
+    again = api.post(f"{API}/cards", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json() == first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = api.post(f"{API}/cards", json={**body, "brand": "amex"}, headers=headers)
+    assert error_of(other, 422)["type"] == "idempotency_error"
+    listed = api.get(f"{API}/cards", headers=as_alice).get_json()["data"]
+    assert [c["name"] for c in listed].count("Retry") == 1

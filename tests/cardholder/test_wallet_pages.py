@@ -488,3 +488,24 @@ def test_another_person_sees_their_incoming_money(
     sign_in(bobs, bob)
     text = page_text(bobs.get("/wallet"))
     assert "+9.00 USD" in text and "Ada L." in text
+
+
+def test_a_double_submitted_new_card_form_issues_one_card(
+    client: PageClient, alice: Person, wallets: Wallets
+) -> None:
+    key = _key(client.get("/wallet/cards/new"))
+    held = wallets.count("cards")
+    data = {"idempotency_key": key, "card_type": "debit", "brand": "visa", "currency": "USD",
+            "name": "Once"}  # fmt: skip
+    first = client.post("/wallet/cards/new", data=data)
+    again = client.post("/wallet/cards/new", data=data)
+    assert (first.status_code, again.status_code) == (201, 201)
+    number = re.search(r'id="card-number">([\d ]+)<', first.get_data(True)).group(1)
+    assert number in again.get_data(True)  # the lost first answer, shown to the retry
+    assert wallets.count("cards") == held + 1
+    changed = client.post("/wallet/cards/new", data={**data, "name": "Twice"})
+    assert changed.status_code == 422
+    assert "already issued a card" in page_text(changed)
+    assert key not in changed.get_data(True)  # a new key: sending it again issues a card
+    assert client.post("/wallet/cards/new", data={**data, "name": "Twice",
+                       "idempotency_key": _key(changed)}).status_code == 201  # fmt: skip
