@@ -11,7 +11,8 @@ be changed by at most one deferred part; parts refer to each other's rows by CTE
 
 Business metrics are observed inside the transaction (``observe``) and published to the unit of
 work's ``metrics`` sink only when it commits, or when it ends with a domain refusal (a refusal is
-an outcome too); a transaction that fails otherwise, or is retried, publishes nothing.
+an outcome too); a transaction that fails otherwise, or is retried, publishes nothing. Conflicts
+(deadlocks, serialization failures, lock timeouts) are counted at once, retried or not.
 
 The row-lock timeout is a connection setting (``lock_timeout`` in the engine's connect
 options, see ``portal.config``): a lock wait past it becomes ``TemporarilyUnavailable``.
@@ -138,6 +139,11 @@ class UnitOfWork:
             except Exception:  # metrics never undo or fail a use case
                 log.exception("metrics sink failed for %s", name)
 
+    def _count_now(self, name: str, **labels: str) -> None:
+        """An operational count (a conflict, a retry): published at once, commit or not."""
+        self._observed = [(name, 1.0, labels)] if self.metrics is not None else []
+        self._publish()
+
     def refuse_after_commit(self, error: PortalError) -> None:
         """Commit what was written (a failed record, its audit event, the stored response),
         then raise ``error`` to the caller."""
@@ -191,11 +197,14 @@ class UnitOfWork:
                     raise refusal
                 return result
             except DBAPIError as exc:
+                error = type(exc.orig).__name__
                 if isinstance(exc.orig, RETRYABLE) and attempt < self.max_attempts:
-                    log.warning("retrying after %s (attempt %d)", type(exc.orig).__name__, attempt)
+                    log.warning("retrying after %s (attempt %d)", error, attempt)
+                    self._count_now("db_conflicts", error=error, outcome="retried")
                     time.sleep(0.005 * 2**attempt)
                     continue
                 if isinstance(exc.orig, (psycopg.errors.LockNotAvailable, *RETRYABLE)):
+                    self._count_now("db_conflicts", error=error, outcome="gave_up")
                     raise TemporarilyUnavailable(
                         "the account is busy; try again with the same idempotency key"
                     ) from exc

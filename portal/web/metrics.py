@@ -21,12 +21,20 @@ import hmac
 import os
 from collections.abc import Iterator
 
+import sqlalchemy as sa
 from flask import Flask, Response, abort, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
+from portal.extensions import db
 from portal.services.monitoring import queue_state
 from portal.services.reconciliation import last_check
 from portal.web.uow import make_uow
@@ -47,6 +55,10 @@ BUSINESS_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sign_ins": ("Sign-ins by outcome (success, failure, limited).", ("outcome",)),
     "token_reuse_detections": (
         "Refresh tokens presented again after rotation (their family is revoked).", ("reason",),
+    ),
+    "db_conflicts": (
+        "Transactions that met a deadlock, a serialization failure or a lock timeout, by error"
+        " and outcome (retried, gave_up).", ("error", "outcome"),
     ),
 }  # fmt: skip
 
@@ -74,6 +86,27 @@ class BusinessMetrics:
         if response.status_code == 429 and request.endpoint in SIGN_IN_ENDPOINTS:
             self.counters["sign_ins"].labels(outcome="limited").inc()
         return response
+
+
+class PoolMetrics:
+    """Database connections of this app's engine, summed over the live processes: in use
+    (checked out by a request, a job or a scrape) and open (in use or idle in the pool)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.in_use = Gauge(
+            "portal_db_connections_in_use", "Database connections checked out of the pool.",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.open = Gauge(
+            "portal_db_connections_open", "Database connections open (in use or idle).",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+
+    def watch(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "connect", lambda *_: self.open.inc())
+        sa.event.listen(engine, "close", lambda *_: self.open.dec())
+        sa.event.listen(engine, "checkout", lambda *_: self.in_use.inc())
+        sa.event.listen(engine, "checkin", lambda *_: self.in_use.dec())
 
 
 def business_metrics(app: Flask) -> BusinessMetrics | None:
@@ -150,6 +183,8 @@ def init_app(app: Flask) -> None:
     business = BusinessMetrics(metrics.registry)
     app.extensions["portal.business_metrics"] = business
     app.after_request(business.record_limited_sign_in)
+    with app.app_context():
+        PoolMetrics(metrics.registry).watch(db.engines[None])
 
     token = app.config.get("METRICS_TOKEN")
     if not token:

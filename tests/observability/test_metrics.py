@@ -229,3 +229,62 @@ def test_ledger_gauges_come_from_the_last_recorded_check(
     assert value(text, "portal_ledger_imbalance_minor_units", currency="USD") == 7
     # The ledger sum, the entry's sum and the wallet's cached balance (1000, postings say 1007).
     assert re.search(r"^portal_ledger_violations (\S+)$", text, re.M)[1] == "3.0"
+
+
+def test_database_connections_are_gauged(app: Flask) -> None:
+    """In use while checked out, open while pooled, none after the pool is disposed."""
+    own = create_app({**app.config, "METRICS_TOKEN": TOKEN})
+    registry = own.extensions["portal.metrics"].registry
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (
+            registry.get_sample_value("portal_db_connections_in_use"),
+            registry.get_sample_value("portal_db_connections_open"),
+        )
+
+    with own.app_context():
+        engine = db.engines[None]
+        assert gauges() == (0, 0)
+        with engine.connect() as first, engine.connect() as second:
+            first.execute(sa.text("SELECT 1"))
+            second.execute(sa.text("SELECT 1"))
+            assert gauges() == (2, 2)
+        assert gauges() == (0, 2)  # back in the pool, still open
+        engine.dispose()
+        assert gauges() == (0, 0)
+
+
+def test_conflicts_are_counted_whether_retried_or_given_up(app: Flask) -> None:
+    import psycopg.errors
+    from sqlalchemy.exc import DBAPIError
+
+    from portal.domain.errors import TemporarilyUnavailable
+    from portal.web.uow import session_factory
+
+    seen: list[tuple[str, float, dict[str, str]]] = []
+    uow = UnitOfWork(
+        session_factory(app), app.config["SERVICE_SETTINGS"],
+        metrics=lambda name, value, labels: seen.append((name, value, labels)),
+    )  # fmt: skip
+    attempts = []
+
+    def deadlocks_once(u: UnitOfWork) -> str:
+        attempts.append(1)
+        u.observe("money_movements", kind="x", currency="USD", outcome="succeeded")
+        if len(attempts) == 1:
+            raise DBAPIError("UPDATE", {}, psycopg.errors.DeadlockDetected("deadlock"))
+        return "done"
+
+    assert uow.run(deadlocks_once) == "done"
+    assert seen == [
+        ("db_conflicts", 1.0, {"error": "DeadlockDetected", "outcome": "retried"}),
+        ("money_movements", 1.0, {"kind": "x", "currency": "USD", "outcome": "succeeded"}),
+    ]  # the failed attempt's observation is dropped, the committed one counted once
+    seen.clear()
+
+    def always_locked(u: UnitOfWork) -> None:
+        raise DBAPIError("SELECT", {}, psycopg.errors.LockNotAvailable("lock timeout"))
+
+    with pytest.raises(TemporarilyUnavailable):
+        uow.run(always_locked)
+    assert seen == [("db_conflicts", 1.0, {"error": "LockNotAvailable", "outcome": "gave_up"})]
