@@ -159,10 +159,13 @@ class Worker:
             return outcome
 
     def serve(self) -> None:
+        """Run jobs until stopped. Periodic tasks run in a thread of their own, so a long one
+        (the ledger check grows with the ledger) never holds up payouts nor the heartbeat."""
         log.info("worker %s started", self.worker_id)
+        periodic = threading.Thread(target=self._periodic_loop, name="worker-periodic")
+        periodic.start()
         while not self.stopping.is_set():
             self.beat()
-            self.run_periodic()
             try:
                 busy = self.run_once()
             except Exception:
@@ -170,7 +173,13 @@ class Worker:
                 busy = 0
             if not busy:
                 self.stopping.wait(self.poll_seconds)
+        periodic.join()
         log.info("worker %s stopped", self.worker_id)
+
+    def _periodic_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.run_periodic()
+            self.stopping.wait(min(1.0, self.poll_seconds))
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,3 +159,30 @@ def test_the_worker_logs_json_lines_with_secrets_masked(app, real_uow) -> None:
     assert any("ran once: 1 job(s)" in m for m in messages), messages
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     assert card_number not in done.stdout + done.stderr
+
+
+def test_a_long_periodic_task_holds_up_neither_jobs_nor_the_heartbeat(real_uow, recorder):  # noqa: F811
+    runs, _failing = recorder
+    release, started = threading.Event(), threading.Event()
+
+    def slow(uow: UnitOfWork) -> None:  # a ledger check on a big ledger, say
+        started.set()
+        release.wait(30)
+
+    worker = Worker(real_uow, poll_seconds=0.05)
+    worker.periodic = [("slow", 3600.0, slow)]
+    serving = threading.Thread(target=worker.serve)
+    serving.start()
+    try:
+        assert started.wait(10)
+        real_uow().run(lambda u: jobs.enqueue(u, "test.record", {"n": 5}))
+        deadline = time.monotonic() + 10
+        while not runs[5] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runs[5] == 1  # run while the periodic task is still busy
+        assert worker.healthy(stale_after=1.0)
+    finally:
+        worker.stopping.set()
+        release.set()
+        serving.join(10)
+    assert not serving.is_alive()
