@@ -72,6 +72,8 @@ class UnitOfWork:
         self.max_attempts = max_attempts
         self.metrics = metrics
         self._observed: list[tuple[str, float, dict[str, str]]] = []
+        #: Whether deferred writes were sent (then the deferred ledger triggers fire at commit).
+        self._wrote = False
         self._deferred: list[tuple[str, str]] = []
         self._deferred_params: dict[str, Any] = {}
         self._session: Session | None = None
@@ -117,6 +119,7 @@ class UnitOfWork:
         e.g. ``"SELECT (SELECT id FROM record) AS id"``."""
         parts, params = self._deferred, self._deferred_params
         self._deferred, self._deferred_params = [], {}
+        self._wrote = self._wrote or bool(parts)
         ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in parts)
         statement = f"WITH {ctes}\n{select}" if parts else select
         return self.session.execute(_text(statement), params).one()
@@ -156,6 +159,7 @@ class UnitOfWork:
         self._session = self._session_factory()
         self._session.begin()
         self._hooks, self._refusal, self._now, self._observed = [], None, None, []
+        self._wrote = False
         self._deferred, self._deferred_params = [], {}
         return self
 
@@ -170,8 +174,10 @@ class UnitOfWork:
         if self._deferred:
             self.flush()
         # Deferred constraint triggers (ledger balance) fire here even when the transaction
-        # is really a savepoint inside a test's outer transaction.
-        self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
+        # is really a savepoint inside a test's outer transaction. Postings are only ever
+        # written by deferred parts, so a transaction that sent none (a read) skips it.
+        if self._wrote:
+            self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
         self.session.commit()
         self._publish()
         hooks, self._hooks = self._hooks, []

@@ -163,3 +163,34 @@ def test_card_numbers_are_never_stored_in_clear(connection, funded):
             text = str(value)
             assert card.number not in text and card.number[-8:] not in text
             assert text != card.cvv  # no column holds a security code
+
+
+def test_the_unit_of_work_checks_the_ledger_before_it_commits(connection, uow):
+    """Even inside a test's savepoint, the deferred balance check runs at the unit of work's
+    commit when it wrote; a read sends no SET CONSTRAINTS at all."""
+    funding = run(
+        connection, "SELECT id FROM accounts WHERE kind = 'funding' AND currency = 'USD'"
+    ).scalar()
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, *args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(connection, "before_cursor_execute", capture)
+    try:
+        uow.run(lambda u: u.execute("SELECT 1").scalar())
+        assert not any("SET CONSTRAINTS" in s for s in sent)
+
+        def unbalanced(u) -> None:
+            u.defer("INSERT INTO journal_entries (kind) VALUES ('manual') RETURNING id",
+                    name="entry")  # fmt: skip
+            u.defer(
+                "INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
+                " SELECT id, :account, 500, 'USD' FROM entry",
+                name="legs", account=funding,
+            )  # fmt: skip
+
+        with pytest.raises(DBAPIError, match="does not balance"):
+            uow.run(unbalanced)
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", capture)
