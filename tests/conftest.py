@@ -177,6 +177,18 @@ def make(uow: UnitOfWork) -> Factory:
     return Factory(uow)
 
 
+@pytest.fixture
+def redis_url(app: Flask) -> str:
+    """The tests' Redis (``REDIS_URL``). Without one the test is skipped, loudly, except under
+    CI=true, where that is a failure."""
+    url = app.config.get("REDIS_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("REDIS_URL is not set: under CI every Redis test must run")
+        pytest.skip("REDIS TESTS SKIPPED: REDIS_URL is not set (e.g. redis://127.0.0.1:6379/15)")
+    return str(url)
+
+
 # -- real commits ---------------------------------------------------------------------------
 WIPE = """
 TRUNCATE postings, holds, journal_entries, top_ups, transfers, withdrawals, payments, refunds,

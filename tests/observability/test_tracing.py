@@ -215,7 +215,7 @@ def test_an_incoming_traceparent_is_continued_and_reaches_the_logs(
 
 
 def test_rate_limit_checks_in_redis_belong_to_the_request(
-    traced_app: Flask, traced_uow: UnitOfWork, spans: InMemorySpanExporter
+    traced_app: Flask, traced_uow: UnitOfWork, spans: InMemorySpanExporter, redis_url: str
 ) -> None:
     make = Factory(traced_uow)
     alice = make.user()
@@ -255,7 +255,7 @@ def test_requests_refused_before_the_view_are_traced_too(
 
 
 def test_probes_and_lone_client_calls_make_no_spans(
-    traced_app: Flask, traced_uow: UnitOfWork, spans: InMemorySpanExporter
+    traced_app: Flask, traced_uow: UnitOfWork, spans: InMemorySpanExporter, redis_url: str
 ) -> None:
     client = client_for(traced_app)
 

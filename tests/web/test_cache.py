@@ -32,12 +32,13 @@ def lookups(app: Flask, key: str, computed: list[int]) -> list[int]:
         return [cached("test", key, compute, dump=str, load=int) for _ in range(3)]
 
 
-@pytest.mark.parametrize("redis_url", ["from the environment", None])
-def test_a_value_is_computed_once_then_read(app: Flask, redis_url: str | None) -> None:
-    url = app.config.get("REDIS_URL") if redis_url else None
-    if redis_url and not url:
-        pytest.skip("REDIS_URL is not set: the Redis path is covered where it is (CI sets it)")
-    own = create_app({**app.config, "REDIS_URL": url})
+@pytest.fixture(params=["redis", "in-process"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+
+def test_a_value_is_computed_once_then_read(app: Flask, store_url: str | None) -> None:
+    own = create_app({**app.config, "REDIS_URL": store_url})
     computed: list[int] = []
     assert lookups(own, uuid.uuid4().hex, computed) == [42, 42, 42]
     assert computed == [1]
