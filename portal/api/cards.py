@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from flask import Response, current_app, request
+from flask import current_app, request
 from pydantic import Field
 
 from portal.api import bp
 from portal.api.auth import Timestamp, object_id
-from portal.api.operation import REPLAYED_HEADER, operation
+from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse
 from portal.api.schemas import ApiModel, RequestBody
 from portal.api.security import bearer_credential
@@ -152,7 +152,7 @@ class Lookup(RequestBody):
     idempotency="optional",
     errors=(IdempotencyConflict,),
 )
-def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> Response:
+def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> IssuedCard:
     """Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The
     response carries the full `number` and `cvc`: only here, and again only to a retry of the
     same request under the same `Idempotency-Key`. 422 `limit_exceeded` past the per-person
@@ -164,13 +164,9 @@ def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> Resp
         idempotency_key=idempotency_key,
     )  # fmt: skip
     card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.card_id))
-    answer = IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
-    response = Response(
-        answer.model_dump_json(by_alias=True), status=201, mimetype="application/json"
-    )
     if issued.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
-    return response
+        mark_replayed()
+    return IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
 
 
 @operation(

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from datetime import date
 from typing import Literal, TypeVar
 
-from flask import Response, after_this_request, request
+from flask import request
 from pydantic import Field
 
 from portal.api import bp
 from portal.api.auth import Timestamp, object_id
-from portal.api.operation import REPLAYED_HEADER, operation
+from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse
 from portal.api.schemas import ApiModel, QueryModel, RequestBody
 from portal.domain.errors import (
@@ -228,13 +228,8 @@ def _named(call: Callable[[], T]) -> T:
         if exc.param in _PARAMS:
             exc.param = _PARAMS[exc.param]
         if getattr(exc, "replayed", False):  # a stored refusal answered again
-            after_this_request(_mark_replayed)
+            mark_replayed()
         raise
-
-
-def _mark_replayed(response: Response) -> Response:
-    response.headers[REPLAYED_HEADER] = "true"
-    return response
 
 
 def _money(body: Amount) -> Money:
@@ -244,19 +239,17 @@ def _money(body: Amount) -> Money:
         raise InvalidInput(str(exc), param="currency") from None
 
 
-def _created(model: type[M], actor: Actor, result: MovementResult) -> Response:
+def _created(model: type[M], actor: Actor, result: MovementResult) -> M:
     """The 201 response of a movement: as first recorded (a replay answers the same)."""
     item = activity.get_activity_item(
         make_uow(), actor=actor, item_id=activity.item_id(result.kind, result.id)
     )
     # Status and time as the first response had them (a withdrawal settles later).
-    obj = _movement(model, item).model_copy(
+    if result.replayed:
+        mark_replayed()
+    return _movement(model, item).model_copy(
         update={"status": result.status.value, "created_at": result.created_at}
     )
-    response = Response(obj.model_dump_json(), status=201, mimetype="application/json")
-    if result.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
-    return response
 
 
 def _one(model: type[M], kind: str, number: int, actor: Actor) -> M:
@@ -303,7 +296,7 @@ def _list(model: type[M], listing: type[ListResponse[M]], kind: str, query: Move
     description="Add money to one of the caller's cards from an outside method. 422"
     " `limit_exceeded` outside the currency's limits or past the daily cap.",
 )
-def create_top_up(body: NewTopUp, actor: Actor, idempotency_key: str) -> Response:
+def create_top_up(body: NewTopUp, actor: Actor, idempotency_key: str) -> TopUp:
     result = _named(
         lambda: wallet.top_up(
             make_uow(), actor=actor, card_id=body.card, amount=_money(body), method=body.method,
@@ -360,7 +353,7 @@ def list_top_ups(query: MovementListQuery, actor: Actor) -> TopUpList:
     description="Move money from one of the caller's cards to another card of the same"
     " currency: one of their own, or someone else's found with POST /cards/lookup.",
 )
-def create_transfer(body: NewTransfer, actor: Actor, idempotency_key: str) -> Response:
+def create_transfer(body: NewTransfer, actor: Actor, idempotency_key: str) -> Transfer:
     result = _named(
         lambda: wallet.transfer(
             make_uow(), actor=actor, from_card_id=body.from_card, to_card_id=body.to_card,
@@ -418,7 +411,7 @@ def list_transfers(query: MovementListQuery, actor: Actor) -> TransferList:
     " withdrawal is `pending` until the payout succeeds (the money leaves) or fails (the hold"
     " is released).",
 )
-def create_withdrawal(body: NewWithdrawal, actor: Actor, idempotency_key: str) -> Response:
+def create_withdrawal(body: NewWithdrawal, actor: Actor, idempotency_key: str) -> Withdrawal:
     bank = wallet.BankAccount(body.bank_name, body.account_number, body.account_holder)
     result = _named(
         lambda: wallet.withdraw(

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, Union
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, after_this_request, current_app, request
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -198,6 +198,17 @@ def operation(
 
 
 # -- request ------------------------------------------------------------------------------------
+def mark_replayed() -> None:
+    """Say on this request's answer (a result or a stored refusal) that it is the stored first
+    answer to an earlier request with the same idempotency key."""
+
+    def mark(response: Response) -> Response:
+        response.headers[REPLAYED_HEADER] = "true"
+        return response
+
+    after_this_request(mark)
+
+
 def _idempotency_key(*, required: bool) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER, "")
     if key.strip():
