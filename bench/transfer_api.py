@@ -437,8 +437,10 @@ def main() -> int:
     from portal import create_app
     from portal.domain.money import Money
     from portal.domain.types import Actor
-    from portal.services import cards, reconciliation, tokens, users, wallet
-    from portal.services.uow import UnitOfWork
+    from portal.services.identity import tokens, users
+    from portal.services.ledger import reconciliation
+    from portal.services.shared.uow import UnitOfWork
+    from portal.services.wallet import cards, wallet
 
     app = create_app()
     with app.app_context():

@@ -27,8 +27,9 @@ from portal import create_app
 from portal.domain.errors import InsufficientFunds
 from portal.domain.money import Money
 from portal.domain.types import Actor
-from portal.services import cards, users, wallet
-from portal.services.uow import UnitOfWork
+from portal.services.identity import users
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards, wallet
 
 WIPE = """
 TRUNCATE postings, holds, journal_entries, top_ups, transfers, withdrawals, payments, refunds,

@@ -9,7 +9,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from portal.services.reconciliation import reconcile
+from portal.services.ledger.reconciliation import reconcile
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.worker")
@@ -78,8 +78,8 @@ def create_admin_command(email: str, first_name: str, last_name: str, password: 
     their first sign-in before they can reach any staff page."""
     from portal.domain.errors import PortalError
     from portal.domain.types import Actor
-    from portal.services.passwords import check_password_policy
-    from portal.services.users import create_user
+    from portal.services.identity.passwords import check_password_policy
+    from portal.services.identity.users import create_user
 
     try:
         check_password_policy(password, personal=(email, first_name, last_name))
@@ -100,7 +100,7 @@ def vault_rotate() -> None:
     """Re-encrypt every card number and payout bank record under the active key
     (PORTAL_VAULT_ACTIVE_KEY). Keep the old key in PORTAL_VAULT_KEYS until this has run."""
     from portal.domain.types import Actor
-    from portal.services.cards import rotate_vault_keys
+    from portal.services.wallet.cards import rotate_vault_keys
 
     uow = make_uow()
     done = rotate_vault_keys(uow, actor=Actor.system("cli"))

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from portal.services.settings import DEFAULT_LIMITS, ServiceSettings, parse_limits
+from portal.services.shared.settings import DEFAULT_LIMITS, ServiceSettings, parse_limits
 
 INSTANCE_DIR = Path(os.environ.get("PORTAL_INSTANCE_DIR", Path.cwd() / "instance"))
 

@@ -21,8 +21,9 @@ from random import Random
 from portal.domain.errors import CardUnavailable, InsufficientFunds
 from portal.domain.money import Money
 from portal.domain.types import Actor, MovementResult, MovementStatus, TopUpMethod
-from portal.services import cards, users, wallet
-from portal.services.uow import UnitOfWork
+from portal.services.identity import users
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards, wallet
 
 DEMO_PASSWORD = "portal-demo-2026"  # noqa: S105 - a published demo login, not a secret
 DEMO_ACTOR = Actor.system("demo")

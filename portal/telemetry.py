@@ -16,7 +16,7 @@ Flask's ``run`` command from ``create_app``. What is traced:
 - the app's SQLAlchemy engines (the database is instrumented there and only there, never also
   through psycopg), Redis commands and ``requests`` calls (single sign-on);
 - worker jobs (:func:`job_span`), continuing the trace of the request that enqueued them
-  (``portal.services.jobs.enqueue`` stores the context with the job).
+  (``portal.services.shared.jobs.enqueue`` stores the context with the job).
 
 Client spans with no parent (the worker's polling, health checks' queries, start-up) are dropped:
 a trace starts with a request or a job.
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
     from opentelemetry.util.types import Attributes
 
-    from portal.services.jobs import ClaimedJob
+    from portal.services.shared.jobs import ClaimedJob
 
 WEB_SERVICE = "portal"
 WORKER_SERVICE = "portal-worker"

@@ -33,8 +33,10 @@ from prometheus_client import (
 )
 
 from portal.domain.types import Actor
-from portal.services import jobs, payouts, reconciliation, wallet
-from portal.services.uow import UnitOfWork
+from portal.services.ledger import reconciliation
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import payouts, wallet
 from portal.telemetry import job_span
 
 log = logging.getLogger("portal.worker")
@@ -43,7 +45,7 @@ SYSTEM_ACTOR = Actor.system("worker")
 
 
 def _purge_keys(uow: UnitOfWork) -> int:
-    from portal.services.idempotency import purge_expired
+    from portal.services.shared.idempotency import purge_expired
 
     return purge_expired(uow)
 

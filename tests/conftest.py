@@ -25,8 +25,9 @@ from portal.config import database_url
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard
 from portal.extensions import db
-from portal.services import cards, users, wallet
-from portal.services.uow import UnitOfWork
+from portal.services.identity import users
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards, wallet
 
 os.environ.setdefault("PORTAL_ENV", "test")
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from portal.config import ConfigError, load_config
 from portal.domain.money import Money
-from portal.services import wallet
+from portal.services.wallet import wallet
 from tests.conftest import new_key
 
 
@@ -109,8 +109,8 @@ def test_development_secrets_are_made_once_and_completed_when_new_ones_appear(
 def test_vault_rotate_reencrypts_every_record_under_the_active_key(app, connection, make):
     from dataclasses import replace
 
-    from portal.services.vault import Vault
-    from portal.services.wallet import BankAccount, withdraw
+    from portal.services.shared.vault import Vault
+    from portal.services.wallet.wallet import BankAccount, withdraw
     from tests.conftest import new_key
 
     alice = make.user()

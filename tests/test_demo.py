@@ -17,9 +17,9 @@ from portal.demo import (
     seed_demo,
 )
 from portal.domain.types import TopUpMethod
-from portal.services.passwords import verify_password
-from portal.services.reconciliation import reconcile
-from portal.services.uow import UnitOfWork
+from portal.services.identity.passwords import verify_password
+from portal.services.ledger.reconciliation import reconcile
+from portal.services.shared.uow import UnitOfWork
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 KINDS = ("top_ups", "transfers", "withdrawals")

@@ -41,10 +41,10 @@ from portal.api.security import bearer_credential
 from portal.domain.errors import Conflict, InvalidCredentials, NotFound, Unauthenticated
 from portal.domain.types import Actor
 from portal.extensions import limiter
-from portal.services import identity, mfa, tokens
-from portal.services import sessions as session_service
-from portal.services import users as user_service
-from portal.services.pagination import MAX_ID
+from portal.services.identity import accounts, mfa, tokens
+from portal.services.identity import sessions as session_service
+from portal.services.identity import users as user_service
+from portal.services.shared.pagination import MAX_ID
 from portal.web import mail
 from portal.web.auth import account_tag
 from portal.web.uow import make_uow
@@ -200,7 +200,7 @@ def send_verification(user_id: int, email: str) -> None:
     """Mail a new email-verification link. A failure is logged, not raised: the account exists
     and the user can ask for another link."""
     try:
-        token = identity.issue_email_token(make_uow(), user_id=user_id, purpose="verify_email")
+        token = accounts.issue_email_token(make_uow(), user_id=user_id, purpose="verify_email")
         link = str(current_app.config["PUBLIC_URL"]).rstrip("/") + VERIFY_PATH + token
         mail.send(
             email,
@@ -348,7 +348,7 @@ def register(body: Registration) -> User:
     409 `email_taken` when the email has an account. Sign-ups that create an account or find
     the email taken are limited per client address."""
     uow = make_uow()
-    view = identity.register(
+    view = accounts.register(
         uow,
         email=body.email,
         first_name=body.first_name,
@@ -389,7 +389,7 @@ def create_token(body: TokenRequest) -> Token:
     """
     uow = make_uow()
     try:
-        user = identity.authenticate(uow, email=body.email, password=body.password)
+        user = accounts.authenticate(uow, email=body.email, password=body.password)
     except InvalidCredentials:
         g.api_sign_in_failed = True
         raise
@@ -471,7 +471,7 @@ def get_current_user(actor: Actor) -> User:
 def _as_owner(actor: Actor) -> Actor:
     # /auth/sessions is about the caller's own sessions: without permissions, the services
     # answer 404 for anyone else's, even to staff (who use /users/{user_id}/sessions).
-    return Actor.user(identity.require_user(actor))
+    return Actor.user(accounts.require_user(actor))
 
 
 @operation(

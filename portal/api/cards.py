@@ -29,7 +29,8 @@ from portal.domain.errors import (
 )
 from portal.domain.types import Actor
 from portal.extensions import limiter
-from portal.services import activity, cards, tokens, wallet
+from portal.services.identity import tokens
+from portal.services.wallet import activity, cards, wallet
 from portal.web.uow import make_uow
 
 #: Look-ups by card number, counted per user and per client address.

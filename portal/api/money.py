@@ -37,8 +37,8 @@ from portal.domain.errors import (
 )
 from portal.domain.money import Money, MoneyError
 from portal.domain.types import Actor, MovementResult
-from portal.services import activity, wallet
-from portal.services.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, Page
+from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, Page
+from portal.services.wallet import activity, wallet
 from portal.web.uow import make_uow
 
 T = TypeVar("T")

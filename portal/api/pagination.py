@@ -3,7 +3,7 @@
 Query: ``limit`` (1-100, default 10) and ``starting_after`` (an object id: the last id of the
 previous page), plus the endpoint's own filters in a subclass of :class:`ListQuery`. Response:
 ``{"object": "list", "url": ..., "has_more": ..., "data": [...]}`` built from a service's
-:class:`~portal.services.pagination.Page` by :meth:`ListResponse.of`.
+:class:`~portal.services.shared.pagination.Page` by :meth:`ListResponse.of`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flask import request
 from pydantic import Field
 
 from portal.api.schemas import ApiModel, QueryModel
-from portal.services.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
+from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,7 +23,7 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class PageLike(Protocol[R_co]):
-    """What a service's page offers (``portal.services.pagination.Page``)."""
+    """What a service's page offers (``portal.services.shared.pagination.Page``)."""
 
     @property
     def items(self) -> Sequence[R_co]: ...

@@ -17,7 +17,7 @@ from portal.api.schemas import ApiModel, RequestBody
 from portal.api.users import permission_ref, role_ref
 from portal.domain.errors import Conflict, InvalidInput
 from portal.domain.types import Actor
-from portal.services import roles as role_service
+from portal.services.identity import roles as role_service
 from portal.web.uow import make_uow
 
 

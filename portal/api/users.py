@@ -29,11 +29,11 @@ from portal.api.schemas import ApiModel, RequestBody
 from portal.domain.errors import Conflict, InvalidInput, NotFound
 from portal.domain.permissions import ROLE_NAME
 from portal.domain.types import Actor
-from portal.services import identity
-from portal.services import roles as role_service
-from portal.services import sessions as session_service
-from portal.services import users as user_service
-from portal.services.pagination import MAX_ID
+from portal.services.identity import accounts
+from portal.services.identity import roles as role_service
+from portal.services.identity import sessions as session_service
+from portal.services.identity import users as user_service
+from portal.services.shared.pagination import MAX_ID
 from portal.web.uow import make_uow
 
 T = TypeVar("T")
@@ -461,5 +461,5 @@ def revoke_all_user_sessions(user_id: int, actor: Actor) -> None:
     """Revoke every web session and API token family of the user."""
     user_id = object_id(user_id, "user_id", "user")
     uow = make_uow()
-    identity.get_user_view(uow, user_id)  # 404 for no such user (the revocation checks none)
+    accounts.get_user_view(uow, user_id)  # 404 for no such user (the revocation checks none)
     session_service.revoke_all(uow, actor=actor, user_id=user_id)

@@ -60,8 +60,8 @@ from portal.domain.errors import (
     NotFound,
     Unauthenticated,
 )
-from portal.services import identity, mfa, sessions
-from portal.services.identity import UserView
+from portal.services.identity import accounts, mfa, sessions
+from portal.services.identity.accounts import UserView
 from portal.web import mail
 from portal.web.auth import (
     PENDING_KEY,
@@ -209,7 +209,7 @@ def _mail_notice(user: UserView, subject: str, text: str) -> None:
 
 # -- sign-in state -----------------------------------------------------------------------------
 def _fresh_user() -> UserView:
-    return identity.get_user_view(make_uow(), current_user.id)
+    return accounts.get_user_view(make_uow(), current_user.id)
 
 
 @bp.before_request
@@ -283,7 +283,7 @@ def register() -> Response:
     form = RegisterForm()
     if form.validate_on_submit():
         try:
-            user = identity.register(
+            user = accounts.register(
                 make_uow(),
                 email=form.email.data or "",
                 first_name=form.first_name.data or "",
@@ -297,7 +297,7 @@ def register() -> Response:
             if current_user.is_authenticated:
                 sign_out()
             sign_in(user, mfa_verified=False)
-            token = identity.issue_email_token(make_uow(), user_id=user.id, purpose="verify_email")
+            token = accounts.issue_email_token(make_uow(), user_id=user.id, purpose="verify_email")
             _mail_verification(user, token)
             flash(
                 f"Welcome to Portal, {user.first_name}. Check your email: we sent a link to "
@@ -326,7 +326,7 @@ def login() -> Response:
         return _render("auth/login.html", _status(), form=form)
     email = form.email.data or ""
     try:
-        user = identity.authenticate(make_uow(), email=email, password=form.password.data or "")
+        user = accounts.authenticate(make_uow(), email=email, password=form.password.data or "")
     except InvalidCredentials:
         throttle.record_failure()
         form.form_errors.append(SIGN_IN_FAILED)
@@ -379,7 +379,7 @@ def second_factor() -> Response:
         return _render("auth/mfa.html", 401, form=form)
     if pending:
         try:
-            user = identity.get_user_view(make_uow(), user_id)
+            user = accounts.get_user_view(make_uow(), user_id)
             sign_in(user, mfa_verified=True)
         except (NotFound, Unauthenticated):
             session.clear()
@@ -411,7 +411,7 @@ def logout() -> Response:
 @bp.get("/verify/<token>")
 def verify_email(token: str) -> Response:
     try:
-        user = identity.verify_email(make_uow(), token=token)
+        user = accounts.verify_email(make_uow(), token=token)
     except InvalidInput:
         return _render(
             "auth/message.html",
@@ -443,7 +443,7 @@ def forgot() -> Response:
     form = ForgotForm()
     if form.validate_on_submit():
         email = form.email.data or ""
-        found = identity.request_password_reset(make_uow(), email=email)
+        found = accounts.request_password_reset(make_uow(), email=email)
         if found is not None:
             user, token = found
             minutes = make_uow().settings.password_reset_minutes
@@ -467,7 +467,7 @@ def reset_password(token: str) -> Response:
     form = ResetForm()
     if form.validate_on_submit():
         try:
-            user = identity.reset_password(
+            user = accounts.reset_password(
                 make_uow(),
                 token=token,
                 password=form.password.data or "",
@@ -682,7 +682,7 @@ def account() -> Response:
 def resend_verification() -> Response:
     user = _fresh_user()
     try:
-        token = identity.issue_email_token(make_uow(), user_id=user.id, purpose="verify_email")
+        token = accounts.issue_email_token(make_uow(), user_id=user.id, purpose="verify_email")
     except InvalidState:
         message, category = "Your email address is verified already.", "info"
     else:
@@ -704,7 +704,7 @@ def change_password() -> Response:
     form = ChangePasswordForm(prefix=PREFIX["password"])
     if form.validate_on_submit():
         try:
-            identity.change_password(
+            accounts.change_password(
                 make_uow(),
                 actor=current_actor(),
                 current_password=form.current_password.data or "",
@@ -745,7 +745,7 @@ def change_email() -> Response:
     if form.validate_on_submit():
         new_email = (form.new_email.data or "").strip()
         try:
-            token = identity.request_email_change(
+            token = accounts.request_email_change(
                 make_uow(),
                 actor=current_actor(),
                 password=form.password.data or "",

@@ -63,9 +63,9 @@ from portal.domain.errors import (
 from portal.domain.money import Money, MoneyError, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
-from portal.services import activity, cards, wallet
-from portal.services.activity import ActivityItem, CardSummary, MonthTotals, Recipient
-from portal.services.wallet import BankAccount
+from portal.services.wallet import activity, cards, wallet
+from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
+from portal.services.wallet.wallet import BankAccount
 from portal.web.auth import current_actor, login_required
 from portal.web.cache import cached
 from portal.web.uow import make_uow

@@ -91,7 +91,8 @@ class Job(Base):
 
 
 class LedgerCheck(Base):
-    """One periodic reconciliation's result (``portal.services.reconciliation.record_check``)."""
+    """One periodic reconciliation's result
+    (``portal.services.ledger.reconciliation.record_check``)."""
 
     __tablename__ = "ledger_checks"
     __table_args__ = (

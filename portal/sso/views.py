@@ -7,10 +7,11 @@ authlib keeps the state, nonce and PKCE verifier in the session cookie, which is
 is ``SameSite=Lax``: the provider's redirect back is a cross-site top-level GET.
 
 After the ID token is validated (signature by the provider's JWKS, ``iss``, ``aud``, ``exp``,
-``nonce``) ``portal.services.sso`` decides who the user is. A user with TOTP is then handed over
-to the second-factor page exactly like a password sign-in (see :func:`hand_over_to_second_factor`)
-and is not signed in until it passes; everyone else is signed in with ``mfa_verified=False`` (the
-staff decorator sends staff without a second factor to enrolment). Every failure renders a page
+``nonce``) ``portal.services.identity.sso`` decides who the user is. A user with TOTP is then
+handed over to the second-factor page exactly like a password sign-in (see
+:func:`hand_over_to_second_factor`) and is not signed in until it passes; everyone else is signed
+in with ``mfa_verified=False`` (the staff decorator sends staff without a second factor to
+enrolment). Every failure renders a page
 saying why, never a 500.
 """
 
@@ -40,8 +41,8 @@ from joserfc.errors import JoseError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from portal.domain.errors import PortalError
-from portal.services import mfa, sso
-from portal.services.identity import UserView
+from portal.services.identity import mfa, sso
+from portal.services.identity.accounts import UserView
 from portal.sso import bp
 from portal.web.auth import await_second_factor, safe_next, sign_in, sign_out
 from portal.web.errors import http_status

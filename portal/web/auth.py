@@ -21,8 +21,8 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 
 from portal.domain.errors import Unauthenticated
 from portal.domain.types import Actor
-from portal.services import mfa, sessions, tokens
-from portal.services.identity import UserView
+from portal.services.identity import mfa, sessions, tokens
+from portal.services.identity.accounts import UserView
 from portal.web.uow import make_uow
 
 login_manager = LoginManager()

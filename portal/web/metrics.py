@@ -35,8 +35,8 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from portal.extensions import db
-from portal.services.monitoring import queue_state
-from portal.services.reconciliation import last_check
+from portal.services.ledger.reconciliation import last_check
+from portal.services.shared.monitoring import queue_state
 from portal.web.uow import make_uow
 
 #: Business counters: name observed by the services (``uow.observe(name, value, **labels)``)

@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from portal.extensions import db
-from portal.services.uow import UnitOfWork, utcnow
+from portal.services.shared.uow import UnitOfWork, utcnow
 
 
 def init_app(app: Flask) -> None:

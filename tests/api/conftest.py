@@ -39,7 +39,7 @@ from portal.domain.errors import (
 )
 from portal.domain.types import Actor, ActorKind
 from portal.extensions import limiter
-from portal.services.pagination import Page, page_of
+from portal.services.shared.pagination import Page, page_of
 
 # -- credentials --------------------------------------------------------------------------------
 READER = "tok_reader"  # things:read

@@ -22,8 +22,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from portal.api import auth as auth_api
-from portal.services import identity, mfa, sessions, tokens, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import accounts, mfa, sessions, tokens, users
+from portal.services.shared.uow import UnitOfWork
 from tests.conftest import SYSTEM
 
 API = "/api/v1"
@@ -63,28 +63,28 @@ def error_of(response: TestResponse, status: int) -> dict[str, Any]:
     return error  # type: ignore[no-any-return]
 
 
-def cardholder(uow: UnitOfWork, *, email: str | None = None) -> identity.UserView:
+def cardholder(uow: UnitOfWork, *, email: str | None = None) -> accounts.UserView:
     """A signed-up cardholder with PASSWORD (email not verified)."""
-    return identity.register(
+    return accounts.register(
         uow, email=email or new_email(), first_name="Ada", last_name="Lovelace",
         password=PASSWORD, password_confirmation=PASSWORD,
     )  # fmt: skip
 
 
-def person(uow: UnitOfWork, *roles: str, last_name: str = "Hopper") -> identity.UserView:
+def person(uow: UnitOfWork, *roles: str, last_name: str = "Hopper") -> accounts.UserView:
     """A verified user with PASSWORD and these roles, made by the system."""
     created = users.create_user(
         uow, actor=SYSTEM, email=new_email(), first_name="Grace", last_name=last_name,
         password=PASSWORD, roles=roles, verified=True,
     )  # fmt: skip
-    return identity.get_user_view(uow, created.id)
+    return accounts.get_user_view(uow, created.id)
 
 
 def totp_code(secret: str, steps: int = 0) -> str:
     return pyotp.TOTP(secret).at(datetime.now(UTC), counter_offset=steps)
 
 
-def enrol_totp(uow: UnitOfWork, user: identity.UserView) -> tuple[str, list[str]]:
+def enrol_totp(uow: UnitOfWork, user: accounts.UserView) -> tuple[str, list[str]]:
     """Set up TOTP through the services; returns the secret and the recovery codes. Confirmed
     with the previous step's code, so the current and the next step's codes stay usable."""
     enrolment = mfa.begin_totp_enrolment(uow, actor=user.actor)
@@ -92,9 +92,9 @@ def enrol_totp(uow: UnitOfWork, user: identity.UserView) -> tuple[str, list[str]
     return enrolment.secret, mfa.confirm_totp(uow, actor=user.actor, code=code)
 
 
-def token_for(uow: UnitOfWork, user: identity.UserView) -> str:
+def token_for(uow: UnitOfWork, user: accounts.UserView) -> str:
     """An access token for the user, issued by the service (staff get TOTP set up first)."""
-    user = identity.get_user_view(uow, user.id)  # the caller's view may be stale
+    user = accounts.get_user_view(uow, user.id)  # the caller's view may be stale
     if mfa.mfa_required(user) and not user.mfa_enabled:
         enrol_totp(uow, user)
     return tokens.issue_tokens(uow, user_id=user.id).access_token
@@ -122,7 +122,7 @@ def api(app: Flask, connection: Any) -> FlaskClient:
 
 
 @pytest.fixture
-def holder(uow: UnitOfWork) -> identity.UserView:
+def holder(uow: UnitOfWork) -> accounts.UserView:
     return cardholder(uow)
 
 
@@ -151,7 +151,7 @@ def test_register_creates_an_unverified_cardholder_and_mails_a_verification_link
     assert message["To"] == email
     link_prefix = app.config["PUBLIC_URL"].rstrip("/") + "/auth/verify/"
     (line,) = [w for w in message.get_content().split() if w.startswith(link_prefix)]
-    verified = identity.verify_email(uow, token=line.removeprefix(link_prefix))
+    verified = accounts.verify_email(uow, token=line.removeprefix(link_prefix))
     assert (verified.id, verified.email_verified) == (user["id"], True)
 
 
@@ -185,7 +185,7 @@ def test_register_refusals_name_the_parameter(
 
 
 def test_register_missing_field_malformed_json_and_taken_email(
-    api: FlaskClient, holder: identity.UserView
+    api: FlaskClient, holder: accounts.UserView
 ) -> None:
     missing = error_of(api.post(f"{API}/auth/register", json={"first_name": "Ada"}), 422)
     malformed = error_of(
@@ -211,7 +211,7 @@ def test_register_missing_field_malformed_json_and_taken_email(
 
 
 def test_sign_ups_are_limited_per_address_counting_only_accounts_and_taken_emails(
-    app: Flask, connection: Any, holder: identity.UserView
+    app: Flask, connection: Any, holder: accounts.UserView
 ) -> None:
     client = client_for(app)
     limit = int(auth_api.SIGN_UPS_PER_ADDRESS.split()[0])
@@ -246,7 +246,7 @@ def sign_up_from_elsewhere(app: Flask) -> TestResponse:
 
 # -- tokens -------------------------------------------------------------------------------------
 def test_sign_in_returns_a_token_pair_whose_access_token_works_on_me(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     pair = pair_of(sign_in(api, f"  {holder.email.upper()} "))
 
@@ -263,7 +263,7 @@ def test_sign_in_returns_a_token_pair_whose_access_token_works_on_me(
 
 
 def test_failed_sign_in_says_the_same_for_every_reason(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     archived = cardholder(uow)
     users.archive_user(uow, actor=SYSTEM, user_id=archived.id)
@@ -279,7 +279,7 @@ def test_failed_sign_in_says_the_same_for_every_reason(
     ]
 
     assert {(a["type"], a["code"], a["message"], a["param"]) for a in answers} == {
-        ("authentication_error", "invalid_credentials", identity.SIGN_IN_FAILED, None)
+        ("authentication_error", "invalid_credentials", accounts.SIGN_IN_FAILED, None)
     }
 
 
@@ -314,7 +314,7 @@ def test_authentication_comes_before_the_body(api: FlaskClient) -> None:
 
 
 def test_a_refresh_token_is_not_an_access_token_nor_the_reverse(
-    api: FlaskClient, holder: identity.UserView
+    api: FlaskClient, holder: accounts.UserView
 ) -> None:
     pair = pair_of(sign_in(api, holder.email))
 
@@ -331,7 +331,7 @@ def test_a_refresh_token_is_not_an_access_token_nor_the_reverse(
 
 
 def test_refresh_rotates_and_reuse_revokes_the_whole_family(
-    api: FlaskClient, app: Flask, holder: identity.UserView, uow: UnitOfWork,
+    api: FlaskClient, app: Flask, holder: accounts.UserView, uow: UnitOfWork,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setitem(
@@ -365,7 +365,7 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_family(
 
 
 def test_refresh_within_the_grace_period_answers_the_current_token(
-    api: FlaskClient, holder: identity.UserView
+    api: FlaskClient, holder: accounts.UserView
 ) -> None:
     """Two refreshes racing with the same token both succeed and end up holding the same single
     live refresh token (the default grace period is 10 seconds)."""
@@ -378,7 +378,7 @@ def test_refresh_within_the_grace_period_answers_the_current_token(
     assert pair_of(api.post(f"{API}/auth/refresh", json={"refresh_token": b["refresh_token"]}))
 
 
-def test_logout_revokes_the_family(api: FlaskClient, holder: identity.UserView) -> None:
+def test_logout_revokes_the_family(api: FlaskClient, holder: accounts.UserView) -> None:
     pair = pair_of(sign_in(api, holder.email))
     other = pair_of(sign_in(api, holder.email))
 
@@ -402,7 +402,7 @@ def test_logout_revokes_the_family(api: FlaskClient, holder: identity.UserView) 
 
 
 def test_an_archived_users_access_token_stops_working_at_the_next_request(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     pair = pair_of(sign_in(api, holder.email))
     assert api.get(f"{API}/auth/me", headers=bearer(pair["access_token"])).status_code == 200
@@ -417,7 +417,7 @@ def test_an_archived_users_access_token_stops_working_at_the_next_request(
 
 # -- the second factor --------------------------------------------------------------------------
 def test_sign_in_with_a_second_factor(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     secret, recovery = enrol_totp(uow, holder)
 
@@ -470,7 +470,7 @@ def limit_of(spec: str) -> int:
 
 
 def test_failed_sign_ins_are_limited_per_account_and_address_and_successes_are_free(
-    app: Flask, holder: identity.UserView, uow: UnitOfWork
+    app: Flask, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     client = client_for(app)
     limit = limit_of(auth_api.SIGN_IN_FAILURES_PER_ACCOUNT_AND_ADDRESS)
@@ -497,7 +497,7 @@ def test_failed_sign_ins_are_limited_per_account_and_address_and_successes_are_f
 
 
 def test_failed_sign_ins_are_limited_per_address(
-    app: Flask, connection: Any, holder: identity.UserView
+    app: Flask, connection: Any, holder: accounts.UserView
 ) -> None:
     client = client_for(app)
     limit = limit_of(auth_api.SIGN_IN_FAILURES_PER_ADDRESS)
@@ -517,7 +517,7 @@ def test_failed_sign_ins_are_limited_per_address(
 
 
 def test_wrong_second_factor_codes_are_limited_per_account_from_any_address(
-    app: Flask, connection: Any, holder: identity.UserView, uow: UnitOfWork
+    app: Flask, connection: Any, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     secret, _ = enrol_totp(uow, holder)
     limit = limit_of(auth_api.SECOND_FACTOR_FAILURES_PER_ACCOUNT)
@@ -541,7 +541,7 @@ def test_wrong_second_factor_codes_are_limited_per_account_from_any_address(
 
 
 # -- sessions and devices -----------------------------------------------------------------------
-def web_session(uow: UnitOfWork, user: identity.UserView) -> int:
+def web_session(uow: UnitOfWork, user: accounts.UserView) -> int:
     return sessions.create_web_session(
         uow, user_id=user.id, user_agent="Firefox", ip="192.0.2.1", mfa_verified=False
     ).id
@@ -552,7 +552,7 @@ def family_of(access_token: str, uow: UnitOfWork) -> str:
 
 
 def test_list_sessions_shows_web_sessions_and_families_and_marks_the_current_one(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     mine = pair_of(sign_in(api, holder.email))
     other = pair_of(api.post(f"{API}/auth/token", json={"email": holder.email,
@@ -589,7 +589,7 @@ def test_list_sessions_shows_web_sessions_and_families_and_marks_the_current_one
 
 
 def test_revoke_one_family_and_one_web_session(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     mine = pair_of(sign_in(api, holder.email))
     other = pair_of(sign_in(api, holder.email))
@@ -612,7 +612,7 @@ def test_revoke_one_family_and_one_web_session(
 
 
 def test_other_users_sessions_are_not_found_even_for_staff(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     stranger = cardholder(uow)
     stranger_web = web_session(uow, stranger)
@@ -640,7 +640,7 @@ def test_other_users_sessions_are_not_found_even_for_staff(
 
 
 def test_revoke_all_ends_every_session_and_family_including_the_callers(
-    api: FlaskClient, holder: identity.UserView, uow: UnitOfWork
+    api: FlaskClient, holder: accounts.UserView, uow: UnitOfWork
 ) -> None:
     mine = pair_of(sign_in(api, holder.email))
     other = pair_of(sign_in(api, holder.email))

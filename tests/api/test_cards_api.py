@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 from portal.domain import cards as card_numbers
 from portal.domain.types import Actor, IssuedCard
 from portal.extensions import limiter
-from portal.services import tokens
-from portal.services.uow import UnitOfWork
+from portal.services.identity import tokens
+from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import API, bearer, client_for, error_of, person, token_for
 from tests.conftest import Factory
 

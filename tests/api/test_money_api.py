@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from portal.domain.types import Actor
-from portal.services import cards
+from portal.services.wallet import cards
 from tests.api import test_cards_api as shared
 from tests.api.test_auth_api import API, error_of
 from tests.conftest import SYSTEM, Factory

@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from portal.domain.permissions import PERMISSIONS
-from portal.services import roles
-from portal.services.uow import UnitOfWork
+from portal.services.identity import roles
+from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import API, bearer, cardholder, client_for, error_of, person, token_for
 from tests.conftest import SYSTEM
 

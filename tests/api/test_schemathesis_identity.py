@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from portal.services import roles, sessions, tokens, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import roles, sessions, tokens, users
+from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import (
     API,
     PASSWORD,

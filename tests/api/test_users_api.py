@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from portal.services import identity, roles, sessions, tokens, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import accounts, roles, sessions, tokens, users
+from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import (
     API,
     bearer,
@@ -32,12 +32,12 @@ def api(app: Flask, connection: Any) -> FlaskClient:
 
 
 @pytest.fixture
-def admin(uow: UnitOfWork) -> identity.UserView:
+def admin(uow: UnitOfWork) -> accounts.UserView:
     return person(uow, "admin")
 
 
 @pytest.fixture
-def as_admin(uow: UnitOfWork, admin: identity.UserView) -> dict[str, str]:
+def as_admin(uow: UnitOfWork, admin: accounts.UserView) -> dict[str, str]:
     return bearer(token_for(uow, admin))
 
 
@@ -47,18 +47,18 @@ def as_support(uow: UnitOfWork) -> dict[str, str]:
 
 
 @pytest.fixture
-def holder(uow: UnitOfWork) -> identity.UserView:
+def holder(uow: UnitOfWork) -> accounts.UserView:
     return cardholder(uow)
 
 
 @pytest.fixture
-def as_holder(uow: UnitOfWork, holder: identity.UserView) -> dict[str, str]:
+def as_holder(uow: UnitOfWork, holder: accounts.UserView) -> dict[str, str]:
     return bearer(token_for(uow, holder))
 
 
 # -- one's own profile --------------------------------------------------------------------------
 def test_my_profile_is_the_user_object_of_auth_me(
-    api: FlaskClient, as_holder: dict[str, str], holder: identity.UserView
+    api: FlaskClient, as_holder: dict[str, str], holder: accounts.UserView
 ) -> None:
     profile = api.get(f"{API}/users/me", headers=as_holder)
     me = api.get(f"{API}/auth/me", headers=as_holder)
@@ -73,7 +73,7 @@ def test_my_profile_is_the_user_object_of_auth_me(
 
 
 def test_change_my_names_but_not_my_email(
-    api: FlaskClient, as_holder: dict[str, str], holder: identity.UserView
+    api: FlaskClient, as_holder: dict[str, str], holder: accounts.UserView
 ) -> None:
     changed = api.patch(f"{API}/users/me", json={"first_name": " Augusta "}, headers=as_holder)
     email = error_of(
@@ -234,8 +234,8 @@ def test_read_a_user(
     api: FlaskClient,
     as_holder: dict[str, str],
     as_support: dict[str, str],
-    holder: identity.UserView,
-    admin: identity.UserView,
+    holder: accounts.UserView,
+    admin: accounts.UserView,
 ) -> None:
     own = api.get(f"{API}/users/{holder.id}", headers=as_holder)
     others = error_of(api.get(f"{API}/users/{admin.id}", headers=as_holder), 403)
@@ -252,8 +252,8 @@ def test_update_a_user(
     api: FlaskClient,
     as_admin: dict[str, str],
     as_support: dict[str, str],
-    holder: identity.UserView,
-    admin: identity.UserView,
+    holder: accounts.UserView,
+    admin: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
     verified = person(uow, "cardholder")
@@ -285,8 +285,8 @@ def test_archive_and_restore(
     api: FlaskClient,
     as_admin: dict[str, str],
     as_support: dict[str, str],
-    admin: identity.UserView,
-    holder: identity.UserView,
+    admin: accounts.UserView,
+    holder: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
     holder_token = bearer(token_for(uow, holder))
@@ -314,7 +314,7 @@ def test_delete_a_user_without_money_history_only(
     api: FlaskClient,
     as_admin: dict[str, str],
     as_support: dict[str, str],
-    admin: identity.UserView,
+    admin: accounts.UserView,
     uow: UnitOfWork,
     make: Factory,
 ) -> None:
@@ -341,8 +341,8 @@ def test_assign_and_remove_roles(
     api: FlaskClient,
     as_admin: dict[str, str],
     as_support: dict[str, str],
-    admin: identity.UserView,
-    holder: identity.UserView,
+    admin: accounts.UserView,
+    holder: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
     support_id = roles.get_role(uow, actor=SYSTEM, role="support").id
@@ -377,7 +377,7 @@ def test_staff_see_and_revoke_a_users_sessions(
     as_admin: dict[str, str],
     as_support: dict[str, str],
     as_holder: dict[str, str],
-    holder: identity.UserView,
+    holder: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
     pair = tokens.issue_tokens(uow, user_id=holder.id)
@@ -415,7 +415,7 @@ def test_staff_sign_a_user_out_everywhere(
     api: FlaskClient,
     as_admin: dict[str, str],
     as_support: dict[str, str],
-    holder: identity.UserView,
+    holder: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
     pair = tokens.issue_tokens(uow, user_id=holder.id)

@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import expect
 
-from portal.services import cards, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import users
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards
 from portal.worker import Worker
 from tests.browser.test_sign_in_flow import Watch
 from tests.conftest import SYSTEM

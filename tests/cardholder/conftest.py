@@ -9,7 +9,8 @@ from flask import Flask
 
 from portal.domain.money import Money
 from portal.domain.types import IssuedCard
-from portal.services import cards, users, wallet
+from portal.services.identity import users
+from portal.services.wallet import cards, wallet
 from tests.conftest import SYSTEM, new_key
 from tests.pages import conftest as pages
 from tests.pages.conftest import PageClient, People, Person, sign_in

@@ -382,7 +382,8 @@ def test_changes_answers_204_then_fragments_after_a_movement(
     # Money arrives from someone else (another tab, the API, another person).
     theirs = wallets.card(bob, balance="80")
     from portal.domain.money import Money
-    from portal.services import users, wallet
+    from portal.services.identity import users
+    from portal.services.wallet import wallet
     from tests.conftest import new_key
 
     wallet.transfer(wallets.people.uow(), actor=users.actor_for(wallets.people.uow(), bob.id),

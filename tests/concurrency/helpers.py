@@ -123,7 +123,7 @@ class RetryLog(logging.Handler):
 
 @contextmanager
 def counting_retries() -> Iterator[RetryLog]:
-    logger = logging.getLogger("portal.services.uow")
+    logger = logging.getLogger("portal.services.shared.uow")
     # A disabled or muted logger would make the count silently zero.
     assert not logger.disabled
     assert logger.isEnabledFor(logging.WARNING)

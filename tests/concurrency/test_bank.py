@@ -23,9 +23,9 @@ import sqlalchemy as sa
 from portal.domain.errors import InsufficientFunds
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard
-from portal.services import wallet
-from portal.services.reconciliation import reconcile
-from portal.services.uow import UnitOfWork
+from portal.services.ledger.reconciliation import reconcile
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import wallet
 from tests.concurrency.helpers import (
     counting_retries,
     error_kind,

@@ -6,7 +6,8 @@ import pytest
 
 from portal.domain.errors import CardUnavailable
 from portal.domain.money import Money
-from portal.services import cards, reconciliation, wallet
+from portal.services.ledger import reconciliation
+from portal.services.wallet import cards, wallet
 from tests.concurrency.helpers import counting_retries, error_kinds, run_together, warm_pool
 from tests.conftest import Factory, new_key
 

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from portal.domain.money import Money
-from portal.services import wallet
-from portal.services.reconciliation import reconcile
-from portal.services.uow import UnitOfWork
+from portal.services.ledger.reconciliation import reconcile
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import wallet
 from tests.concurrency.helpers import (
     counting_retries,
     error_kind,

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from portal.domain.money import Money
 from portal.domain.types import MovementResult, MovementStatus
-from portal.services import wallet
-from portal.services.reconciliation import reconcile
-from portal.services.uow import UnitOfWork
+from portal.services.ledger.reconciliation import reconcile
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import wallet
 from tests.concurrency.helpers import (
     error_kinds,
     fetch_all,

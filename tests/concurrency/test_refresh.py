@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from portal.domain.errors import Unauthenticated
-from portal.services import tokens
-from portal.services.uow import UnitOfWork, utcnow
+from portal.services.identity import tokens
+from portal.services.shared.uow import UnitOfWork, utcnow
 from tests.concurrency.helpers import error_kinds, fetch_all, run_together, warm_pool
 from tests.conftest import Factory
 

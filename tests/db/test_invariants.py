@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from portal.domain.money import Money
 from portal.extensions import db
-from portal.services import wallet
+from portal.services.wallet import wallet
 from tests.conftest import new_key
 
 

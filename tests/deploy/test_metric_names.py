@@ -16,8 +16,8 @@ import pytest
 import requests
 from flask import Flask
 
-from portal.services import jobs
-from portal.services.uow import UnitOfWork
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
 from portal.web.uow import make_uow
 from portal.worker import Worker, WorkerMetrics, serve_http
 from tests.api.test_auth_api import API, PASSWORD, client_for, person

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 
 from portal.config import TEST_SECRETS, load_config
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 from portal.web import logging as log_setup
 from tests.api.test_auth_api import API, PASSWORD, client_for, person, sign_in
 from tests.api.test_cards_api import token_of

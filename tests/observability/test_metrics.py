@@ -14,7 +14,7 @@ from flask import Flask
 
 from portal import create_app
 from portal.extensions import db, limiter
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import API, client_for, new_email, person, sign_in
 from tests.api.test_cards_api import token_of
 from tests.conftest import Factory
@@ -139,7 +139,8 @@ def test_queue_and_holds_are_read_from_the_database_at_scrape_time(
     from datetime import timedelta
 
     from portal.domain.money import Money
-    from portal.services import jobs, wallet
+    from portal.services.shared import jobs
+    from portal.services.wallet import wallet
     from tests.conftest import new_key
 
     client = scraped_app.test_client()
@@ -196,7 +197,7 @@ def test_ledger_gauges_come_from_the_last_recorded_check(
 ) -> None:
     """The scrape reads the last periodic check (never sums the ledger itself): balanced, then
     a posting without its other half and a cached balance that drifted both show."""
-    from portal.services import reconciliation
+    from portal.services.ledger import reconciliation
 
     client = scraped_app.test_client()
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -37,8 +37,8 @@ from sqlalchemy.orm import sessionmaker
 
 from portal import create_app, telemetry
 from portal.extensions import db, limiter
-from portal.services import jobs
-from portal.services.uow import UnitOfWork
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
 from portal.web.uow import make_uow
 from portal.worker import Worker
 from tests.api.test_auth_api import API, client_for

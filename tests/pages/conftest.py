@@ -23,8 +23,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from portal.extensions import limiter
-from portal.services import mfa, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import mfa, users
+from portal.services.shared.uow import UnitOfWork
 from portal.web.uow import make_uow
 from tests.conftest import SYSTEM
 

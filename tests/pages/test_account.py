@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 from flask import Flask
 
-from portal.services import tokens
+from portal.services.identity import tokens
 from tests.pages.conftest import (
     NEW_PASSWORD,
     PageClient,

@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 
 from portal.domain.money import Money
 from portal.extensions import limiter
-from portal.services import mfa, sessions, tokens, wallet
+from portal.services.identity import mfa, sessions, tokens
+from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import Factory, new_key
 

@@ -16,8 +16,8 @@ from portal.domain.errors import (
     NotFound,
 )
 from portal.domain.money import Money
-from portal.services import activity, cards, wallet
-from portal.services.wallet import BankAccount
+from portal.services.wallet import activity, cards, wallet
+from portal.services.wallet.wallet import BankAccount
 from tests.conftest import SYSTEM, new_key
 
 BANK = BankAccount("Bank Central Asia", "1234 5678 90", "Alice Wong")
@@ -390,7 +390,7 @@ def test_masked_name():
 
 
 def test_card_changes_bump_the_owners_change_version(uow, make):
-    from portal.services import activity, cards
+    from portal.services.wallet import activity, cards
 
     owner = make.user()
     before = activity.change_version(uow, actor=owner)

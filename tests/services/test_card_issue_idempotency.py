@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from portal.domain.errors import IdempotencyConflict
-from portal.services import cards
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards
 from tests.conftest import Factory, new_key
 
 

@@ -20,7 +20,7 @@ from portal.domain.errors import (
     Unauthenticated,
 )
 from portal.domain.types import Actor
-from portal.services import identity, passwords, sessions, tokens, users
+from portal.services.identity import accounts, passwords, sessions, tokens, users
 from tests.conftest import SYSTEM
 
 PASSWORD = "Tr0ub4dor&3-purple"
@@ -31,8 +31,8 @@ def email() -> str:
     return f"user-{uuid.uuid4().hex[:10]}@example.test"
 
 
-def signup(uow, *, address: str | None = None, password: str = PASSWORD) -> identity.UserView:
-    return identity.register(
+def signup(uow, *, address: str | None = None, password: str = PASSWORD) -> accounts.UserView:
+    return accounts.register(
         uow, email=address or email(), first_name=" Ada ", last_name="Lovelace",
         password=password, password_confirmation=password,
     )  # fmt: skip
@@ -154,7 +154,7 @@ def test_register_refusal_writes_nothing(uow):
     with pytest.raises(InvalidInput):
         signup(uow, password="short")
     with pytest.raises(InvalidInput) as err:
-        identity.register(uow, email="not-an-email", first_name="A", last_name="B",
+        accounts.register(uow, email="not-an-email", first_name="A", last_name="B",
                           password=PASSWORD, password_confirmation=PASSWORD)  # fmt: skip
     assert err.value.param == "email"
     assert scalar(uow, "SELECT count(*) FROM users") == before
@@ -163,7 +163,7 @@ def test_register_refusal_writes_nothing(uow):
 # -- authenticate -------------------------------------------------------------------------------
 def test_authenticate_with_right_password(uow):
     user = signup(uow)
-    signed_in = identity.authenticate(uow, email=f"  {user.email.upper()} ", password=PASSWORD)
+    signed_in = accounts.authenticate(uow, email=f"  {user.email.upper()} ", password=PASSWORD)
     assert signed_in == user
     events = audit_events(uow, "auth.sign_in", user.id)
     assert [(e.outcome, e.actor_id) for e in events] == [("success", user.id)]
@@ -194,7 +194,7 @@ def test_authenticate_fails_alike_for_unknown_wrong_and_archived(uow, monkeypatc
     ]:
         calls.clear()
         with pytest.raises(InvalidCredentials) as err:
-            identity.authenticate(uow, email=address, password=password)
+            accounts.authenticate(uow, email=address, password=password)
         failures[kind] = (type(err.value), err.value.code, err.value.message, err.value.param)
         # Every kind costs exactly one argon2 verification: an unknown email is checked against
         # a dummy hash, so the time taken does not reveal whether the account exists.
@@ -210,7 +210,7 @@ def test_user_without_password_cannot_sign_in(uow, make):
     actor = make.user()  # staff-created, no password
     address = scalar(uow, "SELECT email FROM users WHERE id = :id", id=actor.id)
     with pytest.raises(InvalidCredentials):
-        identity.authenticate(uow, email=address, password="")
+        accounts.authenticate(uow, email=address, password="")
 
 
 def test_authenticate_rehashes_when_parameters_changed(uow):
@@ -219,32 +219,32 @@ def test_authenticate_rehashes_when_parameters_changed(uow):
     uow.run(lambda u: u.execute("UPDATE users SET password_hash = :h WHERE id = :id",
                                 {"h": weak, "id": user.id}))  # fmt: skip
     assert passwords.needs_rehash(weak)
-    identity.authenticate(uow, email=user.email, password=PASSWORD)
+    accounts.authenticate(uow, email=user.email, password=PASSWORD)
     stored = scalar(uow, "SELECT password_hash FROM users WHERE id = :id", id=user.id)
     assert stored != weak and not passwords.needs_rehash(stored)
     assert "m=19456,t=2,p=1" in stored
-    assert identity.authenticate(uow, email=user.email, password=PASSWORD).id == user.id
+    assert accounts.authenticate(uow, email=user.email, password=PASSWORD).id == user.id
     assert audit_events(uow, "auth.sign_in", user.id)[0].data == {"rehashed": True}
 
 
 def test_no_rehash_when_parameters_current(uow):
     user = signup(uow)
     before = scalar(uow, "SELECT password_hash FROM users WHERE id = :id", id=user.id)
-    identity.authenticate(uow, email=user.email, password=PASSWORD)
+    accounts.authenticate(uow, email=user.email, password=PASSWORD)
     assert scalar(uow, "SELECT password_hash FROM users WHERE id = :id", id=user.id) == before
 
 
 def test_get_user_view(uow):
     user = signup(uow)
-    assert identity.get_user_view(uow, user.id) == user
+    assert accounts.get_user_view(uow, user.id) == user
     with pytest.raises(NotFound):
-        identity.get_user_view(uow, 10**12)
+        accounts.get_user_view(uow, 10**12)
 
 
 def test_user_view_roles_only_live_roles(uow):
     user = signup(uow)
     uow.run(lambda u: u.execute("UPDATE roles SET archived_at = now() WHERE name = 'cardholder'"))
-    view = identity.get_user_view(uow, user.id)
+    view = accounts.get_user_view(uow, user.id)
     assert view.roles == () and view.permissions == frozenset()
     assert not view.actor.can("wallet:use")
 
@@ -252,83 +252,83 @@ def test_user_view_roles_only_live_roles(uow):
 # -- email verification -------------------------------------------------------------------------
 def test_email_verification_is_single_use(uow):
     user = signup(uow)
-    token = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    token = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     assert len(token) >= 43
     stored = scalar(uow, "SELECT token_hash FROM user_tokens WHERE user_id = :id", id=user.id)
     assert bytes(stored) == hashlib.sha256(token.encode()).digest()
-    verified = identity.verify_email(uow, token=token)
+    verified = accounts.verify_email(uow, token=token)
     assert verified.email_verified
     with pytest.raises(InvalidInput) as err:
-        identity.verify_email(uow, token=token)
+        accounts.verify_email(uow, token=token)
     assert (err.value.code, err.value.param) == ("token_invalid", "token")
 
 
 def test_email_token_expires(uow, clock):
     user = signup(uow)
-    token = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    token = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     clock.advance(minutes=uow.settings.email_token_minutes - 1)
-    fresh = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    fresh = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     clock.advance(minutes=2)  # the first is past its expiry, the second is not
     with pytest.raises(InvalidInput, match="not valid"):
-        identity.verify_email(uow, token=token)
-    assert identity.verify_email(uow, token=fresh).email_verified
+        accounts.verify_email(uow, token=token)
+    assert accounts.verify_email(uow, token=fresh).email_verified
 
 
 def test_expired_email_token_refused(uow, clock):
     user = signup(uow)
-    token = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    token = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     clock.advance(minutes=uow.settings.email_token_minutes, seconds=1)
     with pytest.raises(InvalidInput):
-        identity.verify_email(uow, token=token)
-    assert not identity.get_user_view(uow, user.id).email_verified
+        accounts.verify_email(uow, token=token)
+    assert not accounts.get_user_view(uow, user.id).email_verified
 
 
 def test_new_email_token_supersedes_the_old(uow):
     user = signup(uow)
-    first = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
-    second = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    first = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    second = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     with pytest.raises(InvalidInput):
-        identity.verify_email(uow, token=first)
-    identity.verify_email(uow, token=second)
+        accounts.verify_email(uow, token=first)
+    accounts.verify_email(uow, token=second)
 
 
 def test_email_token_checks(uow):
     user = signup(uow)
     with pytest.raises(InvalidInput):
-        identity.issue_email_token(uow, user_id=user.id, purpose="login")
+        accounts.issue_email_token(uow, user_id=user.id, purpose="login")
     with pytest.raises(NotFound):
-        identity.issue_email_token(uow, user_id=10**12, purpose="verify_email")
-    identity.verify_email(
-        uow, token=identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+        accounts.issue_email_token(uow, user_id=10**12, purpose="verify_email")
+    accounts.verify_email(
+        uow, token=accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
     )
     with pytest.raises(InvalidState):
-        identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+        accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
 
 
 def test_reset_token_cannot_verify_email(uow):
     user = signup(uow)
-    token = identity.issue_email_token(uow, user_id=user.id, purpose="reset_password")
+    token = accounts.issue_email_token(uow, user_id=user.id, purpose="reset_password")
     with pytest.raises(InvalidInput):
-        identity.verify_email(uow, token=token)
+        accounts.verify_email(uow, token=token)
 
 
 def test_require_verified(uow):
     user = signup(uow)
     with pytest.raises(Forbidden) as err:
-        identity.require_verified(uow.settings, user)
+        accounts.require_verified(uow.settings, user)
     assert err.value.code == "email_unverified"
-    identity.require_verified(replace(uow.settings, require_verified_email=False), user)
-    token = identity.issue_email_token(uow, user_id=user.id, purpose="verify_email")
-    identity.require_verified(uow.settings, identity.verify_email(uow, token=token))
+    accounts.require_verified(replace(uow.settings, require_verified_email=False), user)
+    token = accounts.issue_email_token(uow, user_id=user.id, purpose="verify_email")
+    accounts.require_verified(uow.settings, accounts.verify_email(uow, token=token))
 
 
 # -- password reset -----------------------------------------------------------------------------
 def test_password_reset_request_for_unknown_or_archived_email_is_none(uow):
-    assert identity.request_password_reset(uow, email=email()) is None
-    assert identity.request_password_reset(uow, email="garbage") is None
+    assert accounts.request_password_reset(uow, email=email()) is None
+    assert accounts.request_password_reset(uow, email="garbage") is None
     user = signup(uow)
     archive(uow, user.id)
-    assert identity.request_password_reset(uow, email=user.email) is None
+    assert accounts.request_password_reset(uow, email=user.email) is None
 
 
 def test_password_reset_sets_password_and_revokes_everything(uow):
@@ -336,22 +336,22 @@ def test_password_reset_sets_password_and_revokes_everything(uow):
     web = sessions.create_web_session(uow, user_id=user.id, user_agent="ua", ip="1.2.3.4",
                                       mfa_verified=False)  # fmt: skip
     pair = tokens.issue_tokens(uow, user_id=user.id)
-    found = identity.request_password_reset(uow, email=user.email.upper())
+    found = accounts.request_password_reset(uow, email=user.email.upper())
     assert found is not None
     view, token = found
     assert view.id == user.id
-    identity.reset_password(uow, token=token, password=NEW_PASSWORD,
+    accounts.reset_password(uow, token=token, password=NEW_PASSWORD,
                             password_confirmation=NEW_PASSWORD)  # fmt: skip
     with pytest.raises(InvalidCredentials):
-        identity.authenticate(uow, email=user.email, password=PASSWORD)
-    assert identity.authenticate(uow, email=user.email, password=NEW_PASSWORD).email_verified
+        accounts.authenticate(uow, email=user.email, password=PASSWORD)
+    assert accounts.authenticate(uow, email=user.email, password=NEW_PASSWORD).email_verified
     assert sessions.resolve_web_session(uow, token=web.token) is None
     with pytest.raises(Unauthenticated):
         tokens.refresh(uow, refresh_token=pair.refresh_token)
     with pytest.raises(Unauthenticated):
         tokens.actor_for_access(uow, tokens.verify_access_token(uow.settings, pair.access_token))
     with pytest.raises(InvalidInput) as err:  # single use
-        identity.reset_password(uow, token=token, password=PASSWORD + "2",
+        accounts.reset_password(uow, token=token, password=PASSWORD + "2",
                                 password_confirmation=PASSWORD + "2")  # fmt: skip
     assert err.value.code == "token_invalid"
     assert len(audit_events(uow, "user.password_reset", user.id)) == 1
@@ -359,37 +359,37 @@ def test_password_reset_sets_password_and_revokes_everything(uow):
 
 def test_password_reset_refused_by_policy_changes_nothing(uow):
     user = signup(uow)
-    _, token = identity.request_password_reset(uow, email=user.email)  # type: ignore[misc]
+    _, token = accounts.request_password_reset(uow, email=user.email)  # type: ignore[misc]
     with pytest.raises(InvalidInput) as err:
-        identity.reset_password(uow, token=token, password="password",
+        accounts.reset_password(uow, token=token, password="password",
                                 password_confirmation="password")  # fmt: skip
     assert err.value.code == "password_too_common"
     with pytest.raises(InvalidInput) as err:
-        identity.reset_password(uow, token=token, password=NEW_PASSWORD,
+        accounts.reset_password(uow, token=token, password=NEW_PASSWORD,
                                 password_confirmation=NEW_PASSWORD + "?")  # fmt: skip
     assert err.value.param == "password_confirmation"
-    identity.authenticate(uow, email=user.email, password=PASSWORD)
+    accounts.authenticate(uow, email=user.email, password=PASSWORD)
     # The link was not spent by the refusals.
-    identity.reset_password(uow, token=token, password=NEW_PASSWORD,
+    accounts.reset_password(uow, token=token, password=NEW_PASSWORD,
                             password_confirmation=NEW_PASSWORD)  # fmt: skip
 
 
 def test_password_reset_link_expires(uow, clock):
     user = signup(uow)
-    _, token = identity.request_password_reset(uow, email=user.email)  # type: ignore[misc]
+    _, token = accounts.request_password_reset(uow, email=user.email)  # type: ignore[misc]
     clock.advance(minutes=uow.settings.password_reset_minutes, seconds=1)
     with pytest.raises(InvalidInput) as err:
-        identity.reset_password(uow, token=token, password=NEW_PASSWORD,
+        accounts.reset_password(uow, token=token, password=NEW_PASSWORD,
                                 password_confirmation=NEW_PASSWORD)  # fmt: skip
     assert err.value.code == "token_invalid"
 
 
 def test_password_reset_link_dies_with_archived_user(uow):
     user = signup(uow)
-    _, token = identity.request_password_reset(uow, email=user.email)  # type: ignore[misc]
+    _, token = accounts.request_password_reset(uow, email=user.email)  # type: ignore[misc]
     archive(uow, user.id)
     with pytest.raises(InvalidInput):
-        identity.reset_password(uow, token=token, password=NEW_PASSWORD,
+        accounts.reset_password(uow, token=token, password=NEW_PASSWORD,
                                 password_confirmation=NEW_PASSWORD)  # fmt: skip
 
 
@@ -401,7 +401,7 @@ def test_change_password_keeps_current_session_and_revokes_the_rest(uow):
     other = sessions.create_web_session(uow, user_id=user.id, user_agent="b", ip="",
                                         mfa_verified=False)  # fmt: skip
     pair = tokens.issue_tokens(uow, user_id=user.id)
-    identity.change_password(
+    accounts.change_password(
         uow, actor=user.actor, current_password=PASSWORD, password=NEW_PASSWORD,
         password_confirmation=NEW_PASSWORD, keep_session_id=current.id,
     )  # fmt: skip
@@ -409,9 +409,9 @@ def test_change_password_keeps_current_session_and_revokes_the_rest(uow):
     assert sessions.resolve_web_session(uow, token=other.token) is None
     with pytest.raises(Unauthenticated):
         tokens.refresh(uow, refresh_token=pair.refresh_token)
-    assert identity.authenticate(uow, email=user.email, password=NEW_PASSWORD).id == user.id
+    assert accounts.authenticate(uow, email=user.email, password=NEW_PASSWORD).id == user.id
     with pytest.raises(InvalidCredentials):
-        identity.authenticate(uow, email=user.email, password=PASSWORD)
+        accounts.authenticate(uow, email=user.email, password=PASSWORD)
     changed = audit_events(uow, "user.password_change", user.id)
     assert [(e.outcome, e.data["kept_session_id"]) for e in changed] == [("success", current.id)]
 
@@ -419,12 +419,12 @@ def test_change_password_keeps_current_session_and_revokes_the_rest(uow):
 def test_change_password_needs_the_current_one(uow):
     user = signup(uow)
     with pytest.raises(InvalidInput) as err:
-        identity.change_password(
+        accounts.change_password(
             uow, actor=user.actor, current_password="not it at all", password=NEW_PASSWORD,
             password_confirmation=NEW_PASSWORD,
         )  # fmt: skip
     assert (err.value.code, err.value.param) == ("wrong_password", "current_password")
-    identity.authenticate(uow, email=user.email, password=PASSWORD)
+    accounts.authenticate(uow, email=user.email, password=PASSWORD)
     failed = audit_events(uow, "user.password_change", user.id)
     assert [e.outcome for e in failed] == ["failure"]
 
@@ -432,17 +432,17 @@ def test_change_password_needs_the_current_one(uow):
 def test_change_password_applies_the_policy(uow):
     user = signup(uow)
     with pytest.raises(InvalidInput) as err:
-        identity.change_password(
+        accounts.change_password(
             uow, actor=user.actor, current_password=PASSWORD, password="short",
             password_confirmation="short",
         )  # fmt: skip
     assert err.value.code == "password_too_short"
-    identity.authenticate(uow, email=user.email, password=PASSWORD)
+    accounts.authenticate(uow, email=user.email, password=PASSWORD)
 
 
 def test_change_password_needs_a_user_actor(uow):
     with pytest.raises(Unauthenticated):
-        identity.change_password(
+        accounts.change_password(
             uow, actor=SYSTEM, current_password=PASSWORD, password=NEW_PASSWORD,
             password_confirmation=NEW_PASSWORD,
         )  # fmt: skip
@@ -451,16 +451,16 @@ def test_change_password_needs_a_user_actor(uow):
 # -- change email -------------------------------------------------------------------------------
 def test_email_change_takes_effect_only_when_verified(uow):
     user = signup(uow)
-    _, reset = identity.request_password_reset(uow, email=user.email)  # type: ignore[misc]
+    _, reset = accounts.request_password_reset(uow, email=user.email)  # type: ignore[misc]
     new = email()
-    token = identity.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email=new)
-    assert identity.get_user_view(uow, user.id).email == user.email
-    changed = identity.verify_email(uow, token=token)
+    token = accounts.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email=new)
+    assert accounts.get_user_view(uow, user.id).email == user.email
+    changed = accounts.verify_email(uow, token=token)
     assert (changed.email, changed.email_verified) == (new, True)
-    assert identity.authenticate(uow, email=new, password=PASSWORD).id == user.id
+    assert accounts.authenticate(uow, email=new, password=PASSWORD).id == user.id
     # A reset link mailed to the old address died with the change.
     with pytest.raises(InvalidInput):
-        identity.reset_password(uow, token=reset, password=NEW_PASSWORD,
+        accounts.reset_password(uow, token=reset, password=NEW_PASSWORD,
                                 password_confirmation=NEW_PASSWORD)  # fmt: skip
     event = audit_events(uow, "user.email_change", user.id)[0]
     assert (event.data["old_email"], event.data["new_email"]) == (user.email, new)
@@ -470,29 +470,29 @@ def test_email_change_refusals(uow):
     user = signup(uow)
     other = signup(uow)
     with pytest.raises(InvalidInput) as err:
-        identity.request_email_change(uow, actor=user.actor, password="wrong", new_email=email())
+        accounts.request_email_change(uow, actor=user.actor, password="wrong", new_email=email())
     assert (err.value.code, err.value.param) == ("wrong_password", "password")
     with pytest.raises(InvalidInput) as err:
-        identity.request_email_change(uow, actor=user.actor, password=PASSWORD,
+        accounts.request_email_change(uow, actor=user.actor, password=PASSWORD,
                                       new_email=user.email.upper())  # fmt: skip
     assert err.value.code == "email_unchanged"
     with pytest.raises(Conflict) as err:
-        identity.request_email_change(uow, actor=user.actor, password=PASSWORD,
+        accounts.request_email_change(uow, actor=user.actor, password=PASSWORD,
                                       new_email=other.email)  # fmt: skip
     assert err.value.code == "email_taken"
     with pytest.raises(InvalidInput) as err:
-        identity.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email="x")
+        accounts.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email="x")
     assert err.value.param == "new_email"
 
 
 def test_email_change_conflict_at_verification(uow):
     user = signup(uow)
     new = email()
-    token = identity.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email=new)
+    token = accounts.request_email_change(uow, actor=user.actor, password=PASSWORD, new_email=new)
     signup(uow, address=new.upper())  # someone takes the address meanwhile
     with pytest.raises(Conflict):
-        identity.verify_email(uow, token=token)
-    assert identity.get_user_view(uow, user.id).email == user.email
+        accounts.verify_email(uow, token=token)
+    assert accounts.get_user_view(uow, user.id).email == user.email
 
 
 def test_staff_created_users_share_the_hashing(uow):
@@ -500,6 +500,6 @@ def test_staff_created_users_share_the_hashing(uow):
         uow, actor=SYSTEM, email=email(), first_name="S", last_name="Taff", password=PASSWORD,
         roles=("support",),
     )  # fmt: skip
-    view = identity.authenticate(uow, email=created.email, password=PASSWORD)
+    view = accounts.authenticate(uow, email=created.email, password=PASSWORD)
     assert view.roles == ("support",)
     assert view.actor == Actor.user(created.id, view.permissions)

@@ -10,8 +10,8 @@ import pyotp
 import pytest
 
 from portal.domain.errors import InvalidInput, InvalidState, Unauthenticated
-from portal.services import identity, mfa, users
-from portal.services.vault import Vault
+from portal.services.identity import accounts, mfa, users
+from portal.services.shared.vault import Vault
 from tests.conftest import SYSTEM
 from tests.services.test_identity import PASSWORD, email, signup
 
@@ -59,10 +59,10 @@ def test_mfa_required_for_admin_and_support_only(uow, user):
     for role in ("admin", "support"):
         created = users.create_user(uow, actor=SYSTEM, email=email(), first_name="S",
                                     last_name="Taff", roles=(role,))  # fmt: skip
-        assert mfa.mfa_required(identity.get_user_view(uow, created.id))
+        assert mfa.mfa_required(accounts.get_user_view(uow, created.id))
     merchant = users.create_user(uow, actor=SYSTEM, email=email(), first_name="M",
                                  last_name="Erchant", roles=("merchant",))  # fmt: skip
-    assert not mfa.mfa_required(identity.get_user_view(uow, merchant.id))
+    assert not mfa.mfa_required(accounts.get_user_view(uow, merchant.id))
 
 
 def test_begin_enrolment_seals_a_pending_secret(uow, user):
@@ -79,7 +79,7 @@ def test_begin_enrolment_seals_a_pending_secret(uow, user):
     vault = Vault.from_settings(uow.settings)
     opened = vault.decrypt(sealed, row.totp_pending_key_version, purpose="user.totp")
     assert opened == enrolment.secret.encode()
-    assert not identity.get_user_view(uow, user.id).mfa_enabled
+    assert not accounts.get_user_view(uow, user.id).mfa_enabled
 
 
 def test_confirm_with_wrong_code_leaves_mfa_off(uow, user, clock):
@@ -88,7 +88,7 @@ def test_confirm_with_wrong_code_leaves_mfa_off(uow, user, clock):
     with pytest.raises(InvalidInput) as err:
         mfa.confirm_totp(uow, actor=user.actor, code=wrong)
     assert (err.value.code, err.value.param) == ("totp_invalid", "code")
-    assert not identity.get_user_view(uow, user.id).mfa_enabled
+    assert not accounts.get_user_view(uow, user.id).mfa_enabled
 
 
 def test_confirm_enables_mfa_with_ten_hashed_recovery_codes(uow, user, clock):
@@ -96,7 +96,7 @@ def test_confirm_enables_mfa_with_ten_hashed_recovery_codes(uow, user, clock):
     codes = mfa.confirm_totp(uow, actor=user.actor, code=code_at(enrolment.secret, clock.now))
     assert len(codes) == 10 and len(set(codes)) == 10
     assert all(re.fullmatch(r"([0-9a-z]{5}-){4}[0-9a-z]{5}", c) for c in codes)
-    assert identity.get_user_view(uow, user.id).mfa_enabled
+    assert accounts.get_user_view(uow, user.id).mfa_enabled
     row = user_row(uow, user.id)
     assert row.totp_pending_ciphertext is None and row.totp_secret_ciphertext is not None
     stored = uow.run(
@@ -209,9 +209,9 @@ def test_disable_needs_the_password(uow, user, clock):
     with pytest.raises(InvalidInput) as err:
         mfa.disable_totp(uow, actor=user.actor, password="not my password")
     assert (err.value.code, err.value.param) == ("wrong_password", "password")
-    assert identity.get_user_view(uow, user.id).mfa_enabled
+    assert accounts.get_user_view(uow, user.id).mfa_enabled
     mfa.disable_totp(uow, actor=user.actor, password=PASSWORD)
-    assert not identity.get_user_view(uow, user.id).mfa_enabled
+    assert not accounts.get_user_view(uow, user.id).mfa_enabled
     assert not mfa.verify_second_factor(uow, user_id=user.id, code=code_at(secret, clock.now))
     assert not mfa.verify_second_factor(uow, user_id=user.id, code=codes[2])
     row = user_row(uow, user.id)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from portal.domain.errors import InvalidInput
-from portal.services.pagination import (
+from portal.services.shared.pagination import (
     MAX_ID,
     Page,
     check_cursor,

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from portal.domain import permissions as domain
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from portal.domain.types import Actor
-from portal.services import roles, users
-from portal.services.pagination import MAX_ID
-from portal.services.uow import UnitOfWork
+from portal.services.identity import roles, users
+from portal.services.shared.pagination import MAX_ID
+from portal.services.shared.uow import UnitOfWork
 from tests.concurrency.helpers import run_together
 from tests.conftest import SYSTEM, Factory
 

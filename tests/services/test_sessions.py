@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from portal.domain.errors import NotFound, Unauthenticated
-from portal.services import identity, sessions, tokens, users
+from portal.services.identity import accounts, sessions, tokens, users
 from tests.conftest import SYSTEM
 from tests.services.test_identity import PASSWORD, email, signup
 
@@ -27,10 +27,10 @@ def last_seen(uow, session_id: int):
     )
 
 
-def staff(uow, role: str) -> identity.UserView:
+def staff(uow, role: str) -> accounts.UserView:
     created = users.create_user(uow, actor=SYSTEM, email=email(), first_name="S",
                                 last_name="Taff", password=PASSWORD, roles=(role,))  # fmt: skip
-    return identity.get_user_view(uow, created.id)
+    return accounts.get_user_view(uow, created.id)
 
 
 @pytest.fixture

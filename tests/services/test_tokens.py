@@ -15,8 +15,8 @@ from joserfc import jwt
 from joserfc.jwk import OctKey
 
 from portal.domain.errors import Forbidden, Unauthenticated
-from portal.services import mfa, sessions, tokens, users
-from portal.services.identity import get_user_view
+from portal.services.identity import mfa, sessions, tokens, users
+from portal.services.identity.accounts import get_user_view
 from tests.conftest import SYSTEM
 from tests.services.test_identity import PASSWORD, email, signup
 

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from portal.domain.money import Money
 from portal.domain.types import Actor
-from portal.services import roles, users, wallet
-from portal.services.pagination import MAX_ID
+from portal.services.identity import roles, users
+from portal.services.shared.pagination import MAX_ID
+from portal.services.wallet import wallet
 from tests.conftest import SYSTEM, new_key
 
 
@@ -561,7 +562,7 @@ def test_names_and_emails_with_control_characters_are_refused():
 
 
 def test_archiving_revokes_sessions_and_tokens_so_a_restore_does_not_revive_them(uow, make):
-    from portal.services import sessions, tokens
+    from portal.services.identity import sessions, tokens
 
     admin = make.user(roles=("admin",))
     target = make.user()

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portal.domain import cards
-from portal.services.settings import ServiceSettings
-from portal.services.vault import Vault, VaultError
+from portal.services.shared.settings import ServiceSettings
+from portal.services.shared.vault import Vault, VaultError
 
 KEY_1 = bytes(range(32))
 KEY_2 = bytes(range(100, 132))

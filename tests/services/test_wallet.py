@@ -19,9 +19,10 @@ from portal.domain.errors import (
 )
 from portal.domain.money import Money
 from portal.domain.types import MovementStatus
-from portal.services import cards, reconciliation, wallet
-from portal.services.settings import parse_limits
-from portal.services.wallet import BankAccount
+from portal.services.ledger import reconciliation
+from portal.services.shared.settings import parse_limits
+from portal.services.wallet import cards, wallet
+from portal.services.wallet.wallet import BankAccount
 from tests.conftest import SYSTEM, new_key
 
 BANK = BankAccount("Bank Central Asia", "1234 5678 90", "Alice Example")

@@ -15,9 +15,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from portal.services import mfa, sessions, users
-from portal.services.identity import UserView, get_user_view
-from portal.services.uow import UnitOfWork
+from portal.services.identity import mfa, sessions, users
+from portal.services.identity.accounts import UserView, get_user_view
+from portal.services.shared.uow import UnitOfWork
 from portal.web.auth import PENDING_KEY as MFA_PENDING_KEY
 from tests.conftest import SYSTEM, Clock, Factory
 from tests.sso.conftest import come_back, go_to_provider, query, sign_in_flow

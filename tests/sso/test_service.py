@@ -1,4 +1,4 @@
-"""``portal.services.sso.sign_in_with_oidc``: the linking rules, without the web."""
+"""``portal.services.identity.sso.sign_in_with_oidc``: the linking rules, without the web."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from portal.domain.errors import Conflict, InvalidCredentials, InvalidInput
-from portal.services import sso, users
-from portal.services.uow import UnitOfWork
+from portal.services.identity import sso, users
+from portal.services.shared.uow import UnitOfWork
 from tests.conftest import SYSTEM, Factory
 
 ISSUER = "https://id.example.test"

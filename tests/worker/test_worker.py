@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from portal.domain.money import Money
-from portal.services import jobs, reconciliation, wallet
-from portal.services.uow import UnitOfWork
-from portal.services.wallet import BankAccount
+from portal.services.ledger import reconciliation
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import wallet
+from portal.services.wallet.wallet import BankAccount
 from portal.worker import Worker
 from tests.conftest import SYSTEM, Factory, new_key
 
@@ -156,7 +158,7 @@ WORKER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from portal import create_app
-    from portal.services import jobs
+    from portal.services.shared import jobs
     from portal.web.uow import make_uow
     from portal.worker import Worker
 

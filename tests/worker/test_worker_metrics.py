@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from portal.domain.money import Money
-from portal.services import jobs, reconciliation, wallet
-from portal.services.uow import UnitOfWork
+from portal.services.ledger import reconciliation
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import wallet
 from portal.web.metrics import BusinessMetrics
 from portal.worker import Worker, WorkerMetrics, serve_http
 from tests.conftest import Factory, new_key

@@ -17,9 +17,7 @@ from typing import Any
 
 from portal.domain.errors import NotFound, Unauthenticated
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.credentials import revoke_credentials
-from portal.services.identity import (
+from portal.services.identity.accounts import (
     USER_VIEW_COLUMNS,
     UserView,
     new_secret,
@@ -27,7 +25,9 @@ from portal.services.identity import (
     token_digest,
     user_view_from_row,
 )
-from portal.services.uow import UnitOfWork
+from portal.services.identity.credentials import revoke_credentials
+from portal.services.shared import audit
+from portal.services.shared.uow import UnitOfWork
 
 #: ``last_seen_at`` is written at most this often per session (keeps resolving cheap).
 TOUCH_INTERVAL = timedelta(minutes=1)

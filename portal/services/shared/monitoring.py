@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

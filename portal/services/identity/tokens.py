@@ -50,17 +50,17 @@ from joserfc.jws import JWSRegistry
 
 from portal.domain.errors import Forbidden, Unauthenticated
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.identity import (
+from portal.services.identity.accounts import (
     USER_VIEW_COLUMNS,
     UserView,
     load_user_view,
     token_digest,
     user_view_from_row,
 )
-from portal.services.mfa import mfa_required
-from portal.services.settings import ServiceSettings
-from portal.services.uow import UnitOfWork
+from portal.services.identity.mfa import mfa_required
+from portal.services.shared import audit
+from portal.services.shared.settings import ServiceSettings
+from portal.services.shared.uow import UnitOfWork
 
 ALGORITHM = "HS256"
 HEADER_TYPE = "at+jwt"

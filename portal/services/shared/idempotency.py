@@ -15,7 +15,7 @@ from typing import Any
 
 from portal.domain.errors import IdempotencyConflict, InvalidInput
 from portal.domain.types import Actor
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 MAX_KEY_LENGTH = 255
 

@@ -16,9 +16,9 @@ from portal.domain import cards as card_numbers
 from portal.domain.errors import Forbidden, InvalidInput, InvalidState, LimitExceeded, NotFound
 from portal.domain.money import MoneyError, normalize_currency
 from portal.domain.types import Actor, CardStatus, CardType, IssuedCard
-from portal.services import audit, idempotency
-from portal.services.uow import UnitOfWork
-from portal.services.vault import Vault
+from portal.services.shared import audit, idempotency
+from portal.services.shared.uow import UnitOfWork
+from portal.services.shared.vault import Vault
 
 PAN_PURPOSE = "card.pan"
 VALID_YEARS = 4

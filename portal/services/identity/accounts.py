@@ -28,18 +28,18 @@ from portal.domain.errors import (
     Unauthenticated,
 )
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.credentials import revoke_credentials
-from portal.services.passwords import (
+from portal.services.identity.credentials import revoke_credentials
+from portal.services.identity.passwords import (
     burn_verification,
     check_password_policy,
     hash_password,
     needs_rehash,
     verify_password,
 )
-from portal.services.settings import ServiceSettings
-from portal.services.uow import UnitOfWork
-from portal.services.users import check_names, clean_email, insert_user
+from portal.services.identity.users import check_names, clean_email, insert_user
+from portal.services.shared import audit
+from portal.services.shared.settings import ServiceSettings
+from portal.services.shared.uow import UnitOfWork
 
 #: The one answer to every failed sign-in, whatever the reason.
 SIGN_IN_FAILED = "the email or password is not right"

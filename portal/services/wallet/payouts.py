@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 from portal.domain.types import Actor
-from portal.services import jobs
-from portal.services.uow import UnitOfWork
-from portal.services.vault import Vault
-from portal.services.wallet import PAYOUT_JOB, confirm_withdrawal, fail_withdrawal
+from portal.services.shared import jobs
+from portal.services.shared.uow import UnitOfWork
+from portal.services.shared.vault import Vault
+from portal.services.wallet.wallet import PAYOUT_JOB, confirm_withdrawal, fail_withdrawal
 
 ACTOR = Actor.system("payout-processor")
 

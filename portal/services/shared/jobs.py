@@ -17,7 +17,7 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 Handler = Callable[[UnitOfWork, dict[str, Any]], None]
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from portal.domain.cards import cvv_length, detect_brand
 
 if TYPE_CHECKING:
-    from portal.services.settings import ServiceSettings
+    from portal.services.shared.settings import ServiceSettings
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 #: Violations kept with each recorded check (the count is always complete).
 KEPT_VIOLATIONS = 50

@@ -20,7 +20,7 @@ from datetime import datetime
 from portal.domain.errors import CardUnavailable, Forbidden, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,7 @@ from portal.domain.errors import (
 )
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance, MovementResult, MovementStatus, TopUpMethod
-from portal.services import audit, idempotency, jobs
-from portal.services.ledger import (
+from portal.services.ledger.ledger import (
     LedgerWrites,
     LockedWallet,
     card_refusal,
@@ -37,8 +36,9 @@ from portal.services.ledger import (
     system_account_id,
     wallet_for,
 )
-from portal.services.uow import UnitOfWork
-from portal.services.vault import Vault
+from portal.services.shared import audit, idempotency, jobs
+from portal.services.shared.uow import UnitOfWork
+from portal.services.shared.vault import Vault
 
 PAYOUT_JOB = "withdrawal.payout"
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from portal.domain.errors import Conflict, InvalidCredentials, InvalidInput
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.identity import SELF_REGISTRATION_ROLE, UserView, load_user_view
-from portal.services.uow import UnitOfWork
-from portal.services.users import clean_email, insert_user, is_printable
+from portal.services.identity.accounts import SELF_REGISTRATION_ROLE, UserView, load_user_view
+from portal.services.identity.users import clean_email, insert_user, is_printable
+from portal.services.shared import audit
+from portal.services.shared.uow import UnitOfWork
 
 SSO_ACTOR = Actor.system("sso")
 #: Column widths of ``oauth_identities.issuer`` / ``subject`` and ``users.first_name`` etc.

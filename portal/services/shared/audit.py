@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from portal.domain.types import Actor
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 
 def record(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 
 def revoke_credentials(

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from portal.domain.errors import PortalError, TemporarilyUnavailable
-from portal.services.settings import ServiceSettings
+from portal.services.shared.settings import ServiceSettings
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 
 from portal.domain.errors import InvalidInput
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 T = TypeVar("T")
 

@@ -20,10 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from portal.domain.permissions import ADMIN_ROLE, BUILT_IN_ROLES, ROLE_NAME, built_in_may_hold
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.pagination import check_id
-from portal.services.uow import UnitOfWork
-from portal.services.users import (
+from portal.services.identity.users import (
     UserDetail,
     check_no_escalation,
     check_not_last_admin,
@@ -32,6 +29,9 @@ from portal.services.users import (
     load_user,
     require,
 )
+from portal.services.shared import audit
+from portal.services.shared.pagination import check_id
+from portal.services.shared.uow import UnitOfWork
 
 MAX_DESCRIPTION = 255
 

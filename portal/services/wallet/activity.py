@@ -30,12 +30,12 @@ from portal.domain import cards as card_numbers
 from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind, MovementStatus
-from portal.services import audit
-from portal.services.cards import update_card
-from portal.services.pagination import MAX_ID, Page, check_id, check_limit, like_pattern
-from portal.services.uow import UnitOfWork
-from portal.services.users import is_printable
-from portal.services.vault import Vault
+from portal.services.identity.users import is_printable
+from portal.services.shared import audit
+from portal.services.shared.pagination import MAX_ID, Page, check_id, check_limit, like_pattern
+from portal.services.shared.uow import UnitOfWork
+from portal.services.shared.vault import Vault
+from portal.services.wallet.cards import update_card
 
 KINDS = ("top_up", "transfer", "withdrawal")
 STATUSES = tuple(s.value for s in MovementStatus)

@@ -22,9 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from portal.domain.permissions import ADMIN_ROLE, ROLE_NAME, SELF_SERVICE_PERMISSIONS
 from portal.domain.types import Actor, ActorKind
-from portal.services import audit
-from portal.services.credentials import revoke_credentials
-from portal.services.pagination import (
+from portal.services.identity.credentials import revoke_credentials
+from portal.services.identity.passwords import hash_password
+from portal.services.shared import audit
+from portal.services.shared.pagination import (
     Page,
     check_cursor,
     check_id,
@@ -32,8 +33,7 @@ from portal.services.pagination import (
     like_pattern,
     newest_first,
 )
-from portal.services.passwords import hash_password
-from portal.services.uow import UnitOfWork
+from portal.services.shared.uow import UnitOfWork
 
 MAX_SEARCH = 254
 

@@ -20,16 +20,16 @@ import segno
 
 from portal.domain.errors import InvalidInput, InvalidState, Unauthenticated
 from portal.domain.types import Actor
-from portal.services import audit
-from portal.services.identity import (
+from portal.services.identity.accounts import (
     STAFF_ROLES,
     UserView,
     load_user_view,
     reauthenticate,
     require_user,
 )
-from portal.services.uow import UnitOfWork
-from portal.services.vault import Vault
+from portal.services.shared import audit
+from portal.services.shared.uow import UnitOfWork
+from portal.services.shared.vault import Vault
 
 ISSUER_NAME = "Portal"
 TOTP_PURPOSE = "user.totp"

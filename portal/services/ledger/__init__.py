@@ -1,0 +1,1 @@
+"""The double-entry ledger's primitives and its reconciliation."""

@@ -1,0 +1,1 @@
+"""Merchants: onboarding, members, API keys, payments, refunds, fees and hosted checkout."""

@@ -1,0 +1,2 @@
+"""Machinery every capability shares: the unit of work, jobs, audit, idempotency, settings,
+pagination, monitoring and the vault."""
