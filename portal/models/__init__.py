@@ -22,7 +22,16 @@ from portal.models.ledger import (
     JournalEntry,
     Posting,
 )
-from portal.models.movements import ApiKey, Merchant, Payment, Refund, TopUp, Transfer, Withdrawal
+from portal.models.merchants import (
+    ApiKey,
+    CheckoutSession,
+    Merchant,
+    MerchantInvitation,
+    MerchantMember,
+    Payment,
+    Refund,
+)
+from portal.models.movements import TopUp, Transfer, Withdrawal
 from portal.models.system import AuditEvent, IdempotencyKey, Job, LedgerCheck, OutboxEvent
 
 __all__ = [
@@ -33,12 +42,15 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Card",
+    "CheckoutSession",
     "Hold",
     "IdempotencyKey",
     "Job",
     "LedgerCheck",
     "JournalEntry",
     "Merchant",
+    "MerchantInvitation",
+    "MerchantMember",
     "OAuthIdentity",
     "OutboxEvent",
     "Payment",

@@ -7,6 +7,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from portal.domain.ids import MAX_LENGTH, PREFIXES
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -35,6 +37,17 @@ def money_column() -> Mapped[int]:
 
 def currency_column() -> Mapped[str]:
     return mapped_column(sa.CHAR(3), nullable=False)
+
+
+def public_id_column(kind: str) -> Mapped[str]:
+    """The object's public id (``portal.domain.ids``): made by the database unless given."""
+    prefix = PREFIXES[kind]
+    return mapped_column(
+        sa.String(MAX_LENGTH),
+        nullable=False,
+        unique=True,
+        server_default=sa.text(f"portal_public_id('{prefix}')"),
+    )
 
 
 def fk_column(target: str, *, nullable: bool = False, ondelete: str | None = None) -> Mapped[int]:

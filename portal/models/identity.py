@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.models.base import Base, fk_column, now_column, pk_column
+from portal.models.base import Base, fk_column, now_column, pk_column, public_id_column
 
 user_roles = sa.Table(
     "user_roles",
@@ -47,6 +47,7 @@ class User(Base):
     )
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("user")
     email: Mapped[str] = mapped_column(sa.String(254), nullable=False)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     first_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
@@ -74,6 +75,7 @@ class Role(Base):
     __tablename__ = "roles"
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("role")
     name: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
     description: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
     created_at: Mapped[datetime] = now_column()
@@ -112,6 +114,7 @@ class WebSession(Base):
     __tablename__ = "web_sessions"
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("session")
     user_id: Mapped[int] = fk_column("users.id", ondelete="CASCADE")
     token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
     created_at: Mapped[datetime] = now_column()

@@ -12,7 +12,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.models.base import Base, currency_column, fk_column, money_column, now_column, pk_column
+from portal.models.base import (
+    Base,
+    currency_column,
+    fk_column,
+    money_column,
+    now_column,
+    pk_column,
+    public_id_column,
+)
 
 CUSTOMER_ACCOUNT_KINDS = ("wallet", "merchant")
 SYSTEM_ACCOUNT_KINDS = ("funding", "payouts", "fees")
@@ -29,6 +37,7 @@ class Card(Base):
     )
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("card")
     user_id: Mapped[int] = fk_column("users.id")
     name: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default="")
     card_type: Mapped[str] = mapped_column(sa.String(16), nullable=False)
@@ -56,6 +65,7 @@ class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
         sa.UniqueConstraint("id", "currency", name="uq_accounts_id_currency"),
+        sa.UniqueConstraint("merchant_id", "currency", name="uq_accounts_merchant_id_currency"),
         sa.CheckConstraint(
             "kind IN ('wallet', 'merchant', 'funding', 'payouts', 'fees')", name="kind"
         ),
@@ -86,9 +96,8 @@ class Account(Base):
     card_id: Mapped[int | None] = mapped_column(
         sa.BigInteger, sa.ForeignKey("cards.id"), unique=True
     )
-    merchant_id: Mapped[int | None] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("merchants.id"), unique=True
-    )
+    #: A merchant has one balance account per currency it has been paid in.
+    merchant_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("merchants.id"))
     currency: Mapped[str] = currency_column()
     #: Sum of this account's postings (customer accounts only).
     posted_minor: Mapped[int | None] = mapped_column(sa.BigInteger)

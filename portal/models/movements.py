@@ -1,4 +1,4 @@
-"""Business records of money movements: top-ups, transfers, withdrawals, payments, refunds.
+"""Business records of cardholders' money movements: top-ups, transfers, withdrawals.
 
 Each carries a status (pending, succeeded, failed) and, once money moved, its journal entry.
 """
@@ -11,7 +11,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.schema import SchemaItem
 
-from portal.models.base import Base, currency_column, fk_column, money_column, now_column, pk_column
+from portal.models.base import (
+    Base,
+    currency_column,
+    fk_column,
+    money_column,
+    now_column,
+    pk_column,
+    public_id_column,
+)
 
 _STATUS = "status IN ('pending', 'succeeded', 'failed')"
 
@@ -38,6 +46,7 @@ class TopUp(Base):
     )
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("top_up")
     card_id: Mapped[int] = fk_column("cards.id")
     #: The card owner, denormalised for the daily cap and per-user listings.
     user_id: Mapped[int] = fk_column("users.id")
@@ -65,6 +74,7 @@ class Transfer(Base):
     )
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("transfer")
     from_card_id: Mapped[int] = fk_column("cards.id")
     to_card_id: Mapped[int] = fk_column("cards.id")
     amount_minor: Mapped[int] = money_column()
@@ -89,6 +99,7 @@ class Withdrawal(Base):
     )
 
     id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("withdrawal")
     card_id: Mapped[int] = fk_column("cards.id")
     amount_minor: Mapped[int] = money_column()
     currency: Mapped[str] = currency_column()
@@ -109,93 +120,3 @@ class Withdrawal(Base):
     created_at: Mapped[datetime] = now_column()
     completed_at: Mapped[datetime | None]
     archived_at: Mapped[datetime | None]
-
-
-class Merchant(Base):
-    __tablename__ = "merchants"
-    __table_args__ = (
-        sa.CheckConstraint(
-            "status IN ('pending', 'approved', 'rejected', 'suspended')", name="status"
-        ),
-    )
-
-    id: Mapped[int] = pk_column()
-    user_id: Mapped[int] = fk_column("users.id")
-    name: Mapped[str] = mapped_column(sa.String(120), nullable=False)
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="pending")
-    created_at: Mapped[datetime] = now_column()
-    updated_at: Mapped[datetime] = now_column()
-    archived_at: Mapped[datetime | None]
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-    __table_args__ = (sa.CheckConstraint("mode IN ('test', 'live')", name="mode"),)
-
-    id: Mapped[int] = pk_column()
-    merchant_id: Mapped[int] = fk_column("merchants.id")
-    name: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default="")
-    #: Public prefix shown in lists (e.g. ``sk_live_AbC1``); the secret is never stored.
-    prefix: Mapped[str] = mapped_column(sa.String(32), nullable=False, unique=True)
-    key_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
-    mode: Mapped[str] = mapped_column(sa.String(8), nullable=False)
-    scopes: Mapped[list[str]] = mapped_column(
-        sa.ARRAY(sa.String(64)), nullable=False, server_default="{}"
-    )
-    created_at: Mapped[datetime] = now_column()
-    last_used_at: Mapped[datetime | None]
-    expires_at: Mapped[datetime | None]
-    revoked_at: Mapped[datetime | None]
-
-
-class Payment(Base):
-    __tablename__ = "payments"
-    __table_args__ = (
-        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
-        sa.CheckConstraint(
-            "captured_minor >= 0 AND captured_minor <= amount_minor", name="captured"
-        ),
-        sa.CheckConstraint(
-            "refunded_minor >= 0 AND refunded_minor <= captured_minor", name="refunded"
-        ),
-        sa.CheckConstraint(
-            "status IN ('authorized', 'captured', 'voided', 'expired', 'failed',"
-            " 'partially_refunded', 'refunded')",
-            name="status",
-        ),
-        sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
-    )
-
-    id: Mapped[int] = pk_column()
-    merchant_id: Mapped[int] = fk_column("merchants.id")
-    card_id: Mapped[int] = fk_column("cards.id")
-    amount_minor: Mapped[int] = money_column()
-    captured_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
-    refunded_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
-    currency: Mapped[str] = currency_column()
-    status: Mapped[str] = mapped_column(sa.String(24), nullable=False)
-    failure_code: Mapped[str | None] = mapped_column(sa.String(64))
-    hold_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("holds.id"))
-    description: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
-    livemode: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.true())
-    created_at: Mapped[datetime] = now_column()
-    updated_at: Mapped[datetime] = now_column()
-
-
-class Refund(Base):
-    __tablename__ = "refunds"
-    __table_args__ = (
-        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
-        sa.CheckConstraint(_STATUS, name="status"),
-    )
-
-    id: Mapped[int] = pk_column()
-    payment_id: Mapped[int] = fk_column("payments.id")
-    amount_minor: Mapped[int] = money_column()
-    currency: Mapped[str] = currency_column()
-    reason: Mapped[str] = mapped_column(sa.String(32), nullable=False, server_default="")
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
-    journal_entry_id: Mapped[int | None] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("journal_entries.id")
-    )
-    created_at: Mapped[datetime] = now_column()

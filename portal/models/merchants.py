@@ -1,0 +1,294 @@
+"""Merchants and what they own: members, invitations, API keys, payments, refunds and hosted
+checkout sessions.
+
+A merchant's money lives in its balance accounts (``accounts.kind = 'merchant'``, one per
+currency it has been paid in). A payment holds the amount on the card's wallet
+(``requires_capture``) and moves it at capture: the wallet pays the merchant's balance, and the
+fee goes from the merchant's balance to the fee revenue account in the same journal entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.models.base import (
+    Base,
+    currency_column,
+    fk_column,
+    money_column,
+    now_column,
+    pk_column,
+    public_id_column,
+)
+
+
+class Merchant(Base):
+    """A business that takes payments. Only ``active`` and not archived may take payments;
+    suspending or archiving one stops its keys at once (they are checked against it)."""
+
+    __tablename__ = "merchants"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN ('pending', 'active', 'rejected', 'suspended')", name="status"
+        ),
+        sa.CheckConstraint("fee_bps IS NULL OR fee_bps BETWEEN 0 AND 10000", name="fee_bps"),
+        sa.Index("ix_merchants_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("merchant")
+    #: Who applied; the first owner.
+    user_id: Mapped[int] = fk_column("users.id")
+    name: Mapped[str] = mapped_column(sa.String(120), nullable=False)
+    website: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    contact_email: Mapped[str] = mapped_column(sa.String(254), nullable=False)
+    settlement_currency: Mapped[str] = currency_column()
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="pending")
+    #: The fee in basis points of each capture; NULL: the configured default.
+    fee_bps: Mapped[int | None] = mapped_column(sa.Integer)
+    #: Fixed fee per capture in minor units by currency (``{"USD": 30}``); NULL: the default.
+    fee_fixed: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    #: The staff member's reason for the latest decision (reject, suspend, ...).
+    status_reason: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
+    reviewed_by_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("users.id"))
+    reviewed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = now_column()
+    updated_at: Mapped[datetime] = now_column()
+    archived_at: Mapped[datetime | None]
+
+
+class MerchantMember(Base):
+    """A user's role in a merchant: owner (everything), developer (keys, payments), viewer."""
+
+    __tablename__ = "merchant_members"
+    __table_args__ = (
+        sa.UniqueConstraint("merchant_id", "user_id", name="uq_merchant_members_merchant_user"),
+        sa.CheckConstraint("role IN ('owner', 'developer', 'viewer')", name="role"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("member")
+    merchant_id: Mapped[int] = fk_column("merchants.id")
+    user_id: Mapped[int] = fk_column("users.id")
+    role: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    created_at: Mapped[datetime] = now_column()
+
+
+class MerchantInvitation(Base):
+    """An emailed invitation to join a merchant; the link's token is stored hashed."""
+
+    __tablename__ = "merchant_invitations"
+    __table_args__ = (
+        sa.CheckConstraint("role IN ('owner', 'developer', 'viewer')", name="role"),
+        sa.Index(
+            "uq_merchant_invitations_open",
+            "merchant_id",
+            "email",
+            unique=True,
+            postgresql_where=sa.text("accepted_at IS NULL AND revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("invitation")
+    merchant_id: Mapped[int] = fk_column("merchants.id")
+    #: Canonical (lowercased) address the invitation was sent to.
+    email: Mapped[str] = mapped_column(sa.String(254), nullable=False)
+    role: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    invited_by_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("users.id"), nullable=False
+    )
+    created_at: Mapped[datetime] = now_column()
+    expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    accepted_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    """A merchant's secret key ``sk_live_...``: only its HMAC is stored, with a visible prefix
+    and last four. A rolled key keeps working until ``expires_at`` (the overlap)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (sa.Index("ix_api_keys_merchant_id_created_at", "merchant_id", "created_at"),)
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("api_key")
+    merchant_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    #: ``sk_live_`` and the first characters of the secret, shown in lists.
+    prefix: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    last4: Mapped[str] = mapped_column(sa.CHAR(4), nullable=False)
+    #: HMAC-SHA256 of the whole secret under the server's key-hashing key.
+    key_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    scopes: Mapped[list[str]] = mapped_column(sa.ARRAY(sa.String(32)), nullable=False)
+    created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("users.id"))
+    #: The key this one replaced when it was rolled.
+    rolled_from_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = now_column()
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    last_used_ip: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default="")
+    revoked_at: Mapped[datetime | None]
+
+
+class CheckoutSession(Base):
+    """A hosted payment page: the merchant creates it, a cardholder pays it once."""
+
+    __tablename__ = "checkout_sessions"
+    __table_args__ = (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint("status IN ('open', 'complete', 'expired')", name="status"),
+        sa.CheckConstraint("capture_method IN ('automatic', 'manual')", name="capture_method"),
+        sa.Index("ix_checkout_sessions_merchant_created_at_id", "merchant_id", "created_at", "id"),
+        sa.Index(
+            "ix_checkout_sessions_open_expires_at",
+            "expires_at",
+            postgresql_where=sa.text("status = 'open'"),
+        ),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("checkout_session")
+    merchant_id: Mapped[int] = fk_column("merchants.id")
+    api_key_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("api_keys.id"))
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    description: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
+    success_url: Mapped[str] = mapped_column(sa.String(2048), nullable=False)
+    cancel_url: Mapped[str] = mapped_column(sa.String(2048), nullable=False)
+    client_reference_id: Mapped[str | None] = mapped_column(sa.String(200))
+    capture_method: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default="{}"
+    )
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="open")
+    payment_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("payments.id"), unique=True
+    )
+    created_at: Mapped[datetime] = now_column()
+    expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    completed_at: Mapped[datetime | None]
+
+
+class Payment(Base):
+    """A card payment to a merchant, shaped like Stripe's PaymentIntent.
+
+    ``requires_capture``: the amount is held on the wallet (``hold_id``); ``succeeded``:
+    ``amount_received`` moved to the merchant (``capture_entry_id``), the rest released;
+    ``canceled``: the hold released; ``requires_payment_method``: declined, nothing moved.
+    """
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint(
+            "received_minor >= 0 AND received_minor <= amount_minor", name="received"
+        ),
+        sa.CheckConstraint(
+            "refunded_minor >= 0 AND refunded_minor <= received_minor", name="refunded"
+        ),
+        sa.CheckConstraint("fee_minor >= 0 AND fee_minor <= received_minor", name="fee"),
+        sa.CheckConstraint(
+            "status IN ('requires_payment_method', 'requires_capture', 'succeeded', 'canceled')",
+            name="status",
+        ),
+        sa.CheckConstraint("capture_method IN ('automatic', 'manual')", name="capture_method"),
+        sa.CheckConstraint(
+            "cancellation_reason IS NULL OR cancellation_reason IN"
+            " ('duplicate', 'fraudulent', 'requested_by_customer', 'abandoned', 'expired')",
+            name="cancellation_reason",
+        ),
+        sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
+        sa.Index("ix_payments_merchant_fingerprint", "merchant_id", "card_fingerprint"),
+        sa.Index("ix_payments_card_created_at_id", "card_id", "created_at", "id"),
+        sa.Index(
+            "ix_payments_uncaptured_created_at",
+            "created_at",
+            postgresql_where=sa.text("status = 'requires_capture'"),
+        ),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("payment")
+    merchant_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
+    )
+    #: NULL when the number given names no card (declined, nothing else known).
+    card_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("cards.id"))
+    api_key_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("api_keys.id"), index=True
+    )
+    checkout_session_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    amount_minor: Mapped[int] = money_column()
+    received_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    refunded_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    fee_minor: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    currency: Mapped[str] = currency_column()
+    status: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    capture_method: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    cancellation_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    #: ``{"code", "decline_code", "message"}`` of the last decline.
+    last_payment_error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    card_brand: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    card_last4: Mapped[str] = mapped_column(sa.CHAR(4), nullable=False)
+    #: The card's fingerprint as this merchant sees it (keyed per merchant; never the vault's).
+    card_fingerprint: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    hold_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("holds.id"))
+    capture_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    description: Mapped[str] = mapped_column(sa.String(1000), nullable=False, server_default="")
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default="{}"
+    )
+    created_at: Mapped[datetime] = now_column()
+    updated_at: Mapped[datetime] = now_column()
+    captured_at: Mapped[datetime | None]
+    canceled_at: Mapped[datetime | None]
+
+
+class Refund(Base):
+    """Money returned from a merchant's balance to the card a payment came from."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+        sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+        sa.CheckConstraint(
+            "reason IS NULL OR reason IN ('duplicate', 'fraudulent', 'requested_by_customer')",
+            name="reason",
+        ),
+        sa.Index("ix_refunds_payment_id_created_at_id", "payment_id", "created_at", "id"),
+        sa.Index("ix_refunds_merchant_created_at_id", "merchant_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("refund")
+    payment_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("payments.id"), nullable=False
+    )
+    #: Denormalised from the payment, for the merchant's listings.
+    merchant_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
+    )
+    amount_minor: Mapped[int] = money_column()
+    currency: Mapped[str] = currency_column()
+    reason: Mapped[str | None] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    failure_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    journal_entry_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("journal_entries.id")
+    )
+    api_key_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("api_keys.id"))
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default="{}"
+    )
+    created_at: Mapped[datetime] = now_column()
