@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from portal.services.shared.settings import DEFAULT_LIMITS, ServiceSettings, parse_limits
+from portal.services.shared.settings import (
+    DEFAULT_FEE_FIXED,
+    DEFAULT_LIMITS,
+    ServiceSettings,
+    parse_fee_fixed,
+    parse_limits,
+)
 
 INSTANCE_DIR = Path(os.environ.get("PORTAL_INSTANCE_DIR", Path.cwd() / "instance"))
 
@@ -37,6 +43,7 @@ def _dev_secrets() -> dict[str, str]:
         "PORTAL_FINGERPRINT_KEY": lambda: secrets.token_urlsafe(32),
         "PORTAL_CVV_KEY": lambda: secrets.token_urlsafe(32),
         "PORTAL_JWT_KEY": lambda: secrets.token_urlsafe(48),
+        "PORTAL_API_KEY_HASH_KEY": lambda: secrets.token_urlsafe(32),
     }
     path = INSTANCE_DIR / "dev-secrets.json"
     values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
@@ -84,6 +91,7 @@ TEST_SECRETS = {
     "PORTAL_FINGERPRINT_KEY": "test-fingerprint-key",
     "PORTAL_CVV_KEY": "test-cvv-key",
     "PORTAL_JWT_KEY": "test-jwt-key-0123456789abcdef0123456789abcdef",
+    "PORTAL_API_KEY_HASH_KEY": "test-api-key-hash-key",
 }
 
 REQUIRED_IN_PRODUCTION = (
@@ -93,6 +101,7 @@ REQUIRED_IN_PRODUCTION = (
     "PORTAL_FINGERPRINT_KEY",
     "PORTAL_CVV_KEY",
     "PORTAL_JWT_KEY",
+    "PORTAL_API_KEY_HASH_KEY",
 )
 
 
@@ -137,6 +146,19 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"PORTAL_LIMITS: {exc}") from exc
 
+    try:
+        fee_fixed = (
+            parse_fee_fixed(get("PORTAL_FEE_FIXED"))
+            if get("PORTAL_FEE_FIXED")
+            else DEFAULT_FEE_FIXED
+        )
+    except ValueError as exc:
+        raise ConfigError(f"PORTAL_FEE_FIXED: {exc}") from exc
+    fee_bps = number("PORTAL_FEE_BPS", "290")
+    if not 0 <= fee_bps <= 10000:
+        raise ConfigError("PORTAL_FEE_BPS must be from 0 to 10000 (basis points)")
+    public_url = (get("PORTAL_PUBLIC_URL", "http://127.0.0.1:5000") or "").rstrip("/")
+
     log_format = get("PORTAL_LOG_FORMAT", "json" if mode == "production" else "text")
     if log_format not in ("json", "text", "off"):
         raise ConfigError(f"PORTAL_LOG_FORMAT must be json, text or off, not {log_format!r}")
@@ -177,11 +199,19 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             password_reset_minutes=number("PORTAL_PASSWORD_RESET_MINUTES", "30"),
             require_verified_email=(get("PORTAL_REQUIRE_VERIFIED_EMAIL", "true") or "").lower()
             not in ("0", "false", "no", "off"),
+            api_key_hash_key=(get("PORTAL_API_KEY_HASH_KEY") or "").encode(),
+            fee_bps=fee_bps,
+            fee_fixed=fee_fixed,
+            authorization_days=number("PORTAL_AUTHORIZATION_DAYS", "7"),
+            cvc_failures_per_card=number("PORTAL_CVC_FAILURES_PER_CARD", "5"),
+            cvc_failures_per_key=number("PORTAL_CVC_FAILURES_PER_KEY", "30"),
+            public_url=public_url,
+            allow_loopback_http=mode != "production",
         ),
         "PROXY_COUNT": number("PORTAL_PROXY_COUNT", "0"),
         "SMTP_URL": get("PORTAL_SMTP_URL"),
         "MAIL_FROM": get("PORTAL_MAIL_FROM", "Portal <no-reply@portal.test>"),
-        "PUBLIC_URL": get("PORTAL_PUBLIC_URL", "http://127.0.0.1:5000"),
+        "PUBLIC_URL": public_url,
         "OIDC_ISSUER": get("PORTAL_OIDC_ISSUER"),
         "OIDC_CLIENT_ID": get("PORTAL_OIDC_CLIENT_ID"),
         "OIDC_CLIENT_SECRET": get("PORTAL_OIDC_CLIENT_SECRET"),

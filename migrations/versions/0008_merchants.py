@@ -309,6 +309,18 @@ def upgrade():
             "ix_payments_merchant_fingerprint", ["merchant_id", "card_fingerprint"], unique=False
         )
         batch_op.create_index(
+            "ix_payments_cvc_failures_card",
+            ["card_id", "created_at"],
+            unique=False,
+            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+        )
+        batch_op.create_index(
+            "ix_payments_cvc_failures_key",
+            ["api_key_id", "created_at"],
+            unique=False,
+            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+        )
+        batch_op.create_index(
             "ix_payments_uncaptured_created_at",
             ["created_at"],
             unique=False,

@@ -12,7 +12,7 @@ import importlib
 
 from flask import Blueprint, Flask
 
-from portal.api import docs, errors
+from portal.api import docs, errors, merchant_auth
 from portal.api.operation import operation
 from portal.api.security import BEARER, add_scheme, current_actor
 from portal.extensions import csrf
@@ -27,6 +27,8 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.roles",
     "portal.api.cards",
     "portal.api.money",
+    "portal.api.payments",
+    "portal.api.refunds",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]
@@ -36,6 +38,7 @@ def init_app(app: Flask) -> None:
     for module in ENDPOINT_MODULES:
         importlib.import_module(module)
     add_scheme(app, BEARER)
+    merchant_auth.init_app(app)
     errors.init_app(app)
     csrf.exempt(bp)  # the API never authenticates by cookie
     app.register_blueprint(bp)

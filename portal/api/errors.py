@@ -4,6 +4,7 @@ table in :mod:`portal.web.errors` (``http_status``)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from flask import Flask, Response, g, request
@@ -94,9 +95,11 @@ def render_error(error: PortalError | HTTPException, status: int) -> Response:
             param=None,
             request_id=request_id,
         )
-    response = Response(
-        Error(error=detail).model_dump_json(), status=status, mimetype="application/json"
-    )
+    body = Error(error=detail).model_dump(mode="json")
+    if isinstance(error, PortalError):
+        # A card decline adds decline_code and the payment, as Stripe's card errors do.
+        body["error"].update(error.details)
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
     if isinstance(error, HTTPException) and error.response is None:
         for key, value in error.get_headers():
             if key.lower() != "content-type":

@@ -14,15 +14,30 @@ class PortalError(Exception):
     #: idempotency key (the API then sends ``Idempotent-Replayed: true``).
     replayed: bool = False
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code  # type: ignore[misc]
+        #: Further fields of the error object (a decline's ``decline_code`` and ``payment``).
+        self.details = dict(details or {})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "code": self.code, "message": self.message, "param": self.param}
+        return {
+            "type": self.kind,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+            **self.details,
+        }
 
 
 class InvalidInput(PortalError):
@@ -49,8 +64,9 @@ class InvalidCredentials(Unauthenticated):
 class RateLimited(PortalError):
     code = "rate_limited"
     kind = "rate_limit_error"
+    retry_after: int = 60
 
-    def __init__(self, message: str, *, retry_after: int = 60, **kw: str | None) -> None:
+    def __init__(self, message: str, *, retry_after: int = 60, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
@@ -87,6 +103,21 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class UnexpectedState(PortalError):
+    """An action the object's status does not allow (capture a canceled payment): a 400, never
+    a 409, since retrying cannot help."""
+
+    code = "unexpected_state"
+
+
+class CardDeclined(PortalError):
+    """A payment the card could not make: ``details`` carries ``decline_code`` and the
+    ``payment`` as the API shows it."""
+
+    code = "card_declined"
+    kind = "card_error"
+
+
 class TemporarilyUnavailable(PortalError):
     """Lock timeout or repeated deadlock: nothing was written; retry with the same key."""
 
@@ -114,4 +145,10 @@ def error_to_dict(error: PortalError) -> dict[str, Any]:
 def error_from_dict(data: dict[str, Any]) -> PortalError:
     """Rebuild a stored refusal (idempotent replay of a failed request)."""
     cls = _subclasses(PortalError).get(data.get("class", ""), PortalError)
-    return cls(data["message"], param=data.get("param"), code=data["code"])
+    base = {"class", "type", "code", "message", "param"}
+    details = {k: v for k, v in data.items() if k not in base}
+    error = cls.__new__(cls)
+    PortalError.__init__(
+        error, data["message"], param=data.get("param"), code=data["code"], details=details
+    )
+    return error

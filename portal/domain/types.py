@@ -23,6 +23,8 @@ class Actor:
     id: int | None
     permissions: frozenset[str] = field(default_factory=frozenset)
     label: str = ""
+    #: The merchant API key acting (internal id), for a merchant actor.
+    key_id: int | None = None
 
     @classmethod
     def user(cls, user_id: int, permissions: frozenset[str] | set[str] = frozenset()) -> Actor:

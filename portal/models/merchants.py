@@ -209,6 +209,19 @@ class Payment(Base):
         sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
         sa.Index("ix_payments_merchant_fingerprint", "merchant_id", "card_fingerprint"),
         sa.Index("ix_payments_card_created_at_id", "card_id", "created_at", "id"),
+        # Incorrect security codes per card and per key in the last hour (guess limits).
+        sa.Index(
+            "ix_payments_cvc_failures_card",
+            "card_id",
+            "created_at",
+            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+        ),
+        sa.Index(
+            "ix_payments_cvc_failures_key",
+            "api_key_id",
+            "created_at",
+            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+        ),
         sa.Index(
             "ix_payments_uncaptured_created_at",
             "created_at",

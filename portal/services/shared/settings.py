@@ -24,26 +24,31 @@ DEFAULT_LIMITS_MAJOR: dict[str, dict[str, dict[str, str]]] = {
         "top_up": {"min": "50000", "max": "100000000", "daily": "250000000"},
         "withdrawal": {"min": "50000", "max": "100000000"},
         "transfer": {"min": "1000", "max": "100000000"},
+        "payment": {"min": "5000", "max": "100000000"},
     },
     "USD": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
+        "payment": {"min": "0.50", "max": "100000"},
     },
     "EUR": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
+        "payment": {"min": "0.50", "max": "100000"},
     },
     "SGD": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
+        "payment": {"min": "0.50", "max": "100000"},
     },
     "JPY": {
         "top_up": {"min": "500", "max": "1000000", "daily": "2500000"},
         "withdrawal": {"min": "500", "max": "1000000"},
         "transfer": {"min": "1", "max": "1000000"},
+        "payment": {"min": "50", "max": "10000000"},
     },
 }
 
@@ -69,6 +74,29 @@ def parse_limits(source: str | dict[str, Any] | None) -> dict[str, dict[str, Lim
 
 
 DEFAULT_LIMITS = parse_limits(DEFAULT_LIMITS_MAJOR)
+
+#: The fixed part of the default merchant fee, in major units per currency.
+DEFAULT_FEE_FIXED_MAJOR = {"USD": "0.30", "EUR": "0.25", "SGD": "0.50", "JPY": "30", "IDR": "2000"}
+
+
+def parse_fee_fixed(source: str | dict[str, str] | None) -> dict[str, int]:
+    """A JSON object of major-unit fixed fees per currency, in minor units."""
+    data = json.loads(source) if isinstance(source, str) else (source or {})
+    if not isinstance(data, dict):
+        raise ValueError("a JSON object of currency to amount is needed")
+    out: dict[str, int] = {}
+    for cur, major in data.items():
+        try:
+            fee = Money.of_major(str(major), cur)
+        except MoneyError as exc:
+            raise ValueError(f"{cur}: {exc}") from exc
+        if fee.amount_minor < 0:
+            raise ValueError(f"{cur}: a fee is not negative")
+        out[fee.currency] = fee.amount_minor
+    return out
+
+
+DEFAULT_FEE_FIXED = parse_fee_fixed(DEFAULT_FEE_FIXED_MAJOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +125,21 @@ class ServiceSettings:
     password_reset_minutes: int = 30
     #: Unverified accounts can sign in but cannot move money while this is on.
     require_verified_email: bool = True
+    #: HMAC-SHA256 key under which merchant API keys are stored (only their HMAC is).
+    api_key_hash_key: bytes = b""
+    #: Default merchant fee: basis points of each capture plus a fixed amount per currency
+    #: (minor units); a merchant may have its own.
+    fee_bps: int = 290
+    fee_fixed: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_FEE_FIXED))
+    #: Uncaptured payments are canceled (reason ``expired``) this many days after authorisation.
+    authorization_days: int = 7
+    #: Incorrect security codes allowed per card, and per API key, in a rolling hour.
+    cvc_failures_per_card: int = 5
+    cvc_failures_per_key: int = 30
+    #: Hosted checkout: the public URL payers open, and whether http:// success and cancel URLs
+    #: to loopback are allowed (development and tests only).
+    public_url: str = "http://127.0.0.1:5000"
+    allow_loopback_http: bool = False
 
     def limits_for(self, currency: str, kind: str) -> Limits | None:
         return self.limits.get(currency, {}).get(kind)
