@@ -34,6 +34,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from portal import cardholder
 
     app.register_blueprint(cardholder.bp)
+    from portal import checkout, merchant
+
+    app.register_blueprint(merchant.bp)
+    app.register_blueprint(checkout.bp)
     api.init_app(app)
     cli.init_app(app)
     telemetry.init_app(app)

@@ -1,0 +1,9 @@
+"""Hosted checkout (``/checkout/<session id>``): the page a merchant sends a payer to."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("checkout", __name__, url_prefix="/checkout")
+
+__all__ = ["bp"]

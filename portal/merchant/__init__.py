@@ -1,0 +1,10 @@
+"""The merchant dashboard (``/merchant``): applying, the overview, payments, API keys, the team
+and the first-payment guide; and the staff merchants page until the admin console takes it."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("merchant", __name__, url_prefix="/merchant")
+
+__all__ = ["bp"]
