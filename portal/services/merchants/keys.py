@@ -77,7 +77,7 @@ def hash_secret(settings_key: bytes, secret: str) -> bytes:
 
 
 def _view(row: object, secret: str | None = None) -> ApiKeyView:
-    data = dict(row._mapping)  # type: ignore[attr-defined]
+    data = {k: v for k, v in row._mapping.items() if k != "merchant_id"}  # type: ignore[attr-defined]
     data["scopes"] = tuple(data["scopes"])
     return ApiKeyView(**data, secret=secret)
 
