@@ -56,8 +56,8 @@ def assert_reconciled(uow) -> None:
 def pay(uow, shop, card, amount="10.00", **kw):
     return payments.create_payment(
         uow, actor=shop.api, merchant=shop.merchant.public_id, amount=usd(amount),
-        card=kw.pop("details", None) or card_details(card), idempotency_key=kw.pop("key", new_key()),
-        **kw,
+        card=kw.pop("details", None) or card_details(card),
+        idempotency_key=kw.pop("key", new_key()), **kw,
     )  # fmt: skip
 
 
