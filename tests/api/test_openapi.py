@@ -79,7 +79,7 @@ def test_document_with_zero_operations_is_valid() -> None:
 
 def test_test_app_document_is_valid_openapi_3_1(doc: dict[str, Any]) -> None:
     validate(doc, cls=OpenAPIV31SpecValidator)
-    assert set(doc["components"]["securitySchemes"]) == {"bearer", "test_key"}
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "api_key", "test_key"}
 
 
 def test_every_operation_documents_the_common_errors(doc: dict[str, Any]) -> None:

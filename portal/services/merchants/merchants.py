@@ -295,7 +295,11 @@ def apply(
     website = check_url(website, "website", allow_loopback_http=False)
     if len(website) > 255:
         raise InvalidInput("website is at most 255 characters", param="website")
-    email = clean_email(contact_email).lower()
+    try:
+        email = clean_email(contact_email).lower()
+    except InvalidInput as exc:
+        exc.param = "contact_email"
+        raise
     currency = _currency(settlement_currency)
     if uow.settings.limits_for(currency, "payment") is None:
         raise InvalidInput(f"payments in {currency} are not supported", param="settlement_currency")
