@@ -326,3 +326,29 @@ def test_fingerprints_differ_between_merchants(uow, make, staff, shop):
         ).scalar_one()
     )
     assert vault_fp not in mine.card_fingerprint
+
+
+def test_ledger_verify_covers_merchant_balances_fees_and_refunds(app, connection, uow, make, shop):
+    card = make.card(make.user(), balance="100")
+    pay(uow, shop, card, "20.00")
+    paid = pay(uow, shop, card, "10.00")
+    payments.create_refund(
+        uow, actor=shop.api, merchant=shop.merchant.public_id, payment=paid.id,
+        idempotency_key=new_key(), amount=300,
+    )  # fmt: skip
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "system account fees:USD: 147" in result.output  # (58 + 30) + (29 + 30)
+
+    for tamper, check in (
+        ("UPDATE payments SET fee_minor = fee_minor - 1 WHERE public_id = :p", "payment_fee"),
+        ("UPDATE payments SET refunded_minor = 200 WHERE public_id = :p", "payment_refunded"),
+        ("UPDATE accounts SET posted_minor = posted_minor + 1 WHERE merchant_id = :m",
+         "posted_balance"),
+    ):  # fmt: skip
+        savepoint = connection.begin_nested()
+        connection.execute(sa.text(tamper), {"p": paid.id, "m": shop.merchant.id})
+        result = runner.invoke(args=["ledger", "verify"])
+        assert result.exit_code == 1 and f"VIOLATION {check}" in result.output, result.output
+        savepoint.rollback()

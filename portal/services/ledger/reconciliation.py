@@ -2,8 +2,10 @@
 
 Checks, for every customer account, that the cached posted balance equals the sum of its
 postings and the cached pending debits equal the sum of its pending holds; and that the whole
-ledger sums to zero per currency (and each journal entry does). System account balances are
-reported as derived from postings.
+ledger sums to zero per currency (and each journal entry does); and, for every captured
+payment, that its capture entry paid the merchant ``received - fee`` and fee revenue ``fee``,
+and that its succeeded refunds add up to ``amount_refunded``. System account balances (funding,
+payouts, fees) are reported as derived from postings.
 """
 
 from __future__ import annotations
@@ -60,6 +62,23 @@ WITH per_account AS (
 ), unbalanced AS (
     SELECT journal_entry_id, currency, SUM(amount_minor) AS total FROM postings
     GROUP BY journal_entry_id, currency HAVING SUM(amount_minor) <> 0
+), payment_money AS (
+    -- Each captured payment's entry: the merchant got received - fee and fee revenue the fee;
+    -- its succeeded refunds add up to amount_refunded.
+    SELECT pay.public_id, pay.received_minor - pay.fee_minor AS net, pay.fee_minor AS fee,
+           pay.refunded_minor AS refunded,
+           COALESCE((SELECT SUM(p.amount_minor) FROM postings p JOIN accounts a
+                     ON a.id = p.account_id WHERE p.journal_entry_id = pay.capture_entry_id
+                     AND a.kind = 'merchant'), 0) AS posted_net,
+           COALESCE((SELECT SUM(p.amount_minor) FROM postings p JOIN accounts a
+                     ON a.id = p.account_id WHERE p.journal_entry_id = pay.capture_entry_id
+                     AND a.kind = 'fees'), 0) AS posted_fee,
+           COALESCE((SELECT SUM(r.amount_minor) FROM refunds r WHERE r.payment_id = pay.id
+                     AND r.status = 'succeeded'), 0) AS refunds_total
+    FROM payments pay WHERE pay.status = 'succeeded'
+), payments_off AS (
+    SELECT * FROM payment_money
+    WHERE net <> posted_net OR fee <> posted_fee OR refunded <> refunds_total
 )
 SELECT
     (SELECT count(*) FROM per_account) AS accounts,
@@ -67,6 +86,7 @@ SELECT
     (SELECT count(*) FROM postings) AS postings,
     (SELECT COALESCE(jsonb_agg(to_jsonb(m)), '[]') FROM mismatched m) AS mismatched,
     (SELECT COALESCE(jsonb_agg(to_jsonb(u)), '[]') FROM unbalanced u) AS unbalanced,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(o)), '[]') FROM payments_off o) AS payments_off,
     (SELECT COALESCE(jsonb_object_agg(currency, total), '{}')
        FROM (SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency) t)
        AS totals,
@@ -104,6 +124,15 @@ def reconcile(uow: UnitOfWork) -> ReconciliationReport:
             Violation("entry_sum", f"entry {e['journal_entry_id']} {e['currency']}", 0, e["total"])
             for e in row.unbalanced
         ]
+        for pay in row.payments_off:
+            subject = f"payment {pay['public_id']}"
+            for check, expected, actual in (
+                ("payment_net", pay["posted_net"], pay["net"]),
+                ("payment_fee", pay["posted_fee"], pay["fee"]),
+                ("payment_refunded", pay["refunds_total"], pay["refunded"]),
+            ):
+                if expected != actual:
+                    violations.append(Violation(check, subject, expected, actual))
         return ReconciliationReport(
             accounts_checked=row.accounts,
             entries_checked=row.entries,
