@@ -116,7 +116,8 @@ def register(app: Flask) -> None:
     @app.cli.command("seed-demo")
     @click.option("--if-empty", is_flag=True, help="Do nothing when any user exists already.")
     def seed_demo_command(if_empty: bool) -> None:
-        """Fill the database with demo users, cards and a year of wallet history."""
+        """Fill the database with demo users, cards, a year of wallet history, and merchants with
+        keys and four weeks of payments."""
         import time
         from datetime import UTC, datetime
 
@@ -132,5 +133,14 @@ def register(app: Flask) -> None:
         except Conflict as exc:
             raise click.ClickException(f"demo users exist already ({exc})") from exc
         for line in summary_lines(summary):
+            click.echo(line)
+        from portal import demo_merchants
+
+        shops = demo_merchants.seed_merchants(
+            lambda clock: make_uow(app, clock=clock), now=datetime.now(UTC)
+        )
+        # Secret keys are shown once, and only outside production.
+        show = app.config["PORTAL_ENV"] != "production"
+        for line in demo_merchants.summary_lines(shops, show_secrets=show):
             click.echo(line)
         click.echo(f"seeded in {time.monotonic() - started:.1f} s")

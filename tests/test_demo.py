@@ -16,6 +16,7 @@ from portal.demo import (
     DemoSummary,
     seed_demo,
 )
+from portal.demo_merchants import MERCHANTS
 from portal.domain.types import TopUpMethod
 from portal.services.identity.passwords import verify_password
 from portal.services.ledger.reconciliation import reconcile
@@ -216,7 +217,9 @@ def test_seed_demo_command_if_empty_seeds_only_once(app: Flask, connection: sa.C
         )
 
     seeded = counts()
-    assert seeded[0] == len(STAFF) + len(CARDHOLDERS)
+    assert seeded[0] == len(STAFF) + len(CARDHOLDERS) + len(MERCHANTS) + 1  # and an applicant
+    assert "merchant API keys (shown once, development only)" in first.output
+    assert first.output.count("sk_live_") == len(MERCHANTS)
     assert all(n > 0 for n in seeded)
 
     second = runner.invoke(args=["seed-demo", "--if-empty"])
