@@ -5,8 +5,9 @@ default, captures at once; ``manual`` holds the amount until ``/capture``), capt
 optional ``amount_to_capture`` (the rest is released), cancel with a reason, retrieve and list.
 Every POST needs an ``Idempotency-Key`` header. A decline is a 402 ``card_error`` with
 ``code: card_declined``, a ``decline_code`` and the recorded ``payment``
-(``requires_payment_method`` with ``last_payment_error``). An action the payment's status does not allow is a 400
-``payment_unexpected_state``. 409 only ever means "the same idempotency key is in flight now".
+(``requires_payment_method`` with ``last_payment_error``). An action the payment's status does
+not allow is a 400 ``payment_unexpected_state``. 409 only ever means "the same idempotency key
+is in flight now".
 """
 
 from __future__ import annotations
