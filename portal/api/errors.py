@@ -95,7 +95,7 @@ def render_error(error: PortalError | HTTPException, status: int) -> Response:
             param=None,
             request_id=request_id,
         )
-    body = Error(error=detail).model_dump(mode="json")
+    body = Error(error=detail).model_dump(mode="json", exclude_unset=True)
     if isinstance(error, PortalError):
         # A card decline adds decline_code and the payment, as Stripe's card errors do.
         body["error"].update(error.details)

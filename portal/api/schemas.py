@@ -5,6 +5,8 @@ The same models validate requests, serialise responses and generate the OpenAPI 
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -48,6 +50,18 @@ class ErrorDetail(ApiModel):
         description="Identifies this request (also in the X-Request-ID header).",
         examples=["req_4f2a9c1b0d6e4e7f8a9b0c1d2e3f4a5b"],
     )
+    # Card errors only (402 card_declined), as in Stripe: absent from other errors.
+    decline_code: str | None = Field(
+        None,
+        description="Card errors: why the card declined (insufficient_funds, incorrect_cvc, ...).",
+        json_schema_extra={"examples": ["insufficient_funds"]},
+    )
+    payment: dict[str, Any] | None = Field(
+        None, description="Card errors: the declined payment as recorded."
+    )
+
+    # The two card-error fields are optional in the document (other fields are always sent).
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=False)
 
 
 class Error(ApiModel):

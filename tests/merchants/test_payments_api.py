@@ -263,3 +263,13 @@ def test_the_openapi_document_describes_payments(api):
     assert "/api/v1/payments" in doc["paths"] and "/api/v1/refunds" in doc["paths"]
     create = doc["paths"]["/api/v1/payments"]["post"]
     assert "402" in create["responses"] and "api_key" in str(create["security"])
+
+
+def test_card_errors_are_documented_and_other_errors_lack_their_fields(api, make, shop):
+    doc = api.get(f"{API}/openapi.json").get_json()
+    detail = doc["components"]["schemas"]["ErrorDetail"]
+    assert {"decline_code", "payment"} <= set(detail["properties"])
+    assert "decline_code" not in detail.get("required", [])
+    assert {"type", "code", "message", "param", "request_id"} <= set(detail["required"])
+    plain = error(api.get(f"{API}/payments/pay_x", headers=as_key(shop.key.secret)), 404)
+    assert set(plain) == {"type", "code", "message", "param", "request_id"}
