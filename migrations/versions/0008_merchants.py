@@ -315,10 +315,12 @@ def upgrade():
             postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
         )
         batch_op.create_index(
-            "ix_payments_cvc_failures_key",
+            "ix_payments_guesses_key",
             ["api_key_id", "created_at"],
             unique=False,
-            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+            postgresql_where=sa.text(
+                "(last_payment_error ->> 'decline_code') IN ('incorrect_cvc', 'incorrect_number')"
+            ),
         )
         batch_op.create_index(
             "ix_payments_uncaptured_created_at",

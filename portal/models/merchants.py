@@ -209,7 +209,8 @@ class Payment(Base):
         sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
         sa.Index("ix_payments_merchant_fingerprint", "merchant_id", "card_fingerprint"),
         sa.Index("ix_payments_card_created_at_id", "card_id", "created_at", "id"),
-        # Incorrect security codes per card and per key in the last hour (guess limits).
+        # Guess limits: incorrect security codes per card, and incorrect codes or numbers per
+        # key, in the last hour.
         sa.Index(
             "ix_payments_cvc_failures_card",
             "card_id",
@@ -217,10 +218,12 @@ class Payment(Base):
             postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
         ),
         sa.Index(
-            "ix_payments_cvc_failures_key",
+            "ix_payments_guesses_key",
             "api_key_id",
             "created_at",
-            postgresql_where=sa.text("(last_payment_error ->> 'decline_code') = 'incorrect_cvc'"),
+            postgresql_where=sa.text(
+                "(last_payment_error ->> 'decline_code') IN ('incorrect_cvc', 'incorrect_number')"
+            ),
         ),
         sa.Index(
             "ix_payments_uncaptured_created_at",

@@ -352,3 +352,17 @@ def test_ledger_verify_covers_merchant_balances_fees_and_refunds(app, connection
         result = runner.invoke(args=["ledger", "verify"])
         assert result.exit_code == 1 and f"VIOLATION {check}" in result.output, result.output
         savepoint.rollback()
+
+
+def test_guessing_card_numbers_is_limited_per_key(uow, make, shop):
+    from portal.domain.cards import generate_number
+
+    limit = uow.settings.cvc_failures_per_key
+    for i in range(limit):
+        unknown = payments.CardDetails(generate_number("visa"), 12, 2030, "123")
+        with pytest.raises(CardDeclined) as err:
+            pay(uow, shop, None, details=unknown)
+        assert err.value.details["decline_code"] == "incorrect_number", i
+    card = make.card(make.user(), balance="100")
+    with pytest.raises(RateLimited):
+        pay(uow, shop, card)

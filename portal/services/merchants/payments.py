@@ -372,13 +372,15 @@ def _decline_code(
     return None
 
 
-def _check_cvc_attempts(uow: UnitOfWork, actor: Actor, card_id: int) -> None:
-    """Refuse (429, nothing written) once a card, or the acting key, has had too many incorrect
-    security codes in the last hour: guessing a code takes more tries than that."""
+def _check_guesses(uow: UnitOfWork, actor: Actor, card_id: int | None) -> None:
+    """Refuse (429, nothing written) once a card has had too many incorrect security codes in
+    the last hour, or the acting key too many incorrect codes or card numbers: guessing a code,
+    or which numbers exist, takes more tries than that."""
     row = uow.execute(
-        "SELECT count(*) FILTER (WHERE card_id = :card) AS card_fails,"
-        " count(*) FILTER (WHERE api_key_id = :key) AS key_fails FROM payments"
-        " WHERE last_payment_error->>'decline_code' = 'incorrect_cvc' AND created_at > :since"
+        "SELECT count(*) FILTER (WHERE card_id = :card AND last_payment_error->>'decline_code'"
+        " = 'incorrect_cvc') AS card_fails, count(*) FILTER (WHERE api_key_id = :key)"
+        " AS key_fails FROM payments WHERE created_at > :since AND (last_payment_error->>"
+        "'decline_code') IN ('incorrect_cvc', 'incorrect_number')"
         " AND (card_id = :card OR api_key_id = :key)",
         {"card": card_id, "key": actor.key_id, "since": uow.now() - CVC_WINDOW},
     ).one()
@@ -387,7 +389,7 @@ def _check_cvc_attempts(uow: UnitOfWork, actor: Actor, card_id: int) -> None:
         or row.key_fails >= uow.settings.cvc_failures_per_key
     ):
         raise RateLimited(
-            "Too many incorrect security codes for this card or key; try again later.",
+            "Too many incorrect card details for this card or key; try again later.",
             retry_after=int(CVC_WINDOW.total_seconds()),
             code="too_many_card_attempts",
         )
@@ -431,8 +433,7 @@ def create_payment(
             return _replay_payment(u, claim.replay)
         _require_merchant_can_pay(m)
         locked = _lock(u, m.id, amount.currency, fingerprint=fingerprint)
-        if locked.wallet is not None:
-            _check_cvc_attempts(u, actor, locked.wallet.card_id)
+        _check_guesses(u, actor, locked.wallet.card_id if locked.wallet else None)
         decline = _decline_code(u, locked.wallet, amount, card, number)
         return _authorise(
             u, actor, m, claim, locked, amount, fields, decline,

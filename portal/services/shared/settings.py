@@ -133,7 +133,8 @@ class ServiceSettings:
     fee_fixed: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_FEE_FIXED))
     #: Uncaptured payments are canceled (reason ``expired``) this many days after authorisation.
     authorization_days: int = 7
-    #: Incorrect security codes allowed per card, and per API key, in a rolling hour.
+    #: Incorrect security codes allowed per card, and incorrect codes or card numbers per API
+    #: key, in a rolling hour.
     cvc_failures_per_card: int = 5
     cvc_failures_per_key: int = 30
     #: Hosted checkout: the public URL payers open, and whether http:// success and cancel URLs
