@@ -36,7 +36,7 @@ from pydantic import AfterValidator, Field
 from portal.api import bp
 from portal.api.operation import MAX_BODY_BYTES, operation
 from portal.api.pagination import ListResponse
-from portal.api.schemas import ApiModel, RequestBody
+from portal.api.schemas import ApiModel, RequestBody, SessionId, UserId
 from portal.api.security import bearer_credential
 from portal.domain.errors import Conflict, InvalidCredentials, NotFound, Unauthenticated
 from portal.domain.types import Actor
@@ -44,7 +44,6 @@ from portal.extensions import limiter
 from portal.services.identity import accounts, mfa, tokens
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
-from portal.services.shared.pagination import MAX_ID
 from portal.web import mail
 from portal.web.auth import account_tag
 from portal.web.uow import make_uow
@@ -76,7 +75,7 @@ Timestamp = Annotated[datetime, AfterValidator(_utc)]
 class User(ApiModel):
     """A person who signs in: cardholder, merchant or staff."""
 
-    id: int
+    id: UserId
     object: Literal["user"] = "user"
     email: str
     first_name: str
@@ -95,7 +94,7 @@ class User(ApiModel):
     @classmethod
     def of(cls, user: user_service.UserDetail) -> User:
         return cls(
-            id=user.id,
+            id=user.public_id,
             email=user.email,
             first_name=user.first_name,
             last_name=user.last_name,
@@ -113,7 +112,7 @@ class User(ApiModel):
 class WebSession(ApiModel):
     """A signed-in browser."""
 
-    id: int
+    id: SessionId
     object: Literal["session"] = "session"
     kind: Literal["web"] = "web"
     created_at: Timestamp
@@ -127,7 +126,7 @@ class WebSession(ApiModel):
 class ApiSession(ApiModel):
     """An API refresh-token family: one sign-in of an API client, across its rotations."""
 
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The token family's id (a UUID, not a prefixed id).")
     object: Literal["session"] = "session"
     kind: Literal["api"] = "api"
     created_at: Timestamp
@@ -150,7 +149,7 @@ class SessionList(ListResponse[Session]):
             if v.kind == "web":
                 data.append(
                     WebSession(
-                        id=int(v.id), created_at=v.created_at, last_seen_at=v.last_seen_at,
+                        id=v.public_id, created_at=v.created_at, last_seen_at=v.last_seen_at,
                         expires_at=v.expires_at, user_agent=v.user_agent, ip=v.ip,
                         current=v.current,
                     )
@@ -163,16 +162,6 @@ class SessionList(ListResponse[Session]):
                     )
                 )  # fmt: skip
         return cls(url=request.path, has_more=False, data=data)
-
-
-def object_id(value: int, param: str, what: str) -> int:
-    """An id from a path (``<int:...>``): outside a positive BIGINT it names nothing (404).
-    Checked in the view rather than by the converter's min/max: werkzeug checks the method
-    before the converter, so an out-of-range id would answer 405 on a path that other
-    methods share."""
-    if not 1 <= value <= MAX_ID:
-        raise NotFound(f"no such {what}", param=param)
-    return value
 
 
 def own_profile(call: Callable[[], user_service.UserDetail]) -> User:
@@ -495,15 +484,16 @@ def list_sessions(actor: Actor) -> SessionList:
 @operation(
     bp,
     "DELETE",
-    "/auth/sessions/web/<int:session_id>",
+    "/auth/sessions/web/<session_id>",
     summary="Sign a browser out",
     tags=["auth"],
     status=204,
     operation_id="revoke_web_session",
+    ids={"session_id": "session"},
 )
-def revoke_web_session(actor: Actor, session_id: int) -> None:
-    """End one of the caller's web sessions. 404 if it is not the caller's."""
-    session_id = object_id(session_id, "session_id", "session")
+def revoke_web_session(actor: Actor, session_id: str) -> None:
+    """End one of the caller's web sessions (by its `ses_` id). 404 if it is not the
+    caller's."""
     session_service.revoke_session(make_uow(), actor=_as_owner(actor), session_id=session_id)
 
 

@@ -3,8 +3,9 @@ retrieve, rename, freeze and unfreeze one's own; staff archive and restore any; 
 the recipient look-up by card number before a transfer (rate limited per user and per client
 address, so card numbers cannot be enumerated).
 
-Amounts are integers in minor units with a lowercase ISO currency code, as in Stripe. Another
-person's card is a 404, never a 403, so its existence does not leak."""
+Amounts are integers in minor units with a lowercase ISO currency code, as in Stripe. Cards are
+named by their public ids (``card_...``) in paths, bodies and answers. Another person's card is a
+404, never a 403, so its existence does not leak."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from flask import current_app, request
 from pydantic import Field
 
 from portal.api import bp
-from portal.api.auth import Timestamp, object_id
+from portal.api.auth import Timestamp
 from portal.api.operation import mark_replayed, operation
-from portal.api.pagination import ListQuery, ListResponse
-from portal.api.schemas import ApiModel, RequestBody
+from portal.api.pagination import ListQuery, ListResponse, cursor_field
+from portal.api.schemas import ApiModel, CardId, RequestBody, UserId, id_field
 from portal.api.security import bearer_credential
 from portal.domain.errors import (
     Conflict,
@@ -37,6 +38,9 @@ from portal.web.uow import make_uow
 LOOKUPS_PER_USER = "20 per minute; 100 per hour"
 LOOKUPS_PER_ADDRESS = "20 per minute; 100 per hour"
 
+#: A path's card id.
+CARD_ID = {"card_id": "card"}
+
 CardType = Literal["debit", "credit", "prepaid"]
 Brand = Literal["visa", "mastercard", "amex", "discover"]
 
@@ -46,7 +50,7 @@ class CardBalance(ApiModel):
     """A card's wallet balances, in minor units of the card's currency."""
 
     object: Literal["balance"] = "balance"
-    card: int
+    card: CardId
     currency: str = Field(description="Lowercase ISO 4217 code.", examples=["usd"])
     posted: int = Field(description="Settled money on the card.")
     pending: int = Field(description="Held for pending withdrawals; not spendable.")
@@ -55,7 +59,7 @@ class CardBalance(ApiModel):
     @classmethod
     def of_card(cls, card: activity.CardSummary) -> CardBalance:
         return cls(
-            card=card.id, currency=card.currency.lower(), posted=card.posted.amount_minor,
+            card=card.public_id, currency=card.currency.lower(), posted=card.posted.amount_minor,
             pending=card.pending.amount_minor, available=card.available.amount_minor,
         )  # fmt: skip
 
@@ -63,9 +67,9 @@ class CardBalance(ApiModel):
 class Card(ApiModel):
     """A card, masked: brand and last four only."""
 
-    id: int
+    id: CardId
     object: Literal["card"] = "card"
-    user: int = Field(description="The cardholder's user id.")
+    user: UserId = Field(description="The cardholder's user id (`usr_...`).")
     name: str
     card_type: str = Field(examples=["debit"])
     brand: str = Field(examples=["visa"])
@@ -81,7 +85,7 @@ class Card(ApiModel):
     @classmethod
     def of(cls, card: activity.CardSummary) -> Card:
         return cls(
-            id=card.id, user=card.user_id, name=card.name, card_type=card.card_type,
+            id=card.public_id, user=card.user_public_id, name=card.name, card_type=card.card_type,
             brand=card.brand, last4=card.last4, exp_month=card.expiry_month,
             exp_year=card.expiry_year, currency=card.currency.lower(),
             status=card.status,  # type: ignore[arg-type]
@@ -105,7 +109,8 @@ class Recipient(ApiModel):
     """What a sender may see of a card before paying it."""
 
     object: Literal["card_recipient"] = "card_recipient"
-    card: int = Field(description="Pass it as `to_card` when creating the transfer.")
+    card: CardId = Field(description="The card's id (`card_...`): pass it as `to_card` when"
+                         " creating the transfer.")  # fmt: skip
     brand: str
     last4: str
     currency: str
@@ -120,9 +125,10 @@ class NewCard(RequestBody):
         min_length=3, max_length=3, description="ISO 4217 code, any case.", examples=["usd"]
     )
     name: str = Field("", max_length=64)
-    user: int | None = Field(
-        None, ge=1, description="Staff with cards:manage only: issue for this user."
-    )
+    user: str | None = id_field(
+        "user", default=None,
+        description="Staff with cards:manage only: issue for this user (`usr_...`).",
+    )  # fmt: skip
 
 
 class CardUpdate(RequestBody):
@@ -130,8 +136,11 @@ class CardUpdate(RequestBody):
 
 
 class CardListQuery(ListQuery):
+    starting_after: str | None = cursor_field("card")
     include_archived: bool = Field(False, description="Also list archived cards.")
-    user: int | None = Field(None, ge=1, description="Staff with cards:read: this user's cards.")
+    user: str | None = id_field(
+        "user", default=None, description="Staff with cards:read: this user's cards (`usr_...`)."
+    )
 
 
 class Lookup(RequestBody):
@@ -164,7 +173,7 @@ def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> Issu
         card_type=body.card_type, brand=body.brand, currency=body.currency, name=body.name,
         idempotency_key=idempotency_key,
     )  # fmt: skip
-    card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.card_id))
+    card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.public_id))
     if issued.replayed:
         mark_replayed()
     return IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
@@ -187,7 +196,7 @@ def list_cards(query: CardListQuery, actor: Actor) -> CardList:
         make_uow(), actor=actor, user_id=query.user, include_archived=query.include_archived
     )
     if query.starting_after is not None:
-        ids = [c.id for c in found]
+        ids = [c.public_id for c in found]
         if query.starting_after not in ids:
             raise InvalidInput("starting_after is not a known card id", param="starting_after")
         found = found[ids.index(query.starting_after) + 1 :]
@@ -201,33 +210,33 @@ def list_cards(query: CardListQuery, actor: Actor) -> CardList:
 @operation(
     bp,
     "GET",
-    "/cards/<int:card_id>",
+    "/cards/<card_id>",
     summary="Retrieve a card",
     tags=["cards"],
     response=Card,
     operation_id="get_card",
+    ids=CARD_ID,
 )
-def get_card(card_id: int, actor: Actor) -> Card:
+def get_card(card_id: str, actor: Actor) -> Card:
     """One of the caller's cards (staff with cards:read: any), masked, with balances. Never
     the full number or security code."""
-    card_id = object_id(card_id, "card_id", "card")
     return Card.of(activity.get_card(make_uow(), actor=actor, card_id=card_id))
 
 
 @operation(
     bp,
     "PATCH",
-    "/cards/<int:card_id>",
+    "/cards/<card_id>",
     summary="Rename a card",
     tags=["cards"],
     body=CardUpdate,
     response=Card,
     errors=(Conflict,),
     operation_id="update_card",
+    ids=CARD_ID,
 )
-def update_card(card_id: int, body: CardUpdate, actor: Actor) -> Card:
+def update_card(card_id: str, body: CardUpdate, actor: Actor) -> Card:
     """Name one of one's own cards (owner only). 409 `invalid_state` for an archived card."""
-    card_id = object_id(card_id, "card_id", "card")
     uow = make_uow()
     if body.name is None:  # nothing to change; still only for the owner
         card = activity.get_card(uow, actor=actor, card_id=card_id)
@@ -237,24 +246,24 @@ def update_card(card_id: int, body: CardUpdate, actor: Actor) -> Card:
     return Card.of(activity.rename_card(uow, actor=actor, card_id=card_id, name=body.name))
 
 
-def _changed(actor: Actor, card_id: int) -> Card:
+def _changed(actor: Actor, card_id: str) -> Card:
     return Card.of(activity.get_card(make_uow(), actor=actor, card_id=card_id))
 
 
 @operation(
     bp,
     "POST",
-    "/cards/<int:card_id>/freeze",
+    "/cards/<card_id>/freeze",
     summary="Freeze a card",
     tags=["cards"],
     response=Card,
     errors=(Conflict,),
     operation_id="freeze_card",
+    ids=CARD_ID,
 )
-def freeze_card(card_id: int, actor: Actor) -> Card:
+def freeze_card(card_id: str, actor: Actor) -> Card:
     """A frozen card can neither send nor receive money until unfrozen (its owner, or staff
     with cards:manage). Freezing a frozen card changes nothing. 409 for an archived card."""
-    card_id = object_id(card_id, "card_id", "card")
     cards.set_frozen(make_uow(), actor=actor, card_id=card_id, frozen=True)
     return _changed(actor, card_id)
 
@@ -262,17 +271,17 @@ def freeze_card(card_id: int, actor: Actor) -> Card:
 @operation(
     bp,
     "POST",
-    "/cards/<int:card_id>/unfreeze",
+    "/cards/<card_id>/unfreeze",
     summary="Unfreeze a card",
     tags=["cards"],
     response=Card,
     errors=(Conflict,),
     operation_id="unfreeze_card",
+    ids=CARD_ID,
 )
-def unfreeze_card(card_id: int, actor: Actor) -> Card:
+def unfreeze_card(card_id: str, actor: Actor) -> Card:
     """The card can send and receive money again (its owner, or staff with cards:manage).
     409 for an archived card."""
-    card_id = object_id(card_id, "card_id", "card")
     cards.set_frozen(make_uow(), actor=actor, card_id=card_id, frozen=False)
     return _changed(actor, card_id)
 
@@ -280,17 +289,17 @@ def unfreeze_card(card_id: int, actor: Actor) -> Card:
 @operation(
     bp,
     "POST",
-    "/cards/<int:card_id>/archive",
+    "/cards/<card_id>/archive",
     summary="Archive a card",
     tags=["cards"],
     permission="cards:manage",
     response=Card,
     operation_id="archive_card",
+    ids=CARD_ID,
 )
-def archive_card(card_id: int, actor: Actor) -> Card:
+def archive_card(card_id: str, actor: Actor) -> Card:
     """Staff: the card leaves its holder's list and can neither send nor receive money; its
     history stays."""
-    card_id = object_id(card_id, "card_id", "card")
     cards.set_archived(make_uow(), actor=actor, card_id=card_id, archived=True)
     return _changed(actor, card_id)
 
@@ -298,16 +307,16 @@ def archive_card(card_id: int, actor: Actor) -> Card:
 @operation(
     bp,
     "POST",
-    "/cards/<int:card_id>/restore",
+    "/cards/<card_id>/restore",
     summary="Restore an archived card",
     tags=["cards"],
     permission="cards:manage",
     response=Card,
     operation_id="restore_card",
+    ids=CARD_ID,
 )
-def restore_card(card_id: int, actor: Actor) -> Card:
+def restore_card(card_id: str, actor: Actor) -> Card:
     """Staff: bring an archived card back."""
-    card_id = object_id(card_id, "card_id", "card")
     cards.set_archived(make_uow(), actor=actor, card_id=card_id, archived=False)
     return _changed(actor, card_id)
 
@@ -315,19 +324,19 @@ def restore_card(card_id: int, actor: Actor) -> Card:
 @operation(
     bp,
     "GET",
-    "/cards/<int:card_id>/balance",
+    "/cards/<card_id>/balance",
     summary="Retrieve a card's balance",
     tags=["cards"],
     response=CardBalance,
     operation_id="get_card_balance",
+    ids=CARD_ID,
 )
-def get_card_balance(card_id: int, actor: Actor) -> CardBalance:
+def get_card_balance(card_id: str, actor: Actor) -> CardBalance:
     """Posted, pending (held) and available money on one of the caller's cards (staff with
     money:read: any card)."""
-    card_id = object_id(card_id, "card_id", "card")
     balance = wallet.get_balance(make_uow(), actor=actor, card_id=card_id)
     return CardBalance(
-        card=balance.card_id, currency=balance.posted.currency.lower(),
+        card=balance.card_public_id, currency=balance.posted.currency.lower(),
         posted=balance.posted.amount_minor, pending=balance.pending_debits.amount_minor,
         available=balance.available.amount_minor,
     )  # fmt: skip
@@ -376,6 +385,6 @@ def lookup_card(body: Lookup, actor: Actor) -> Recipient:
     minute and 100 an hour per user and per client address (429 with Retry-After)."""
     found = activity.find_recipient(make_uow(), actor=actor, number=body.number)
     return Recipient(
-        card=found.card_id, brand=found.brand, last4=found.last4,
+        card=found.card_public_id, brand=found.brand, last4=found.last4,
         currency=found.currency.lower(), holder=found.holder,
     )  # fmt: skip

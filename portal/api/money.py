@@ -9,7 +9,9 @@ expired or archived card a 402 ``card_unavailable`` (``card_frozen``...): the re
 is kept, failed, in the history, and no balance changed.
 
 Amounts are integers in minor units (``amount``) with an ISO currency code (``currency``,
-accepted in any case, answered in lowercase), as in Stripe.
+accepted in any case, answered in lowercase), as in Stripe. Movements are named by their public
+ids (``tu_...``, ``tr_...``, ``wd_...``) and cards by theirs (``card_...``), in paths, bodies,
+answers and cursors alike.
 """
 
 from __future__ import annotations
@@ -22,10 +24,20 @@ from flask import request
 from pydantic import Field
 
 from portal.api import bp
-from portal.api.auth import Timestamp, object_id
+from portal.api.auth import Timestamp
 from portal.api.operation import mark_replayed, operation
-from portal.api.pagination import ListQuery, ListResponse
-from portal.api.schemas import ApiModel, QueryModel, RequestBody
+from portal.api.pagination import ListQuery, ListResponse, cursor_field
+from portal.api.schemas import (
+    ApiModel,
+    CardId,
+    MovementId,
+    QueryModel,
+    RequestBody,
+    TopUpId,
+    TransferId,
+    WithdrawalId,
+    id_field,
+)
 from portal.domain.errors import (
     CardUnavailable,
     IdempotencyConflict,
@@ -57,11 +69,11 @@ _CREATE_ERRORS = (InsufficientFunds, CardUnavailable, IdempotencyConflict, NotFo
 
 # -- objects ------------------------------------------------------------------------------------
 class Movement(ApiModel):
-    id: int
+    id: str
     amount: int = Field(description="Minor units of `currency`.", examples=[5000])
     currency: str = Field(description="Lowercase ISO 4217 code.", examples=["usd"])
     status: Status
-    card: int = Field(description="The caller's card this movement is seen from.")
+    card: CardId = Field(description="The caller's card this movement is seen from (`card_...`).")
     card_last4: str
     direction: Literal["in", "out"] = Field(description="Money into or out of `card`.")
     counterparty: str = Field(
@@ -76,6 +88,7 @@ class Movement(ApiModel):
 class TopUp(Movement):
     """Money added to a card from outside."""
 
+    id: TopUpId
     object: Literal["top_up"] = "top_up"
     method: Method
 
@@ -83,6 +96,7 @@ class TopUp(Movement):
 class Transfer(Movement):
     """Money moved from one card to another."""
 
+    id: TransferId
     object: Literal["transfer"] = "transfer"
     memo: str
 
@@ -90,19 +104,23 @@ class Transfer(Movement):
 class Withdrawal(Movement):
     """Money paid out to a bank account: pending (held) until the payout succeeds or fails."""
 
+    id: WithdrawalId
     object: Literal["withdrawal"] = "withdrawal"
 
 
 class Activity(ApiModel):
     """One entry of the activity feed."""
 
-    id: str = Field(description="The kind and the record's id.", examples=["transfer_12"])
+    id: MovementId = Field(
+        description="The movement's own public id: a top-up's `tu_...`, a transfer's `tr_...`,"
+        " a withdrawal's `wd_...` (the same id its own endpoint answers)."
+    )
     object: Literal["activity"] = "activity"
     type: Kind
     amount: int
     currency: str
     status: Status
-    card: int
+    card: CardId = Field(description="The caller's card this entry is seen from (`card_...`).")
     card_last4: str
     direction: Literal["in", "out"]
     counterparty: str
@@ -116,7 +134,7 @@ class Activity(ApiModel):
         return cls(
             id=item.id, type=item.kind,  # type: ignore[arg-type]
             amount=item.amount.amount_minor, currency=item.amount.currency.lower(),
-            status=item.status, card=item.card_id,  # type: ignore[arg-type]
+            status=item.status, card=item.card_public_id,  # type: ignore[arg-type]
             card_last4=item.card_last4, direction=item.direction,  # type: ignore[arg-type]
             counterparty=item.counterparty, method=item.method,  # type: ignore[arg-type]
             memo=item.memo, failure_code=item.failure_code, created_at=item.created_at,
@@ -134,9 +152,9 @@ def _movement(model: type[M], item: activity.ActivityItem) -> M:
         extra["memo"] = item.memo
     return model.model_validate(
         {
-            "id": item.number, "amount": item.amount.amount_minor,
+            "id": item.id, "amount": item.amount.amount_minor,
             "currency": item.amount.currency.lower(), "status": item.status,
-            "card": item.card_id, "card_last4": item.card_last4, "direction": item.direction,
+            "card": item.card_public_id, "card_last4": item.card_last4, "direction": item.direction,
             "counterparty": item.counterparty, "failure_code": item.failure_code,
             "created_at": item.created_at, **extra,
         }
@@ -168,20 +186,20 @@ class Amount(RequestBody):
 
 
 class NewTopUp(Amount):
-    card: int = Field(ge=1, le=MAX_ID)
+    card: CardId = Field(description="One of the caller's cards (`card_...`).")
     method: Method
 
 
 class NewTransfer(Amount):
-    from_card: int = Field(ge=1, le=MAX_ID)
-    to_card: int = Field(
-        ge=1, le=MAX_ID, description="One's own card, or the `card` of POST /cards/lookup."
+    from_card: CardId = Field(description="One of the caller's cards (`card_...`).")
+    to_card: CardId = Field(
+        description="One's own card, or the `card` of POST /cards/lookup (`card_...`)."
     )
     memo: str = Field("", max_length=140)
 
 
 class NewWithdrawal(Amount):
-    card: int = Field(ge=1, le=MAX_ID)
+    card: CardId = Field(description="One of the caller's cards (`card_...`).")
     bank_name: str = Field(max_length=100, examples=["Bank Central Asia"])
     account_number: str = Field(max_length=64, description="Stored encrypted; never shown again.")
     account_holder: str = Field(max_length=100)
@@ -196,7 +214,9 @@ class Failure(RequestBody):
 
 
 class Filters(QueryModel):
-    card: int | None = Field(None, ge=1, le=MAX_ID, description="Only this card's movements.")
+    card: str | None = id_field(
+        "card", default=None, description="Only this card's movements (`card_...`)."
+    )
     status: Status | None = None
     since: date | None = Field(None, description="From this UTC day on (YYYY-MM-DD).")
     until: date | None = Field(None, description="Up to and including this UTC day.")
@@ -206,16 +226,26 @@ class Filters(QueryModel):
 
 
 class MovementListQuery(ListQuery, Filters):
-    pass
+    """A list of one kind of movement (its subclasses narrow the cursor to that kind)."""
+
+
+class TopUpListQuery(MovementListQuery):
+    starting_after: str | None = cursor_field("top_up")
+
+
+class TransferListQuery(MovementListQuery):
+    starting_after: str | None = cursor_field("transfer")
+
+
+class WithdrawalListQuery(MovementListQuery):
+    starting_after: str | None = cursor_field("withdrawal")
 
 
 class ActivityQuery(Filters):
     limit: int = Field(
         DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"How many, 1 to {MAX_LIMIT}."
     )
-    starting_after: str | None = Field(
-        None, max_length=40, description="A cursor: the id of the last entry of the previous page."
-    )
+    starting_after: str | None = cursor_field("top_up", "transfer", "withdrawal")
     type: Kind | None = Field(None, description="Only this kind of movement.")
 
 
@@ -241,9 +271,7 @@ def _money(body: Amount) -> Money:
 
 def _created(model: type[M], actor: Actor, result: MovementResult) -> M:
     """The 201 response of a movement: as first recorded (a replay answers the same)."""
-    item = activity.get_activity_item(
-        make_uow(), actor=actor, item_id=activity.item_id(result.kind, result.id)
-    )
+    item = activity.get_activity_item(make_uow(), actor=actor, item_id=result.public_id)
     # Status and time as the first response had them (a withdrawal settles later).
     if result.replayed:
         mark_replayed()
@@ -252,21 +280,18 @@ def _created(model: type[M], actor: Actor, result: MovementResult) -> M:
     )
 
 
-def _one(model: type[M], kind: str, number: int, actor: Actor) -> M:
-    number = object_id(number, f"{kind}_id", kind.replace("_", "-"))
-    item = activity.get_activity_item(
-        make_uow(), actor=actor, item_id=activity.item_id(kind, number)
-    )
+def _one(model: type[M], public_id: str, actor: Actor) -> M:
+    """The movement a path names (its shape checked by the operation's ``ids``)."""
+    item = activity.get_activity_item(make_uow(), actor=actor, item_id=public_id)
     return _movement(model, item)
 
 
 def _page(kind: str, query: MovementListQuery, actor: Actor) -> Page[activity.ActivityItem]:
-    after = None if query.starting_after is None else activity.item_id(kind, query.starting_after)
     return _named(
         lambda: activity.list_activity(
             make_uow(), actor=actor, card_id=query.card, kind=kind, status=query.status,
             since=query.since, until=query.until, search=query.q, limit=query.limit,
-            starting_after=after,
+            starting_after=query.starting_after,
         )
     )  # fmt: skip
 
@@ -309,15 +334,16 @@ def create_top_up(body: NewTopUp, actor: Actor, idempotency_key: str) -> TopUp:
 @operation(
     bp,
     "GET",
-    "/top_ups/<int:top_up_id>",
+    "/top_ups/<top_up_id>",
     summary="Retrieve a top-up",
     tags=["money"],
     response=TopUp,
     operation_id="get_top_up",
+    ids={"top_up_id": "top_up"},
 )
-def get_top_up(top_up_id: int, actor: Actor) -> TopUp:
+def get_top_up(top_up_id: str, actor: Actor) -> TopUp:
     """A top-up on one of the caller's cards (staff with money:read: any)."""
-    return _one(TopUp, "top_up", top_up_id, actor)
+    return _one(TopUp, top_up_id, actor)
 
 
 @operation(
@@ -326,11 +352,11 @@ def get_top_up(top_up_id: int, actor: Actor) -> TopUp:
     "/top_ups",
     summary="List top-ups",
     tags=["money"],
-    query=MovementListQuery,
+    query=TopUpListQuery,
     response=TopUpList,
     operation_id="list_top_ups",
 )
-def list_top_ups(query: MovementListQuery, actor: Actor) -> TopUpList:
+def list_top_ups(query: TopUpListQuery, actor: Actor) -> TopUpList:
     """Top-ups on the caller's cards (one card's with `card`), newest first, filtered by
     `status`, `since`, `until` and searched with `q`."""
     return _list(TopUp, TopUpList, "top_up", query, actor)  # type: ignore[return-value]
@@ -366,16 +392,17 @@ def create_transfer(body: NewTransfer, actor: Actor, idempotency_key: str) -> Tr
 @operation(
     bp,
     "GET",
-    "/transfers/<int:transfer_id>",
+    "/transfers/<transfer_id>",
     summary="Retrieve a transfer",
     tags=["money"],
     response=Transfer,
     operation_id="get_transfer",
+    ids={"transfer_id": "transfer"},
 )
-def get_transfer(transfer_id: int, actor: Actor) -> Transfer:
+def get_transfer(transfer_id: str, actor: Actor) -> Transfer:
     """A transfer from one of the caller's cards, or one that reached one of their cards
     (staff with money:read: any, seen from the sending card)."""
-    return _one(Transfer, "transfer", transfer_id, actor)
+    return _one(Transfer, transfer_id, actor)
 
 
 @operation(
@@ -384,11 +411,11 @@ def get_transfer(transfer_id: int, actor: Actor) -> Transfer:
     "/transfers",
     summary="List transfers",
     tags=["money"],
-    query=MovementListQuery,
+    query=TransferListQuery,
     response=TransferList,
     operation_id="list_transfers",
 )
-def list_transfers(query: MovementListQuery, actor: Actor) -> TransferList:
+def list_transfers(query: TransferListQuery, actor: Actor) -> TransferList:
     """Transfers from and (once they succeeded) to the caller's cards, newest first."""
     return _list(Transfer, TransferList, "transfer", query, actor)  # type: ignore[return-value]
 
@@ -425,16 +452,17 @@ def create_withdrawal(body: NewWithdrawal, actor: Actor, idempotency_key: str) -
 @operation(
     bp,
     "GET",
-    "/withdrawals/<int:withdrawal_id>",
+    "/withdrawals/<withdrawal_id>",
     summary="Retrieve a withdrawal",
     tags=["money"],
     response=Withdrawal,
     operation_id="get_withdrawal",
+    ids={"withdrawal_id": "withdrawal"},
 )
-def get_withdrawal(withdrawal_id: int, actor: Actor) -> Withdrawal:
+def get_withdrawal(withdrawal_id: str, actor: Actor) -> Withdrawal:
     """A withdrawal from one of the caller's cards (staff with money:read or
     withdrawals:manage: any)."""
-    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+    return _one(Withdrawal, withdrawal_id, actor)
 
 
 @operation(
@@ -443,11 +471,11 @@ def get_withdrawal(withdrawal_id: int, actor: Actor) -> Withdrawal:
     "/withdrawals",
     summary="List withdrawals",
     tags=["money"],
-    query=MovementListQuery,
+    query=WithdrawalListQuery,
     response=WithdrawalList,
     operation_id="list_withdrawals",
 )
-def list_withdrawals(query: MovementListQuery, actor: Actor) -> WithdrawalList:
+def list_withdrawals(query: WithdrawalListQuery, actor: Actor) -> WithdrawalList:
     """Withdrawals from the caller's cards, newest first."""
     return _list(Withdrawal, WithdrawalList, "withdrawal", query, actor)  # type: ignore[return-value]
 
@@ -455,7 +483,7 @@ def list_withdrawals(query: MovementListQuery, actor: Actor) -> WithdrawalList:
 @operation(
     bp,
     "POST",
-    "/withdrawals/<int:withdrawal_id>/confirm",
+    "/withdrawals/<withdrawal_id>/confirm",
     summary="Confirm a withdrawal's payout",
     tags=["money"],
     permission="withdrawals:manage",
@@ -463,22 +491,22 @@ def list_withdrawals(query: MovementListQuery, actor: Actor) -> WithdrawalList:
     response=Withdrawal,
     errors=(TemporarilyUnavailable,),
     operation_id="confirm_withdrawal",
+    ids={"withdrawal_id": "withdrawal"},
 )
-def confirm_withdrawal(withdrawal_id: int, body: Settlement, actor: Actor) -> Withdrawal:
+def confirm_withdrawal(withdrawal_id: str, body: Settlement, actor: Actor) -> Withdrawal:
     """Staff: the payout went out; the held money leaves the card. A withdrawal no longer
     pending is answered as it is, unchanged."""
-    withdrawal_id = object_id(withdrawal_id, "withdrawal_id", "withdrawal")
     wallet.confirm_withdrawal(
         make_uow(), actor=actor, withdrawal_id=withdrawal_id,
         payout_reference=body.payout_reference,
     )  # fmt: skip
-    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+    return _one(Withdrawal, withdrawal_id, actor)
 
 
 @operation(
     bp,
     "POST",
-    "/withdrawals/<int:withdrawal_id>/fail",
+    "/withdrawals/<withdrawal_id>/fail",
     summary="Fail a withdrawal's payout",
     tags=["money"],
     permission="withdrawals:manage",
@@ -486,15 +514,15 @@ def confirm_withdrawal(withdrawal_id: int, body: Settlement, actor: Actor) -> Wi
     response=Withdrawal,
     errors=(TemporarilyUnavailable,),
     operation_id="fail_withdrawal",
+    ids={"withdrawal_id": "withdrawal"},
 )
-def fail_withdrawal(withdrawal_id: int, body: Failure, actor: Actor) -> Withdrawal:
+def fail_withdrawal(withdrawal_id: str, body: Failure, actor: Actor) -> Withdrawal:
     """Staff: the payout failed; the hold is released and the money is available again. A
     withdrawal no longer pending is answered as it is, unchanged."""
-    withdrawal_id = object_id(withdrawal_id, "withdrawal_id", "withdrawal")
     wallet.fail_withdrawal(
         make_uow(), actor=actor, withdrawal_id=withdrawal_id, failure_code=body.failure_code
     )
-    return _one(Withdrawal, "withdrawal", withdrawal_id, actor)
+    return _one(Withdrawal, withdrawal_id, actor)
 
 
 # -- the activity feed --------------------------------------------------------------------------
@@ -511,7 +539,7 @@ def fail_withdrawal(withdrawal_id: int, body: Failure, actor: Actor) -> Withdraw
 def list_activity(query: ActivityQuery, actor: Actor) -> ActivityList:
     """Every money movement on the caller's cards, incoming transfers included, newest first;
     filtered by `card`, `type`, `status`, `since`, `until`, searched with `q`, and paged with
-    `starting_after` (an activity id such as `transfer_12`)."""
+    `starting_after` (an entry's id: the movement's `tu_`, `tr_` or `wd_` id)."""
     page = _named(
         lambda: activity.list_activity(
             make_uow(), actor=actor, card_id=query.card, kind=query.type, status=query.status,

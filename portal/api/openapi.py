@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from portal.api.operation import IDEMPOTENCY_HEADER, REPLAYED_HEADER, Operation
-from portal.api.schemas import Error
+from portal.api.schemas import Error, example_id, id_description, id_pattern
 from portal.api.security import schemes
+from portal.domain.ids import MAX_LENGTH
 
 REF = "#/components/schemas/{model}"
 TITLE = "Portal API"
@@ -63,6 +64,14 @@ def operations(app: Flask) -> Iterator[tuple[str, dict[str, dict[str, Any]], Ope
             m["name"]: dict(_CONVERTER_SCHEMAS.get(m["converter"] or "default", {"type": "string"}))
             for m in _RULE_PART.finditer(rule.rule)
         }
+        for name, kind in spec.ids:
+            params[name] = {
+                "type": "string",
+                "pattern": id_pattern(kind),
+                "maxLength": MAX_LENGTH,
+                "examples": [example_id(kind)],
+                "description": id_description(kind),
+            }
         yield _RULE_PART.sub(lambda m: "{" + m["name"] + "}", rule.rule), params, spec
 
 
@@ -105,9 +114,12 @@ def build(app: Flask) -> dict[str, Any]:
             "title": TITLE,
             "version": VERSION,
             "description": (
-                'Portal\'s JSON API. Errors answer `{"error": {type, code, message, param, '
-                "request_id}}`; lists paginate with `limit` and `starting_after` and answer "
-                '`{object: "list", url, has_more, data}`; every response carries '
+                "Portal's JSON API. Every object has an opaque public id with a prefix naming "
+                "its kind (`usr_`, `rol_`, `ses_`, `card_`, `tu_`, `tr_`, `wd_`, ...) and 24 "
+                "random letters and digits; paths, references, request bodies and cursors use "
+                'it. Errors answer `{"error": {type, code, message, param, request_id}}`; lists '
+                "paginate with `limit` and `starting_after` (the last id of the previous page) "
+                'and answer `{object: "list", url, has_more, data}`; every response carries '
                 "`X-Request-ID`."
             ),
         },
@@ -154,10 +166,12 @@ def _operation(
     components: dict[str, Any],
     schema_of: Callable[[type[BaseModel], JsonSchemaMode], dict[str, Any]],
 ) -> dict[str, Any]:
-    parameters = [
-        {"name": name, "in": "path", "required": True, "schema": schema}
-        for name, schema in path_params.items()
-    ]
+    parameters: list[dict[str, Any]] = []
+    for name, schema in path_params.items():
+        parameter: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": schema}
+        if "description" in schema:
+            parameter["description"] = schema["description"]
+        parameters.append(parameter)
     if spec.query is not None:
         parameters.extend(_query_parameters(schema_of(spec.query, "validation"), components))
     if spec.idempotency:

@@ -3,7 +3,8 @@
 One decorator gives each endpoint the same order of checks, the same errors and its entry in the
 OpenAPI document::
 
-    authenticate (401) -> permission (403) -> parse JSON (400) -> validate (422) -> view
+    authenticate (401) -> permission (403) -> path ids (404) -> parse JSON (400)
+        -> validate (422) -> view
 
 and serialises what the view returns. The declaration is kept on the view
 (``__api_operation__``), where :mod:`portal.api.openapi` finds it through the app's URL map.
@@ -14,7 +15,7 @@ Example (in an endpoint module listed in ``portal.api.ENDPOINT_MODULES``)::
         name: str = Field(min_length=1, max_length=40)
 
     class RoleObject(ApiModel):
-        id: int
+        id: RoleId                        # the public id, "rol_..."
         object: Literal["role"] = "role"
         name: str
 
@@ -23,7 +24,12 @@ Example (in an endpoint module listed in ``portal.api.ENDPOINT_MODULES``)::
                errors=(Conflict,))
     def create_role(body: NewRole, actor: Actor) -> RoleObject:
         role = roles.create_role(make_uow(), actor=actor, name=body.name)
-        return RoleObject(id=role.id, name=role.name)
+        return RoleObject(id=role.public_id, name=role.name)
+
+Objects are named by their public ids everywhere (``portal.domain.ids``): a path parameter that
+holds one is declared with ``ids={"card_id": "card"}``, which checks its shape (anything else is
+a 404 at once, before any query) and documents its pattern; the view passes the string on to the
+service, which resolves it (``portal.services.shared.refs``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from portal.api.security import authenticate
-from portal.domain.errors import Forbidden, InvalidInput, PortalError
+from portal.domain.errors import Forbidden, InvalidInput, NotFound, PortalError
+from portal.domain.ids import is_public_id
 from portal.extensions import csrf, limiter
 from portal.web.errors import http_status
 
@@ -76,6 +83,8 @@ class Operation:
     errors: tuple[int, ...]  # statuses documented on top of those every operation has
     deprecated: bool
     idempotency: str | None = None  # "required", "optional" or None: the Idempotency-Key header
+    #: Path parameters that hold public ids: (parameter name, object kind).
+    ids: tuple[tuple[str, str], ...] = ()
 
 
 def operation(
@@ -97,6 +106,7 @@ def operation(
     description: str | None = None,
     deprecated: bool = False,
     idempotency: str | None = None,
+    ids: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Declare a JSON API endpoint ``method path`` (Flask rule syntax, relative to ``bp``).
 
@@ -116,6 +126,9 @@ def operation(
       ``Idempotency-Key`` header (400 ``idempotency_key_missing`` when required and absent) and
       passes it as ``idempotency_key=`` (None when optional and absent); documented as a header
       parameter, with ``Idempotent-Replayed`` on the success response.
+    - ``ids``: path parameter name -> object kind (``{"card_id": "card"}``) for parameters that
+      hold public ids: a value without that kind's shape is a 404 (NotFound, as for an unknown
+      object) before the body is read or any query runs; the document gives the pattern.
     - ``operation_id`` defaults to the view's name; ``description`` to its docstring.
     """
     method = method.upper()
@@ -131,6 +144,10 @@ def operation(
     if idempotency not in (None, "required", "optional"):
         raise ValueError('idempotency is "required", "optional" or None')
     extra = tuple(sorted({_status_of(e) for e in errors}))
+    path_ids = tuple((ids or {}).items())
+    unknown = [name for name, _ in path_ids if f"<{name}>" not in path and f":{name}>" not in path]
+    if unknown:
+        raise ValueError(f"ids names no path parameter: {', '.join(unknown)}")
 
     def decorate(view: F) -> F:
         parameters = inspect.signature(view).parameters
@@ -158,6 +175,7 @@ def operation(
             errors=extra,
             deprecated=deprecated,
             idempotency=idempotency,
+            ids=path_ids,
         )
 
         @wraps(view)
@@ -172,6 +190,9 @@ def operation(
                     )
                 if wants_actor:
                     kwargs["actor"] = actor
+            for name, kind in spec.ids:
+                if not is_public_id(kind, kwargs.get(name)):
+                    raise NotFound(f"no such {kind.replace('_', '-')}", param=name)
             # Malformed JSON (400) is reported before any invalid parameter (422).
             raw = _read_json_object() if spec.body is not None else b"{}"
             if spec.query is not None:

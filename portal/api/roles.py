@@ -1,7 +1,8 @@
 """Roles and permissions: the catalogue administrators edit. A role in a path is named by its
-name (``support``) or its id. Reading needs ``users:read`` or ``roles:manage`` (the services
-check it); every change needs ``roles:manage``, within the services' guard rails (built-in
-roles keep their names and are never archived; nobody grants more than they hold)."""
+name (``support``) or its public id (``rol_...``). Reading needs ``users:read`` or
+``roles:manage`` (the services check it); every change needs ``roles:manage``, within the
+services' guard rails (built-in roles keep their names and are never archived; nobody grants
+more than they hold)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pydantic import Field
 
 from portal.api import bp
 from portal.api.operation import operation
-from portal.api.pagination import ListQuery, ListResponse
-from portal.api.schemas import ApiModel, RequestBody
+from portal.api.pagination import ListQuery, ListResponse, cursor_field
+from portal.api.schemas import ApiModel, RequestBody, RoleId
 from portal.api.users import permission_ref, role_ref
 from portal.domain.errors import Conflict, InvalidInput
 from portal.domain.types import Actor
@@ -24,7 +25,7 @@ from portal.web.uow import make_uow
 class Role(ApiModel):
     """A named set of permissions."""
 
-    id: int
+    id: RoleId
     object: Literal["role"] = "role"
     name: str
     description: str
@@ -36,7 +37,7 @@ class Role(ApiModel):
     @classmethod
     def of(cls, role: role_service.RoleView) -> Role:
         return cls(
-            id=role.id,
+            id=role.public_id,
             name=role.name,
             description=role.description,
             permissions=list(role.permissions),
@@ -63,6 +64,7 @@ class PermissionList(ListResponse[Permission]):
 
 
 class RoleListQuery(ListQuery):
+    starting_after: str | None = cursor_field("role")
     include_archived: bool = Field(False, description="Also list archived roles.")
 
 
@@ -96,13 +98,13 @@ class RoleUpdate(RequestBody):
 )
 def list_roles(query: RoleListQuery, actor: Actor) -> RoleList:
     """Roles ordered by name (archived ones only with `include_archived`); `starting_after`
-    takes a role id. Needs `users:read` or `roles:manage`."""
+    takes a role's `rol_` id. Needs `users:read` or `roles:manage`."""
     found = role_service.list_roles(
         make_uow(), actor=actor, include_archived=query.include_archived
     )
     start = 0
     if query.starting_after is not None:
-        ids = [r.id for r in found]
+        ids = [r.public_id for r in found]
         if query.starting_after not in ids:
             raise InvalidInput("starting_after is not a known object id", param="starting_after")
         start = ids.index(query.starting_after) + 1
@@ -147,7 +149,7 @@ def create_role(body: NewRole, actor: Actor) -> Role:
     operation_id="get_role",
 )
 def get_role(role: str, actor: Actor) -> Role:
-    """One role, by name or id. Needs `users:read` or `roles:manage`."""
+    """One role, by name or by its `rol_` id. Needs `users:read` or `roles:manage`."""
     return Role.of(role_service.get_role(make_uow(), actor=actor, role=role_ref(role)))
 
 

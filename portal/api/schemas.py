@@ -5,9 +5,11 @@ The same models validate requests, serialise responses and generate the OpenAPI 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from portal.domain.ids import MAX_LENGTH, PREFIXES, RANDOM_LENGTH
 
 
 class ApiModel(BaseModel):
@@ -68,3 +70,64 @@ class Error(ApiModel):
     """The body of every error response."""
 
     error: ErrorDetail
+
+
+# -- public ids -------------------------------------------------------------------------------
+#: The random part of the example ids the document shows.
+_EXAMPLE = "4kT9qL2mXw8ZpR3vN7sB1cYd"
+
+#: How the document names each kind of object in descriptions.
+_NAMES = {"top_up": "top-up", "api_key": "API key", "checkout_session": "checkout session"}
+
+
+def id_pattern(*kinds: str) -> str:
+    """The regular expression of the public ids of ``kinds`` (every kind when none is given)."""
+    prefixes = "|".join(PREFIXES[k] for k in (kinds or tuple(PREFIXES)))
+    prefix = prefixes if len(kinds) == 1 else f"(?:{prefixes})"
+    return f"^{prefix}_[0-9A-Za-z]{{{RANDOM_LENGTH}}}$"
+
+
+def example_id(kind: str) -> str:
+    return f"{PREFIXES[kind]}_{_EXAMPLE}"
+
+
+def id_description(*kinds: str, what: str | None = None) -> str:
+    """The description of a public id of ``kinds``: "A card's public id: `card_` and ..."."""
+    prefixes = [f"`{PREFIXES[k]}_`" for k in kinds]
+    named = prefixes[0] if len(prefixes) == 1 else ", ".join(prefixes[:-1]) + f" or {prefixes[-1]}"
+    what = what or " or ".join(_NAMES.get(k, k.replace("_", " ")) for k in kinds)
+    article = "An" if what[0] in "aeio" or what.startswith("API") else "A"
+    return (
+        f"{article} {what}'s public id: {named} and {RANDOM_LENGTH} random letters and digits."
+        " Opaque: compare it, never parse it."
+    )
+
+
+def id_field(
+    *kinds: str, description: str | None = None, what: str | None = None, **kwargs: Any
+) -> Any:
+    """A pydantic ``Field`` for a public id of ``kinds``: pattern, examples and description in
+    the OpenAPI document; a request's value of another shape is a 422."""
+    return Field(
+        pattern=id_pattern(*kinds),
+        max_length=MAX_LENGTH,
+        examples=[example_id(kinds[0])],
+        description=description or id_description(*kinds, what=what),
+        **kwargs,
+    )
+
+
+def PublicId(*kinds: str) -> Any:  # noqa: N802 (a type, spelled as one)
+    """The type of a field that holds a public id of one of ``kinds``."""
+    return Annotated[str, id_field(*kinds)]
+
+
+UserId = PublicId("user")
+RoleId = PublicId("role")
+SessionId = PublicId("session")
+CardId = PublicId("card")
+TopUpId = PublicId("top_up")
+TransferId = PublicId("transfer")
+WithdrawalId = PublicId("withdrawal")
+#: An activity entry's id: the public id of the top-up, transfer or withdrawal it shows.
+MovementId = Annotated[str, id_field("top_up", "transfer", "withdrawal", what="movement")]

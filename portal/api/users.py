@@ -19,21 +19,19 @@ from portal.api.auth import (
     Timestamp,
     User,
     current_family,
-    object_id,
     own_profile,
     send_verification,
 )
 from portal.api.operation import operation
-from portal.api.pagination import ListQuery, ListResponse
-from portal.api.schemas import ApiModel, RequestBody
+from portal.api.pagination import ListQuery, ListResponse, cursor_field
+from portal.api.schemas import ApiModel, RequestBody, UserId
 from portal.domain.errors import Conflict, InvalidInput, NotFound
+from portal.domain.ids import is_public_id
 from portal.domain.permissions import ROLE_NAME
 from portal.domain.types import Actor
-from portal.services.identity import accounts
 from portal.services.identity import roles as role_service
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
-from portal.services.shared.pagination import MAX_ID
 from portal.web.uow import make_uow
 
 T = TypeVar("T")
@@ -42,14 +40,14 @@ T = TypeVar("T")
 PERMISSION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}$")
 
 
-def role_ref(role: str) -> int | str:
-    """A role named in a path, by id (digits) or by name. Raises NotFound for text that cannot
-    name a role (role names start with a letter, so the two never collide)."""
-    if role.isascii() and role.isdigit():
-        number = int(role)
-        if 1 <= number <= MAX_ID:
-            return number
-    elif ROLE_NAME.fullmatch(role):
+#: A path's user id.
+USER_ID = {"user_id": "user"}
+
+
+def role_ref(role: str) -> str:
+    """A role named in a path, by its public id (``rol_...``) or by its name. Raises NotFound
+    for text that can name neither (no role name has the shape of a role id)."""
+    if is_public_id("role", role) or ROLE_NAME.fullmatch(role):
         return role
     raise NotFound("no such role", param="role")
 
@@ -77,7 +75,7 @@ def renamed(call: Callable[[], T], params: dict[str, str]) -> T:
 class UserSummary(ApiModel):
     """A user as lists show them; retrieve the user for their permissions."""
 
-    id: int
+    id: UserId
     object: Literal["user"] = "user"
     email: str
     first_name: str
@@ -91,7 +89,7 @@ class UserSummary(ApiModel):
     @classmethod
     def of(cls, user: user_service.UserSummary) -> UserSummary:
         return cls(
-            id=user.id,
+            id=user.public_id,
             email=user.email,
             first_name=user.first_name,
             last_name=user.last_name,
@@ -110,12 +108,13 @@ class UserList(ListResponse[UserSummary]):
 class DeletedUser(ApiModel):
     """A user deleted for good."""
 
-    id: int
+    id: UserId
     object: Literal["user"] = "user"
     deleted: Literal[True] = True
 
 
 class UserListQuery(ListQuery):
+    starting_after: str | None = cursor_field("user")
     q: str | None = Field(
         None,
         max_length=254,
@@ -253,34 +252,34 @@ def create_user(body: NewUser, actor: Actor) -> User:
 @operation(
     bp,
     "GET",
-    "/users/<int:user_id>",
+    "/users/<user_id>",
     summary="Retrieve a user",
     tags=["users"],
     response=User,
     operation_id="get_user",
+    ids=USER_ID,
 )
-def get_user(user_id: int, actor: Actor) -> User:
+def get_user(user_id: str, actor: Actor) -> User:
     """One user: oneself, or anyone with `users:read`."""
-    user_id = object_id(user_id, "user_id", "user")
     return User.of(user_service.get_user(make_uow(), actor=actor, user_id=user_id))
 
 
 @operation(
     bp,
     "PATCH",
-    "/users/<int:user_id>",
+    "/users/<user_id>",
     summary="Update a user",
     tags=["users"],
     body=UserUpdate,
     response=User,
     errors=(Conflict,),
     operation_id="update_user",
+    ids=USER_ID,
 )
-def update_user(user_id: int, body: UserUpdate, actor: Actor) -> User:
+def update_user(user_id: str, body: UserUpdate, actor: Actor) -> User:
     """Change a user's names (oneself, or with `users:manage`) or email (with `users:manage`
     only: the new address is unverified). Nobody changes a user who holds a permission they
     lack (403 `privilege_escalation`). 409 `email_taken`."""
-    user_id = object_id(user_id, "user_id", "user")
     detail = user_service.update_user(
         make_uow(), actor=actor, user_id=user_id, first_name=body.first_name,
         last_name=body.last_name, email=body.email,
@@ -291,75 +290,75 @@ def update_user(user_id: int, body: UserUpdate, actor: Actor) -> User:
 @operation(
     bp,
     "POST",
-    "/users/<int:user_id>/archive",
+    "/users/<user_id>/archive",
     summary="Archive a user",
     tags=["users"],
     permission="users:manage",
     response=User,
     errors=(Conflict,),
     operation_id="archive_user",
+    ids=USER_ID,
 )
-def archive_user(user_id: int, actor: Actor) -> User:
+def archive_user(user_id: str, actor: Actor) -> User:
     """The user can no longer sign in, and their sessions and tokens stop working at their
     next request; they are revoked too, so a restore does not bring them back. 403
     `cannot_archive_self`; 409 `last_admin`."""
-    user_id = object_id(user_id, "user_id", "user")
     return User.of(user_service.archive_user(make_uow(), actor=actor, user_id=user_id))
 
 
 @operation(
     bp,
     "POST",
-    "/users/<int:user_id>/restore",
+    "/users/<user_id>/restore",
     summary="Restore an archived user",
     tags=["users"],
     permission="users:manage",
     response=User,
     operation_id="restore_user",
+    ids=USER_ID,
 )
-def restore_user(user_id: int, actor: Actor) -> User:
+def restore_user(user_id: str, actor: Actor) -> User:
     """The user can sign in again (their sessions and tokens from before the archive stay
     revoked)."""
-    user_id = object_id(user_id, "user_id", "user")
     return User.of(user_service.restore_user(make_uow(), actor=actor, user_id=user_id))
 
 
 @operation(
     bp,
     "DELETE",
-    "/users/<int:user_id>",
+    "/users/<user_id>",
     summary="Delete a user for good",
     tags=["users"],
     permission="users:manage",
     response=DeletedUser,
     errors=(Conflict,),
     operation_id="delete_user",
+    ids=USER_ID,
 )
-def delete_user(user_id: int, actor: Actor) -> DeletedUser:
+def delete_user(user_id: str, actor: Actor) -> DeletedUser:
     """Only for users with no money history: 409 `user_has_history` for one who has cards,
     movements or a merchant (archive them instead). 403 `cannot_delete_self`; 409
     `last_admin`."""
-    user_id = object_id(user_id, "user_id", "user")
     deleted = user_service.delete_user(make_uow(), actor=actor, user_id=user_id)
-    return DeletedUser(id=deleted.id)
+    return DeletedUser(id=deleted.public_id)
 
 
 @operation(
     bp,
     "PUT",
-    "/users/<int:user_id>/roles/<role>",
+    "/users/<user_id>/roles/<role>",
     summary="Give a user a role",
     tags=["users"],
     permission="roles:manage",
     response=User,
     errors=(Conflict,),
     operation_id="assign_role",
+    ids=USER_ID,
 )
-def assign_role(user_id: int, role: str, actor: Actor) -> User:
-    """Give the user the role (named by name or id); giving a role they hold changes nothing.
-    Nobody changes their own roles (403 `cannot_change_own_roles`) or grants more than they
-    hold (403 `privilege_escalation`). 409 `role_archived`."""
-    user_id = object_id(user_id, "user_id", "user")
+def assign_role(user_id: str, role: str, actor: Actor) -> User:
+    """Give the user the role (named by name or by its `rol_` id); giving a role they hold
+    changes nothing. Nobody changes their own roles (403 `cannot_change_own_roles`) or grants
+    more than they hold (403 `privilege_escalation`). 409 `role_archived`."""
     detail = role_service.assign_role(make_uow(), actor=actor, user_id=user_id, role=role_ref(role))
     return User.of(detail)
 
@@ -367,41 +366,42 @@ def assign_role(user_id: int, role: str, actor: Actor) -> User:
 @operation(
     bp,
     "DELETE",
-    "/users/<int:user_id>/roles/<role>",
+    "/users/<user_id>/roles/<role>",
     summary="Take a role from a user",
     tags=["users"],
     permission="roles:manage",
     response=User,
     errors=(Conflict,),
     operation_id="remove_role",
+    ids=USER_ID,
 )
-def remove_role(user_id: int, role: str, actor: Actor) -> User:
-    """Take the role (named by name or id) from the user; taking one they do not hold changes
-    nothing. 409 `last_admin`: the last active administrator keeps the admin role."""
-    user_id = object_id(user_id, "user_id", "user")
+def remove_role(user_id: str, role: str, actor: Actor) -> User:
+    """Take the role (named by name or by its `rol_` id) from the user; taking one they do not
+    hold changes nothing. 409 `last_admin`: the last active administrator keeps the admin
+    role."""
     detail = role_service.remove_role(make_uow(), actor=actor, user_id=user_id, role=role_ref(role))
     return User.of(detail)
 
 
 # -- a user's sessions --------------------------------------------------------------------------
-def _live_session_ids(actor: Actor, user_id: int) -> set[tuple[str, str]]:
+def _live_session_ids(actor: Actor, user_id: str) -> set[tuple[str, str]]:
     views = session_service.list_sessions(make_uow(), actor=actor, user_id=user_id)
-    return {(v.kind, v.id) for v in views}
+    return {(v.kind, v.public_id) for v in views}
 
 
 @operation(
     bp,
     "GET",
-    "/users/<int:user_id>/sessions",
+    "/users/<user_id>/sessions",
     summary="List a user's sessions and devices",
     tags=["users"],
     response=SessionList,
     operation_id="list_user_sessions",
+    ids=USER_ID,
 )
-def list_user_sessions(user_id: int, actor: Actor) -> SessionList:
+def list_user_sessions(user_id: str, actor: Actor) -> SessionList:
     """The user's live web sessions and API token families (oneself, or with `users:read`;
     404 otherwise)."""
-    user_id = object_id(user_id, "user_id", "user")
     views = session_service.list_sessions(
         make_uow(), actor=actor, user_id=user_id, current_family_id=current_family()
     )
@@ -411,19 +411,18 @@ def list_user_sessions(user_id: int, actor: Actor) -> SessionList:
 @operation(
     bp,
     "DELETE",
-    "/users/<int:user_id>/sessions/web/<int:session_id>",
+    "/users/<user_id>/sessions/web/<session_id>",
     summary="Sign a user's browser out",
     tags=["users"],
     permission="users:manage",
     status=204,
     operation_id="revoke_user_web_session",
+    ids={**USER_ID, "session_id": "session"},
 )
-def revoke_user_web_session(user_id: int, session_id: int, actor: Actor) -> None:
+def revoke_user_web_session(user_id: str, session_id: str, actor: Actor) -> None:
     """End one live web session of the user (this needs `users:read` too, to find it). 404 if
     it is not a live session of this user."""
-    user_id = object_id(user_id, "user_id", "user")
-    session_id = object_id(session_id, "session_id", "session")
-    if ("web", str(session_id)) not in _live_session_ids(actor, user_id):
+    if ("web", session_id) not in _live_session_ids(actor, user_id):
         raise NotFound("no such session", param="session_id")
     session_service.revoke_session(make_uow(), actor=actor, session_id=session_id)
 
@@ -431,17 +430,17 @@ def revoke_user_web_session(user_id: int, session_id: int, actor: Actor) -> None
 @operation(
     bp,
     "DELETE",
-    "/users/<int:user_id>/sessions/api/<uuid:family_id>",
+    "/users/<user_id>/sessions/api/<uuid:family_id>",
     summary="Revoke a user's API token family",
     tags=["users"],
     permission="users:manage",
     status=204,
     operation_id="revoke_user_api_session",
+    ids=USER_ID,
 )
-def revoke_user_api_session(user_id: int, family_id: uuid.UUID, actor: Actor) -> None:
+def revoke_user_api_session(user_id: str, family_id: uuid.UUID, actor: Actor) -> None:
     """Revoke one live API token family of the user (this needs `users:read` too, to find it).
     404 if it is not a live family of this user."""
-    user_id = object_id(user_id, "user_id", "user")
     if ("api", str(family_id)) not in _live_session_ids(actor, user_id):
         raise NotFound("no such session", param="family_id")
     session_service.revoke_family(make_uow(), actor=actor, family_id=family_id)
@@ -450,16 +449,14 @@ def revoke_user_api_session(user_id: int, family_id: uuid.UUID, actor: Actor) ->
 @operation(
     bp,
     "POST",
-    "/users/<int:user_id>/sessions/revoke-all",
+    "/users/<user_id>/sessions/revoke-all",
     summary="Sign a user out everywhere",
     tags=["users"],
     permission="users:manage",
     status=204,
     operation_id="revoke_all_user_sessions",
+    ids=USER_ID,
 )
-def revoke_all_user_sessions(user_id: int, actor: Actor) -> None:
+def revoke_all_user_sessions(user_id: str, actor: Actor) -> None:
     """Revoke every web session and API token family of the user."""
-    user_id = object_id(user_id, "user_id", "user")
-    uow = make_uow()
-    accounts.get_user_view(uow, user_id)  # 404 for no such user (the revocation checks none)
-    session_service.revoke_all(uow, actor=actor, user_id=user_id)
+    session_service.revoke_all(make_uow(), actor=actor, user_id=user_id)

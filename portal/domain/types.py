@@ -25,10 +25,18 @@ class Actor:
     label: str = ""
     #: The merchant API key acting (internal id), for a merchant actor.
     key_id: int | None = None
+    #: A user's public id (``usr_...``) when known: lets a service tell "me" from a public id
+    #: a request gave, without a query.
+    public_id: str | None = None
 
     @classmethod
-    def user(cls, user_id: int, permissions: frozenset[str] | set[str] = frozenset()) -> Actor:
-        return cls(ActorKind.USER, user_id, frozenset(permissions))
+    def user(
+        cls,
+        user_id: int,
+        permissions: frozenset[str] | set[str] = frozenset(),
+        public_id: str | None = None,
+    ) -> Actor:
+        return cls(ActorKind.USER, user_id, frozenset(permissions), public_id=public_id)
 
     @classmethod
     def system(cls, label: str = "system") -> Actor:
@@ -74,6 +82,8 @@ class Balance:
     account_id: int
     posted: Money
     pending_debits: Money
+    #: The card's public id (``card_...``).
+    card_public_id: str
 
     @property
     def available(self) -> Money:
@@ -85,6 +95,8 @@ class IssuedCard:
     """The only result that ever carries a full number and security code: shown once, at issue."""
 
     card_id: int
+    #: The card's public id (``card_...``): what the API and the pages call it.
+    public_id: str
     account_id: int
     brand: str
     card_type: str
@@ -101,16 +113,21 @@ class IssuedCard:
 
 @dataclass(frozen=True, slots=True)
 class MovementResult:
-    """Outcome of a top-up, transfer or withdrawal."""
+    """Outcome of a top-up, transfer or withdrawal. ``id`` and ``card_id`` are internal;
+    ``public_id`` (``tu_...``, ``tr_...``, ``wd_...``) and ``card_public_id`` are what the API and
+    the pages show."""
 
     kind: str
     id: int
+    public_id: str
     status: MovementStatus
     amount: Money
     card_id: int
+    card_public_id: str
     balance: Balance
     created_at: datetime
     counterparty_card_id: int | None = None
+    counterparty_card_public_id: str | None = None
     method: str | None = None
     journal_entry_id: int | None = None
     replayed: bool = False

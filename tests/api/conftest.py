@@ -39,7 +39,7 @@ from portal.domain.errors import (
 )
 from portal.domain.types import Actor, ActorKind
 from portal.extensions import limiter
-from portal.services.shared.pagination import Page, page_of
+from portal.services.shared.pagination import MAX_ID, Page, page_of
 
 # -- credentials --------------------------------------------------------------------------------
 READER = "tok_reader"  # things:read
@@ -118,6 +118,9 @@ class NewThing(RequestBody):
 
 
 class ThingListQuery(ListQuery):
+    # The sample's things keep integer ids: these tests are about the list machinery (limit,
+    # has_more, url, walking); real lists take public ids (tests/api/test_public_ids.py).
+    starting_after: int | None = Field(None, ge=1, le=MAX_ID)  # type: ignore[assignment]
     colour: list[Colour] = Field(default_factory=list, description="Only these colours.")
     q: str | None = Field(None, max_length=100, description="Search in names.")
 

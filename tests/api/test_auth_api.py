@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from portal.api import auth as auth_api
+from portal.domain.ids import is_public_id, new_public_id
 from portal.services.identity import accounts, mfa, sessions, tokens, users
 from portal.services.shared.uow import UnitOfWork
 from tests.conftest import SYSTEM
@@ -140,7 +141,7 @@ def test_register_creates_an_unverified_cardholder_and_mails_a_verification_link
     assert response.status_code == 201, response.get_data(as_text=True)
     user = response.get_json()
     assert (user["object"], user["email"], user["first_name"]) == ("user", email, "Ada")
-    assert isinstance(user["id"], int)
+    assert is_public_id("user", user["id"])
     assert user["roles"] == ["cardholder"]
     assert user["permissions"] == ["wallet:use"]
     assert (user["email_verified"], user["mfa_enabled"], user["archived"]) == (False, False, False)
@@ -152,7 +153,7 @@ def test_register_creates_an_unverified_cardholder_and_mails_a_verification_link
     link_prefix = app.config["PUBLIC_URL"].rstrip("/") + "/auth/verify/"
     (line,) = [w for w in message.get_content().split() if w.startswith(link_prefix)]
     verified = accounts.verify_email(uow, token=line.removeprefix(link_prefix))
-    assert (verified.id, verified.email_verified) == (user["id"], True)
+    assert (verified.public_id, verified.email_verified) == (user["id"], True)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +258,7 @@ def test_sign_in_returns_a_token_pair_whose_access_token_works_on_me(
     me = api.get(f"{API}/auth/me", headers=bearer(pair["access_token"]))
     assert me.status_code == 200
     body = me.get_json()
-    assert (body["object"], body["id"], body["email"]) == ("user", holder.id, holder.email)
+    assert (body["object"], body["id"], body["email"]) == ("user", holder.public_id, holder.email)
     assert (body["roles"], body["permissions"]) == (["cardholder"], ["wallet:use"])
     assert me.headers["Cache-Control"] == "no-store"
 
@@ -306,6 +307,7 @@ def test_authentication_comes_before_the_body(api: FlaskClient) -> None:
         api.patch(f"{API}/users/me", data="{oops", content_type="application/json"),
         api.post(f"{API}/users", json={"email": ""}),
         api.post(f"{API}/roles", json={}),
+        api.delete(f"{API}/auth/sessions/web/{new_public_id('session')}"),
         api.delete(f"{API}/auth/sessions/web/1"),
     ):
         error = error_of(response, 401)
@@ -541,10 +543,11 @@ def test_wrong_second_factor_codes_are_limited_per_account_from_any_address(
 
 
 # -- sessions and devices -----------------------------------------------------------------------
-def web_session(uow: UnitOfWork, user: accounts.UserView) -> int:
+def web_session(uow: UnitOfWork, user: accounts.UserView) -> str:
+    """A new web session of ``user``: its public id."""
     return sessions.create_web_session(
         uow, user_id=user.id, user_agent="Firefox", ip="192.0.2.1", mfa_verified=False
-    ).id
+    ).public_id
 
 
 def family_of(access_token: str, uow: UnitOfWork) -> str:
@@ -625,6 +628,8 @@ def test_other_users_sessions_are_not_found_even_for_staff(
             f"/auth/sessions/web/{stranger_web}",
             f"/auth/sessions/api/{stranger_family}",
             f"/auth/sessions/api/{uuid.uuid4()}",
+            f"/auth/sessions/web/{new_public_id('session')}",  # well formed, names nothing
+            f"/auth/sessions/web/{stranger_web.replace('ses_', 'card_')}",
             "/auth/sessions/web/99999999999",
             "/auth/sessions/web/0",
             "/auth/sessions/web/99999999999999999999",
@@ -634,7 +639,7 @@ def test_other_users_sessions_are_not_found_even_for_staff(
             assert error["code"] == "not_found"
     # Still alive.
     listed = api.get(
-        f"{API}/users/{stranger.id}/sessions", headers=bearer(token_for(uow, admin))
+        f"{API}/users/{stranger.public_id}/sessions", headers=bearer(token_for(uow, admin))
     ).get_json()["data"]
     assert {s["id"] for s in listed} == {stranger_web, stranger_family}
 

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from portal.domain import cards as card_numbers
+from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.types import Actor, IssuedCard
 from portal.extensions import limiter
 from portal.services.identity import tokens
@@ -77,7 +78,9 @@ def _fresh_limits() -> None:
 
 
 # -- issue --------------------------------------------------------------------------------------
-def test_issue_shows_number_and_cvc_once(api: FlaskClient, as_alice: dict[str, str]) -> None:
+def test_issue_shows_number_and_cvc_once(
+    api: FlaskClient, alice: Actor, as_alice: dict[str, str]
+) -> None:
     response = api.post(
         f"{API}/cards",
         json={"card_type": "debit", "brand": "amex", "currency": "USD", "name": "Travel"},
@@ -92,6 +95,7 @@ def test_issue_shows_number_and_cvc_once(api: FlaskClient, as_alice: dict[str, s
     assert (issued["object"], issued["last4"], issued["currency"], issued["name"]) == (
         "card", number[-4:], "usd", "Travel"
     )  # fmt: skip
+    assert is_public_id("card", issued["id"]) and issued["user"] == alice.public_id
     assert issued["balance"] == {
         "object": "balance", "card": issued["id"], "currency": "usd", "posted": 0, "pending": 0,
         "available": 0,
@@ -154,13 +158,13 @@ def test_issue_respects_the_per_person_maximum(
 def test_issue_for_someone_else_needs_cards_manage(
     api: FlaskClient, as_alice: dict[str, str], as_admin: dict[str, str], budi: Actor
 ) -> None:
-    body = {"card_type": "debit", "brand": "visa", "currency": "usd", "user": budi.id}
+    body = {"card_type": "debit", "brand": "visa", "currency": "usd", "user": budi.public_id}
 
     refused = error_of(api.post(f"{API}/cards", json=body, headers=as_alice), 403)
     issued = api.post(f"{API}/cards", json=body, headers=as_admin)
 
     assert refused["code"] == "forbidden"
-    assert issued.status_code == 201 and issued.get_json()["user"] == budi.id
+    assert issued.status_code == 201 and issued.get_json()["user"] == budi.public_id
 
 
 # -- read and change ----------------------------------------------------------------------------
@@ -173,33 +177,35 @@ def test_list_and_get_only_ones_own_cards(
 
     listed = api.get(f"{API}/cards", headers=as_alice).get_json()
     assert (listed["object"], listed["url"], listed["has_more"]) == ("list", f"{API}/cards", False)
-    assert [c["id"] for c in listed["data"]] == [c.card_id for c in mine]
+    assert [c["id"] for c in listed["data"]] == [c.public_id for c in mine]
     assert listed["data"][0]["balance"]["available"] == 1234
     assert listed["data"][1]["currency"] == "idr"
     first = api.get(f"{API}/cards?limit=1", headers=as_alice).get_json()
     rest = api.get(
-        f"{API}/cards?limit=1&starting_after={mine[0].card_id}", headers=as_alice
+        f"{API}/cards?limit=1&starting_after={mine[0].public_id}", headers=as_alice
     ).get_json()
-    assert ([c["id"] for c in first["data"]], first["has_more"]) == ([mine[0].card_id], True)
-    assert ([c["id"] for c in rest["data"]], rest["has_more"]) == ([mine[1].card_id], False)
+    assert ([c["id"] for c in first["data"]], first["has_more"]) == ([mine[0].public_id], True)
+    assert ([c["id"] for c in rest["data"]], rest["has_more"]) == ([mine[1].public_id], False)
     no_secrets(api.get(f"{API}/cards", headers=as_alice), *mine)
     # Someone else's card is not there, whatever the way in.
     for response in (
-        api.get(f"{API}/cards/{theirs.card_id}", headers=as_alice),
-        api.get(f"{API}/cards/{theirs.card_id}/balance", headers=as_alice),
-        api.patch(f"{API}/cards/{theirs.card_id}", json={"name": "x"}, headers=as_alice),
-        api.post(f"{API}/cards/{theirs.card_id}/freeze", headers=as_alice),
-        api.post(f"{API}/cards/{theirs.card_id}/unfreeze", headers=as_alice),
+        api.get(f"{API}/cards/{theirs.public_id}", headers=as_alice),
+        api.get(f"{API}/cards/{theirs.public_id}/balance", headers=as_alice),
+        api.patch(f"{API}/cards/{theirs.public_id}", json={"name": "x"}, headers=as_alice),
+        api.post(f"{API}/cards/{theirs.public_id}/freeze", headers=as_alice),
+        api.post(f"{API}/cards/{theirs.public_id}/unfreeze", headers=as_alice),
+        api.get(f"{API}/cards/{new_public_id('card')}", headers=as_alice),  # names nothing
+        api.get(f"{API}/cards/{theirs.public_id.replace('card_', 'usr_')}", headers=as_alice),
         api.get(f"{API}/cards/{10**15}", headers=as_alice),
         api.get(f"{API}/cards/{2**64}", headers=as_alice),
     ):
         assert error_of(response, 404)["code"] == "not_found"
-    error_of(api.get(f"{API}/cards?user={budi.id}", headers=as_alice), 403)
-    assert api.get(f"{API}/cards", headers=as_budi).get_json()["data"][0]["id"] == theirs.card_id
+    error_of(api.get(f"{API}/cards?user={budi.public_id}", headers=as_alice), 403)
+    assert api.get(f"{API}/cards", headers=as_budi).get_json()["data"][0]["id"] == theirs.public_id
     # Staff with cards:read see anyone's.
-    staff = api.get(f"{API}/cards?user={alice.id}", headers=as_support).get_json()
-    assert [c["id"] for c in staff["data"]] == [c.card_id for c in mine]
-    assert api.get(f"{API}/cards/{theirs.card_id}", headers=as_support).status_code == 200
+    staff = api.get(f"{API}/cards?user={alice.public_id}", headers=as_support).get_json()
+    assert [c["id"] for c in staff["data"]] == [c.public_id for c in mine]
+    assert api.get(f"{API}/cards/{theirs.public_id}", headers=as_support).status_code == 200
     error_of(api.get(f"{API}/cards"), 401)
 
 
@@ -207,7 +213,7 @@ def test_rename_freeze_and_unfreeze(
     api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str]
 ) -> None:
     card = make.card(alice)
-    url = f"{API}/cards/{card.card_id}"
+    url = f"{API}/cards/{card.public_id}"
 
     renamed = api.patch(url, json={"name": " Daily "}, headers=as_alice)
     unchanged = api.patch(url, json={}, headers=as_alice)
@@ -228,7 +234,7 @@ def test_staff_archive_and_restore(
     as_admin: dict[str, str], as_support: dict[str, str],
 ) -> None:  # fmt: skip
     card = make.card(alice)
-    url = f"{API}/cards/{card.card_id}"
+    url = f"{API}/cards/{card.public_id}"
 
     assert error_of(api.post(f"{url}/archive", headers=as_alice), 403)["code"] == (
         "permission_denied"
@@ -238,7 +244,7 @@ def test_staff_archive_and_restore(
     assert archived.status_code == 200 and archived.get_json()["archived"] is True
     assert api.get(f"{API}/cards", headers=as_alice).get_json()["data"] == []
     listed = api.get(f"{API}/cards?include_archived=true", headers=as_alice).get_json()["data"]
-    assert [c["id"] for c in listed] == [card.card_id]
+    assert [c["id"] for c in listed] == [card.public_id]
     assert error_of(api.post(f"{url}/freeze", headers=as_alice), 409)["code"] == "invalid_state"
     assert error_of(api.patch(url, json={"name": "z"}, headers=as_alice), 409)["code"] == (
         "invalid_state"
@@ -254,11 +260,11 @@ def test_balance(
 ) -> None:  # fmt: skip
     card = make.card(alice, balance="100.50")
 
-    mine = api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice)
-    staff = api.get(f"{API}/cards/{card.card_id}/balance", headers=as_support)
+    mine = api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice)
+    staff = api.get(f"{API}/cards/{card.public_id}/balance", headers=as_support)
 
     assert mine.get_json() == {
-        "object": "balance", "card": card.card_id, "currency": "usd", "posted": 10050,
+        "object": "balance", "card": card.public_id, "currency": "usd", "posted": 10050,
         "pending": 0, "available": 10050,
     }  # fmt: skip
     assert staff.get_json() == mine.get_json()
@@ -275,7 +281,7 @@ def test_lookup_shows_only_the_masked_recipient(
 
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json() == {
-        "object": "card_recipient", "card": theirs.card_id, "brand": "discover",
+        "object": "card_recipient", "card": theirs.public_id, "brand": "discover",
         "last4": theirs.number[-4:], "currency": "idr", "holder": "Budi S.",
     }  # fmt: skip
     assert theirs.number not in response.get_data(as_text=True)

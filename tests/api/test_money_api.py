@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from portal.domain.ids import is_public_id
 from portal.domain.types import Actor
 from portal.services.wallet import cards
 from tests.api import test_cards_api as shared
@@ -45,7 +46,7 @@ def test_top_up_needs_a_key_and_replays_the_first_response(
     api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str]
 ) -> None:
     card = make.card(alice)
-    body = {"card": card.card_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
+    body = {"card": card.public_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
 
     missing = error_of(api.post(f"{API}/top_ups", json=body, headers=as_alice), 400)
     blank = error_of(
@@ -64,13 +65,14 @@ def test_top_up_needs_a_key_and_replays_the_first_response(
         "top_up", 2500, "usd", "succeeded"
     )  # fmt: skip
     assert (created["card"], created["direction"], created["method"]) == (
-        card.card_id, "in", "e_wallet"
+        card.public_id, "in", "e_wallet"
     )  # fmt: skip
+    assert is_public_id("top_up", created["id"])
     assert replay.status_code == 201
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.get_json() == created
     assert (reused["type"], reused["code"]) == ("idempotency_error", "idempotency_key_reused")
-    balance = ok(api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice))
+    balance = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
     assert balance["posted"] == 2500  # once, not twice
 
 
@@ -84,7 +86,9 @@ def test_top_up_needs_a_key_and_replays_the_first_response(
         ({"currency": "xyz"}, 422, "invalid_input", "currency"),
         ({"currency": "eur"}, 422, "currency_mismatch", "currency"),
         ({"method": "cheque"}, 422, "parameter_invalid", "method"),
-        ({"card": 10**15}, 404, "not_found", "card"),
+        ({"card": "card_" + "0" * 24}, 404, "not_found", "card"),  # well formed, names nothing
+        ({"card": "usr_" + "0" * 24}, 422, "parameter_invalid", "card"),
+        ({"card": 10**15}, 422, "parameter_invalid", "card"),
     ],
 )
 def test_top_up_refusals_name_the_field(
@@ -92,12 +96,12 @@ def test_top_up_refusals_name_the_field(
     change: dict[str, Any], status: int, code: str, param: str,
 ) -> None:  # fmt: skip
     card = make.card(alice)
-    body = {"card": card.card_id, "amount": 2500, "currency": "usd", "method": "cash", **change}
+    body = {"card": card.public_id, "amount": 2500, "currency": "usd", "method": "cash", **change}
 
     error = error_of(post(api, "/top_ups", body, as_alice), status)
 
     assert (error["code"], error["param"]) == (code, param)
-    assert ok(api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice))["posted"] == 0
+    assert ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))["posted"] == 0
 
 
 # -- transfers ----------------------------------------------------------------------------------
@@ -109,12 +113,12 @@ def test_transfer_to_someone_else_and_its_refusals(
     theirs = make.card(budi)
     recipient = ok(api.post(f"{API}/cards/lookup", json={"number": theirs.number},
                             headers=as_alice))  # fmt: skip
-    body = {"from_card": mine.card_id, "to_card": recipient["card"], "amount": 350,
+    body = {"from_card": mine.public_id, "to_card": recipient["card"], "amount": 350,
             "currency": "usd", "memo": "coffee"}  # fmt: skip
 
     sent = ok(post(api, "/transfers", body, as_alice), 201)
     poor = error_of(post(api, "/transfers", {**body, "amount": 5000}, as_alice), 402)
-    swapped = {**body, "from_card": theirs.card_id, "to_card": mine.card_id}
+    swapped = {**body, "from_card": theirs.public_id, "to_card": mine.public_id}
     stolen = error_of(post(api, "/transfers", swapped, as_alice), 404)
 
     assert (sent["object"], sent["status"], sent["direction"], sent["memo"]) == (
@@ -128,12 +132,13 @@ def test_transfer_to_someone_else_and_its_refusals(
     # The recipient sees it arrive; the balance moved exactly once.
     received = ok(api.get(f"{API}/transfers/{sent['id']}", headers=as_budi))
     assert (received["direction"], received["card"], received["amount"]) == (
-        "in", theirs.card_id, 350
+        "in", theirs.public_id, 350
     )  # fmt: skip
     assert received["counterparty"].endswith("(Alice W.)")
     feed = ok(api.get(f"{API}/activity", headers=as_budi))["data"]
-    assert [(a["id"], a["direction"]) for a in feed] == [(f"transfer_{sent['id']}", "in")]
-    assert ok(api.get(f"{API}/cards/{theirs.card_id}/balance", headers=as_budi))["posted"] == 350
+    assert [(a["id"], a["direction"]) for a in feed] == [(sent["id"], "in")]
+    assert is_public_id("transfer", sent["id"]) and sent["card"] == mine.public_id
+    assert ok(api.get(f"{API}/cards/{theirs.public_id}/balance", headers=as_budi))["posted"] == 350
     # The refused one is in the sender's history, failed, and nowhere in the recipient's.
     failed = ok(api.get(f"{API}/transfers?status=failed", headers=as_alice))["data"]
     assert [(t["status"], t["failure_code"]) for t in failed] == [("failed", "insufficient_funds")]
@@ -146,8 +151,8 @@ def test_frozen_card_is_a_card_error(
     api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str]
 ) -> None:
     card = make.card(alice, balance="10.00")
-    cards.set_frozen(make.uow, actor=SYSTEM, card_id=card.card_id, frozen=True)
-    body = {"card": card.card_id, "amount": 600, "currency": "usd", "method": "cash"}
+    cards.set_frozen(make.uow, actor=SYSTEM, card_id=card.public_id, frozen=True)
+    body = {"card": card.public_id, "amount": 600, "currency": "usd", "method": "cash"}
 
     error = error_of(post(api, "/top_ups", body, as_alice), 402)
 
@@ -160,7 +165,7 @@ def test_withdrawal_pending_then_settled_by_staff(
     as_admin: dict[str, str], as_support: dict[str, str],
 ) -> None:  # fmt: skip
     card = make.card(alice, balance="100.00")
-    body = {"card": card.card_id, "amount": 2000, "currency": "usd", "bank_name": "BCA",
+    body = {"card": card.public_id, "amount": 2000, "currency": "usd", "bank_name": "BCA",
             "account_number": "0012-3456-7890", "account_holder": "Alice Wong"}  # fmt: skip
 
     first = ok(post(api, "/withdrawals", body, as_alice), 201)
@@ -171,7 +176,7 @@ def test_withdrawal_pending_then_settled_by_staff(
     )  # fmt: skip
     assert first["counterparty"] == "BCA \u2022\u2022\u2022\u2022 7890"
     assert "0012" not in str(first) and "34567890" not in str(first)
-    held = ok(api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice))
+    held = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
     assert (held["posted"], held["pending"], held["available"]) == (10000, 4000, 6000)
     too_much = error_of(post(api, "/withdrawals", {**body, "amount": 6001}, as_alice), 402)
     assert too_much["code"] == "insufficient_funds"
@@ -184,12 +189,16 @@ def test_withdrawal_pending_then_settled_by_staff(
     failed = ok(api.post(f"{API}/withdrawals/{second['id']}/fail", json={}, headers=as_admin))
     again = ok(api.post(f"{API}/withdrawals/{second['id']}/confirm", json={}, headers=as_admin))
     missing = api.post(f"{API}/withdrawals/{10**15}/confirm", json={}, headers=as_admin)
+    unknown = api.post(f"{API}/withdrawals/wd_{'0' * 24}/confirm", json={}, headers=as_admin)
+    a_transfer = api.post(f"{API}/withdrawals/tr_{first['id'][3:]}/fail", json={}, headers=as_admin)
 
     assert confirmed["status"] == "succeeded"
     assert (failed["status"], failed["failure_code"]) == ("failed", "payout_failed")
     assert again["status"] == "failed"  # settled already: unchanged
     error_of(missing, 404)
-    settled = ok(api.get(f"{API}/cards/{card.card_id}/balance", headers=as_alice))
+    error_of(unknown, 404)
+    error_of(a_transfer, 404)
+    settled = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
     assert (settled["posted"], settled["pending"], settled["available"]) == (8000, 0, 8000)
     assert ok(api.get(f"{API}/withdrawals/{first['id']}", headers=as_alice))["status"] == (
         "succeeded"
@@ -204,11 +213,12 @@ def test_records_of_others_are_404(
     card = make.card(alice, balance="50.00")
     top_up = ok(api.get(f"{API}/top_ups", headers=as_alice))["data"][0]
     withdrawal = ok(post(api, "/withdrawals", {
-        "card": card.card_id, "amount": 500, "currency": "usd", "bank_name": "BCA",
+        "card": card.public_id, "amount": 500, "currency": "usd", "bank_name": "BCA",
         "account_number": "12345678", "account_holder": "A W"}, as_alice), 201)  # fmt: skip
 
     for path in (f"/top_ups/{top_up['id']}", f"/withdrawals/{withdrawal['id']}",
-                 f"/activity?card={card.card_id}", f"/top_ups?card={card.card_id}"):  # fmt: skip
+                 f"/activity?card={card.public_id}",
+                 f"/top_ups?card={card.public_id}"):  # fmt: skip
         assert error_of(api.get(f"{API}{path}", headers=as_budi), 404)["code"] == "not_found"
     assert ok(api.get(f"{API}/activity", headers=as_budi))["data"] == []
     assert ok(api.get(f"{API}/top_ups", headers=as_budi))["data"] == []
@@ -224,13 +234,13 @@ def test_lists_filter_and_walk_the_cursor(
     spare = make.card(alice, balance="5.00")
     theirs = make.card(budi, balance="20.00")
     for amount in (500, 600, 700):
-        ok(post(api, "/top_ups", {"card": mine.card_id, "amount": amount, "currency": "usd",
+        ok(post(api, "/top_ups", {"card": mine.public_id, "amount": amount, "currency": "usd",
                                   "method": "cash"}, as_alice), 201)  # fmt: skip
     for amount in (101, 102):
-        body = {"from_card": mine.card_id, "to_card": theirs.card_id, "amount": amount,
+        body = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": amount,
                 "currency": "usd"}  # fmt: skip
         ok(post(api, "/transfers", body, as_alice), 201)
-    ok(post(api, "/transfers", {"from_card": mine.card_id, "to_card": spare.card_id,
+    ok(post(api, "/transfers", {"from_card": mine.public_id, "to_card": spare.public_id,
                                 "amount": 103, "currency": "usd", "memo": "to self"},
             as_alice), 201)  # fmt: skip
 
@@ -246,10 +256,10 @@ def test_lists_filter_and_walk_the_cursor(
     assert walked == [a["id"] for a in everything]
     assert len(set(walked)) == len(walked)
 
-    top_ups = ok(api.get(f"{API}/top_ups?card={mine.card_id}&limit=2", headers=as_alice))
+    top_ups = ok(api.get(f"{API}/top_ups?card={mine.public_id}&limit=2", headers=as_alice))
     assert [t["amount"] for t in top_ups["data"]] == [700, 600] and top_ups["has_more"]
     after = top_ups["data"][-1]["id"]
-    rest = ok(api.get(f"{API}/top_ups?card={mine.card_id}&limit=2&starting_after={after}",
+    rest = ok(api.get(f"{API}/top_ups?card={mine.public_id}&limit=2&starting_after={after}",
                       headers=as_alice))  # fmt: skip
     assert [t["amount"] for t in rest["data"]] == [500, 50000]
     assert not rest["has_more"]
@@ -260,7 +270,7 @@ def test_lists_filter_and_walk_the_cursor(
     kinds = {a["type"] for a in ok(api.get(f"{API}/activity?type=transfer&status=succeeded",
                                            headers=as_alice))["data"]}  # fmt: skip
     assert kinds == {"transfer"}
-    spare_feed = ok(api.get(f"{API}/activity?card={spare.card_id}", headers=as_alice))["data"]
+    spare_feed = ok(api.get(f"{API}/activity?card={spare.public_id}", headers=as_alice))["data"]
     assert [(a["type"], a["direction"]) for a in spare_feed] == [
         ("transfer", "in"), ("top_up", "in")
     ]  # fmt: skip
@@ -271,15 +281,20 @@ def test_lists_filter_and_walk_the_cursor(
 @pytest.mark.parametrize(
     ("query", "code", "param"),
     [
-        ("/activity?starting_after=nope", "invalid_input", "starting_after"),
-        ("/activity?starting_after=transfer_999999999999", "invalid_input", "starting_after"),
+        ("/activity?starting_after=nope", "parameter_invalid", "starting_after"),
+        ("/activity?starting_after=transfer_999999999999", "parameter_invalid", "starting_after"),
+        ("/activity?starting_after=card_" + "0" * 24, "parameter_invalid", "starting_after"),
+        ("/activity?starting_after=tr_" + "0" * 24, "invalid_input", "starting_after"),
         ("/activity?type=payment", "parameter_invalid", "type"),
         ("/activity?status=done", "parameter_invalid", "status"),
         ("/activity?since=2026-02-30", "parameter_invalid", "since"),
         ("/activity?since=2026-03-02&until=2026-03-01", "invalid_input", "since"),
         ("/activity?limit=101", "parameter_invalid", "limit"),
         ("/top_ups?starting_after=abc", "parameter_invalid", "starting_after"),
-        ("/top_ups?starting_after=999999999999", "invalid_input", "starting_after"),
+        ("/top_ups?starting_after=999999999999", "parameter_invalid", "starting_after"),
+        ("/top_ups?starting_after=tr_" + "0" * 24, "parameter_invalid", "starting_after"),
+        ("/top_ups?starting_after=tu_" + "0" * 24, "invalid_input", "starting_after"),
+        ("/top_ups?card=12", "parameter_invalid", "card"),
         ("/transfers?q=" + "x" * 101, "parameter_invalid", "q"),
         ("/transfers?q=a%00b", "invalid_input", "q"),
         ("/withdrawals?sort=amount", "parameter_unknown", "sort"),

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from portal.domain.ids import is_public_id
 from portal.domain.permissions import PERMISSIONS
 from portal.services.identity import roles
 from portal.services.shared.uow import UnitOfWork
@@ -85,8 +86,9 @@ def test_list_roles_pages_by_role_id(api: FlaskClient, as_support: dict[str, str
         cursor = f"&starting_after={page['data'][-1]['id']}"
 
     assert seen == [r["name"] for r in everything]
-    error = error_of(api.get(f"{API}/roles?starting_after=987654321", headers=as_support), 422)
-    assert error["param"] == "starting_after"
+    for cursor in ("987654321", "usr_" + "0" * 24, "rol_" + "0" * 24):
+        error = error_of(api.get(f"{API}/roles?starting_after={cursor}", headers=as_support), 422)
+        assert error["param"] == "starting_after"
 
 
 def test_read_a_role_by_name_or_id(
@@ -96,9 +98,11 @@ def test_read_a_role_by_name_or_id(
     by_id = api.get(f"{API}/roles/{by_name.get_json()['id']}", headers=as_support)
 
     assert by_name.status_code == 200
+    assert is_public_id("role", by_name.get_json()["id"])
     assert by_id.get_json() == by_name.get_json()
     assert set(by_name.get_json()["permissions"]) == set(PERMISSIONS)
-    for missing in ("no-such-role", "Bad%20Name", "0", "99999999999999999999", "987654321", "x"):
+    for missing in ("no-such-role", "Bad%20Name", "0", "99999999999999999999", "987654321", "x",
+                    "rol_" + "0" * 24):  # fmt: skip
         error = error_of(api.get(f"{API}/roles/{missing}", headers=as_support), 404)
         assert error["param"] == "role"
     error_of(api.get(f"{API}/roles/admin", headers=as_holder), 403)

@@ -65,7 +65,7 @@ def test_my_profile_is_the_user_object_of_auth_me(
 
     assert profile.status_code == 200
     assert profile.get_json() == me.get_json()
-    assert profile.get_json()["id"] == holder.id
+    assert profile.get_json()["id"] == holder.public_id
     assert set(profile.get_json()) == {
         "id", "object", "email", "first_name", "last_name", "email_verified", "mfa_enabled",
         "roles", "permissions", "archived", "archived_at", "created_at", "updated_at",
@@ -89,7 +89,10 @@ def test_change_my_names_but_not_my_email(
     assert empty["param"] == "last_name"
     # Through the staff route, one's own email is refused too: it must be verified.
     own = error_of(
-        api.patch(f"{API}/users/{holder.id}", json={"email": new_email()}, headers=as_holder), 403
+        api.patch(
+            f"{API}/users/{holder.public_id}", json={"email": new_email()}, headers=as_holder
+        ),
+        403,
     )
     assert own["code"] == "email_change_requires_verification"
 
@@ -114,16 +117,16 @@ def test_list_search_filters_and_cursor(
     staffer = person(uow, "support", last_name=marker)
     users.archive_user(uow, actor=SYSTEM, user_id=made[0].id)
 
-    def ids(query: str) -> list[int]:
+    def ids(query: str) -> list[str]:
         response = api.get(f"{API}/users?{query}", headers=as_support)
         assert response.status_code == 200, response.get_data(as_text=True)
         return [u["id"] for u in response.get_json()["data"]]
 
-    newest_first = [staffer.id, made[2].id, made[1].id, made[0].id]
+    newest_first = [staffer.public_id, made[2].public_id, made[1].public_id, made[0].public_id]
     assert ids(f"q={marker.lower()}") == newest_first
     assert ids(f"q=grace+{marker}") == newest_first  # the full name
-    assert ids(f"q={marker}&role=support") == [staffer.id]
-    assert ids(f"q={marker}&archived=true") == [made[0].id]
+    assert ids(f"q={marker}&role=support") == [staffer.public_id]
+    assert ids(f"q={marker}&archived=true") == [made[0].public_id]
     assert ids(f"q={marker}&archived=false") == newest_first[:3]
     assert ids(f"q={marker}%25") == []  # a literal %, not a wildcard
     first = api.get(f"{API}/users?q={marker}&limit=2", headers=as_support).get_json()
@@ -145,7 +148,9 @@ def test_list_search_filters_and_cursor(
         ("limit=0", "parameter_invalid", "limit"),
         ("limit=101", "parameter_invalid", "limit"),
         ("starting_after=abc", "parameter_invalid", "starting_after"),
-        ("starting_after=987654321987", "invalid_input", "starting_after"),
+        ("starting_after=987654321987", "parameter_invalid", "starting_after"),
+        ("starting_after=card_" + "0" * 24, "parameter_invalid", "starting_after"),
+        ("starting_after=usr_" + "0" * 24, "invalid_input", "starting_after"),
         ("role=no-such-role", "unknown_role", "role"),
         ("role=Bad%20Role", "unknown_role", "role"),
         ("archived=maybe", "parameter_invalid", "archived"),
@@ -237,14 +242,15 @@ def test_read_a_user(
     holder: accounts.UserView,
     admin: accounts.UserView,
 ) -> None:
-    own = api.get(f"{API}/users/{holder.id}", headers=as_holder)
-    others = error_of(api.get(f"{API}/users/{admin.id}", headers=as_holder), 403)
-    staff = api.get(f"{API}/users/{admin.id}", headers=as_support)
+    own = api.get(f"{API}/users/{holder.public_id}", headers=as_holder)
+    others = error_of(api.get(f"{API}/users/{admin.public_id}", headers=as_holder), 403)
+    staff = api.get(f"{API}/users/{admin.public_id}", headers=as_support)
 
-    assert own.status_code == 200 and own.get_json()["id"] == holder.id
+    assert own.status_code == 200 and own.get_json()["id"] == holder.public_id
     assert "users:read" in others["message"]
     assert staff.get_json()["roles"] == ["admin"]
-    for missing in ("987654321987", "0", "99999999999999999999", "abc"):
+    for missing in ("987654321987", "0", "99999999999999999999", "abc", "usr_" + "0" * 24,
+                    holder.public_id.replace("usr_", "card_")):  # fmt: skip
         error_of(api.get(f"{API}/users/{missing}", headers=as_support), 404)
 
 
@@ -260,13 +266,20 @@ def test_update_a_user(
     new = new_email()
 
     forbidden = error_of(
-        api.patch(f"{API}/users/{verified.id}", json={"first_name": "X"}, headers=as_support), 403
+        api.patch(
+            f"{API}/users/{verified.public_id}", json={"first_name": "X"}, headers=as_support
+        ),
+        403,
     )
     changed = api.patch(
-        f"{API}/users/{verified.id}", json={"email": new, "last_name": "Hopper"}, headers=as_admin
+        f"{API}/users/{verified.public_id}",
+        json={"email": new, "last_name": "Hopper"},
+        headers=as_admin,
     )
     taken = error_of(
-        api.patch(f"{API}/users/{verified.id}", json={"email": holder.email}, headers=as_admin),
+        api.patch(
+            f"{API}/users/{verified.public_id}", json={"email": holder.email}, headers=as_admin
+        ),
         409,
     )
     missing = error_of(
@@ -291,12 +304,14 @@ def test_archive_and_restore(
 ) -> None:
     holder_token = bearer(token_for(uow, holder))
 
-    forbidden = error_of(api.post(f"{API}/users/{holder.id}/archive", headers=as_support), 403)
-    archived = api.post(f"{API}/users/{holder.id}/archive", headers=as_admin)
-    again = api.post(f"{API}/users/{holder.id}/archive", headers=as_admin)
+    forbidden = error_of(
+        api.post(f"{API}/users/{holder.public_id}/archive", headers=as_support), 403
+    )
+    archived = api.post(f"{API}/users/{holder.public_id}/archive", headers=as_admin)
+    again = api.post(f"{API}/users/{holder.public_id}/archive", headers=as_admin)
     token_after = error_of(api.get(f"{API}/auth/me", headers=holder_token), 401)
-    restored = api.post(f"{API}/users/{holder.id}/restore", headers=as_admin)
-    myself = error_of(api.post(f"{API}/users/{admin.id}/archive", headers=as_admin), 403)
+    restored = api.post(f"{API}/users/{holder.public_id}/restore", headers=as_admin)
+    myself = error_of(api.post(f"{API}/users/{admin.public_id}/archive", headers=as_admin), 403)
 
     assert forbidden["code"] == "permission_denied"
     assert archived.status_code == 200
@@ -322,16 +337,16 @@ def test_delete_a_user_without_money_history_only(
     with_card = make.user()
     make.card(with_card)
 
-    forbidden = error_of(api.delete(f"{API}/users/{plain.id}", headers=as_support), 403)
-    deleted = api.delete(f"{API}/users/{plain.id}", headers=as_admin)
-    history = error_of(api.delete(f"{API}/users/{with_card.id}", headers=as_admin), 409)
-    myself = error_of(api.delete(f"{API}/users/{admin.id}", headers=as_admin), 403)
+    forbidden = error_of(api.delete(f"{API}/users/{plain.public_id}", headers=as_support), 403)
+    deleted = api.delete(f"{API}/users/{plain.public_id}", headers=as_admin)
+    history = error_of(api.delete(f"{API}/users/{with_card.public_id}", headers=as_admin), 409)
+    myself = error_of(api.delete(f"{API}/users/{admin.public_id}", headers=as_admin), 403)
 
     assert forbidden["code"] == "permission_denied"
     assert deleted.status_code == 200
-    assert deleted.get_json() == {"id": plain.id, "object": "user", "deleted": True}
-    error_of(api.get(f"{API}/users/{plain.id}", headers=as_admin), 404)
-    error_of(api.delete(f"{API}/users/{plain.id}", headers=as_admin), 404)
+    assert deleted.get_json() == {"id": plain.public_id, "object": "user", "deleted": True}
+    error_of(api.get(f"{API}/users/{plain.public_id}", headers=as_admin), 404)
+    error_of(api.delete(f"{API}/users/{plain.public_id}", headers=as_admin), 404)
     assert (history["code"], history["param"]) == ("user_has_history", "user_id")
     assert myself["code"] == "cannot_delete_self"
 
@@ -345,10 +360,10 @@ def test_assign_and_remove_roles(
     holder: accounts.UserView,
     uow: UnitOfWork,
 ) -> None:
-    support_id = roles.get_role(uow, actor=SYSTEM, role="support").id
+    support_id = roles.get_role(uow, actor=SYSTEM, role="support").public_id
     archived_role = roles.create_role(uow, actor=SYSTEM, name=f"old-{uuid.uuid4().hex[:6]}")
     roles.archive_role(uow, actor=SYSTEM, role=archived_role.id)
-    path = f"{API}/users/{holder.id}/roles"
+    path = f"{API}/users/{holder.public_id}/roles"
 
     forbidden = error_of(api.put(f"{path}/support", headers=as_support), 403)
     by_name = api.put(f"{path}/support", headers=as_admin)
@@ -356,7 +371,7 @@ def test_assign_and_remove_roles(
     archived = error_of(api.put(f"{path}/{archived_role.name}", headers=as_admin), 409)
     unknown = error_of(api.put(f"{path}/no-such-role", headers=as_admin), 404)
     malformed = error_of(api.put(f"{path}/Not%20A%20Role", headers=as_admin), 404)
-    own = error_of(api.delete(f"{API}/users/{admin.id}/roles/admin", headers=as_admin), 403)
+    own = error_of(api.delete(f"{API}/users/{admin.public_id}/roles/admin", headers=as_admin), 403)
     removed = api.delete(f"{path}/{support_id}", headers=as_admin)
 
     assert forbidden["code"] == "permission_denied"
@@ -388,19 +403,21 @@ def test_staff_see_and_revoke_a_users_sessions(
     stranger_web = sessions.create_web_session(
         uow, user_id=stranger.id, user_agent="", ip="", mfa_verified=False
     )
-    path = f"{API}/users/{holder.id}/sessions"
+    path = f"{API}/users/{holder.public_id}/sessions"
 
     listed = api.get(path, headers=as_support)
-    by_holder = error_of(api.get(f"{API}/users/{stranger.id}/sessions", headers=as_holder), 404)
+    by_holder = error_of(
+        api.get(f"{API}/users/{stranger.public_id}/sessions", headers=as_holder), 404
+    )
     support_revoke = error_of(api.delete(f"{path}/api/{pair.family_id}", headers=as_support), 403)
-    wrong_user = error_of(api.delete(f"{path}/web/{stranger_web.id}", headers=as_admin), 404)
+    wrong_user = error_of(api.delete(f"{path}/web/{stranger_web.public_id}", headers=as_admin), 404)
     unknown = error_of(api.delete(f"{path}/api/{uuid.uuid4()}", headers=as_admin), 404)
     revoked = api.delete(f"{path}/api/{pair.family_id}", headers=as_admin)
-    revoked_web = api.delete(f"{path}/web/{web.id}", headers=as_admin)
+    revoked_web = api.delete(f"{path}/web/{web.public_id}", headers=as_admin)
 
     assert listed.status_code == 200
     kinds = {(s["kind"], s["id"]) for s in listed.get_json()["data"]}
-    assert ("web", web.id) in kinds and ("api", str(pair.family_id)) in kinds
+    assert ("web", web.public_id) in kinds and ("api", str(pair.family_id)) in kinds
     assert by_holder["code"] == "not_found"
     assert support_revoke["code"] == "permission_denied"
     assert wrong_user["param"] == "session_id"
@@ -419,7 +436,7 @@ def test_staff_sign_a_user_out_everywhere(
     uow: UnitOfWork,
 ) -> None:
     pair = tokens.issue_tokens(uow, user_id=holder.id)
-    path = f"{API}/users/{holder.id}/sessions/revoke-all"
+    path = f"{API}/users/{holder.public_id}/sessions/revoke-all"
 
     forbidden = error_of(api.post(path, headers=as_support), 403)
     assert api.get(f"{API}/auth/me", headers=bearer(pair.access_token)).status_code == 200
@@ -430,3 +447,5 @@ def test_staff_sign_a_user_out_everywhere(
     error_of(api.get(f"{API}/auth/me", headers=bearer(pair.access_token)), 401)
     assert api.get(f"{API}/auth/me", headers=as_admin).status_code == 200  # not the admin's
     error_of(api.post(f"{API}/users/987654321987/sessions/revoke-all", headers=as_admin), 404)
+    unknown = f"{API}/users/usr_{'0' * 24}/sessions/revoke-all"  # well formed, names nobody
+    assert error_of(api.post(unknown, headers=as_admin), 404)["param"] == "user_id"

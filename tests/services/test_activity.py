@@ -15,6 +15,7 @@ from portal.domain.errors import (
     InvalidState,
     NotFound,
 )
+from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.money import Money
 from portal.services.wallet import activity, cards, wallet
 from portal.services.wallet.wallet import BankAccount
@@ -70,7 +71,10 @@ def test_list_cards_shows_own_cards_with_balances(uow, make, alice, budi):
     listed = activity.list_cards(uow, actor=alice)
 
     assert [c.id for c in listed] == [first.card_id, second.card_id]
+    assert [c.public_id for c in listed] == [first.public_id, second.public_id]
+    assert all(is_public_id("card", c.public_id) for c in listed)
     one = listed[0]
+    assert one.user_public_id == alice.public_id
     assert (one.user_id, one.brand, one.last4, one.currency, one.status, one.archived) == (
         alice.id, "visa", first.number[-4:], "USD", "active", False
     )  # fmt: skip
@@ -144,7 +148,7 @@ def test_feed_covers_every_kind_and_incoming_transfers(uow, make, alice, budi, c
     items = feed(uow, alice)
 
     assert [i.id for i in items] == [
-        f"withdrawal_{pending.id}", f"transfer_{incoming.id}", f"transfer_{out.id}",
+        pending.public_id, incoming.public_id, out.public_id,
         items[-1].id,
     ]  # fmt: skip
     w, t_in, t_out, top = items
@@ -159,7 +163,7 @@ def test_feed_covers_every_kind_and_incoming_transfers(uow, make, alice, budi, c
     )  # fmt: skip
     # The recipient sees the transfer as incoming, masked the other way.
     budi_items = feed(uow, budi)
-    seen = next(i for i in budi_items if i.id == f"transfer_{out.id}")
+    seen = next(i for i in budi_items if i.id == out.public_id)
     assert (seen.direction, seen.card_id) == ("in", theirs.card_id)
     assert seen.counterparty == f"Visa \u2022\u2022\u2022\u2022 {mine.number[-4:]} (Alice W.)"
     # No item shows a full card number.
@@ -204,7 +208,7 @@ def test_transfer_between_own_cards_shows_once(uow, make, alice):
     a = make.card(alice, balance="10.00")
     b = make.card(alice)
     moved = send(uow, alice, a, b, "4.00")
-    tid = f"transfer_{moved.id}"
+    tid = moved.public_id
 
     everything = [i for i in feed(uow, alice) if i.kind == "transfer"]
     assert [(i.id, i.direction, i.card_id) for i in everything] == [(tid, "out", a.card_id)]
@@ -229,8 +233,8 @@ def test_filters_and_search(uow, make, alice, budi, clock):
     def ids(**kw) -> list[str]:
         return [i.id for i in feed(uow, alice, **kw)]
 
-    assert ids(kind="withdrawal") == [f"withdrawal_{w.id}"]
-    assert ids(kind="transfer", status="succeeded") == [f"transfer_{out.id}"]
+    assert ids(kind="withdrawal") == [w.public_id]
+    assert ids(kind="transfer", status="succeeded") == [out.public_id]
     assert [i.status for i in feed(uow, alice, status="failed")] == ["failed"]
     assert len(ids(kind="top_up")) == 2
     assert ids(card_id=other.card_id, kind="top_up") == [
@@ -239,17 +243,19 @@ def test_filters_and_search(uow, make, alice, budi, clock):
     assert ids(since=date(2026, 3, 12), until=date(2026, 3, 12)) == [
         i.id for i in feed(uow, alice, kind="transfer")
     ]
-    assert ids(since=date(2026, 3, 15)) == [f"withdrawal_{w.id}"]
+    assert ids(since=date(2026, 3, 15)) == [w.public_id]
     assert len(ids(until=date(2026, 3, 10))) == 2  # the two top-ups, on the 10th
-    assert ids(search="budi", status="succeeded") == [f"transfer_{out.id}"]
-    assert ids(search="rent 100%") == [f"transfer_{out.id}"]
+    assert ids(search="budi", status="succeeded") == [out.public_id]
+    assert ids(search="rent 100%") == [out.public_id]
     assert ids(search="100%25") == []  # literal, not a wildcard
-    assert ids(search="central asia") == [f"withdrawal_{w.id}"]
+    assert ids(search="central asia") == [w.public_id]
     assert len(ids(search="bank transfer")) == 2
     assert ids(search="Santoso") == []  # the hidden last name is not searchable
     for bad in ({"kind": "payment"}, {"status": "done"}, {"search": "x" * 101},
                 {"since": date(2026, 3, 2), "until": date(2026, 3, 1)}, {"limit": 0},
-                {"starting_after": "transfer_abc"}, {"starting_after": "12"}):  # fmt: skip
+                {"starting_after": "transfer_abc"}, {"starting_after": "12"},
+                {"starting_after": "transfer_12"},
+                {"starting_after": new_public_id("card")}):  # fmt: skip
         with pytest.raises(InvalidInput):
             activity.list_activity(uow, actor=alice, **bad)
 
@@ -277,7 +283,7 @@ def test_cursor_walk_has_no_duplicates_or_gaps(uow, make, alice, budi, clock):
             break
         cursor = page.last_id
     assert walked == everything
-    keys = [(i.created_at, i.kind, i.number) for i in feed(uow, alice)]
+    keys = [(i.created_at, i.kind, i.record_id) for i in feed(uow, alice)]
     assert keys == sorted(keys, reverse=True)
 
 
@@ -287,14 +293,14 @@ def test_get_activity_item(uow, make, alice, budi):
     moved = send(uow, alice, mine, theirs, "2.50")
     support = make.user(roles=("support",))
 
-    sender = activity.get_activity_item(uow, actor=alice, item_id=f"transfer_{moved.id}")
-    recipient = activity.get_activity_item(uow, actor=budi, item_id=f"transfer_{moved.id}")
-    staff = activity.get_activity_item(uow, actor=support, item_id=f"transfer_{moved.id}")
+    sender = activity.get_activity_item(uow, actor=alice, item_id=moved.public_id)
+    recipient = activity.get_activity_item(uow, actor=budi, item_id=moved.public_id)
+    staff = activity.get_activity_item(uow, actor=support, item_id=moved.public_id)
 
     assert (sender.direction, recipient.direction, staff.direction) == ("out", "in", "out")
     assert sender.amount == recipient.amount == usd("2.50")
     with pytest.raises(NotFound):
-        activity.get_activity_item(uow, actor=alice, item_id=f"transfer_{moved.id + 1000}")
+        activity.get_activity_item(uow, actor=alice, item_id=new_public_id("transfer"))
     with pytest.raises(InvalidInput):
         activity.get_activity_item(uow, actor=alice, item_id="transfer-1")
 
@@ -366,8 +372,8 @@ def test_find_recipient_reveals_only_the_masked_card(uow, make, alice, budi):
     found = activity.find_recipient(uow, actor=alice, number=spaced)
 
     assert found == activity.Recipient(
-        card_id=theirs.card_id, brand="mastercard", last4=theirs.number[-4:], currency="IDR",
-        holder="Budi S.",
+        card_id=theirs.card_id, card_public_id=theirs.public_id, brand="mastercard",
+        last4=theirs.number[-4:], currency="IDR", holder="Budi S.",
     )  # fmt: skip
     assert theirs.number not in repr(found) and "Santoso" not in repr(found)
     with pytest.raises(InvalidInput) as bad:

@@ -502,4 +502,4 @@ def test_staff_created_users_share_the_hashing(uow):
     )  # fmt: skip
     view = accounts.authenticate(uow, email=created.email, password=PASSWORD)
     assert view.roles == ("support",)
-    assert view.actor == Actor.user(created.id, view.permissions)
+    assert view.actor == Actor.user(created.id, view.permissions, public_id=created.public_id)

@@ -469,7 +469,7 @@ def test_delete_a_user_without_money_history_with_everything_they_own(uow, admin
     for table in DEPENDENTS:
         assert sql(uow, f"SELECT count(*) FROM {table} WHERE user_id = :id", id=alice.id)[0][0]
     deleted = users.delete_user(uow, actor=admin, user_id=alice.id)
-    assert deleted == users.UserDeleted(alice.id, "alice.example@mail.test")
+    assert deleted == users.UserDeleted(alice.id, alice.public_id, "alice.example@mail.test")
     with pytest.raises(NotFound):
         users.get_user(uow, actor=admin, user_id=alice.id)
     for table in DEPENDENTS:

@@ -54,9 +54,11 @@ EMAIL_TOKEN_PURPOSES = ("verify_email", "reset_password")
 @dataclass(frozen=True, slots=True)
 class UserView:
     """A user as the pages and the API see them (never an ORM row). ``roles`` and
-    ``permissions`` come from live (unarchived) roles; an archived user holds none."""
+    ``permissions`` come from live (unarchived) roles; an archived user holds none. ``id`` is
+    internal; ``public_id`` (``usr_...``) is what the API and the pages call the user."""
 
     id: int
+    public_id: str
     email: str
     first_name: str
     last_name: str
@@ -70,7 +72,9 @@ class UserView:
     @property
     def actor(self) -> Actor:
         """The actor acting as this user, with the permissions of their live roles."""
-        return Actor.user(self.id, frozenset() if self.archived else self.permissions)
+        return Actor.user(
+            self.id, frozenset() if self.archived else self.permissions, public_id=self.public_id
+        )
 
     @property
     def full_name(self) -> str:
@@ -80,7 +84,7 @@ class UserView:
 # -- shared SQL and helpers (used by sessions, tokens and mfa too) -----------------------------
 #: Columns of a ``UserView`` for a ``users`` row aliased ``u``, each labelled ``u_*``.
 USER_VIEW_COLUMNS = """
-    u.id AS u_id, u.email AS u_email, u.first_name AS u_first_name,
+    u.id AS u_id, u.public_id AS u_public_id, u.email AS u_email, u.first_name AS u_first_name,
     u.last_name AS u_last_name, u.email_verified_at AS u_email_verified_at,
     u.mfa_enabled_at AS u_mfa_enabled_at, u.archived_at AS u_archived_at,
     u.created_at AS u_created_at,
@@ -100,6 +104,7 @@ def user_view_from_row(row: Any) -> UserView:
     archived = row.u_archived_at is not None
     return UserView(
         id=row.u_id,
+        public_id=row.u_public_id,
         email=row.u_email,
         first_name=row.u_first_name,
         last_name=row.u_last_name,

@@ -5,7 +5,8 @@ rails: the built-in roles keep their names and are never archived; ``admin`` alw
 permission, ``support`` only ``:read`` ones, ``merchant`` and ``cardholder`` only self-service
 ones (anyone can sign up as a cardholder); nobody changes their own roles; nobody grants, or
 manages a role that grants, a permission they do not hold; the last active administrator keeps
-the admin role. A role is named by its name or its id.
+the admin role. A role is named by its name, its public id (``rol_...``, what requests give)
+or its internal id; a user by :data:`~portal.services.shared.refs.Ref`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from portal.domain.ids import is_public_id
 from portal.domain.permissions import ADMIN_ROLE, BUILT_IN_ROLES, ROLE_NAME, built_in_may_hold
 from portal.domain.types import Actor
 from portal.services.identity.users import (
@@ -28,9 +30,11 @@ from portal.services.identity.users import (
     is_self,
     load_user,
     require,
+    user_key,
 )
 from portal.services.shared import audit
 from portal.services.shared.pagination import check_id
+from portal.services.shared.refs import Ref
 from portal.services.shared.uow import UnitOfWork
 
 MAX_DESCRIPTION = 255
@@ -39,6 +43,7 @@ MAX_DESCRIPTION = 255
 @dataclass(frozen=True, slots=True)
 class RoleView:
     id: int
+    public_id: str
     name: str
     description: str
     permissions: tuple[str, ...]
@@ -55,7 +60,7 @@ class PermissionView:
 
 
 _ROLE_COLUMNS = (
-    "r.id, r.name, r.description, r.archived_at IS NOT NULL AS archived,"
+    "r.id, r.public_id, r.name, r.description, r.archived_at IS NOT NULL AS archived,"
     " ARRAY(SELECT p.name FROM role_permissions rp JOIN permissions p ON p.id = rp.permission_id"
     "  WHERE rp.role_id = r.id ORDER BY p.name) AS permissions,"
     " (SELECT count(*) FROM user_roles ur JOIN users usr ON usr.id = ur.user_id"
@@ -66,7 +71,7 @@ _ROLE_COLUMNS = (
 def _view(row: sa.Row[Any]) -> RoleView:
     m = row._mapping
     return RoleView(
-        id=m["id"], name=m["name"], description=m["description"],
+        id=m["id"], public_id=m["public_id"], name=m["name"], description=m["description"],
         permissions=tuple(m["permissions"]), archived=m["archived"], user_count=m["user_count"],
         built_in=m["name"] in BUILT_IN_ROLES,
     )  # fmt: skip
@@ -78,8 +83,9 @@ def _require_read(actor: Actor) -> None:
 
 
 def _role_key(role: int | str) -> tuple[str, int | str]:
+    """A role's name, public id (``rol_...``; no name has that shape) or internal id."""
     if isinstance(role, str):
-        return "name", role
+        return ("public_id" if is_public_id("role", role) else "name"), role
     return "id", check_id(role, "role")
 
 
@@ -116,6 +122,8 @@ def _check_name(name: str) -> str:
             "a role name is 2 to 32 characters: a lowercase letter, then lowercase letters,"
             " digits, '_' or '-'", param="name",
         )  # fmt: skip
+    if is_public_id("role", name):  # a role named in a path by such a name would be ambiguous
+        raise InvalidInput("a role name cannot look like a role id (rol_...)", param="name")
     return name
 
 
@@ -356,21 +364,29 @@ def revoke_permission(
 
 
 # -- who holds what --------------------------------------------------------------------------
-def _check_assignment(actor: Actor, user_id: int) -> None:
+def _check_assignment(actor: Actor, user_id: Ref) -> None:
     require(actor, "roles:manage")
-    check_id(user_id, "user_id")
+    user_key(user_id)
     if is_self(actor, user_id):
         raise Forbidden(
             "you cannot change your own roles", param="user_id", code="cannot_change_own_roles"
         )
 
 
-def _lock_user(u: UnitOfWork, user_id: int) -> None:
+def _lock_user(u: UnitOfWork, actor: Actor, user_id: Ref) -> int:
+    """Lock the user ``user_id`` names; their internal id. Raises NotFound, Forbidden (oneself,
+    named by an id form the actor does not carry)."""
+    column, value = user_key(user_id)
     found = u.execute(
-        "SELECT id FROM users WHERE id = :id FOR NO KEY UPDATE", {"id": user_id}
+        f"SELECT id FROM users WHERE {column} = :v FOR NO KEY UPDATE", {"v": value}
     ).first()
     if found is None:
         raise NotFound("no such user", param="user_id")
+    if is_self(actor, found.id):
+        raise Forbidden(
+            "you cannot change your own roles", param="user_id", code="cannot_change_own_roles"
+        )
+    return int(found.id)
 
 
 def _user(u: UnitOfWork, user_id: int) -> UserDetail:
@@ -379,14 +395,14 @@ def _user(u: UnitOfWork, user_id: int) -> UserDetail:
     return detail
 
 
-def assign_role(uow: UnitOfWork, *, actor: Actor, user_id: int, role: int | str) -> UserDetail:
+def assign_role(uow: UnitOfWork, *, actor: Actor, user_id: Ref, role: int | str) -> UserDetail:
     """Give a user a role. Raises Forbidden (roles:manage; "cannot_change_own_roles",
     "privilege_escalation"), InvalidInput, NotFound (user or role), Conflict ("role_archived")."""
     _check_assignment(actor, user_id)
     _role_key(role)
 
     def work(u: UnitOfWork) -> UserDetail:
-        _lock_user(u, user_id)
+        uid = _lock_user(u, actor, user_id)
         current = _find(u, role)
         check_no_escalation(actor, current.permissions)
         if current.archived:
@@ -394,33 +410,33 @@ def assign_role(uow: UnitOfWork, *, actor: Actor, user_id: int, role: int | str)
         added = u.execute(
             "INSERT INTO user_roles (user_id, role_id, created_at) VALUES (:u, :r, :now)"
             " ON CONFLICT DO NOTHING RETURNING role_id",
-            {"u": user_id, "r": current.id, "now": u.now()},
+            {"u": uid, "r": current.id, "now": u.now()},
         ).first()
         if added is not None:
-            audit.record(u, actor, "user.assign_role", "user", user_id, data={"role": current.name})
-        return _user(u, user_id)
+            audit.record(u, actor, "user.assign_role", "user", uid, data={"role": current.name})
+        return _user(u, uid)
 
     return uow.run(work)
 
 
-def remove_role(uow: UnitOfWork, *, actor: Actor, user_id: int, role: int | str) -> UserDetail:
+def remove_role(uow: UnitOfWork, *, actor: Actor, user_id: Ref, role: int | str) -> UserDetail:
     """Take a role from a user. Raises Forbidden (roles:manage; "cannot_change_own_roles",
     "privilege_escalation"), InvalidInput, NotFound (user or role), Conflict ("last_admin")."""
     _check_assignment(actor, user_id)
     _role_key(role)
 
     def work(u: UnitOfWork) -> UserDetail:
-        _lock_user(u, user_id)
+        uid = _lock_user(u, actor, user_id)
         current = _find(u, role)
         check_no_escalation(actor, current.permissions)
         if current.name == ADMIN_ROLE:
-            check_not_last_admin(u, user_id)
+            check_not_last_admin(u, uid)
         removed = u.execute(
             "DELETE FROM user_roles WHERE user_id = :u AND role_id = :r RETURNING role_id",
-            {"u": user_id, "r": current.id},
+            {"u": uid, "r": current.id},
         ).first()
         if removed is not None:
-            audit.record(u, actor, "user.remove_role", "user", user_id, data={"role": current.name})
-        return _user(u, user_id)
+            audit.record(u, actor, "user.remove_role", "user", uid, data={"role": current.name})
+        return _user(u, uid)
 
     return uow.run(work)

@@ -6,6 +6,9 @@ revoked. Every sign-in makes a new session with a new token (ASVS 7.2.4), and pa
 factor rotates the token again. A session ends when revoked, idle for longer than
 ``session_idle_minutes``, older than ``session_absolute_hours`` or when its user is archived
 (ASVS 7.3.1, 7.3.2, 7.4.2).
+
+A web session is named by :data:`~portal.services.shared.refs.Ref` (its public id ``ses_...``
+from a request, or its internal id); an API session is its refresh-token family's UUID.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from portal.services.identity.accounts import (
 )
 from portal.services.identity.credentials import revoke_credentials
 from portal.services.shared import audit
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 
 #: ``last_seen_at`` is written at most this often per session (keeps resolving cheap).
@@ -35,10 +39,11 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 
 @dataclass(frozen=True, slots=True)
 class NewSession:
-    """A session just made: its id and the token for the cookie (shown only now)."""
+    """A session just made: its ids and the token for the cookie (shown only now)."""
 
     id: int
     token: str
+    public_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +61,13 @@ class SessionInfo:
 
 @dataclass(frozen=True, slots=True)
 class SessionView:
-    """One line of "sessions and devices": a web session (``kind="web"``, ``id`` its number) or
-    an API refresh-token family (``kind="api"``, ``id`` the family's UUID)."""
+    """One line of "sessions and devices": a web session (``kind="web"``, ``id`` its internal
+    number, ``public_id`` its ``ses_...`` id) or an API refresh-token family (``kind="api"``,
+    ``id`` and ``public_id`` the family's UUID)."""
 
     kind: str
     id: str
+    public_id: str
     created_at: datetime
     last_seen_at: datetime
     expires_at: datetime
@@ -82,7 +89,7 @@ def create_web_session(
             "INSERT INTO web_sessions (user_id, token_hash, created_at, last_seen_at,"
             " absolute_expires_at, mfa_verified_at, user_agent, ip)"
             " SELECT id, :hash, :now, :now, :expires, :mfa, :agent, :ip FROM users"
-            " WHERE id = :user_id AND archived_at IS NULL RETURNING id",
+            " WHERE id = :user_id AND archived_at IS NULL RETURNING id, public_id",
             {
                 "hash": token_digest(token),
                 "now": now,
@@ -95,7 +102,7 @@ def create_web_session(
         ).one_or_none()
         if row is None:
             raise Unauthenticated("no such user")
-        return NewSession(row.id, token)
+        return NewSession(row.id, token, row.public_id)
 
     return uow.run(work)
 
@@ -148,7 +155,7 @@ def mark_mfa_verified(uow: UnitOfWork, *, session_id: int) -> NewSession:
 
     def work(u: UnitOfWork) -> NewSession:
         row = u.execute(
-            "SELECT s.id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"
+            "SELECT s.id, s.public_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"
             " u.archived_at AS u_archived_at FROM web_sessions s"
             " JOIN users u ON u.id = s.user_id WHERE s.id = :id FOR UPDATE OF s",
             {"id": session_id},
@@ -162,18 +169,25 @@ def mark_mfa_verified(uow: UnitOfWork, *, session_id: int) -> NewSession:
             hash=token_digest(token),
             id=session_id,
         )
-        return NewSession(session_id, token)
+        return NewSession(session_id, token, row.public_id)
 
     return uow.run(work)
 
 
-def _target_user(actor: Actor, user_id: int | None, permission: str) -> int:
-    """Whose sessions: one's own, or (with ``permission``) anyone's. Raises Unauthenticated,
-    NotFound (someone else's without the permission: their existence is not revealed)."""
+def _target_user(actor: Actor, user_id: Ref | None, permission: str) -> tuple[str, int | str]:
+    """Whose sessions: one's own, or (with ``permission``) anyone's, as the users column and
+    value that find them. Raises Unauthenticated, NotFound (someone else's without the
+    permission: their existence is not revealed; or a ref that names no user)."""
     if user_id is None:
-        return require_user(actor)
-    if user_id == actor.id or actor.can(permission):
-        return user_id
+        return "id", require_user(actor)
+    key = ref_key("user", user_id)
+    if key is None:
+        raise NotFound("no such user", param="user_id")
+    mine = actor.kind == "user" and (
+        actor.id == user_id or (actor.public_id is not None and actor.public_id == user_id)
+    )
+    if mine or actor.can(permission):
+        return key
     raise NotFound("no such user", param="user_id")
 
 
@@ -181,21 +195,22 @@ def list_sessions(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    user_id: int | None = None,
+    user_id: Ref | None = None,
     current_session_id: int | None = None,
     current_family_id: uuid.UUID | None = None,
 ) -> list[SessionView]:
     """Live web sessions and API refresh-token families of the actor (or, with users:read, of
     ``user_id``), most recently used first; the caller names its own session or family to mark
     it current. Raises Unauthenticated, NotFound."""
-    target = _target_user(actor, user_id, "users:read")
+    column, target = _target_user(actor, user_id, "users:read")
+    owner = f"user_id = (SELECT id FROM users WHERE {column} = :user_id)"
 
     def work(u: UnitOfWork) -> list[SessionView]:
         now = u.now()
         idle_since = now - timedelta(minutes=u.settings.session_idle_minutes)
         web = u.execute(
-            "SELECT id, created_at, last_seen_at, absolute_expires_at, user_agent, ip"
-            " FROM web_sessions WHERE user_id = :user_id AND revoked_at IS NULL"
+            "SELECT id, public_id, created_at, last_seen_at, absolute_expires_at, user_agent, ip"
+            f" FROM web_sessions WHERE {owner} AND revoked_at IS NULL"
             " AND absolute_expires_at > :now AND last_seen_at >= :idle_since",
             {"user_id": target, "now": now, "idle_since": idle_since},
         ).all()
@@ -203,19 +218,20 @@ def list_sessions(
             "SELECT family_id, min(issued_at) AS created_at, max(issued_at) AS last_seen_at,"
             " max(expires_at) AS expires_at,"
             " (array_agg(user_agent ORDER BY id))[1] AS user_agent"
-            " FROM refresh_tokens WHERE user_id = :user_id GROUP BY family_id"
+            f" FROM refresh_tokens WHERE {owner} GROUP BY family_id"
             " HAVING bool_and(revoked_at IS NULL) AND max(expires_at) > :now",
             {"user_id": target, "now": now},
         ).all()
         views = [
-            SessionView("web", str(r.id), r.created_at, r.last_seen_at,
+            SessionView("web", str(r.id), r.public_id, r.created_at, r.last_seen_at,
                         min(r.absolute_expires_at, r.last_seen_at
                             + timedelta(minutes=u.settings.session_idle_minutes)),
                         r.user_agent, r.ip, r.id == current_session_id)
             for r in web
         ] + [
-            SessionView("api", str(r.family_id), r.created_at, r.last_seen_at, r.expires_at,
-                        r.user_agent, "", r.family_id == current_family_id)
+            SessionView("api", str(r.family_id), str(r.family_id), r.created_at,
+                        r.last_seen_at, r.expires_at, r.user_agent, "",
+                        r.family_id == current_family_id)
             for r in api
         ]  # fmt: skip
         return sorted(views, key=lambda v: v.last_seen_at, reverse=True)
@@ -223,27 +239,32 @@ def list_sessions(
     return uow.run(work)
 
 
-def revoke_session(uow: UnitOfWork, *, actor: Actor, session_id: int) -> None:
+def revoke_session(uow: UnitOfWork, *, actor: Actor, session_id: Ref) -> int:
     """End a web session (sign-out, or from "sessions and devices"): the owner's own, or anyone's
-    with users:manage. Revoking an ended session changes nothing. Raises Unauthenticated,
-    NotFound (unknown, or someone else's)."""
+    with users:manage. Revoking an ended session changes nothing. Returns the session's
+    internal id. Raises Unauthenticated, NotFound (unknown, or someone else's)."""
+    key = ref_key("session", session_id)
+    if key is None:
+        raise NotFound("no such session", param="session_id")
+    column, value = key
 
-    def work(u: UnitOfWork) -> None:
-        owner = u.execute(
-            "SELECT user_id FROM web_sessions WHERE id = :id", {"id": session_id}
-        ).scalar_one_or_none()
-        if owner is None:
+    def work(u: UnitOfWork) -> int:
+        found = u.execute(
+            f"SELECT id, user_id FROM web_sessions WHERE {column} = :v", {"v": value}
+        ).one_or_none()
+        if found is None:
             raise NotFound("no such session", param="session_id")
-        _target_user(actor, owner, "users:manage")
+        _target_user(actor, found.user_id, "users:manage")
         u.defer(
             "UPDATE web_sessions SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
             now=u.now(),
-            id=session_id,
+            id=found.id,
         )
-        audit.record(u, actor, "session.revoke", "web_session", session_id,
-                     data={"user_id": owner})  # fmt: skip
+        audit.record(u, actor, "session.revoke", "web_session", found.id,
+                     data={"user_id": found.user_id})  # fmt: skip
+        return int(found.id)
 
-    uow.run(work)
+    return uow.run(work)
 
 
 def revoke_family(uow: UnitOfWork, *, actor: Actor, family_id: uuid.UUID) -> None:
@@ -275,13 +296,22 @@ def revoke_all(
     *,
     actor: Actor,
     except_session_id: int | None = None,
-    user_id: int | None = None,
+    user_id: Ref | None = None,
 ) -> None:
     """Revoke every web session (but ``except_session_id``) and every refresh-token family of
-    the actor, or with users:manage of ``user_id``. Raises Unauthenticated, NotFound."""
-    target = _target_user(actor, user_id, "users:manage")
+    the actor, or with users:manage of ``user_id``. Raises Unauthenticated, NotFound (also for a
+    user named by a public id that names nobody)."""
+    column, value = _target_user(actor, user_id, "users:manage")
 
     def work(u: UnitOfWork) -> None:
+        found: Any = value
+        if column == "public_id":  # one indexed look-up: the revocations go by internal id
+            found = u.execute(
+                "SELECT id FROM users WHERE public_id = :v", {"v": value}
+            ).scalar_one_or_none()
+            if found is None:
+                raise NotFound("no such user", param="user_id")
+        target = int(found)
         revoke_credentials(u, target, except_session_id=except_session_id)
         audit.record(u, actor, "session.revoke_all", "user", target,
                      data={"kept_session_id": except_session_id})  # fmt: skip

@@ -6,6 +6,10 @@ identity flow, which verifies the new address). Two guard rails hold for every c
 nobody changes a user who holds a permission the actor lacks (so a custom role with
 ``users:manage`` cannot take over an administrator by changing their email), and the last
 active administrator can be neither archived, deleted nor stripped of the admin role.
+
+A user is named by :data:`~portal.services.shared.refs.Ref`: a public id from a request
+(``usr_...``), resolved in the statement that loads or locks the user, or an internal id.
+"Oneself" is told from either without a query (the actor carries both).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from portal.services.shared import audit
 from portal.services.shared.pagination import (
     Page,
     check_cursor,
-    check_id,
     check_limit,
     like_pattern,
     newest_first,
 )
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 
 MAX_SEARCH = 254
@@ -41,6 +45,7 @@ MAX_SEARCH = 254
 @dataclass(frozen=True, slots=True)
 class UserCreated:
     id: int
+    public_id: str
     email: str
     roles: tuple[str, ...]
 
@@ -51,6 +56,7 @@ class UserSummary:
     nothing; see ``UserDetail.permissions`` for what the user may do)."""
 
     id: int
+    public_id: str
     email: str
     first_name: str
     last_name: str
@@ -73,6 +79,7 @@ class UserDetail(UserSummary):
 @dataclass(frozen=True, slots=True)
 class UserDeleted:
     id: int
+    public_id: str
     email: str
 
 
@@ -133,23 +140,25 @@ def insert_user(
         raise InvalidInput("unknown role", param="roles")
     try:
         with u.session.begin_nested():
-            user_id = u.execute(
+            inserted = u.execute(
                 "INSERT INTO users (email, password_hash, first_name, last_name,"
                 " email_verified_at, created_at, updated_at)"
-                " VALUES (:email, :hash, :first, :last, :verified, :now, :now) RETURNING id",
+                " VALUES (:email, :hash, :first, :last, :verified, :now, :now)"
+                " RETURNING id, public_id",
                 {"email": email, "hash": password_hash, "first": first_name, "last": last_name,
                  "verified": u.now() if verified else None, "now": u.now()},
-            ).scalar_one()  # fmt: skip
+            ).one()  # fmt: skip
     except IntegrityError as exc:
         raise Conflict(
             "an account with this email already exists", param="email", code="email_taken"
         ) from exc
+    user_id = inserted.id
     u.execute(
         sa.text("INSERT INTO user_roles (user_id, role_id, created_at) VALUES (:u, :r, :now)"),
         [{"u": user_id, "r": r.id, "now": u.now()} for r in found],
     )
     audit.record(u, actor, "user.create", "user", user_id, data={"roles": sorted(roles)})
-    return UserCreated(user_id, email, tuple(sorted(roles)))
+    return UserCreated(user_id, inserted.public_id, email, tuple(sorted(roles)))
 
 
 def create_user(
@@ -189,19 +198,21 @@ def create_user(
 
 
 def actor_for(uow: UnitOfWork, user_id: int) -> Actor:
-    """The actor of a user: their id and the union of their live roles' permissions."""
+    """The actor of a user: their ids and the union of their live roles' permissions."""
 
     def work(u: UnitOfWork) -> Actor:
-        perms = u.execute(
-            "SELECT DISTINCT p.name FROM user_roles ur"
+        row = u.execute(
+            "SELECT usr.public_id, ARRAY(SELECT DISTINCT p.name FROM user_roles ur"
             " JOIN roles r ON r.id = ur.role_id AND r.archived_at IS NULL"
             " JOIN role_permissions rp ON rp.role_id = r.id"
             " JOIN permissions p ON p.id = rp.permission_id"
-            " JOIN users usr ON usr.id = ur.user_id AND usr.archived_at IS NULL"
-            " WHERE ur.user_id = :id",
+            " WHERE ur.user_id = usr.id AND usr.archived_at IS NULL) AS permissions"
+            " FROM users usr WHERE usr.id = :id",
             {"id": user_id},
-        ).scalars()
-        return Actor.user(user_id, frozenset(perms))
+        ).first()
+        if row is None:
+            return Actor.user(user_id)
+        return Actor.user(user_id, frozenset(row.permissions), public_id=row.public_id)
 
     return uow.run(work)
 
@@ -213,8 +224,24 @@ def require(actor: Actor, permission: str) -> None:
         raise Forbidden(f"missing permission {permission}")
 
 
-def is_self(actor: Actor, user_id: int) -> bool:
-    return actor.kind == ActorKind.USER and actor.id == user_id
+def is_self(actor: Actor, user_id: Ref) -> bool:
+    """Whether ``user_id`` (an internal or a public id) names the acting user."""
+    if actor.kind != ActorKind.USER:
+        return False
+    if isinstance(user_id, str):
+        return actor.public_id is not None and actor.public_id == user_id
+    return actor.id == user_id
+
+
+def user_key(user_id: Ref, param: str = "user_id") -> tuple[str, int | str]:
+    """The column and value that find the user ``user_id`` names. Raises NotFound for a string
+    that is not a user's public id, InvalidInput for an integer that is not an id."""
+    key = ref_key("user", user_id)
+    if key is None:
+        if isinstance(user_id, str):
+            raise NotFound("no such user", param=param)
+        raise InvalidInput(f"{param} must be an object id", param=param)
+    return key
 
 
 def check_no_escalation(actor: Actor, permissions: Iterable[str]) -> None:
@@ -268,7 +295,7 @@ def check_not_last_admin(u: UnitOfWork, user_id: int) -> None:
 
 # -- reading ---------------------------------------------------------------------------------
 _SUMMARY_COLUMNS = (
-    "u.id, u.email, u.first_name, u.last_name,"
+    "u.id, u.public_id, u.email, u.first_name, u.last_name,"
     " u.email_verified_at IS NOT NULL AS email_verified,"
     " u.mfa_enabled_at IS NOT NULL AS mfa_enabled,"
     " ARRAY(SELECT r.name FROM user_roles ur JOIN roles r ON r.id = ur.role_id"
@@ -288,21 +315,28 @@ _DETAIL_COLUMNS = (
 def _summary(row: sa.Row[Any]) -> UserSummary:
     m = row._mapping
     return UserSummary(
-        id=m["id"], email=m["email"], first_name=m["first_name"], last_name=m["last_name"],
+        id=m["id"], public_id=m["public_id"], email=m["email"], first_name=m["first_name"],
+        last_name=m["last_name"],
         email_verified=m["email_verified"], mfa_enabled=m["mfa_enabled"],
         roles=tuple(m["roles"]), archived=m["archived"], created_at=m["created_at"],
     )  # fmt: skip
 
 
-def load_user(u: UnitOfWork, user_id: int) -> UserDetail | None:
-    """A user's detail inside an open transaction (no permission check)."""
-    row = u.execute(f"SELECT {_DETAIL_COLUMNS} FROM users u WHERE u.id = :id", {"id": user_id})
+def load_user(u: UnitOfWork, user_id: Ref) -> UserDetail | None:
+    """A user's detail inside an open transaction (no permission check); None when there is
+    no such user."""
+    key = ref_key("user", user_id)
+    if key is None:
+        return None
+    column, value = key
+    row = u.execute(f"SELECT {_DETAIL_COLUMNS} FROM users u WHERE u.{column} = :v", {"v": value})
     found = row.first()
     if found is None:
         return None
     m = found._mapping
     return UserDetail(
-        id=m["id"], email=m["email"], first_name=m["first_name"], last_name=m["last_name"],
+        id=m["id"], public_id=m["public_id"], email=m["email"], first_name=m["first_name"],
+        last_name=m["last_name"],
         email_verified=m["email_verified"], mfa_enabled=m["mfa_enabled"],
         roles=tuple(m["roles"]), archived=m["archived"], created_at=m["created_at"],
         permissions=tuple(m["permissions"]), updated_at=m["updated_at"],
@@ -310,11 +344,13 @@ def load_user(u: UnitOfWork, user_id: int) -> UserDetail | None:
     )  # fmt: skip
 
 
-def _lock_user(u: UnitOfWork, user_id: int, *, for_delete: bool = False) -> sa.Row[Any]:
+def _lock_user(u: UnitOfWork, user_id: Ref, *, for_delete: bool = False) -> sa.Row[Any]:
     mode = "FOR UPDATE" if for_delete else "FOR NO KEY UPDATE"
+    column, value = user_key(user_id)
     row = u.execute(
-        f"SELECT id, email, first_name, last_name, archived_at FROM users WHERE id = :id {mode}",
-        {"id": user_id},
+        f"SELECT id, public_id, email, first_name, last_name, archived_at FROM users"
+        f" WHERE {column} = :v {mode}",
+        {"v": value},
     ).first()
     if row is None:
         raise NotFound("no such user", param="user_id")
@@ -332,7 +368,7 @@ def list_users(
     *,
     actor: Actor,
     limit: int | None = 10,
-    starting_after: int | None = None,
+    starting_after: Ref | None = None,
     search: str | None = None,
     role: str | None = None,
     archived: bool | None = None,
@@ -342,7 +378,7 @@ def list_users(
     (limit, starting_after, search, role, archived)."""
     require(actor, "users:read")
     size = check_limit(limit)
-    after = check_cursor(starting_after)
+    after = check_cursor(starting_after, "user")
     where: list[str] = []
     params: dict[str, Any] = {}
     if search is not None:
@@ -376,17 +412,18 @@ def list_users(
             bound["role_id"] = role_id
         return newest_first(
             u, select=f"SELECT {_SUMMARY_COLUMNS} FROM users u", table="users", alias="u",
-            convert=_summary, limit=size, starting_after=after, where=filters, params=bound,
+            convert=_summary, limit=size, starting_after=after, kind="user", where=filters,
+            params=bound,
         )  # fmt: skip
 
     return uow.run(work)
 
 
-def get_user(uow: UnitOfWork, *, actor: Actor, user_id: int) -> UserDetail:
+def get_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDetail:
     """One user (oneself, or anyone with users:read). Raises InvalidInput, Forbidden, NotFound."""
     if not is_self(actor, user_id):
         require(actor, "users:read")
-    check_id(user_id, "user_id")
+    user_key(user_id)
 
     def work(u: UnitOfWork) -> UserDetail:
         detail = load_user(u, user_id)
@@ -409,7 +446,7 @@ def update_user(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    user_id: int,
+    user_id: Ref,
     first_name: str | None = None,
     last_name: str | None = None,
     email: str | None = None,
@@ -421,29 +458,32 @@ def update_user(
     own = is_self(actor, user_id)
     if not own:
         require(actor, "users:manage")
-    check_id(user_id, "user_id")
+    user_key(user_id)
     first = None if first_name is None else _check_name(first_name, "first_name", "first name")
     last = None if last_name is None else _check_name(last_name, "last_name", "last name")
     new_email = None if email is None else clean_email(email)
 
     def work(u: UnitOfWork) -> UserDetail:
         current = _lock_user(u, user_id)
-        if not own:
-            check_no_escalation(actor, assigned_permissions(u, user_id))
+        uid = current.id
+        # The actor may have named themselves by an id form it does not carry: check again.
+        mine = own or is_self(actor, uid)
+        if not mine:
+            check_no_escalation(actor, assigned_permissions(u, uid))
         changes: dict[str, Any] = {}
         if first is not None and first != current.first_name:
             changes["first_name"] = first
         if last is not None and last != current.last_name:
             changes["last_name"] = last
         if new_email is not None and new_email != current.email:
-            if own:
+            if mine:
                 raise Forbidden(
                     "change your own email from your account page: the new address must be"
                     " verified", param="email", code="email_change_requires_verification",
                 )  # fmt: skip
             changes["email"] = new_email
         if not changes:
-            return _reload(u, user_id)
+            return _reload(u, uid)
         sets = ", ".join(f"{column} = :{column}" for column in changes)
         if "email" in changes:
             sets += ", email_verified_at = NULL"
@@ -451,7 +491,7 @@ def update_user(
             with u.session.begin_nested():
                 u.execute(
                     f"UPDATE users SET {sets}, updated_at = :now WHERE id = :id",
-                    {**changes, "now": u.now(), "id": user_id},
+                    {**changes, "now": u.now(), "id": uid},
                 )
         except IntegrityError as exc:
             raise Conflict(
@@ -463,10 +503,10 @@ def update_user(
             # Links mailed before the change (verify, reset, a pending email change) went to
             # the old address or would undo this one: none of them may be spent any more.
             u.execute(
-                "DELETE FROM user_tokens WHERE user_id = :id AND used_at IS NULL", {"id": user_id}
+                "DELETE FROM user_tokens WHERE user_id = :id AND used_at IS NULL", {"id": uid}
             )
-        audit.record(u, actor, "user.update", "user", user_id, data=data)
-        return _reload(u, user_id)
+        audit.record(u, actor, "user.update", "user", uid, data=data)
+        return _reload(u, uid)
 
     return uow.run(work)
 
@@ -482,39 +522,44 @@ def update_profile(
     )
 
 
-def _set_archived(uow: UnitOfWork, actor: Actor, user_id: int, archived: bool) -> UserDetail:
+def _set_archived(uow: UnitOfWork, actor: Actor, user_id: Ref, archived: bool) -> UserDetail:
     require(actor, "users:manage")
-    check_id(user_id, "user_id")
+    user_key(user_id)
     if archived and is_self(actor, user_id):
         raise Forbidden("you cannot archive yourself", param="user_id", code="cannot_archive_self")
 
     def work(u: UnitOfWork) -> UserDetail:
         current = _lock_user(u, user_id)
-        check_no_escalation(actor, assigned_permissions(u, user_id))
+        uid = current.id
+        if archived and is_self(actor, uid):  # named by an id form the actor does not carry
+            raise Forbidden(
+                "you cannot archive yourself", param="user_id", code="cannot_archive_self"
+            )
+        check_no_escalation(actor, assigned_permissions(u, uid))
         if (current.archived_at is not None) == archived:
-            return _reload(u, user_id)
+            return _reload(u, uid)
         if archived:
-            check_not_last_admin(u, user_id)
+            check_not_last_admin(u, uid)
         u.execute(
             "UPDATE users SET archived_at = :at, updated_at = :now WHERE id = :id",
-            {"at": u.now() if archived else None, "now": u.now(), "id": user_id},
+            {"at": u.now() if archived else None, "now": u.now(), "id": uid},
         )
         if archived:  # a later restore must not bring the old sessions and tokens back
-            revoke_credentials(u, user_id)
-        audit.record(u, actor, "user.archive" if archived else "user.restore", "user", user_id)
-        return _reload(u, user_id)
+            revoke_credentials(u, uid)
+        audit.record(u, actor, "user.archive" if archived else "user.restore", "user", uid)
+        return _reload(u, uid)
 
     return uow.run(work)
 
 
-def archive_user(uow: UnitOfWork, *, actor: Actor, user_id: int) -> UserDetail:
+def archive_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDetail:
     """Archive a user: they cannot sign in and their sessions and tokens stop working. Raises
     InvalidInput, Forbidden (users:manage; "cannot_archive_self", "privilege_escalation"),
     NotFound, Conflict ("last_admin")."""
     return _set_archived(uow, actor, user_id, True)
 
 
-def restore_user(uow: UnitOfWork, *, actor: Actor, user_id: int) -> UserDetail:
+def restore_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDetail:
     """Restore an archived user. Raises InvalidInput, Forbidden (users:manage;
     "privilege_escalation"), NotFound."""
     return _set_archived(uow, actor, user_id, False)
@@ -532,31 +577,36 @@ _HISTORY = (
 )
 
 
-def delete_user(uow: UnitOfWork, *, actor: Actor, user_id: int) -> UserDeleted:
+def delete_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDeleted:
     """Delete a user for good, with their role links, sessions, tokens, recovery codes and
     single-sign-on links (all ON DELETE CASCADE). Raises InvalidInput, Forbidden (users:manage;
     "cannot_delete_self", "privilege_escalation"), NotFound, Conflict ("user_has_history":
     cards, movements or a merchant; "last_admin")."""
     require(actor, "users:manage")
-    check_id(user_id, "user_id")
+    user_key(user_id)
     if is_self(actor, user_id):
         raise Forbidden("you cannot delete yourself", param="user_id", code="cannot_delete_self")
 
     def work(u: UnitOfWork) -> UserDeleted:
         current = _lock_user(u, user_id, for_delete=True)
-        check_no_escalation(actor, assigned_permissions(u, user_id))
-        if u.execute(_HISTORY, {"id": user_id}).scalar_one():
+        uid = current.id
+        if is_self(actor, uid):  # named by an id form the actor does not carry
+            raise Forbidden(
+                "you cannot delete yourself", param="user_id", code="cannot_delete_self"
+            )
+        check_no_escalation(actor, assigned_permissions(u, uid))
+        if u.execute(_HISTORY, {"id": uid}).scalar_one():
             raise Conflict(
                 "this user has money history (cards, movements or a merchant): archive them"
                 " instead", param="user_id", code="user_has_history",
             )  # fmt: skip
-        check_not_last_admin(u, user_id)
-        roles = _reload(u, user_id).roles
-        u.execute("DELETE FROM users WHERE id = :id", {"id": user_id})
+        check_not_last_admin(u, uid)
+        roles = _reload(u, uid).roles
+        u.execute("DELETE FROM users WHERE id = :id", {"id": uid})
         audit.record(
-            u, actor, "user.delete", "user", user_id,
+            u, actor, "user.delete", "user", uid,
             data={"email": current.email, "roles": list(roles)},
         )  # fmt: skip
-        return UserDeleted(user_id, current.email)
+        return UserDeleted(uid, current.public_id, current.email)
 
     return uow.run(work)

@@ -13,13 +13,15 @@ as the business record, its audit event and the stored idempotent response.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from portal.domain.errors import CardUnavailable, Forbidden, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 
 
@@ -38,6 +40,8 @@ class LockedWallet:
     expiry_month: int
     expiry_year: int
     owner_verified: bool
+    #: The card's public id (``card_...``); empty when a caller builds one by hand.
+    card_public_id: str = ""
 
     @property
     def available(self) -> int:
@@ -50,49 +54,84 @@ class LockedWallet:
             account_id=self.account_id,
             posted=Money(self.posted + posted, self.currency),
             pending_debits=Money(self.pending + pending, self.currency),
+            card_public_id=self.card_public_id,
         )
 
     def owned_by(self, actor: Actor) -> bool:
         return actor.id == self.user_id and actor.kind == "user"
 
 
+_LOCK_SQL = """
+WITH locked AS (
+    SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
+           a.posted_minor AS posted, a.pending_debits_minor AS pending,
+           c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year,
+           u.email_verified_at IS NOT NULL AS owner_verified, c.public_id AS card_public_id
+    FROM accounts a JOIN cards c ON c.id = a.card_id JOIN users u ON u.id = c.user_id
+    WHERE {cards} ORDER BY a.id FOR UPDATE OF a
+), bumped AS (
+    UPDATE users SET change_version = change_version + 1 WHERE id IN (
+        SELECT id FROM users WHERE id IN (SELECT user_id FROM locked)
+        ORDER BY id FOR NO KEY UPDATE
+    )
+)
+SELECT * FROM locked
+"""
+
+
+def _lock(uow: UnitOfWork, cards: str, params: dict[str, Any]) -> list[LockedWallet]:
+    rows = uow.execute(_LOCK_SQL.format(cards=cards), params).mappings()
+    return [LockedWallet(**row) for row in rows]
+
+
 def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWallet]:
-    """Lock the wallet accounts of ``card_ids`` in one statement, in account-id order, and mark
-    their owners' money views as changed (live updates poll ``users.change_version``), locking
-    those user rows in id order after the accounts."""
-    rows = uow.execute(
-        """
-        WITH locked AS (
-            SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
-                   a.posted_minor AS posted, a.pending_debits_minor AS pending,
-                   c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year,
-                   u.email_verified_at IS NOT NULL AS owner_verified
-            FROM accounts a JOIN cards c ON c.id = a.card_id JOIN users u ON u.id = c.user_id
-            WHERE a.card_id = ANY(:ids) ORDER BY a.id FOR UPDATE OF a
-        ), bumped AS (
-            UPDATE users SET change_version = change_version + 1 WHERE id IN (
-                SELECT id FROM users WHERE id IN (SELECT user_id FROM locked)
-                ORDER BY id FOR NO KEY UPDATE
-            )
-        )
-        SELECT * FROM locked
-        """,
-        {"ids": sorted(set(card_ids))},
-    ).mappings()
-    return {row["card_id"]: LockedWallet(**row) for row in rows}
+    """Lock the wallet accounts of ``card_ids`` (internal ids) in one statement, in account-id
+    order, and mark their owners' money views as changed (live updates poll
+    ``users.change_version``), locking those user rows in id order after the accounts."""
+    locked = _lock(uow, "a.card_id = ANY(:ids)", {"ids": sorted(set(card_ids))})
+    return {wallet.card_id: wallet for wallet in locked}
+
+
+def lock_wallets_by_ref(uow: UnitOfWork, cards: Iterable[Ref]) -> dict[Ref, LockedWallet]:
+    """:func:`lock_wallets` for cards named by public id (``card_...``, as requests name them)
+    or internal id, resolved inside the same single locking statement. Each wallet is keyed by
+    both its card's internal and public id; a ref that names no card locks nothing."""
+    ids: set[int] = set()
+    public_ids: set[str] = set()
+    for ref in cards:
+        key = ref_key("card", ref)
+        if key is None:
+            continue
+        if isinstance(key[1], str):
+            public_ids.add(key[1])
+        else:
+            ids.add(key[1])
+    if not ids and not public_ids:
+        return {}
+    conditions = []
+    if ids:
+        conditions.append("c.id = ANY(:ids)")
+    if public_ids:
+        conditions.append("c.public_id = ANY(:public_ids)")
+    params = {"ids": sorted(ids), "public_ids": sorted(public_ids)}
+    found: dict[Ref, LockedWallet] = {}
+    for wallet in _lock(uow, " OR ".join(conditions), params):
+        found[wallet.card_id] = found[wallet.card_public_id] = wallet
+    return found
 
 
 def wallet_for(
-    wallets: dict[int, LockedWallet],
-    card_id: int,
+    wallets: Mapping[Any, LockedWallet],
+    card_id: Ref,
     actor: Actor | None,
     param: str,
     *,
     require_verified: bool = False,
 ) -> LockedWallet:
-    """The locked wallet of ``card_id``; NotFound if it does not exist or, when ``actor`` is
-    given, belongs to someone else and the actor may not manage money (no existence leak);
-    Forbidden when ``require_verified`` and the owner acting has not verified their email."""
+    """The locked wallet of ``card_id`` (as ``wallets`` is keyed); NotFound if it does not exist
+    or, when ``actor`` is given, belongs to someone else and the actor may not manage money (no
+    existence leak); Forbidden when ``require_verified`` and the owner acting has not verified
+    their email."""
     wallet = wallets.get(card_id)
     if wallet is None or (
         actor is not None and not wallet.owned_by(actor) and not actor.can("money:manage")

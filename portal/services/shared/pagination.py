@@ -5,6 +5,11 @@ strictly after the ``starting_after`` row in that order, so a page never repeats
 when rows are added meanwhile (ids alone are not enough: demo data and imports may write rows
 whose ``created_at`` does not follow id order). Each page fetches ``limit + 1`` rows to learn
 whether there are more.
+
+``starting_after`` is the last item of the previous page, named as every object is (see
+:mod:`portal.services.shared.refs`): by its public id, as a request gives it, or by its internal
+id. Either way the cursor row's ``(created_at, id)`` is read with one indexed look-up and the
+page is a keyset from there, never an OFFSET.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 
 from portal.domain.errors import InvalidInput
+from portal.domain.ids import PREFIXES, is_public_id
+from portal.services.shared.refs import MAX_ID, Ref
 from portal.services.shared.uow import UnitOfWork
 
 T = TypeVar("T")
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
-MAX_ID = 2**63 - 1  # BIGINT: a larger id would be a database error, not a refusal
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -37,8 +43,12 @@ class Page(Generic[T]):
 
     @property
     def last_id(self) -> Any:
-        """The ``id`` of the last item: the ``starting_after`` of the next page (None if empty)."""
-        return getattr(self.items[-1], "id", None) if self.items else None
+        """The ``starting_after`` of the next page: the last item's ``public_id`` when it has
+        one, else its ``id`` (None if the page is empty)."""
+        if not self.items:
+            return None
+        last = self.items[-1]
+        return getattr(last, "public_id", None) or getattr(last, "id", None)
 
 
 def check_limit(limit: int | None) -> int:
@@ -57,9 +67,19 @@ def check_id(value: object, param: str) -> int:
     return value
 
 
-def check_cursor(starting_after: int | None) -> int | None:
-    """Validate ``starting_after`` (None or an id). Raises InvalidInput (param "starting_after")."""
-    return None if starting_after is None else check_id(starting_after, "starting_after")
+def check_cursor(starting_after: Ref | None, kind: str | None = None) -> Ref | None:
+    """Validate ``starting_after``: None, an internal id, or a public id (of ``kind`` when given,
+    else of any kind). Raises InvalidInput (param "starting_after")."""
+    if starting_after is None:
+        return None
+    if isinstance(starting_after, str):
+        kinds = [kind] if kind is not None else list(PREFIXES)
+        if not any(is_public_id(k, starting_after) for k in kinds):
+            raise InvalidInput(
+                "starting_after must be the id of an object of this list", param="starting_after"
+            )
+        return starting_after
+    return check_id(starting_after, "starting_after")
 
 
 def page_of(rows: Sequence[T], limit: int) -> Page[T]:
@@ -75,7 +95,8 @@ def newest_first(
     alias: str,
     convert: Callable[[sa.Row[Any]], T],
     limit: int | None = None,
-    starting_after: int | None = None,
+    starting_after: Ref | None = None,
+    kind: str | None = None,
     scope: Sequence[str] = (),
     where: Sequence[str] = (),
     params: Mapping[str, Any] | None = None,
@@ -86,20 +107,23 @@ def newest_first(
     ``scope`` conditions bound what the caller may see (ownership): they apply to the list and to
     the ``starting_after`` row, so a cursor outside the caller's reach is "unknown" too. ``where``
     conditions are filters and apply to the list only. Both may use ``params``; the names
-    ``_after_at``, ``_after_id``, ``_after`` and ``_limit`` are reserved. Raises InvalidInput
-    (param "limit", or "starting_after" for an unknown or unreachable id).
+    ``_after_at``, ``_after_id``, ``_after`` and ``_limit`` are reserved. ``starting_after`` is
+    the public id (of ``kind``, the table's objects) or the internal id of the previous page's
+    last row. Raises InvalidInput (param "limit", or "starting_after" for an unknown or
+    unreachable id).
     """
     size = check_limit(limit)
-    after = check_cursor(starting_after)
+    after = check_cursor(starting_after, kind)
     if not (_IDENTIFIER.match(table) and _IDENTIFIER.match(alias)):
         raise ValueError("table and alias must be plain identifiers")
     bound: dict[str, Any] = dict(params or {})
     conditions = list(scope) + list(where)
     if after is not None:
         scoped = "".join(f" AND ({c})" for c in scope)
+        column = "public_id" if isinstance(after, str) else "id"
         cursor = u.execute(
             f"SELECT {alias}.created_at, {alias}.id FROM {table} {alias}"
-            f" WHERE {alias}.id = :_after{scoped}",
+            f" WHERE {alias}.{column} = :_after{scoped}",
             {**bound, "_after": after},
         ).first()
         if cursor is None:

@@ -8,7 +8,11 @@ out of reach is NotFound, never Forbidden, so its existence does not leak.
 The feed is one statement: a ``UNION ALL`` over top-ups, outgoing transfers, incoming
 transfers and withdrawals, each branch filtered, keyset-paged and limited on its own (so each
 reads at most ``limit + 1`` rows through its card index) before the merge. Items are ordered
-``created_at DESC, kind DESC, id DESC``; the cursor is an item id such as ``"transfer_5"``.
+``created_at DESC, kind DESC, id DESC``; an item's id is its movement's public id (``tu_...``,
+``tr_...``, ``wd_...``), and a cursor is one: its prefix names the table, and its row's
+``(created_at, id)`` is read in the feed's own statement (a CTE), so paging stays a keyset.
+Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
+request, or an internal id).
 
 Visibility rules: an incoming transfer shows to its recipient only once it succeeded (a failed
 one moved nothing and is the sender's business); a transfer between two cards of the same
@@ -19,7 +23,6 @@ cards out (they are neither money in nor money out).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -28,11 +31,13 @@ import sqlalchemy as sa
 
 from portal.domain import cards as card_numbers
 from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
+from portal.domain.ids import PREFIXES, is_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind, MovementStatus
 from portal.services.identity.users import is_printable
 from portal.services.shared import audit
-from portal.services.shared.pagination import MAX_ID, Page, check_id, check_limit, like_pattern
+from portal.services.shared.pagination import Page, check_limit, like_pattern
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 from portal.services.wallet.cards import update_card
@@ -51,17 +56,19 @@ METHOD_LABELS = {
     "cash": "Cash",
 }
 
-_ITEM_ID = re.compile(r"^(top_up|transfer|withdrawal)_([1-9][0-9]{0,18})$")
 _DOTS = "\u2022\u2022\u2022\u2022"
 
 
 # -- results ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class CardSummary:
-    """A card as the cardholder sees it: masked, with its wallet balances."""
+    """A card as the cardholder sees it: masked, with its wallet balances. ``id`` and
+    ``user_id`` are internal; ``public_id`` and ``user_public_id`` are what requests name."""
 
     id: int
+    public_id: str
     user_id: int
+    user_public_id: str
     name: str
     card_type: str
     brand: str
@@ -81,23 +88,20 @@ class CardSummary:
 class ActivityItem:
     """One money movement as seen from ``card_id`` (one of the viewer's cards)."""
 
-    id: str  # "top_up_12", "transfer_5", "withdrawal_3"
+    id: str  # the movement's public id: "tu_...", "tr_...", "wd_..."
+    record_id: int  # its internal id in its own table
     kind: str
     status: str
     amount: Money
     direction: str  # "in" | "out", as seen from card_id
     card_id: int
+    card_public_id: str
     card_last4: str
     counterparty: str  # masked: "Visa •••• 4242 (Budi S.)" / "BCA •••• 7890" / method name
     method: str | None
     failure_code: str | None
     created_at: datetime
     memo: str = ""
-
-    @property
-    def number(self) -> int:
-        """The record's id in its own table (``12`` for ``"top_up_12"``)."""
-        return int(self.id.rsplit("_", 1)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,7 @@ class Recipient:
     """What a sender may learn of a card before paying it: never more than this."""
 
     card_id: int
+    card_public_id: str
     brand: str
     last4: str
     currency: str
@@ -137,31 +142,47 @@ def _user_id(actor: Actor) -> int:
     return actor.id
 
 
-def item_id(kind: str, number: int) -> str:
-    return f"{kind}_{number}"
+def item_kind(value: object) -> str | None:
+    """The movement kind an activity item id names by its prefix (``"transfer"`` for
+    ``"tr_..."``), or None when it is not a movement's public id."""
+    return next((kind for kind in KINDS if is_public_id(kind, value)), None)
 
 
-def parse_item_id(value: str, param: str) -> tuple[str, int]:
-    """(kind, id) of an activity item id. Raises InvalidInput (param ``param``)."""
-    match = _ITEM_ID.fullmatch(value) if isinstance(value, str) else None
-    if match is None or int(match.group(2)) > MAX_ID:
-        raise InvalidInput(f"{param} must be an activity id such as transfer_12", param=param)
-    return match.group(1), int(match.group(2))
+def parse_item_id(value: object, param: str) -> tuple[str, str]:
+    """(kind, public id) of an activity item id. Raises InvalidInput (param ``param``)."""
+    kind = item_kind(value)
+    if kind is None:
+        examples = ", ".join(f"{PREFIXES[k]}_..." for k in KINDS)
+        raise InvalidInput(f"{param} must be the id of a movement ({examples})", param=param)
+    assert isinstance(value, str)
+    return kind, value
+
+
+def _card_key(card_id: object) -> tuple[str, int | str]:
+    """How to find the card ``card_id`` names; NotFound (without a query) when it names none."""
+    key = ref_key("card", card_id)
+    if key is None:
+        raise NotFound("no such card", param="card_id")
+    return key
 
 
 _CARD_COLUMNS = (
-    "c.id, c.user_id, c.name, c.card_type, c.brand, c.last4, c.expiry_month, c.expiry_year,"
-    " c.currency, c.status, c.archived_at IS NOT NULL AS archived, c.created_at,"
-    " a.posted_minor, a.pending_debits_minor"
+    "c.id, c.public_id, c.user_id, u.public_id AS user_public_id, c.name, c.card_type, c.brand,"
+    " c.last4, c.expiry_month, c.expiry_year, c.currency, c.status,"
+    " c.archived_at IS NOT NULL AS archived, c.created_at, a.posted_minor, a.pending_debits_minor"
 )
-_CARDS = f"SELECT {_CARD_COLUMNS} FROM cards c JOIN accounts a ON a.card_id = c.id"
+_CARDS = (
+    f"SELECT {_CARD_COLUMNS} FROM cards c JOIN accounts a ON a.card_id = c.id"
+    " JOIN users u ON u.id = c.user_id"
+)
 
 
 def _card(row: sa.Row[Any]) -> CardSummary:
     posted = Money(row.posted_minor, row.currency)
     pending = Money(row.pending_debits_minor, row.currency)
     return CardSummary(
-        id=row.id, user_id=row.user_id, name=row.name, card_type=row.card_type,
+        id=row.id, public_id=row.public_id, user_id=row.user_id,
+        user_public_id=row.user_public_id, name=row.name, card_type=row.card_type,
         brand=row.brand, last4=row.last4, expiry_month=row.expiry_month,
         expiry_year=row.expiry_year, currency=row.currency, status=row.status,
         archived=row.archived, posted=posted, pending=pending, available=posted - pending,
@@ -170,22 +191,34 @@ def _card(row: sa.Row[Any]) -> CardSummary:
 
 
 # -- cards -----------------------------------------------------------------------------------
+def _is_me(actor: Actor, user: Ref) -> bool:
+    if actor.kind != ActorKind.USER:
+        return False
+    if isinstance(user, str):
+        return actor.public_id is not None and actor.public_id == user
+    return actor.id == user
+
+
 def list_cards(
-    uow: UnitOfWork, *, actor: Actor, user_id: int | None = None, include_archived: bool = False
+    uow: UnitOfWork, *, actor: Actor, user_id: Ref | None = None, include_archived: bool = False
 ) -> tuple[CardSummary, ...]:
     """The actor's cards (or, with cards:read, ``user_id``'s), oldest first, with balances.
     Raises Forbidden, InvalidInput."""
+    owner: int | str
     if user_id is None:
-        owner = _user_id(actor)
+        column, owner = "id", _user_id(actor)
     else:
-        owner = check_id(user_id, "user_id")
-        if not (actor.kind == ActorKind.USER and actor.id == owner) and not actor.can("cards:read"):
+        key = ref_key("user", user_id)
+        if key is None:
+            raise InvalidInput("user_id must be a user's id", param="user_id")
+        if not _is_me(actor, user_id) and not actor.can("cards:read"):
             raise Forbidden("missing permission cards:read")
+        column, owner = key
     archived = "" if include_archived else " AND c.archived_at IS NULL"
 
     def work(u: UnitOfWork) -> tuple[CardSummary, ...]:
         rows = u.execute(
-            f"{_CARDS} WHERE c.user_id = :owner{archived} ORDER BY c.created_at, c.id",
+            f"{_CARDS} WHERE u.{column} = :owner{archived} ORDER BY c.created_at, c.id",
             {"owner": owner},
         ).all()
         return tuple(_card(r) for r in rows)
@@ -202,14 +235,13 @@ def _may_see_card(actor: Actor, owner_id: int) -> bool:
     )
 
 
-def get_card(uow: UnitOfWork, *, actor: Actor, card_id: int) -> CardSummary:
+def get_card(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> CardSummary:
     """One card with balances: one's own, or any with cards:read or cards:manage. Raises
     NotFound."""
-    if not isinstance(card_id, int) or isinstance(card_id, bool) or not 1 <= card_id <= MAX_ID:
-        raise NotFound("no such card", param="card_id")
+    column, value = _card_key(card_id)
 
     def work(u: UnitOfWork) -> CardSummary:
-        row = u.execute(f"{_CARDS} WHERE c.id = :id", {"id": card_id}).first()
+        row = u.execute(f"{_CARDS} WHERE c.{column} = :ref", {"ref": value}).first()
         if row is None or not _may_see_card(actor, row.user_id):
             raise NotFound("no such card", param="card_id")
         return _card(row)
@@ -217,7 +249,7 @@ def get_card(uow: UnitOfWork, *, actor: Actor, card_id: int) -> CardSummary:
     return uow.run(work)
 
 
-def rename_card(uow: UnitOfWork, *, actor: Actor, card_id: int, name: str) -> CardSummary:
+def rename_card(uow: UnitOfWork, *, actor: Actor, card_id: Ref, name: str) -> CardSummary:
     """Name one's own card (at most 64 characters; empty clears it). Owner only. Raises
     InvalidInput, NotFound, InvalidState (archived card)."""
     if not isinstance(name, str):
@@ -227,22 +259,22 @@ def rename_card(uow: UnitOfWork, *, actor: Actor, card_id: int, name: str) -> Ca
         raise InvalidInput(
             f"card name is at most {MAX_CARD_NAME} printable characters", param="name"
         )
-    if not isinstance(card_id, int) or isinstance(card_id, bool) or not 1 <= card_id <= MAX_ID:
-        raise NotFound("no such card", param="card_id")
+    column, value = _card_key(card_id)
 
     def work(u: UnitOfWork) -> CardSummary:
         row = u.execute(
-            "SELECT user_id, name, archived_at FROM cards WHERE id = :id FOR NO KEY UPDATE",
-            {"id": card_id},
+            f"SELECT id, user_id, name, archived_at FROM cards WHERE {column} = :ref"
+            " FOR NO KEY UPDATE",
+            {"ref": value},
         ).first()
         if row is None or not (actor.kind == ActorKind.USER and actor.id == row.user_id):
             raise NotFound("no such card", param="card_id")
         if row.archived_at is not None:
             raise InvalidState("card is archived", param="card_id")
         if row.name != name:
-            update_card(u, card_id, "name = :name", name=name)
-            audit.record(u, actor, "card.rename", "card", card_id, data={"name": name})
-        return _card(u.execute(f"{_CARDS} WHERE c.id = :id", {"id": card_id}).one())
+            update_card(u, row.id, "name = :name", name=name)
+            audit.record(u, actor, "card.rename", "card", row.id, data={"name": name})
+        return _card(u.execute(f"{_CARDS} WHERE c.id = :id", {"id": row.id}).one())
 
     return uow.run(work)
 
@@ -260,18 +292,21 @@ _METHOD_LABEL_SQL = (
 )
 
 _COLUMNS = (
-    "kind, id, created_at, status, amount_minor, currency, direction, card_id, card_last4,"
-    " cp_brand, cp_last4, cp_first, cp_last, method, failure_code, bank_name, bank_last4, memo"
+    "kind, id, public_id, created_at, status, amount_minor, currency, direction, card_id,"
+    " card_public_id, card_last4, cp_brand, cp_last4, cp_first, cp_last, method, failure_code,"
+    " bank_name, bank_last4, memo"
 )
 
 # Each branch: (kind, SELECT list, FROM/JOIN, base condition over the scope, search haystack).
 _TOPUP = (
     "top_up",
-    "'top_up'::text AS kind, t.id, t.created_at, t.status::text AS status, t.amount_minor,"
-    " t.currency::text AS currency, 'in'::text AS direction, t.card_id, c.last4::text AS"
-    " card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4, NULL::text AS cp_first,"
-    " NULL::text AS cp_last, t.method::text AS method, t.failure_code::text AS failure_code,"
-    " NULL::text AS bank_name, NULL::text AS bank_last4, ''::text AS memo",
+    "'top_up'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
+    " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
+    " 'in'::text AS direction, t.card_id, c.public_id::text AS card_public_id,"
+    " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
+    " NULL::text AS cp_first, NULL::text AS cp_last, t.method::text AS method,"
+    " t.failure_code::text AS failure_code, NULL::text AS bank_name, NULL::text AS bank_last4,"
+    " ''::text AS memo",
     "top_ups t JOIN cards c ON c.id = t.card_id",
     "t.card_id IN (SELECT id FROM scope)",
     f"concat_ws(' ', {_METHOD_LABEL_SQL}, c.last4, c.name)",
@@ -288,9 +323,11 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
         base += f" AND t.{other} NOT IN (SELECT id FROM scope) AND t.status = 'succeeded'"
     return (
         "transfer",
-        f"'transfer'::text AS kind, t.id, t.created_at, t.status::text AS status,"
-        f" t.amount_minor, t.currency::text AS currency, '{direction}'::text AS direction,"
-        f" t.{mine} AS card_id, c.last4::text AS card_last4, o.brand::text AS cp_brand,"
+        "'transfer'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
+        " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
+        f" '{direction}'::text AS direction, t.{mine} AS card_id,"
+        " c.public_id::text AS card_public_id, c.last4::text AS card_last4,"
+        " o.brand::text AS cp_brand,"
         " o.last4::text AS cp_last4, ou.first_name::text AS cp_first,"
         " ou.last_name::text AS cp_last, NULL::text AS method,"
         " t.failure_code::text AS failure_code, NULL::text AS bank_name,"
@@ -308,25 +345,27 @@ _TRANSFER_OUT = _transfer_branch("out")
 _TRANSFER_IN = _transfer_branch("in")
 _WITHDRAWAL = (
     "withdrawal",
-    "'withdrawal'::text AS kind, t.id, t.created_at, t.status::text AS status, t.amount_minor,"
-    " t.currency::text AS currency, 'out'::text AS direction, t.card_id, c.last4::text AS"
-    " card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4, NULL::text AS cp_first,"
-    " NULL::text AS cp_last, NULL::text AS method, t.failure_code::text AS failure_code,"
-    " t.bank_name::text AS bank_name, t.bank_account_last4::text AS bank_last4,"
-    " ''::text AS memo",
+    "'withdrawal'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
+    " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
+    " 'out'::text AS direction, t.card_id, c.public_id::text AS card_public_id,"
+    " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
+    " NULL::text AS cp_first, NULL::text AS cp_last, NULL::text AS method,"
+    " t.failure_code::text AS failure_code, t.bank_name::text AS bank_name,"
+    " t.bank_account_last4::text AS bank_last4, ''::text AS memo",
     "withdrawals t JOIN cards c ON c.id = t.card_id",
     "t.card_id IN (SELECT id FROM scope)",
     "concat_ws(' ', t.bank_name, t.bank_account_last4, 'bank withdrawal', c.last4, c.name)",
 )
 
-#: Where a cursor row must be to be reachable (the scope, before any filter).
+#: The cursor row, found by its public id (a unique index), where it must be to be reachable
+#: (the scope, before any filter).
 _CURSOR_REACH = {
-    "top_up": "SELECT created_at FROM top_ups WHERE id = :cur_id"
+    "top_up": "SELECT created_at, id FROM top_ups WHERE public_id = :cursor"
     " AND card_id IN (SELECT id FROM scope)",
-    "transfer": "SELECT created_at FROM transfers WHERE id = :cur_id"
+    "transfer": "SELECT created_at, id FROM transfers WHERE public_id = :cursor"
     " AND (from_card_id IN (SELECT id FROM scope)"
     " OR (to_card_id IN (SELECT id FROM scope) AND status = 'succeeded'))",
-    "withdrawal": "SELECT created_at FROM withdrawals WHERE id = :cur_id"
+    "withdrawal": "SELECT created_at, id FROM withdrawals WHERE public_id = :cursor"
     " AND card_id IN (SELECT id FROM scope)",
 }
 
@@ -343,9 +382,10 @@ def _counterparty(row: sa.Row[Any]) -> str:
 
 def _item(row: sa.Row[Any]) -> ActivityItem:
     return ActivityItem(
-        id=item_id(row.kind, row.id), kind=row.kind, status=row.status,
+        id=row.public_id, record_id=row.id, kind=row.kind, status=row.status,
         amount=Money(row.amount_minor, row.currency), direction=row.direction,
-        card_id=row.card_id, card_last4=row.card_last4, counterparty=_counterparty(row),
+        card_id=row.card_id, card_public_id=row.card_public_id, card_last4=row.card_last4,
+        counterparty=_counterparty(row),
         method=row.method, failure_code=row.failure_code, created_at=row.created_at,
         memo=row.memo or "",
     )  # fmt: skip
@@ -372,7 +412,9 @@ def _feed_sql(
             if kind < cursor_kind:
                 conditions.append("t.created_at <= (SELECT created_at FROM cur)")
             elif kind == cursor_kind:
-                conditions.append("(t.created_at, t.id) < ((SELECT created_at FROM cur), :cur_id)")
+                conditions.append(
+                    "(t.created_at, t.id) < ((SELECT created_at FROM cur), (SELECT id FROM cur))"
+                )
             else:
                 conditions.append("t.created_at < (SELECT created_at FROM cur)")
         where = " AND ".join(f"({c})" for c in conditions)
@@ -397,23 +439,23 @@ def _branches_for(kind: str | None, *, unrestricted: bool) -> list[tuple[str, st
     return [b for b in every if kind is None or b[0] == kind]
 
 
-def _scope_for(actor: Actor, card_id: int | None, params: dict[str, Any]) -> str:
+def _scope_for(actor: Actor, card_id: Ref | None, params: dict[str, Any]) -> str:
     """SQL selecting the card ids the feed covers (the actor's cards, or one card)."""
     if card_id is None:
         params["owner"] = _user_id(actor)
         return "SELECT id FROM cards WHERE user_id = :owner"
-    params["card"] = card_id
+    column, params["card"] = _card_key(card_id)
     if actor.can("money:read"):
-        return "SELECT id FROM cards WHERE id = :card"
+        return f"SELECT id FROM cards WHERE {column} = :card"
     params["owner"] = _user_id(actor)
-    return "SELECT id FROM cards WHERE id = :card AND user_id = :owner"
+    return f"SELECT id FROM cards WHERE {column} = :card AND user_id = :owner"
 
 
 def list_activity(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    card_id: int | None = None,
+    card_id: Ref | None = None,
     kind: str | None = None,
     status: str | None = None,
     since: date | None = None,
@@ -428,10 +470,8 @@ def list_activity(
     size = check_limit(limit)
     params: dict[str, Any] = {"lim": size + 1}
     filters: list[str] = []
-    if card_id is not None and (
-        isinstance(card_id, bool) or not isinstance(card_id, int) or not 1 <= card_id <= MAX_ID
-    ):
-        raise NotFound("no such card", param="card_id")
+    if card_id is not None:
+        _card_key(card_id)
     if kind is not None and kind not in KINDS:
         raise InvalidInput("kind must be one of " + ", ".join(KINDS), param="kind")
     if status is not None:
@@ -456,7 +496,7 @@ def list_activity(
             params["pattern"] = like_pattern(term)
     cursor_kind: str | None = None
     if starting_after is not None:
-        cursor_kind, params["cur_id"] = parse_item_id(starting_after, "starting_after")
+        cursor_kind, params["cursor"] = parse_item_id(starting_after, "starting_after")
     scope = _scope_for(actor, card_id, params)
     sql = _feed_sql(
         _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind
@@ -473,7 +513,7 @@ def list_activity(
 
 
 def _check_reach(
-    u: UnitOfWork, scope: str, params: dict[str, Any], card_id: int | None, cursor: str | None
+    u: UnitOfWork, scope: str, params: dict[str, Any], card_id: Ref | None, cursor: str | None
 ) -> None:
     """Why an empty page is empty, when it may be a card or cursor out of reach (rare path)."""
     reach = f"WITH scope AS ({scope}) SELECT EXISTS (SELECT 1 FROM scope) AS card"
@@ -487,12 +527,13 @@ def _check_reach(
 
 
 def get_activity_item(uow: UnitOfWork, *, actor: Actor, item_id: str) -> ActivityItem:
-    """One movement by its activity id, as its viewer sees it: on one's own cards (incoming
-    transfers once they succeeded), or any with money:read (withdrawals also with
-    withdrawals:manage), seen from the source card. Raises InvalidInput, NotFound."""
-    kind, number = parse_item_id(item_id, "id")
+    """One movement by its public id (``tu_...``, ``tr_...``, ``wd_...``), as its viewer sees
+    it: on one's own cards (incoming transfers once they succeeded), or any with money:read
+    (withdrawals also with withdrawals:manage), seen from the source card. Raises
+    InvalidInput, NotFound."""
+    kind, public_id = parse_item_id(item_id, "id")
     staff = actor.can("money:read") or (kind == "withdrawal" and actor.can("withdrawals:manage"))
-    params: dict[str, Any] = {"lim": 2, "only": number}
+    params: dict[str, Any] = {"lim": 2, "only": public_id}
     if staff:
         scope = "SELECT id FROM cards"
         branches = [
@@ -502,7 +543,7 @@ def get_activity_item(uow: UnitOfWork, *, actor: Actor, item_id: str) -> Activit
         params["owner"] = _user_id(actor)
         scope = "SELECT id FROM cards WHERE user_id = :owner"
         branches = _branches_for(kind, unrestricted=False)
-    sql = _feed_sql(branches, scope, ["t.id = :only"], False, None)
+    sql = _feed_sql(branches, scope, ["t.public_id = :only"], False, None)
 
     def work(u: UnitOfWork) -> ActivityItem:
         row = u.execute(sql, params).first()
@@ -617,7 +658,7 @@ def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
 
     def work(u: UnitOfWork) -> Recipient:
         row = u.execute(
-            "SELECT c.id, c.brand, c.last4, c.currency, u.first_name, u.last_name"
+            "SELECT c.id, c.public_id, c.brand, c.last4, c.currency, u.first_name, u.last_name"
             " FROM cards c JOIN users u ON u.id = c.user_id WHERE c.fingerprint = :fp"
             " AND c.archived_at IS NULL AND u.archived_at IS NULL",
             {"fp": fingerprint},
@@ -625,8 +666,8 @@ def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
         if row is None:
             raise NotFound("no card with this number", param="number")
         return Recipient(
-            card_id=row.id, brand=row.brand, last4=row.last4, currency=row.currency,
-            holder=masked_name(row.first_name, row.last_name),
+            card_id=row.id, card_public_id=row.public_id, brand=row.brand, last4=row.last4,
+            currency=row.currency, holder=masked_name(row.first_name, row.last_name),
         )  # fmt: skip
 
     return uow.run(work)
@@ -643,6 +684,7 @@ __all__ = [
     "find_recipient",
     "get_activity_item",
     "get_card",
+    "item_kind",
     "list_activity",
     "list_cards",
     "masked_name",

@@ -3,6 +3,9 @@
 A card's number is kept only as AES-GCM ciphertext plus a keyed fingerprint; the security code
 is derived from number and expiry when needed and never stored. ``IssuedCard`` is the single
 place a full number and code leave the service layer: at issue, to be shown once.
+
+Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
+request, or an internal id), resolved in the statement that loads or locks them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from portal.domain.errors import Forbidden, InvalidInput, InvalidState, LimitExc
 from portal.domain.money import MoneyError, normalize_currency
 from portal.domain.types import Actor, CardStatus, CardType, IssuedCard
 from portal.services.shared import audit, idempotency
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 
@@ -29,6 +33,7 @@ class CardView:
     """What pages and the API may show of a card."""
 
     id: int
+    public_id: str
     user_id: int
     name: str
     card_type: str
@@ -41,15 +46,24 @@ class CardView:
     archived: bool
 
 
-def _may_manage(actor: Actor, owner_id: int, permission: str) -> bool:
-    return (actor.kind == "user" and actor.id == owner_id) or actor.can(permission)
+def _is_user(actor: Actor, user: Ref) -> bool:
+    """Whether ``user`` (an internal or a public id) names the acting user."""
+    if actor.kind != "user":
+        return False
+    if isinstance(user, str):
+        return actor.public_id is not None and actor.public_id == user
+    return actor.id == user
+
+
+def _may_manage(actor: Actor, owner: Ref, permission: str) -> bool:
+    return _is_user(actor, owner) or actor.can(permission)
 
 
 def issue_card(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    user_id: int,
+    user_id: Ref,
     card_type: str,
     brand: str,
     currency: str,
@@ -63,6 +77,10 @@ def issue_card(
     IdempotencyConflict (the key was used for another request)."""
     if not _may_manage(actor, user_id, "cards:manage"):
         raise Forbidden("you may only issue cards for yourself")
+    user_key = ref_key("user", user_id)
+    if user_key is None:
+        raise NotFound("no such user", param="user_id")
+    user_column, user_value = user_key
     if card_type not in CardType.__members__.values():
         raise InvalidInput("card type must be debit, credit or prepaid", param="card_type")
     if brand not in card_numbers.BRANDS:
@@ -86,14 +104,16 @@ def issue_card(
             return _reissued(u, vault, int(claim.replay["result"]["card_id"]))
         # Lock the owner so two concurrent issues cannot both pass the per-user cap.
         owner = u.execute(
-            "SELECT id FROM users WHERE id = :id AND archived_at IS NULL FOR NO KEY UPDATE",
-            {"id": user_id},
+            f"SELECT id FROM users WHERE {user_column} = :ref AND archived_at IS NULL"
+            " FOR NO KEY UPDATE",
+            {"ref": user_value},
         ).first()
         if owner is None:
             raise NotFound("no such user", param="user_id")
+        owner_id = owner.id
         held = u.execute(
             "SELECT count(*) FROM cards WHERE user_id = :id AND archived_at IS NULL",
-            {"id": user_id},
+            {"id": owner_id},
         ).scalar_one()
         if held >= u.settings.max_cards_per_user:
             raise LimitExceeded(
@@ -106,40 +126,41 @@ def issue_card(
             blob, version = vault.encrypt(number.encode(), purpose=PAN_PURPOSE)
             try:
                 with u.session.begin_nested():
-                    card_id = u.execute(
+                    inserted = u.execute(
                         "INSERT INTO cards (user_id, name, card_type, brand, last4, pan_ciphertext,"
                         " key_version, fingerprint, expiry_month, expiry_year, currency, status,"
                         " created_at, updated_at) VALUES (:user, :name, :type, :brand, :last4,"
                         " :blob, :version, :fp, :month, :year, :cur, 'active', :now, :now)"
-                        " RETURNING id",
-                        {"user": user_id, "name": name, "type": card_type, "brand": brand,
+                        " RETURNING id, public_id",
+                        {"user": owner_id, "name": name, "type": card_type, "brand": brand,
                          "last4": number[-4:], "blob": blob, "version": version,
                          "fp": vault.fingerprint(number), "month": expiry_month,
                          "year": expiry_year, "cur": currency, "now": now},
-                    ).scalar_one()  # fmt: skip
+                    ).one()  # fmt: skip
                 break
             except IntegrityError:
                 continue
         else:  # pragma: no cover
             raise RuntimeError("could not draw a unique card number")
+        card_id = inserted.id
         account_id = u.execute(
             "WITH wallet AS (INSERT INTO accounts (kind, card_id, currency, posted_minor,"
             " pending_debits_minor, created_at) VALUES ('wallet', :card, :cur, 0, 0, :now)"
             " RETURNING id), bumped AS (UPDATE users SET change_version = change_version + 1"
             " WHERE id = :user) SELECT id FROM wallet",
-            {"card": card_id, "cur": currency, "now": now, "user": user_id},
+            {"card": card_id, "cur": currency, "now": now, "user": owner_id},
         ).scalar_one()
         audit.record(
             u, actor, "card.issue", "card", card_id,
-            data={"user_id": user_id, "brand": brand, "last4": number[-4:],
+            data={"user_id": owner_id, "brand": brand, "last4": number[-4:],
                   "card_type": card_type, "currency": currency},
         )  # fmt: skip
         if claim is not None:
             # The card's id only: the number stays in the vault, never in a stored response.
             idempotency.store(u, claim, {"result": {"card_id": card_id}})
         return IssuedCard(
-            card_id=card_id, account_id=account_id, brand=brand, card_type=card_type,
-            last4=number[-4:], number=number,
+            card_id=card_id, public_id=inserted.public_id, account_id=account_id, brand=brand,
+            card_type=card_type, last4=number[-4:], number=number,
             cvv=vault.security_code(number, expiry_month, expiry_year),
             expiry_month=expiry_month, expiry_year=expiry_year, currency=currency, name=name,
         )  # fmt: skip
@@ -150,14 +171,16 @@ def issue_card(
 def _reissued(u: UnitOfWork, vault: Vault, card_id: int) -> IssuedCard:
     """The answer to a replayed issue: the card the first request issued, read back."""
     row = u.execute(
-        "SELECT c.id, a.id AS account_id, c.brand, c.card_type, c.last4, c.pan_ciphertext,"
+        "SELECT c.id, c.public_id, a.id AS account_id, c.brand, c.card_type, c.last4,"
+        " c.pan_ciphertext,"
         " c.key_version, c.expiry_month, c.expiry_year, c.currency, c.name"
         " FROM cards c JOIN accounts a ON a.card_id = c.id WHERE c.id = :id",
         {"id": card_id},
     ).one()
     number = vault.decrypt(row.pan_ciphertext, row.key_version, purpose=PAN_PURPOSE).decode()
     return IssuedCard(
-        card_id=row.id, account_id=row.account_id, brand=row.brand, card_type=row.card_type,
+        card_id=row.id, public_id=row.public_id, account_id=row.account_id, brand=row.brand,
+        card_type=row.card_type,
         last4=row.last4, number=number,
         cvv=vault.security_code(number, row.expiry_month, row.expiry_year),
         expiry_month=row.expiry_month, expiry_year=row.expiry_year, currency=row.currency,
@@ -165,12 +188,24 @@ def _reissued(u: UnitOfWork, vault: Vault, card_id: int) -> IssuedCard:
     )  # fmt: skip
 
 
-def _load_for_change(u: UnitOfWork, actor: Actor, card_id: int, permission: str) -> CardView:
+_CARD_VIEW_COLUMNS = (
+    "id, public_id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
+    " status, archived_at IS NOT NULL AS archived"
+)
+
+
+def _card_key(card_id: Ref) -> tuple[str, int | str]:
+    key = ref_key("card", card_id)
+    if key is None:
+        raise NotFound("no such card", param="card_id")
+    return key
+
+
+def _load_for_change(u: UnitOfWork, actor: Actor, card_id: Ref, permission: str) -> CardView:
+    column, value = _card_key(card_id)
     row = u.execute(
-        "SELECT id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
-        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id"
-        " FOR NO KEY UPDATE",
-        {"id": card_id},
+        f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE {column} = :ref FOR NO KEY UPDATE",
+        {"ref": value},
     ).first()
     if row is None or not _may_manage(actor, row.user_id, permission):
         raise NotFound("no such card", param="card_id")
@@ -188,9 +223,10 @@ def update_card(u: UnitOfWork, card_id: int, assignments: str, **params: Any) ->
     )
 
 
-def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: int, frozen: bool) -> CardView:
+def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: Ref, frozen: bool) -> CardView:
     """Freeze or unfreeze a card (its owner or staff with cards:manage). Raises NotFound,
     InvalidState (archived card)."""
+    _card_key(card_id)
 
     def work(u: UnitOfWork) -> CardView:
         card = _load_for_change(u, actor, card_id, "cards:manage")
@@ -198,34 +234,31 @@ def set_frozen(uow: UnitOfWork, *, actor: Actor, card_id: int, frozen: bool) -> 
             raise InvalidState("card is archived", param="card_id")
         status = CardStatus.FROZEN if frozen else CardStatus.ACTIVE
         if card.status != status:
-            update_card(u, card_id, "status = :s", s=status)
-            audit.record(u, actor, "card.freeze" if frozen else "card.unfreeze", "card", card_id)
-        return _reload(u, card_id)
+            update_card(u, card.id, "status = :s", s=status)
+            audit.record(u, actor, "card.freeze" if frozen else "card.unfreeze", "card", card.id)
+        return _reload(u, card.id)
 
     return uow.run(work)
 
 
-def set_archived(uow: UnitOfWork, *, actor: Actor, card_id: int, archived: bool) -> CardView:
+def set_archived(uow: UnitOfWork, *, actor: Actor, card_id: Ref, archived: bool) -> CardView:
     """Archive or restore a card (staff with cards:manage). Raises NotFound, Forbidden."""
     if not actor.can("cards:manage"):
         raise Forbidden("missing permission cards:manage")
+    _card_key(card_id)
 
     def work(u: UnitOfWork) -> CardView:
         card = _load_for_change(u, actor, card_id, "cards:manage")
         if card.archived != archived:
-            update_card(u, card_id, "archived_at = :at", at=u.now() if archived else None)
-            audit.record(u, actor, "card.archive" if archived else "card.restore", "card", card_id)
-        return _reload(u, card_id)
+            update_card(u, card.id, "archived_at = :at", at=u.now() if archived else None)
+            audit.record(u, actor, "card.archive" if archived else "card.restore", "card", card.id)
+        return _reload(u, card.id)
 
     return uow.run(work)
 
 
 def _reload(u: UnitOfWork, card_id: int) -> CardView:
-    row = u.execute(
-        "SELECT id, user_id, name, card_type, brand, last4, expiry_month, expiry_year, currency,"
-        " status, archived_at IS NOT NULL AS archived FROM cards WHERE id = :id",
-        {"id": card_id},
-    ).one()
+    row = u.execute(f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE id = :id", {"id": card_id}).one()
     return CardView(**row._mapping)
 
 

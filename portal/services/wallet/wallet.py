@@ -5,6 +5,11 @@ claim the idempotency key, lock the wallets in account-id order, check ownership
 (refusals that write nothing), then either refuse after locking (a failed record, its audit
 event and the stored response are committed, no journal entry, no balance change) or move the
 money (journal entry, postings, cached balances, business record, audit event, stored response).
+
+Cards and withdrawals are named by :data:`~portal.services.shared.refs.Ref`: a public id from a
+request (``card_...``), resolved inside the locking statement the movement runs anyway, or an
+internal id from inside the system. A movement's own public id (``tu_``, ``tr_``, ``wd_``) is made
+here before its row is written, so the stored idempotent response carries it too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from portal.domain.errors import (
     error_from_dict,
     error_to_dict,
 )
+from portal.domain.ids import new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance, MovementResult, MovementStatus, TopUpMethod
 from portal.services.ledger.ledger import (
@@ -32,15 +38,20 @@ from portal.services.ledger.ledger import (
     LockedWallet,
     card_refusal,
     lock_wallets,
+    lock_wallets_by_ref,
     release_expired_hold,
     system_account_id,
     wallet_for,
 )
 from portal.services.shared import audit, idempotency, jobs
+from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 
 PAYOUT_JOB = "withdrawal.payout"
+
+#: Movement kind -> its table.
+TABLES = {"top_up": "top_ups", "transfer": "transfers", "withdrawal": "withdrawals"}
 
 
 # -- results and replays ---------------------------------------------------------------------
@@ -55,21 +66,44 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
         return Money(m["amount_minor"], m["currency"])
 
     bal = data["balance"]
+    # Responses stored before movements had public ids lack them ("").
     return MovementResult(
         kind=data["kind"],
         id=data["id"],
+        public_id=data.get("public_id", ""),
         status=MovementStatus(data["status"]),
         amount=money(data["amount"]),
         card_id=data["card_id"],
+        card_public_id=data.get("card_public_id", ""),
         balance=Balance(
-            bal["card_id"], bal["account_id"], money(bal["posted"]), money(bal["pending_debits"])
-        ),
+            bal["card_id"],
+            bal["account_id"],
+            money(bal["posted"]),
+            money(bal["pending_debits"]),
+            bal.get("card_public_id", ""),
+        ),  # fmt: skip
         created_at=datetime.fromisoformat(data["created_at"]),
         counterparty_card_id=data["counterparty_card_id"],
+        counterparty_card_public_id=data.get("counterparty_card_public_id"),
         method=data["method"],
         journal_entry_id=data["journal_entry_id"],
         replayed=True,
     )
+
+
+def _with_public_ids(uow: UnitOfWork, result: MovementResult) -> MovementResult:
+    """A replayed result stored before movements had public ids, with them read back."""
+    row = uow.execute(
+        f"SELECT (SELECT public_id FROM {TABLES[result.kind]} WHERE id = :id) AS public_id,"
+        " (SELECT public_id FROM cards WHERE id = :card) AS card,"
+        " (SELECT public_id FROM cards WHERE id = :other) AS other",
+        {"id": result.id, "card": result.card_id, "other": result.counterparty_card_id},
+    ).one()
+    return replace(
+        result, public_id=row.public_id, card_public_id=row.card,
+        counterparty_card_public_id=row.other,
+        balance=replace(result.balance, card_public_id=row.card),
+    )  # fmt: skip
 
 
 def _observe(uow: UnitOfWork, result: MovementResult) -> None:
@@ -85,7 +119,14 @@ def _replay(uow: UnitOfWork, kind: str, stored: dict[str, Any]) -> MovementResul
         error = error_from_dict(stored["error"])
         error.replayed = True
         raise error
-    return _result_from_dict(stored["result"])
+    result = _result_from_dict(stored["result"])
+    return result if result.public_id else _with_public_ids(uow, result)
+
+
+def _check_card(card_id: Ref, param: str) -> None:
+    """A card ref that cannot name a card names none: NotFound, without a query."""
+    if ref_key("card", card_id) is None:
+        raise NotFound("no such card", param=param)
 
 
 def _record(
@@ -102,7 +143,7 @@ def _record(
 ) -> MovementResult:
     """Write the business record (CTE ``record``), its audit event and the stored response in
     the statement that carries the ledger writes; a refusal is raised after the commit."""
-    uow.defer(insert + " RETURNING id", name="record", **params)
+    uow.defer(insert + " RETURNING id", name="record", public_id=result.public_id, **params)
     audit.record(
         uow, actor, f"{result.kind}.create", result.kind, None, subject_from="record",
         outcome="failure" if refusal else "success",
@@ -171,7 +212,7 @@ def top_up(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    card_id: int,
+    card_id: Ref,
     amount: Money,
     method: str,
     idempotency_key: str,
@@ -180,6 +221,7 @@ def top_up(
     LimitExceeded, NotFound, CurrencyMismatch, CardUnavailable, IdempotencyConflict."""
     _require(actor, "wallet:use")
     key = idempotency.check_key(idempotency_key)
+    _check_card(card_id, "card_id")
     if method not in TopUpMethod.__members__.values():
         allowed = ", ".join(m.value for m in TopUpMethod)
         raise InvalidInput(f"method must be one of {allowed}", param="method")
@@ -193,7 +235,7 @@ def top_up(
             return _replay(uow, "top_up", claim.replay)
         # Locking the wallet also locks its owner's row, which serialises the daily cap.
         wallet = wallet_for(
-            lock_wallets(uow, [card_id]), card_id, actor, "card_id",
+            lock_wallets_by_ref(uow, [card_id]), card_id, actor, "card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
         _check_currency(wallet, amount, "currency")
@@ -230,18 +272,19 @@ def top_up(
         posted = 0 if refusal else amount.amount_minor
         return _record(
             uow, claim, actor,
-            insert="INSERT INTO top_ups (card_id, user_id, amount_minor, currency, method, status,"
-            " failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
-            f" VALUES (:card, :user, :amount, :cur, :method, :status, :failure, {_entry(writes)},"
-            " :actor_kind, :actor_id, :now)",
-            params={"card": card_id, "user": wallet.user_id, "amount": amount.amount_minor,
-                    "cur": amount.currency, "method": method, "status": status,
-                    "failure": refusal.code if refusal else None,
+            insert="INSERT INTO top_ups (public_id, card_id, user_id, amount_minor, currency,"
+            " method, status, failure_code, journal_entry_id, created_by_kind, created_by_id,"
+            " created_at) VALUES (:public_id, :card, :user, :amount, :cur, :method, :status,"
+            f" :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
+            params={"card": wallet.card_id, "user": wallet.user_id,
+                    "amount": amount.amount_minor, "cur": amount.currency, "method": method,
+                    "status": status, "failure": refusal.code if refusal else None,
                     "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
-            audit_data={"card_id": card_id, "amount_minor": amount.amount_minor,
+            audit_data={"card_id": wallet.card_id, "amount_minor": amount.amount_minor,
                         "currency": amount.currency, "method": method},
             result=MovementResult(
-                kind="top_up", id=0, status=status, amount=amount, card_id=card_id,
+                kind="top_up", id=0, public_id=new_public_id("top_up"), status=status,
+                amount=amount, card_id=wallet.card_id, card_public_id=wallet.card_public_id,
                 balance=wallet.balance(posted=posted), created_at=now, method=method,
             ),
             refusal=refusal,
@@ -256,8 +299,8 @@ def transfer(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    from_card_id: int,
-    to_card_id: int,
+    from_card_id: Ref,
+    to_card_id: Ref,
     amount: Money,
     idempotency_key: str,
     memo: str = "",
@@ -266,6 +309,8 @@ def transfer(
     NotFound, CurrencyMismatch, CardUnavailable, InsufficientFunds, IdempotencyConflict."""
     _require(actor, "wallet:use")
     key = idempotency.check_key(idempotency_key)
+    _check_card(from_card_id, "from_card_id")
+    _check_card(to_card_id, "to_card_id")
     if from_card_id == to_card_id:
         raise InvalidInput("cannot transfer to the same card", param="to_card_id")
     memo = (memo or "").strip()
@@ -279,12 +324,14 @@ def transfer(
         claim = idempotency.claim(uow, actor, key, "transfer", params)
         if claim.replay is not None:
             return _replay(uow, "transfer", claim.replay)
-        wallets = lock_wallets(uow, [from_card_id, to_card_id])
+        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card_id])
         source = wallet_for(
             wallets, from_card_id, actor, "from_card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
         dest = wallet_for(wallets, to_card_id, None, "to_card_id")
+        if source.card_id == dest.card_id:  # one card named once by each kind of id
+            raise InvalidInput("cannot transfer to the same card", param="to_card_id")
         _check_currency(source, amount, "currency")
         _check_currency(dest, amount, "to_card_id")
         now = uow.now()
@@ -306,20 +353,22 @@ def transfer(
         posted = 0 if refusal else -amount.amount_minor
         return _record(
             uow, claim, actor,
-            insert="INSERT INTO transfers (from_card_id, to_card_id, amount_minor, currency, memo,"
-            " status, failure_code, journal_entry_id, created_by_kind, created_by_id, created_at)"
-            f" VALUES (:src, :dst, :amount, :cur, :memo, :status, :failure, {_entry(writes)},"
-            " :actor_kind, :actor_id, :now)",
-            params={"src": from_card_id, "dst": to_card_id, "amount": amount.amount_minor,
+            insert="INSERT INTO transfers (public_id, from_card_id, to_card_id, amount_minor,"
+            " currency, memo, status, failure_code, journal_entry_id, created_by_kind,"
+            " created_by_id, created_at) VALUES (:public_id, :src, :dst, :amount, :cur, :memo,"
+            f" :status, :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
+            params={"src": source.card_id, "dst": dest.card_id, "amount": amount.amount_minor,
                     "cur": amount.currency, "memo": memo, "status": status,
                     "failure": refusal.code if refusal else None,
                     "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
-            audit_data={"from_card_id": from_card_id, "to_card_id": to_card_id,
+            audit_data={"from_card_id": source.card_id, "to_card_id": dest.card_id,
                         "amount_minor": amount.amount_minor, "currency": amount.currency},
             result=MovementResult(
-                kind="transfer", id=0, status=status, amount=amount, card_id=from_card_id,
+                kind="transfer", id=0, public_id=new_public_id("transfer"), status=status,
+                amount=amount, card_id=source.card_id, card_public_id=source.card_public_id,
                 balance=source.balance(posted=posted), created_at=now,
-                counterparty_card_id=to_card_id,
+                counterparty_card_id=dest.card_id,
+                counterparty_card_public_id=dest.card_public_id,
             ),
             refusal=refusal,
             with_entry=writes.has_entry,
@@ -356,7 +405,7 @@ def withdraw(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    card_id: int,
+    card_id: Ref,
     amount: Money,
     bank: BankAccount,
     idempotency_key: str,
@@ -366,6 +415,7 @@ def withdraw(
     CardUnavailable, InsufficientFunds, IdempotencyConflict."""
     _require(actor, "wallet:use")
     key = idempotency.check_key(idempotency_key)
+    _check_card(card_id, "card_id")
     bank = bank.validated()
     _check_amount(uow, amount, "withdrawal", "withdrawal")
     params = {"card_id": card_id, "amount": amount.amount_minor, "currency": amount.currency,
@@ -376,7 +426,7 @@ def withdraw(
         if claim.replay is not None:
             return _replay(uow, "withdrawal", claim.replay)
         wallet = wallet_for(
-            lock_wallets(uow, [card_id]), card_id, actor, "card_id",
+            lock_wallets_by_ref(uow, [card_id]), card_id, actor, "card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
         _check_currency(wallet, amount, "currency")
@@ -398,20 +448,22 @@ def withdraw(
         hold = "NULL" if refusal else "(SELECT id FROM hold)"
         result = _record(
             uow, claim, actor,
-            insert="INSERT INTO withdrawals (card_id, amount_minor, currency, status, failure_code,"
-            " hold_id, bank_ciphertext, bank_key_version, bank_name, bank_account_last4,"
-            " created_by_kind, created_by_id, created_at, completed_at)"
-            f" VALUES (:card, :amount, :cur, :status, :failure, {hold}, :blob, :version,"
-            " :bank_name, :last4, :actor_kind, :actor_id, :now, :completed)",
-            params={"card": card_id, "amount": amount.amount_minor, "cur": amount.currency,
+            insert="INSERT INTO withdrawals (public_id, card_id, amount_minor, currency, status,"
+            " failure_code, hold_id, bank_ciphertext, bank_key_version, bank_name,"
+            " bank_account_last4, created_by_kind, created_by_id, created_at, completed_at)"
+            f" VALUES (:public_id, :card, :amount, :cur, :status, :failure, {hold}, :blob,"
+            " :version, :bank_name, :last4, :actor_kind, :actor_id, :now, :completed)",
+            params={"card": wallet.card_id, "amount": amount.amount_minor,
+                    "cur": amount.currency,
                     "status": status, "failure": refusal.code if refusal else None,
                     "blob": blob, "version": version, "bank_name": bank.bank_name,
                     "last4": bank.account_number[-4:], "actor_kind": str(actor.kind),
                     "actor_id": actor.id, "now": now, "completed": now if refusal else None},
-            audit_data={"card_id": card_id, "amount_minor": amount.amount_minor,
+            audit_data={"card_id": wallet.card_id, "amount_minor": amount.amount_minor,
                         "currency": amount.currency},
             result=MovementResult(
-                kind="withdrawal", id=0, status=status, amount=amount, card_id=card_id,
+                kind="withdrawal", id=0, public_id=new_public_id("withdrawal"), status=status,
+                amount=amount, card_id=wallet.card_id, card_public_id=wallet.card_public_id,
                 balance=wallet.balance(pending=0 if refusal else amount.amount_minor),
                 created_at=now,
             ),
@@ -434,28 +486,35 @@ def withdraw(
 def _settle_withdrawal(
     uow: UnitOfWork,
     actor: Actor,
-    withdrawal_id: int,
+    withdrawal_id: Ref,
     *,
     succeeded: bool,
     failure_code: str | None = None,
     hold_status: str = "voided",
     payout_reference: str | None = None,
 ) -> MovementResult:
+    key = ref_key("withdrawal", withdrawal_id)
+    if key is None:
+        raise NotFound("no such withdrawal", param="withdrawal_id")
+    column, value = key
+
     def work(uow: UnitOfWork) -> MovementResult:
-        card_id = uow.execute(
-            "SELECT card_id FROM withdrawals WHERE id = :id", {"id": withdrawal_id}
-        ).scalar()
-        if card_id is None:
+        found = uow.execute(
+            f"SELECT id, card_id FROM withdrawals WHERE {column} = :ref", {"ref": value}
+        ).first()
+        if found is None:
             raise NotFound("no such withdrawal", param="withdrawal_id")
+        card_id = found.card_id
         wallet = lock_wallets(uow, [card_id])[card_id]  # accounts first, then the record
         w = uow.execute(
-            "SELECT id, amount_minor, currency, status, hold_id, created_at, journal_entry_id"
-            " FROM withdrawals WHERE id = :id FOR UPDATE",
-            {"id": withdrawal_id},
+            "SELECT id, public_id, amount_minor, currency, status, hold_id, created_at,"
+            " journal_entry_id FROM withdrawals WHERE id = :id FOR UPDATE",
+            {"id": found.id},
         ).one()
         result = MovementResult(
-            kind="withdrawal", id=w.id, status=MovementStatus(w.status),
-            amount=Money(w.amount_minor, w.currency), card_id=card_id, balance=wallet.balance(),
+            kind="withdrawal", id=w.id, public_id=w.public_id, status=MovementStatus(w.status),
+            amount=Money(w.amount_minor, w.currency), card_id=card_id,
+            card_public_id=wallet.card_public_id, balance=wallet.balance(),
             created_at=w.created_at, journal_entry_id=w.journal_entry_id,
         )  # fmt: skip
         if w.status != MovementStatus.PENDING:
@@ -502,7 +561,7 @@ def _settle_withdrawal(
 
 
 def confirm_withdrawal(
-    uow: UnitOfWork, *, actor: Actor, withdrawal_id: int, payout_reference: str | None = None
+    uow: UnitOfWork, *, actor: Actor, withdrawal_id: Ref, payout_reference: str | None = None
 ) -> MovementResult:
     """Post a pending withdrawal's hold: the money leaves the wallet for the payouts account.
     A withdrawal that is no longer pending is returned unchanged. Raises NotFound, Forbidden."""
@@ -516,7 +575,7 @@ def fail_withdrawal(
     uow: UnitOfWork,
     *,
     actor: Actor,
-    withdrawal_id: int,
+    withdrawal_id: Ref,
     failure_code: str = "payout_failed",
     hold_status: str = "voided",
 ) -> MovementResult:
@@ -542,7 +601,9 @@ def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
             "SELECT h.id, h.kind, a.card_id, w.id AS withdrawal_id FROM holds h"
             " JOIN accounts a ON a.id = h.account_id"
             " LEFT JOIN withdrawals w ON w.hold_id = h.id"
-            " WHERE h.status = 'pending' AND h.expires_at <= :now ORDER BY h.expires_at LIMIT :n",
+            # A payment's hold is released through its payment (payments.expire_uncaptured).
+            " WHERE h.status = 'pending' AND h.kind <> 'payment' AND h.expires_at <= :now"
+            " ORDER BY h.expires_at LIMIT :n",
             {"now": u.now(), "n": limit},
         ).all()
     )
@@ -561,20 +622,25 @@ def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
     return count
 
 
-def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: int) -> Balance:
+def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> Balance:
     """A card's posted and pending balances. Raises NotFound."""
+    key = ref_key("card", card_id)
+    if key is None:
+        raise NotFound("no such card", param="card_id")
+    column, value = key
 
     def work(u: UnitOfWork) -> Balance:
         row = u.execute(
-            "SELECT a.id, a.currency, a.posted_minor, a.pending_debits_minor, c.user_id"
-            " FROM accounts a JOIN cards c ON c.id = a.card_id WHERE c.id = :card",
-            {"card": card_id},
+            "SELECT a.id, a.currency, a.posted_minor, a.pending_debits_minor, c.user_id,"
+            " c.id AS card_id, c.public_id AS card_public_id"
+            f" FROM accounts a JOIN cards c ON c.id = a.card_id WHERE c.{column} = :card",
+            {"card": value},
         ).first()
         if row is None or (row.user_id != actor.id and not actor.can("money:read")):
             raise NotFound("no such card", param="card_id")
         return Balance(
-            card_id, row.id, Money(row.posted_minor, row.currency),
-            Money(row.pending_debits_minor, row.currency),
+            row.card_id, row.id, Money(row.posted_minor, row.currency),
+            Money(row.pending_debits_minor, row.currency), row.card_public_id,
         )  # fmt: skip
 
     return uow.run(work)
