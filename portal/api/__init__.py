@@ -30,6 +30,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.merchants",
     "portal.api.payments",
     "portal.api.refunds",
+    "portal.api.checkout",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]
