@@ -1,9 +1,9 @@
 """The background worker: claims due jobs and runs their handlers.
 
 Run one or more with ``portal worker``. Each loop: run periodic tasks when due (hold expiry,
-the ledger check, key purge), claim jobs with ``FOR UPDATE SKIP LOCKED`` under a lease, run
-each handler (handlers are idempotent), then mark the job succeeded, or failed with backoff
-(dead after ``max_attempts``).
+checkout session and uncaptured payment expiry, the ledger check, key purge), claim jobs with
+``FOR UPDATE SKIP LOCKED`` under a lease, run each handler (handlers are idempotent), then mark
+the job succeeded, or failed with backoff (dead after ``max_attempts``).
 
 With ``PORTAL_WORKER_HTTP_PORT`` set, a worker serves ``GET /healthz`` (200 while its loop has
 turned recently, else 503: the probes' signal) and ``GET /metrics`` (its :class:`WorkerMetrics`,
@@ -34,6 +34,7 @@ from prometheus_client import (
 
 from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
+from portal.services.merchants import checkout, payments
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import payouts, wallet
@@ -50,6 +51,10 @@ def _purge_keys(uow: UnitOfWork) -> int:
     return purge_expired(uow)
 
 
+def _expire_uncaptured(uow: UnitOfWork) -> int:
+    return payments.expire_uncaptured(uow, actor=SYSTEM_ACTOR)
+
+
 def periodic_tasks(
     ledger_check_seconds: float = 300.0,
 ) -> list[tuple[str, float, Callable[[UnitOfWork], object]]]:
@@ -57,6 +62,11 @@ def periodic_tasks(
     idempotent, and the ledger check feeds the imbalance gauge and alert."""
     return [
         ("expire_holds", 5.0, lambda uow: wallet.expire_holds(uow, actor=SYSTEM_ACTOR)),
+        # Checkout sessions read as expired on time anyway; this writes it down.
+        ("expire_checkout_sessions", 30.0, checkout.expire_checkout_sessions),
+        # Manual-capture payments not captured within PORTAL_AUTHORIZATION_DAYS are canceled
+        # (reason ``expired``) and their holds released: only this releases a payment's hold.
+        ("expire_uncaptured_payments", 30.0, _expire_uncaptured),
         ("ledger_check", ledger_check_seconds, reconciliation.record_check),
         ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
     ]

@@ -6,4 +6,6 @@ from flask import Blueprint
 
 bp = Blueprint("checkout", __name__, url_prefix="/checkout")
 
-__all__ = ["bp"]
+from portal.checkout import views  # noqa: E402  (registers the routes on bp)
+
+__all__ = ["bp", "views"]
