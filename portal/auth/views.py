@@ -60,6 +60,7 @@ from portal.domain.errors import (
     NotFound,
     Unauthenticated,
 )
+from portal.domain.ids import is_public_id
 from portal.services.identity import accounts, mfa, sessions
 from portal.services.identity.accounts import UserView
 from portal.web import mail
@@ -575,6 +576,7 @@ def mfa_confirm() -> Response:
 @dataclass(frozen=True)
 class SessionRow:
     kind: str
+    #: What the revoke form names: a web session's ``ses_...`` id, an API family's UUID.
     id: str
     device: str
     ip: str
@@ -623,7 +625,7 @@ def _session_rows() -> list[SessionRow]:
     return [
         SessionRow(
             kind=v.kind,
-            id=v.id,
+            id=v.public_id,
             device=(
                 describe_agent(v.user_agent)
                 if v.kind == "web"
@@ -847,11 +849,10 @@ def _signed_out_here() -> Response:
 def revoke_session(kind: str, ident: str) -> Response:
     actor = current_actor()
     if kind == "web":
-        if not ident.isdigit():
+        if not is_public_id("session", ident):
             abort(404)
-        session_id = int(ident)
-        sessions.revoke_session(make_uow(), actor=actor, session_id=session_id)
-        if session_id == current_user.session_id:
+        revoked = sessions.revoke_session(make_uow(), actor=actor, session_id=ident)
+        if revoked == current_user.session_id:
             return _signed_out_here()
     elif kind == "api":
         try:

@@ -95,8 +95,9 @@ def _amount() -> StringField:
 
 
 def _card(label: str) -> SelectField:
+    """A choice of the user's cards; the values are the cards' public ids (``card_...``)."""
     return SelectField(
-        label, coerce=int, validate_choice=False,
+        label, validate_choice=False,
         validators=[InputRequired("Choose a card.")],
     )  # fmt: skip
 
@@ -138,7 +139,7 @@ class TransferForm(MoneyForm):
         default="own",
         validators=[DataRequired("Choose where the money goes.")],
     )
-    to_card_id = SelectField("My card", coerce=int, validate_choice=False, validators=[Optional()])
+    to_card_id = SelectField("My card", validate_choice=False, validators=[Optional()])
     to_number = StringField(
         "Card number",
         render_kw={"inputmode": "numeric", "autocomplete": "off", "maxlength": 23,

@@ -10,6 +10,10 @@ Live updates: pages carry a small poller that asks ``/wallet/changes?v=<version>
 The answer is 204 (htmx swaps nothing) while the user's change version is unchanged, otherwise
 a new poller plus the changed fragments out of band. It only reads PostgreSQL, holds no worker
 between polls, and so works across processes with or without Redis.
+
+Cards are named by their public ids (``card_...``) in URLs, form fields and links, and movements
+by theirs (``tu_...``, ``tr_...``, ``wd_...``) in references and the history; the services take
+them as they come. An id of the wrong shape is a 404 before any query.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from portal.domain.errors import (
     NotFound,
     PortalError,
 )
+from portal.domain.ids import is_public_id
 from portal.domain.money import Money, MoneyError, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
@@ -278,8 +283,8 @@ def changes() -> Response:
     view = request.args.get("view", "dashboard")
     parts: list[tuple[str, Mapping[str, Any]]] = []
     if view == "card":
-        card_id = request.args.get("card", type=int)
-        if card_id is None:
+        card_id = request.args.get("card")
+        if not is_public_id("card", card_id):
             abort(404)
         card = activity.get_card(_uow(), actor=current_actor(), card_id=card_id)
         recent = activity.list_activity(
@@ -352,12 +357,14 @@ def issue_card() -> Response:
     return _render("cardholder/card_new.html", status, form=form)
 
 
-def _card_or_404(card_id: int) -> CardSummary:
+def _card_or_404(card_id: str) -> CardSummary:
+    if not is_public_id("card", card_id):
+        abort(404)
     return activity.get_card(_uow(), actor=current_actor(), card_id=card_id)
 
 
 def _card_page(card: CardSummary, status: int = 200, **overrides: Any) -> Response:
-    recent = activity.list_activity(_uow(), actor=current_actor(), card_id=card.id,
+    recent = activity.list_activity(_uow(), actor=current_actor(), card_id=card.public_id,
                                     limit=LATEST_ITEMS)  # fmt: skip
     rename = RenameCardForm(formdata=None)
     rename.name.data = card.name
@@ -370,18 +377,18 @@ def _card_page(card: CardSummary, status: int = 200, **overrides: Any) -> Respon
     }
     context.update(overrides)
     return _render("cardholder/card.html", status, **context, **_poller("card", _version(),
-                   card=card.id))  # fmt: skip
+                   card=card.public_id))  # fmt: skip
 
 
-@bp.get("/cards/<int:card_id>")
+@bp.get("/cards/<card_id>")
 @login_required("wallet:use")
-def card(card_id: int) -> Response:
+def card(card_id: str) -> Response:
     return _card_page(_card_or_404(card_id))
 
 
-@bp.post("/cards/<int:card_id>/name")
+@bp.post("/cards/<card_id>/name")
 @login_required("wallet:use")
-def rename_card(card_id: int) -> Response:
+def rename_card(card_id: str) -> Response:
     current = _card_or_404(card_id)
     form = RenameCardForm()
     if form.validate_on_submit():
@@ -410,7 +417,9 @@ def rename_card(card_id: int) -> Response:
     return _card_page(current, 422, rename_form=form)
 
 
-def _set_frozen(card_id: int, frozen: bool) -> Response:
+def _set_frozen(card_id: str, frozen: bool) -> Response:
+    if not is_public_id("card", card_id):
+        abort(404)
     try:
         cards.set_frozen(_uow(), actor=current_actor(), card_id=card_id, frozen=frozen)
     except NotFound:
@@ -434,15 +443,15 @@ def _set_frozen(card_id: int, frozen: bool) -> Response:
     return redirect(url_for(".index"))
 
 
-@bp.post("/cards/<int:card_id>/freeze")
+@bp.post("/cards/<card_id>/freeze")
 @login_required("wallet:use")
-def freeze_card(card_id: int) -> Response:
+def freeze_card(card_id: str) -> Response:
     return _set_frozen(card_id, True)
 
 
-@bp.post("/cards/<int:card_id>/unfreeze")
+@bp.post("/cards/<card_id>/unfreeze")
 @login_required("wallet:use")
-def unfreeze_card(card_id: int) -> Response:
+def unfreeze_card(card_id: str) -> Response:
     return _set_frozen(card_id, False)
 
 
@@ -456,7 +465,8 @@ class Review:
     amount: Money
     destination: str
     details: tuple[tuple[str, str], ...]
-    to_card_id: int | None = None
+    #: The destination card's public id (a transfer).
+    to_card_id: str | None = None
     bank: BankAccount | None = None
 
     @property
@@ -465,11 +475,12 @@ class Review:
 
 
 def _card_choices(form: MoneyForm, my_cards: Sequence[CardSummary], *, balance: bool) -> None:
-    form.card_id.choices = options((c.id, card_label(c, balance=balance)) for c in my_cards)
+    form.card_id.choices = options((c.public_id, card_label(c, balance=balance)) for c in my_cards)
 
 
-def _chosen(my_cards: Sequence[CardSummary], card_id: int | None) -> CardSummary | None:
-    return next((c for c in my_cards if c.id == card_id), None)
+def _chosen(my_cards: Sequence[CardSummary], card_id: str | None) -> CardSummary | None:
+    """One of the user's cards by the public id a form or link gave, or None."""
+    return next((c for c in my_cards if card_id and c.public_id == card_id), None)
 
 
 def _check_amount(form: MoneyForm, card: CardSummary, kind: str, *, spend: bool) -> Money | None:
@@ -600,12 +611,12 @@ def _flash_text(kind: str, result: MovementResult, review: Review) -> str:
 
 def _preselect(form: MoneyForm, my_cards: Sequence[CardSummary]) -> None:
     if request.method == "GET":
-        wanted = request.args.get("card", type=int)
+        wanted = request.args.get("card")
         usable = [c for c in my_cards if c.status != "frozen"] or list(my_cards)
         if wanted and _chosen(my_cards, wanted):
             form.card_id.data = wanted
         elif usable:
-            form.card_id.data = usable[0].id
+            form.card_id.data = usable[0].public_id
 
 
 def _need_cards(my_cards: Sequence[CardSummary], kind: str) -> Response | None:
@@ -639,7 +650,7 @@ def top_up() -> Response:
                       (("Pay with", method), ("To card", destination)))  # fmt: skip
 
     def execute(review: Review, key: str) -> MovementResult:
-        return wallet.top_up(_uow(), actor=current_actor(), card_id=review.card.id,
+        return wallet.top_up(_uow(), actor=current_actor(), card_id=review.card.public_id,
                              amount=review.amount, method=form.method.data or "",
                              idempotency_key=key)  # fmt: skip
 
@@ -670,7 +681,7 @@ def transfer() -> Response:
     form = TransferForm()
     _card_choices(form, my_cards, balance=True)
     form.to_card_id.choices = options(
-        [(0, "Choose a card"), *((c.id, card_label(c, balance=False)) for c in my_cards)]
+        [("", "Choose a card"), *((c.public_id, card_label(c, balance=False)) for c in my_cards)]
     )
     _preselect(form, my_cards)
     if request.method == "GET" and len(my_cards) < 2:
@@ -695,7 +706,7 @@ def transfer() -> Response:
                 form.to_number.errors = [*form.to_number.errors,
                                          message[:1].upper() + message[1:] + "."]  # fmt: skip
                 return None
-            if recipient.card_id == card.id:
+            if recipient.card_public_id == card.public_id:
                 form.to_number.errors = [*form.to_number.errors,
                                          "That is the card you are sending from."]  # fmt: skip
                 return None
@@ -709,7 +720,7 @@ def transfer() -> Response:
             if to_card is None:
                 form.to_card_id.errors = [*form.to_card_id.errors, "Choose one of your cards."]
                 return None
-            if to_card.id == card.id:
+            if to_card.public_id == card.public_id:
                 form.to_card_id.errors = [*form.to_card_id.errors,
                                           "Choose a different card from the one you send "
                                           "from."]  # fmt: skip
@@ -729,11 +740,11 @@ def transfer() -> Response:
             destination = (
                 f"{recipient.holder} · {brand_name(recipient.brand)} •••• {recipient.last4}"
             )
-            to_id = recipient.card_id
+            to_id = recipient.card_public_id
         else:
             assert to_card is not None
             destination = f"Your {card_label(to_card, balance=False)}"
-            to_id = to_card.id
+            to_id = to_card.public_id
         details = [("From", card_label(card, balance=False)), ("To", destination)]
         if form.memo.data:
             details.append(("Note", form.memo.data))
@@ -741,7 +752,7 @@ def transfer() -> Response:
 
     def execute(review: Review, key: str) -> MovementResult:
         assert review.to_card_id is not None
-        return wallet.transfer(_uow(), actor=current_actor(), from_card_id=review.card.id,
+        return wallet.transfer(_uow(), actor=current_actor(), from_card_id=review.card.public_id,
                                to_card_id=review.to_card_id, amount=review.amount,
                                idempotency_key=key, memo=form.memo.data or "")  # fmt: skip
 
@@ -784,7 +795,7 @@ def withdraw() -> Response:
 
     def execute(review: Review, key: str) -> MovementResult:
         assert review.bank is not None
-        return wallet.withdraw(_uow(), actor=current_actor(), card_id=review.card.id,
+        return wallet.withdraw(_uow(), actor=current_actor(), card_id=review.card.public_id,
                                amount=review.amount, bank=review.bank,
                                idempotency_key=key)  # fmt: skip
 
@@ -794,7 +805,7 @@ def withdraw() -> Response:
 # -- history -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Filters:
-    card_id: int | None
+    card_id: str | None  # a card's public id
     kind: str | None
     status: str | None
     since: date | None
@@ -821,16 +832,16 @@ def _parse_day(form: FlaskForm, name: str) -> date | None:
 def _filters(my_cards: Sequence[CardSummary]) -> tuple[ActivityFilterForm, Filters]:
     form = ActivityFilterForm(request.args)
     form.card.choices = options(
-        [("", "All cards"), *((str(c.id), card_label(c, balance=False)) for c in my_cards)]
+        [("", "All cards"), *((c.public_id, card_label(c, balance=False)) for c in my_cards)]
     )
     form.kind.choices = options([("", "All kinds"), *KIND_LABELS.items()])
     form.status.choices = options([("", "Any status"), *STATUS_LABELS.items()])
     card_id = None
     if form.card.data:
-        if not str(form.card.data).isdigit():
+        if not is_public_id("card", form.card.data):
             form.card.errors = ["Choose one of your cards."]
         else:
-            card_id = int(form.card.data)
+            card_id = form.card.data
     kind = form.kind.data if form.kind.data in KIND_LABELS else None
     status = form.status.data if form.status.data in STATUS_LABELS else None
     since = _parse_day(form, "since")
@@ -911,7 +922,7 @@ def _csv_row(item: ActivityItem) -> list[str]:
     signed = amount if item.direction == "in" else f"-{amount}"
     return [
         item.created_at.astimezone(UTC).isoformat(timespec="seconds"),
-        _cell(str(item.id)),
+        _cell(item.id),
         item.kind,
         item.status,
         item.direction,

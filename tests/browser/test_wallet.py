@@ -92,7 +92,7 @@ def test_wallet_flow_with_live_updates(
     bob_context = browser.new_context(viewport={"width": 390, "height": 900}, base_url=live_server)
     bob_page = _sign_in(bob_context, bob_email)
     bob_watch = Watch(bob_page)
-    assert bob_page.locator(f"#card-{bobs_card.card_id} [data-balance=available]").inner_text() \
+    assert bob_page.locator(f"#card-{bobs_card.public_id} [data-balance=available]").inner_text() \
         == "0.00 USD"  # fmt: skip
 
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server)
@@ -134,7 +134,7 @@ def test_wallet_flow_with_live_updates(
     expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
 
     # Bob's open page shows it within about two seconds, without a reload.
-    bob_tile = bob_page.locator(f"#card-{bobs_card.card_id} [data-balance=available]")
+    bob_tile = bob_page.locator(f"#card-{bobs_card.public_id} [data-balance=available]")
     expect(bob_tile).to_have_text("40.00 USD", timeout=5000)  # within ~2 s
     expect(bob_page.locator("#latest-activity").get_by_text("Alice W.")).to_be_visible()
     bob_page.screenshot(path=str(artifacts / "wallet-dashboard-live-390.png"), full_page=True)

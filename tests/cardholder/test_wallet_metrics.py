@@ -28,8 +28,8 @@ def test_a_top_up_on_the_pages_is_counted(
     labels = {"kind": "top_up", "currency": "USD", "outcome": "succeeded"}
     moved_before = sample(app, "portal_money_moved_minor_units_total", **labels)
     count_before = sample(app, "portal_money_movements_total", **labels)
-    key = _key(client.get(f"/wallet/top-up?card={card.card_id}"))
-    data = {"idempotency_key": key, "card_id": card.card_id, "method": "e_wallet",
+    key = _key(client.get(f"/wallet/top-up?card={card.public_id}"))
+    data = {"idempotency_key": key, "card_id": card.public_id, "method": "e_wallet",
             "amount": "25.50", "step": "confirm"}  # fmt: skip
     assert client.post("/wallet/top-up", data=data, headers=htmx()).status_code == 200
     assert client.post("/wallet/top-up", data=data, headers=htmx()).status_code == 200  # again

@@ -9,7 +9,9 @@ import io
 import re
 
 import pytest
+import sqlalchemy as sa
 
+from portal.domain.ids import is_public_id, new_public_id
 from tests.cardholder.conftest import Wallets
 from tests.pages.conftest import PageClient, Person, htmx, new_client, page_text, sign_in
 
@@ -57,12 +59,18 @@ def test_other_peoples_cards_are_not_found(
     theirs = wallets.card(bob, balance="100")
     before = wallets.balance(theirs)
     for method, path in [
+        ("GET", f"/wallet/cards/{theirs.public_id}"),
+        ("POST", f"/wallet/cards/{theirs.public_id}/freeze"),
+        ("POST", f"/wallet/cards/{theirs.public_id}/unfreeze"),
+        ("POST", f"/wallet/cards/{theirs.public_id}/name"),
+        ("GET", f"/wallet/changes?view=card&card={theirs.public_id}"),
+        ("GET", f"/wallet/activity?card={theirs.public_id}"),
+        # Malformed, another kind's shape, well formed but naming nothing: 404 alike.
         ("GET", f"/wallet/cards/{theirs.card_id}"),
+        ("GET", f"/wallet/cards/{theirs.public_id.replace('card_', 'usr_')}"),
+        ("GET", f"/wallet/cards/{new_public_id('card')}"),
         ("POST", f"/wallet/cards/{theirs.card_id}/freeze"),
-        ("POST", f"/wallet/cards/{theirs.card_id}/unfreeze"),
-        ("POST", f"/wallet/cards/{theirs.card_id}/name"),
         ("GET", f"/wallet/changes?view=card&card={theirs.card_id}"),
-        ("GET", f"/wallet/activity?card={theirs.card_id}"),
     ]:
         response = client.open(path, method=method, data={"name": "mine now"})
         assert response.status_code == 404, (method, path, response.status_code)
@@ -70,7 +78,7 @@ def test_other_peoples_cards_are_not_found(
     mine = wallets.card(alice, balance="10")
     key = _key(client.get("/wallet/withdraw"))
     response = client.post("/wallet/withdraw", data={
-        "idempotency_key": key, "step": "confirm", "card_id": theirs.card_id, "amount": "50",
+        "idempotency_key": key, "step": "confirm", "card_id": theirs.public_id, "amount": "50",
         "bank_name": "Bank", "account_number": "12345678", "account_holder": "Alice",
     })  # fmt: skip
     assert response.status_code == 422
@@ -115,15 +123,15 @@ def test_frozen_badge_and_freeze_buttons(
     client: PageClient, alice: Person, wallets: Wallets
 ) -> None:
     card = wallets.card(alice)
-    response = client.post(f"/wallet/cards/{card.card_id}/freeze", headers=htmx())
+    response = client.post(f"/wallet/cards/{card.public_id}/freeze", headers=htmx())
     assert response.status_code == 200
     fragment = response.get_data(as_text=True)
     assert fragment.lstrip().startswith('<article class="card-tile card-tile--frozen"')
-    assert f'id="card-{card.card_id}"' in fragment
+    assert f'id="card-{card.public_id}"' in fragment
     assert "Unfreeze" in fragment
     assert "Frozen" in page_text(client.get("/wallet"))
     # Without JavaScript: a plain post and a redirect back.
-    response = client.post(f"/wallet/cards/{card.card_id}/unfreeze")
+    response = client.post(f"/wallet/cards/{card.public_id}/unfreeze")
     assert response.status_code == 302
     assert "Frozen" not in page_text(client.get("/wallet")).replace("frozen.", "")
 
@@ -146,7 +154,8 @@ def test_issue_card_shows_number_and_code_once(
     cvv = re.search(r'id="card-cvv">(\d+)<', response.get_data(True)).group(1)
     assert len(number.replace(" ", "")) == 15 and len(cvv) == 4
     # Never again: not on the dashboard, the card page or the history.
-    card_id = int(re.search(r"/wallet/top-up\?card=(\d+)", response.get_data(True)).group(1))
+    card_id = re.search(r"/wallet/top-up\?card=([\w]+)", response.get_data(True)).group(1)
+    assert is_public_id("card", card_id)
     for path in ("/wallet", f"/wallet/cards/{card_id}", "/wallet/activity"):
         html = client.get(path).get_data(as_text=True)
         assert number not in html and number.replace(" ", "") not in html
@@ -170,29 +179,29 @@ def test_issue_card_refusals_are_next_to_the_field(
 
 def test_card_page_and_rename(client: PageClient, alice: Person, wallets: Wallets) -> None:
     card = wallets.card(alice, balance="20")
-    page = client.get(f"/wallet/cards/{card.card_id}")
+    page = client.get(f"/wallet/cards/{card.public_id}")
     assert page.status_code == 200
     assert "Activity on this card" in page_text(page)
-    response = client.post(f"/wallet/cards/{card.card_id}/name", data={"name": "Groceries"},
+    response = client.post(f"/wallet/cards/{card.public_id}/name", data={"name": "Groceries"},
                            headers=htmx())  # fmt: skip
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert "Saved" in html and 'hx-swap-oob="true"' in html and "Groceries" in html
-    response = client.post(f"/wallet/cards/{card.card_id}/name", data={"name": "y" * 70},
+    response = client.post(f"/wallet/cards/{card.public_id}/name", data={"name": "y" * 70},
                            headers=htmx())  # fmt: skip
     assert response.status_code == 422
     assert "64 characters" in page_text(response)
-    response = client.post(f"/wallet/cards/{card.card_id}/name", data={"name": "Food"})
+    response = client.post(f"/wallet/cards/{card.public_id}/name", data={"name": "Food"})
     assert response.status_code == 302
-    assert "Food" in page_text(client.get(f"/wallet/cards/{card.card_id}"))
+    assert "Food" in page_text(client.get(f"/wallet/cards/{card.public_id}"))
 
 
 # -- money -------------------------------------------------------------------------------------
 def test_top_up_review_then_confirm(client: PageClient, alice: Person, wallets: Wallets) -> None:
     card = wallets.card(alice)
-    form = client.get(f"/wallet/top-up?card={card.card_id}")
+    form = client.get(f"/wallet/top-up?card={card.public_id}")
     key = _key(form)
-    data = {"idempotency_key": key, "card_id": card.card_id, "method": "e_wallet",
+    data = {"idempotency_key": key, "card_id": card.public_id, "method": "e_wallet",
             "amount": "25.50"}  # fmt: skip
     review = client.post("/wallet/top-up", data={**data, "step": "review"}, headers=htmx())
     assert review.status_code == 200
@@ -205,6 +214,14 @@ def test_top_up_review_then_confirm(client: PageClient, alice: Person, wallets: 
     assert done.status_code == 200
     assert "Money added" in page_text(done)
     assert wallets.balance(card) == (2550, 0)
+    # The receipt's reference is the top-up's public id, never its internal number.
+    reference = re.search(r"<dt>Reference</dt><dd><code>([^<]+)</code>", done.get_data(True))
+    stored = wallets.people.connection.execute(
+        sa.text("SELECT id, public_id FROM top_ups WHERE card_id = :c"), {"c": card.card_id}
+    ).one()
+    assert reference is not None and reference.group(1) == stored.public_id
+    assert is_public_id("top_up", reference.group(1))
+    assert f"top_up_{stored.id}" not in done.get_data(as_text=True)
 
 
 def test_double_submit_moves_money_once(
@@ -213,7 +230,7 @@ def test_double_submit_moves_money_once(
     mine = wallets.card(alice, balance="100")
     theirs = wallets.card(bob)
     key = _key(client.get("/wallet/transfer"))
-    data = {"idempotency_key": key, "step": "confirm", "card_id": mine.card_id,
+    data = {"idempotency_key": key, "step": "confirm", "card_id": mine.public_id,
             "destination": "other", "to_number": theirs.number, "amount": "30"}  # fmt: skip
     first = client.post("/wallet/transfer", data=data)
     second = client.post("/wallet/transfer", data=data)
@@ -233,7 +250,7 @@ def test_transfer_shows_the_masked_recipient_before_sending(
     theirs = wallets.card(bob)
     key = _key(client.get("/wallet/transfer"))
     review = client.post("/wallet/transfer", data={
-        "idempotency_key": key, "step": "review", "card_id": mine.card_id,
+        "idempotency_key": key, "step": "review", "card_id": mine.public_id,
         "destination": "other", "to_number": theirs.number, "amount": "12", "memo": "lunch"},
         headers=htmx())  # fmt: skip
     text = page_text(review)
@@ -251,8 +268,8 @@ def test_transfer_between_own_cards(client: PageClient, alice: Person, wallets: 
     b = wallets.card(alice)
     key = _key(client.get("/wallet/transfer"))
     response = client.post("/wallet/transfer", data={
-        "idempotency_key": key, "step": "confirm", "card_id": a.card_id, "destination": "own",
-        "to_card_id": b.card_id, "amount": "20"}, headers=htmx())  # fmt: skip
+        "idempotency_key": key, "step": "confirm", "card_id": a.public_id, "destination": "own",
+        "to_card_id": b.public_id, "amount": "20"}, headers=htmx())  # fmt: skip
     assert "Money sent" in page_text(response)
     assert wallets.balance(a) == (3000, 0) and wallets.balance(b) == (2000, 0)
 
@@ -281,7 +298,7 @@ def test_refusals_show_next_to_the_amount_and_move_nothing(
     card = wallets.card(alice, currency="IDR", balance="50000")
     key = _key(client.get(path))
     response = client.post(path, data={"idempotency_key": key, "step": step,
-                                       "card_id": card.card_id, "amount": amount, **extra},
+                                       "card_id": card.public_id, "amount": amount, **extra},
                            headers=htmx())  # fmt: skip
     assert response.status_code == 422
     html = response.get_data(as_text=True)
@@ -297,7 +314,7 @@ def test_a_frozen_card_is_refused_at_review_and_at_confirm(
     card = wallets.card(alice, balance="100")
     wallets.freeze(alice, card)
     key = _key(client.get("/wallet/withdraw"))
-    data = {"idempotency_key": key, "card_id": card.card_id, "amount": "10", "bank_name": "BCA",
+    data = {"idempotency_key": key, "card_id": card.public_id, "amount": "10", "bank_name": "BCA",
             "account_number": "1234567890", "account_holder": "Ada"}  # fmt: skip
     for step in ("review", "confirm"):
         response = client.post("/wallet/withdraw", data={**data, "step": step})
@@ -314,7 +331,7 @@ def test_a_refusal_from_the_service_is_shown_and_a_new_key_minted(
     mine = wallets.card(alice, balance="100")
     theirs = wallets.card(bob)
     key = _key(client.get("/wallet/transfer"))
-    data = {"idempotency_key": key, "card_id": mine.card_id, "destination": "other",
+    data = {"idempotency_key": key, "card_id": mine.public_id, "destination": "other",
             "to_number": theirs.number, "amount": "10"}  # fmt: skip
     assert client.post("/wallet/transfer", data={**data, "step": "review"}).status_code == 200
     wallets.freeze(bob, theirs)
@@ -329,7 +346,7 @@ def test_unknown_recipient_number(client: PageClient, alice: Person, wallets: Wa
     mine = wallets.card(alice, balance="100")
     key = _key(client.get("/wallet/transfer"))
     response = client.post("/wallet/transfer", data={
-        "idempotency_key": key, "step": "review", "card_id": mine.card_id,
+        "idempotency_key": key, "step": "review", "card_id": mine.public_id,
         "destination": "other", "to_number": "4111 1111 1111 1111", "amount": "10"})  # fmt: skip
     assert response.status_code == 422
     assert 'id="to_number-error"' in response.get_data(as_text=True)
@@ -341,7 +358,7 @@ def test_withdrawal_is_pending_then_listed(
     card = wallets.card(alice, balance="100")
     key = _key(client.get("/wallet/withdraw"))
     response = client.post("/wallet/withdraw", data={
-        "idempotency_key": key, "step": "confirm", "card_id": card.card_id, "amount": "40",
+        "idempotency_key": key, "step": "confirm", "card_id": card.public_id, "amount": "40",
         "bank_name": "BCA", "account_number": "1234-5678-90", "account_holder": "Ada L"},
         headers=htmx())  # fmt: skip
     text = page_text(response)
@@ -387,7 +404,7 @@ def test_changes_answers_204_then_fragments_after_a_movement(
     from tests.conftest import new_key
 
     wallet.transfer(wallets.people.uow(), actor=users.actor_for(wallets.people.uow(), bob.id),
-                    from_card_id=theirs.card_id, to_card_id=card.card_id,
+                    from_card_id=theirs.public_id, to_card_id=card.public_id,
                     amount=Money.of_major("15", "USD"), idempotency_key=new_key())  # fmt: skip
     changed = client.get(f"/wallet/changes?v={version}&view=dashboard", headers=htmx())
     assert changed.status_code == 200
@@ -399,8 +416,8 @@ def test_changes_answers_204_then_fragments_after_a_movement(
     again = client.get(f"/wallet/changes?v={_version(changed)}", headers=htmx())
     assert again.status_code == 204
     # The card page's poll answers that card's tile and activity.
-    card_view = client.get(f"/wallet/changes?v=0&view=card&card={card.card_id}", headers=htmx())
-    assert f'id="card-{card.card_id}"' in card_view.get_data(as_text=True)
+    card_view = client.get(f"/wallet/changes?v=0&view=card&card={card.public_id}", headers=htmx())
+    assert f'id="card-{card.public_id}"' in card_view.get_data(as_text=True)
     assert 'id="card-activity"' in card_view.get_data(as_text=True)
 
 
@@ -411,7 +428,7 @@ def _movements(client: PageClient, alice: Person, bob: Person, wallets: Wallets)
     theirs = wallets.card(bob)
     key = _key(client.get("/wallet/transfer"))
     client.post("/wallet/transfer", data={
-        "idempotency_key": key, "step": "confirm", "card_id": usd.card_id,
+        "idempotency_key": key, "step": "confirm", "card_id": usd.public_id,
         "destination": "other", "to_number": theirs.number, "amount": "12.5",
         "memo": "=HYPERLINK(1)"})  # fmt: skip
     return usd, eur, theirs
@@ -423,7 +440,7 @@ def test_history_filters_search_and_pages(
     usd, eur, _ = _movements(client, alice, bob, wallets)
     text = page_text(client.get("/wallet/activity"))
     assert "12.50 USD" in text and "70.00 EUR" in text and "100.00 USD" in text
-    only_eur = page_text(client.get(f"/wallet/activity?card={eur.card_id}"))
+    only_eur = page_text(client.get(f"/wallet/activity?card={eur.public_id}"))
     assert "70.00 EUR" in only_eur and "12.50 USD" not in only_eur
     transfers = page_text(client.get("/wallet/activity?kind=transfer"))
     assert "12.50 USD" in transfers and "70.00 EUR" not in transfers
@@ -483,7 +500,7 @@ def test_another_person_sees_their_incoming_money(
     theirs = wallets.card(bob)
     key = _key(client.get("/wallet/transfer"))
     client.post("/wallet/transfer", data={
-        "idempotency_key": key, "step": "confirm", "card_id": mine.card_id,
+        "idempotency_key": key, "step": "confirm", "card_id": mine.public_id,
         "destination": "other", "to_number": theirs.number, "amount": "9"})  # fmt: skip
     bobs = new_client(app)
     sign_in(bobs, bob)

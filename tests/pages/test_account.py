@@ -7,8 +7,10 @@ import re
 from collections import deque
 from email.message import EmailMessage
 
+import sqlalchemy as sa
 from flask import Flask
 
+from portal.domain.ids import is_public_id, new_public_id
 from portal.services.identity import tokens
 from tests.pages.conftest import (
     NEW_PASSWORD,
@@ -25,13 +27,13 @@ from tests.pages.conftest import (
 
 
 def _session_ids(html: str) -> list[str]:
-    return re.findall(r'action="/auth/sessions/web/(\d+)/revoke"', html)
+    return re.findall(r'action="/auth/sessions/web/(ses_\w+)/revoke"', html)
 
 
 def _current_id(html: str) -> str:
     """The id of the session marked as this one (its button asks "Sign out of this device?")."""
     found = re.search(
-        r'action="/auth/sessions/web/(\d+)/revoke"[^>]*hx-confirm="Sign out of this device\?"',
+        r'action="/auth/sessions/web/(ses_\w+)/revoke"[^>]*hx-confirm="Sign out of this device\?"',
         html,
     )
     assert found, html
@@ -276,8 +278,14 @@ def test_someone_elses_session_cannot_be_revoked(
     sign_in(client, people.make())
 
     response = client.post(f"/auth/sessions/web/{their_id}/revoke")
+    internal = people.connection.execute(
+        sa.text("SELECT id FROM web_sessions WHERE public_id = :p"), {"p": their_id}
+    ).scalar_one()
+    by_number = client.post(f"/auth/sessions/web/{internal}/revoke")  # an internal id names none
+    unknown = client.post(f"/auth/sessions/web/{new_public_id('session')}/revoke")
 
-    assert response.status_code == 404
+    assert is_public_id("session", their_id)
+    assert response.status_code == by_number.status_code == unknown.status_code == 404
     assert signed_in(theirs)
 
 

@@ -76,24 +76,24 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/auth/me"): SIGNED_IN,
     ("GET", "/api/v1/auth/sessions"): SIGNED_IN,
     ("POST", "/api/v1/auth/sessions/revoke-all"): SIGNED_IN,
-    ("DELETE", "/api/v1/auth/sessions/web/<int:session_id>"): OWNER,
+    ("DELETE", "/api/v1/auth/sessions/web/<session_id>"): OWNER,
     ("DELETE", "/api/v1/auth/sessions/api/<uuid:family_id>"): OWNER,
     ("GET", "/api/v1/users/me"): SIGNED_IN,
     ("PATCH", "/api/v1/users/me"): SIGNED_IN,
     # API: users and roles
     ("GET", "/api/v1/users"): STAFF,
     ("POST", "/api/v1/users"): ADMIN,
-    ("GET", "/api/v1/users/<int:user_id>"): OWNER_OR_STAFF,
-    ("PATCH", "/api/v1/users/<int:user_id>"): OWNER | ADMIN,
-    ("DELETE", "/api/v1/users/<int:user_id>"): ADMIN,
-    ("POST", "/api/v1/users/<int:user_id>/archive"): ADMIN,
-    ("POST", "/api/v1/users/<int:user_id>/restore"): ADMIN,
-    ("PUT", "/api/v1/users/<int:user_id>/roles/<role>"): ADMIN,
-    ("DELETE", "/api/v1/users/<int:user_id>/roles/<role>"): ADMIN,
-    ("GET", "/api/v1/users/<int:user_id>/sessions"): OWNER_OR_STAFF,
-    ("POST", "/api/v1/users/<int:user_id>/sessions/revoke-all"): ADMIN,
-    ("DELETE", "/api/v1/users/<int:user_id>/sessions/web/<int:session_id>"): ADMIN,
-    ("DELETE", "/api/v1/users/<int:user_id>/sessions/api/<uuid:family_id>"): ADMIN,
+    ("GET", "/api/v1/users/<user_id>"): OWNER_OR_STAFF,
+    ("PATCH", "/api/v1/users/<user_id>"): OWNER | ADMIN,
+    ("DELETE", "/api/v1/users/<user_id>"): ADMIN,
+    ("POST", "/api/v1/users/<user_id>/archive"): ADMIN,
+    ("POST", "/api/v1/users/<user_id>/restore"): ADMIN,
+    ("PUT", "/api/v1/users/<user_id>/roles/<role>"): ADMIN,
+    ("DELETE", "/api/v1/users/<user_id>/roles/<role>"): ADMIN,
+    ("GET", "/api/v1/users/<user_id>/sessions"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/users/<user_id>/sessions/revoke-all"): ADMIN,
+    ("DELETE", "/api/v1/users/<user_id>/sessions/web/<session_id>"): ADMIN,
+    ("DELETE", "/api/v1/users/<user_id>/sessions/api/<uuid:family_id>"): ADMIN,
     ("GET", "/api/v1/roles"): STAFF,
     ("POST", "/api/v1/roles"): ADMIN,
     ("GET", "/api/v1/roles/<role>"): STAFF,
@@ -106,26 +106,26 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # API: cards (the path card is the cardholder's; rename is for its owner only)
     ("POST", "/api/v1/cards"): WALLET,
     ("GET", "/api/v1/cards"): SIGNED_IN,
-    ("GET", "/api/v1/cards/<int:card_id>"): OWNER_OR_STAFF,
-    ("PATCH", "/api/v1/cards/<int:card_id>"): OWNER,
-    ("POST", "/api/v1/cards/<int:card_id>/freeze"): OWNER | ADMIN,
-    ("POST", "/api/v1/cards/<int:card_id>/unfreeze"): OWNER | ADMIN,
-    ("POST", "/api/v1/cards/<int:card_id>/archive"): ADMIN,
-    ("POST", "/api/v1/cards/<int:card_id>/restore"): ADMIN,
-    ("GET", "/api/v1/cards/<int:card_id>/balance"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/cards/<card_id>"): OWNER_OR_STAFF,
+    ("PATCH", "/api/v1/cards/<card_id>"): OWNER,
+    ("POST", "/api/v1/cards/<card_id>/freeze"): OWNER | ADMIN,
+    ("POST", "/api/v1/cards/<card_id>/unfreeze"): OWNER | ADMIN,
+    ("POST", "/api/v1/cards/<card_id>/archive"): ADMIN,
+    ("POST", "/api/v1/cards/<card_id>/restore"): ADMIN,
+    ("GET", "/api/v1/cards/<card_id>/balance"): OWNER_OR_STAFF,
     ("POST", "/api/v1/cards/lookup"): WALLET,
     # API: money movements and the activity feed (lists show one's own records)
     ("POST", "/api/v1/top_ups"): WALLET,
     ("GET", "/api/v1/top_ups"): SIGNED_IN,
-    ("GET", "/api/v1/top_ups/<int:top_up_id>"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/top_ups/<top_up_id>"): OWNER_OR_STAFF,
     ("POST", "/api/v1/transfers"): WALLET,
     ("GET", "/api/v1/transfers"): SIGNED_IN,
-    ("GET", "/api/v1/transfers/<int:transfer_id>"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/transfers/<transfer_id>"): OWNER_OR_STAFF,
     ("POST", "/api/v1/withdrawals"): WALLET,
     ("GET", "/api/v1/withdrawals"): SIGNED_IN,
-    ("GET", "/api/v1/withdrawals/<int:withdrawal_id>"): OWNER_OR_STAFF,
-    ("POST", "/api/v1/withdrawals/<int:withdrawal_id>/confirm"): ADMIN,
-    ("POST", "/api/v1/withdrawals/<int:withdrawal_id>/fail"): ADMIN,
+    ("GET", "/api/v1/withdrawals/<withdrawal_id>"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/withdrawals/<withdrawal_id>/confirm"): ADMIN,
+    ("POST", "/api/v1/withdrawals/<withdrawal_id>/fail"): ADMIN,
     ("GET", "/api/v1/activity"): SIGNED_IN,
     # Wallet pages (wallet:use). A path card is the cardholder's: another cardholder gets 404;
     # admin may look at it and freeze it (cards:read, cards:manage); only its owner renames it.
@@ -133,10 +133,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/wallet/changes"): WALLET,
     ("GET", "/wallet/cards/new"): WALLET,
     ("POST", "/wallet/cards/new"): WALLET,
-    ("GET", "/wallet/cards/<int:card_id>"): OWNER | ADMIN,
-    ("POST", "/wallet/cards/<int:card_id>/name"): OWNER,
-    ("POST", "/wallet/cards/<int:card_id>/freeze"): OWNER | ADMIN,
-    ("POST", "/wallet/cards/<int:card_id>/unfreeze"): OWNER | ADMIN,
+    ("GET", "/wallet/cards/<card_id>"): OWNER | ADMIN,
+    ("POST", "/wallet/cards/<card_id>/name"): OWNER,
+    ("POST", "/wallet/cards/<card_id>/freeze"): OWNER | ADMIN,
+    ("POST", "/wallet/cards/<card_id>/unfreeze"): OWNER | ADMIN,
     ("GET", "/wallet/top-up"): WALLET,
     ("POST", "/wallet/top-up"): WALLET,
     ("GET", "/wallet/transfer"): WALLET,
@@ -160,17 +160,19 @@ ROLES_OF = {
 class Persona:
     name: str
     user_id: int | None = None
+    user_public_id: str | None = None
     web_token: str | None = None
     access_token: str | None = None
     #: A second web session and token family: the objects revoke routes act on (revoking the
     #: session a request arrives with would sign that persona out mid-test).
-    other_session_id: int | None = None
+    other_session_id: str | None = None
     other_family_id: str | None = None
-    #: The cardholder's card and one money movement of each kind on it (path objects).
-    card_id: int | None = None
-    top_up_id: int | None = None
-    transfer_id: int | None = None
-    withdrawal_id: int | None = None
+    #: The cardholder's card and one money movement of each kind on it (path objects), by the
+    #: public ids the paths take.
+    card_id: str | None = None
+    top_up_id: str | None = None
+    transfer_id: str | None = None
+    withdrawal_id: str | None = None
 
 
 def _normalise(rule: str) -> str:
@@ -195,8 +197,8 @@ def personas(uow, make: Factory) -> dict[str, Persona]:
         )
         pair = tokens.issue_tokens(uow, user_id=actor.id, user_agent="matrix")
         other_pair = tokens.issue_tokens(uow, user_id=actor.id, user_agent="other device")
-        found[name] = Persona(name, actor.id, web.token, pair.access_token, other_web.id,
-                              str(other_pair.family_id))  # fmt: skip
+        found[name] = Persona(name, actor.id, actor.public_id, web.token, pair.access_token,
+                              other_web.public_id, str(other_pair.family_id))  # fmt: skip
         if name == "cardholder":
             _give_money_objects(uow, make, actor, found[name])
     return found
@@ -215,24 +217,24 @@ def _give_money_objects(uow, make: Factory, actor, persona: Persona) -> None:
     held = wallet.withdraw(uow, actor=actor, card_id=card.card_id, amount=Money.of_major(
         "10.00", "USD"), bank=wallet.BankAccount("Bank", "12345678", "Card Holder"),
         idempotency_key=new_key())  # fmt: skip
-    persona.card_id, persona.top_up_id = card.card_id, top_up.id
-    persona.transfer_id, persona.withdrawal_id = moved.id, held.id
+    persona.card_id, persona.top_up_id = card.public_id, top_up.public_id
+    persona.transfer_id, persona.withdrawal_id = moved.public_id, held.public_id
 
 
 def _url(rule: str, owner: Persona) -> str:
     values = {
-        "user_id": str(owner.user_id),
-        "session_id": str(owner.other_session_id),
+        "user_id": owner.user_public_id or "",
+        "session_id": owner.other_session_id or "",
         "family_id": owner.other_family_id or "",
         "role": "cardholder",
         "permission": "wallet:use",
         "token": "not-a-real-token",
         "kind": "web",
-        "ident": str(owner.other_session_id),
-        "card_id": str(owner.card_id),
-        "top_up_id": str(owner.top_up_id),
-        "transfer_id": str(owner.transfer_id),
-        "withdrawal_id": str(owner.withdrawal_id),
+        "ident": owner.other_session_id or "",
+        "card_id": owner.card_id or "",
+        "top_up_id": owner.top_up_id or "",
+        "transfer_id": owner.transfer_id or "",
+        "withdrawal_id": owner.withdrawal_id or "",
     }
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
 
