@@ -7,4 +7,6 @@ from flask import Blueprint
 
 bp = Blueprint("merchant", __name__, url_prefix="/merchant")
 
-__all__ = ["bp"]
+from portal.merchant import views  # noqa: E402  (registers the routes on bp)
+
+__all__ = ["bp", "views"]

@@ -193,15 +193,16 @@ _PAYMENT_BUCKETS = """
            count(*) AS attempts,
            count(*) FILTER (WHERE p.last_payment_error IS NOT NULL) AS declined,
            count(*) FILTER (WHERE p.status = 'succeeded') AS succeeded,
-           coalesce(sum(p.received_minor) FILTER (WHERE p.status = 'succeeded'), 0) AS gross,
-           coalesce(sum(p.fee_minor) FILTER (WHERE p.status = 'succeeded'), 0) AS fees
+           coalesce(sum(p.received_minor) FILTER (WHERE p.status = 'succeeded'), 0)::bigint
+             AS gross,
+           coalesce(sum(p.fee_minor) FILTER (WHERE p.status = 'succeeded'), 0)::bigint AS fees
     FROM payments p
     WHERE p.merchant_id = :m AND p.created_at >= :start AND p.created_at < :end
     GROUP BY 1, 2
 """
 _REFUND_BUCKETS = """
     SELECT date_trunc(:unit, r.created_at AT TIME ZONE 'UTC')::date AS bucket, r.currency,
-           count(*) AS refund_count, coalesce(sum(r.amount_minor), 0) AS refunds
+           count(*) AS refund_count, coalesce(sum(r.amount_minor), 0)::bigint AS refunds
     FROM refunds r
     WHERE r.merchant_id = :m AND r.created_at >= :start AND r.created_at < :end
       AND r.status = 'succeeded'
