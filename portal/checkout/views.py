@@ -94,7 +94,9 @@ def _page(
     form = form or PayForm(formdata=None)
     form.card.choices = [(c.public_id, _card_label(c)) for c in cards or []]
     if cards and not form.card.data:
-        form.card.data = cards[0].public_id
+        # Preselect the first card that can cover the amount (else the first).
+        enough = [c for c in cards if c.available.amount_minor >= view.amount.amount_minor]
+        form.card.data = (enough or cards)[0].public_id
     form.fresh_key()
     context: dict[str, Any] = {
         "view": view,

@@ -174,6 +174,10 @@ def test_a_decline_shows_the_reason_and_the_session_stays_payable(client, uow, m
     session = new_session(uow, shop)
     sign_in(client, person)
     page = client.get(f"/checkout/{session.id}")
+    # The card that can cover the amount is preselected; the other says it cannot.
+    assert re.search(rf'<input checked[^>]*value="{rich.public_id}"', page.get_data(True))
+    assert "5.00 USD available · not enough for this payment" in page_text(page)
+    assert "100.00 USD available · not enough" not in page_text(page)
     declined = client.post(
         f"/checkout/{session.id}",
         data={"card": poor.public_id, "idempotency_key": hidden_key(page)},
