@@ -162,5 +162,10 @@ def _form_expired(_error: CSRFError) -> Response:
     """A pay form left open past its token (or posted from elsewhere): nothing was paid; the
     page again with a fresh form."""
     session_id = (request.view_args or {}).get("session_id", "")
-    view = checkout.get_public_checkout(make_uow(), session=session_id)
+    try:
+        view = checkout.get_public_checkout(make_uow(), session=session_id)
+    except NotFound as exc:
+        page = render_template("errors/error.html", status=404, title="Not Found",
+                               message=exc.message)  # fmt: skip
+        return make_response(page, 404)
     return _page(view, 400, problem="This form had expired, so nothing was paid. Please try again.")

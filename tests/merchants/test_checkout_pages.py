@@ -326,3 +326,34 @@ def test_the_policy_allows_only_the_success_origin(client, uow, shop):
     policy = client.get(f"/checkout/{session.id}").headers["Content-Security-Policy"]
     assert "form-action 'self' http://127.0.0.1:8123;" in policy
     assert "other.example" not in policy
+
+
+def test_the_pages_markup(app, client, uow, make, shop, people, connection):
+    """Every input labelled, ids unique, no inline script or style (the CSP forbids them), in
+    each state of the page; a forged post to an unknown session is a 404, not a 500."""
+    person = people.make()
+    payer = actor_of(uow, person)
+    make.card(payer, balance="5")
+    make.card(payer, balance="100")
+    session = new_session(uow, shop)
+    pages = {"signed out": client.get(f"/checkout/{session.id}").get_data(as_text=True)}
+    sign_in(client, person)
+    pages["cards"] = client.get(f"/checkout/{session.id}").get_data(as_text=True)
+    pages["errors"] = client.post(f"/checkout/{session.id}", data={}).get_data(as_text=True)
+    for name, html in pages.items():
+        for tag in re.findall(r"<input\b[^>]*>", html):
+            if re.search(r'type="hidden"', tag):
+                continue
+            field_id = re.search(r'\bid="([^"]+)"', tag)
+            assert field_id and f'for="{field_id.group(1)}"' in html, f"{name}: {tag}"
+        ids = re.findall(r'\bid="([^"]+)"', html)
+        assert len(ids) == len(set(ids)), f"{name}: duplicate ids"
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], name
+        assert "<style" not in html and not re.search(r"\sstyle=", html), name
+        assert not re.search(r"\son[a-z]+=", html), name
+        assert '<meta name="viewport"' in html, name
+    app.config["WTF_CSRF_ENABLED"] = True
+    try:
+        assert client.post("/checkout/cs_" + "0" * 24, data={}).status_code == 404
+    finally:
+        app.config["WTF_CSRF_ENABLED"] = False
