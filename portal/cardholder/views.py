@@ -284,7 +284,7 @@ def changes() -> Response:
     parts: list[tuple[str, Mapping[str, Any]]] = []
     if view == "card":
         card_id = request.args.get("card")
-        if not is_public_id("card", card_id):
+        if card_id is None or not is_public_id("card", card_id):
             abort(404)
         card = activity.get_card(_uow(), actor=current_actor(), card_id=card_id)
         recent = activity.list_activity(

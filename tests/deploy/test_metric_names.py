@@ -65,11 +65,11 @@ def scripted_traffic(app: Flask, make: Factory, uow: UnitOfWork) -> None:
     assert ok.status_code == 200
     wrong = {"email": signed_up.email, "password": "not-the-password-1"}
     assert client.post(f"{API}/auth/token", json=wrong).status_code == 401
-    top_up = {"card": mine.card_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
+    top_up = {"card": mine.public_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
     key = uuid.uuid4().hex
     assert post("/top_ups", top_up, key).status_code == 201
     assert post("/top_ups", top_up, key).headers["Idempotent-Replayed"] == "true"
-    transfer = {"from_card": mine.card_id, "to_card": theirs.card_id, "amount": 350,
+    transfer = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": 350,
                 "currency": "USD"}  # fmt: skip
     assert post("/transfers", transfer).status_code == 201
     assert post("/transfers", {**transfer, "amount": 999_999}).status_code == 402

@@ -106,12 +106,12 @@ def test_business_counters_move_by_exactly_what_moved(
         headers = {**as_alice, "Idempotency-Key": idem or uuid.uuid4().hex}
         return client.post(f"{API}{path}", json=body, headers=headers)
 
-    top_up = {"card": mine.card_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
+    top_up = {"card": mine.public_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
     same = uuid.uuid4().hex
     assert post("/top_ups", top_up, same).status_code == 201
     assert post("/top_ups", top_up, same).headers["Idempotent-Replayed"] == "true"
     assert post("/top_ups", {**top_up, "amount": 1700}).status_code == 201
-    transfer = {"from_card": mine.card_id, "to_card": theirs.card_id, "amount": 350,
+    transfer = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": 350,
                 "currency": "usd"}  # fmt: skip
     assert post("/transfers", transfer).status_code == 201
     assert post("/transfers", {**transfer, "amount": 999_999}).status_code == 402

@@ -160,7 +160,12 @@ def test_a_transfer_request_is_one_trace_with_its_database_queries(
     alice, budi = make.user(), make.user()
     mine, theirs = make.card(alice, balance="10.00"), make.card(budi)
     headers = {**token_of(traced_uow, alice), "Idempotency-Key": uuid.uuid4().hex}
-    body = {"from_card": mine.card_id, "to_card": theirs.card_id, "amount": 350, "currency": "usd"}
+    body = {
+        "from_card": mine.public_id,
+        "to_card": theirs.public_id,
+        "amount": 350,
+        "currency": "usd",
+    }
     spans.clear()
 
     response = client_for(traced_app).post(f"{API}/transfers", json=body, headers=headers)
@@ -378,7 +383,7 @@ def test_the_payout_job_joins_the_trace_of_the_withdrawal_request(
     alice = make.user()
     card = make.card(alice, balance="100")
     headers = {**token_of(real_uow(), alice), "Idempotency-Key": uuid.uuid4().hex}
-    body = {"card": card.card_id, "amount": 2000, "currency": "usd", "bank_name": "BCA",
+    body = {"card": card.public_id, "amount": 2000, "currency": "usd", "bank_name": "BCA",
             "account_number": "0012-3456-7890", "account_holder": "Alice Wong"}  # fmt: skip
     limiter.reset()
     spans.clear()
@@ -408,7 +413,8 @@ def test_the_payout_job_joins_the_trace_of_the_withdrawal_request(
         response.get_json()["id"]
         and real_uow().run(
             lambda u: u.execute(
-                "SELECT status FROM withdrawals WHERE id = :id", {"id": response.get_json()["id"]}
+                "SELECT status FROM withdrawals WHERE public_id = :id",
+                {"id": response.get_json()["id"]},
             ).scalar_one()
         )
         == "succeeded"

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from portal.domain.errors import InvalidInput
+from portal.domain.ids import is_public_id, new_public_id
 from portal.services.shared.pagination import (
     MAX_ID,
     Page,
@@ -222,3 +223,68 @@ def test_table_and_alias_must_be_identifiers(uow):
                 convert=lambda row: row,
             )  # fmt: skip
         )
+
+
+# -- public-id cursors ----------------------------------------------------------------------
+def public_page(uow, token, *, limit=None, after=None):
+    """A page of (public id, internal id) pairs, as the API pages users."""
+    return uow.run(
+        lambda u: newest_first(
+            u,
+            select="SELECT u.id, u.public_id FROM users u",
+            table="users",
+            alias="u",
+            convert=lambda row: (row.public_id, row.id),
+            limit=limit,
+            starting_after=after,
+            kind="user",
+            where=["u.last_name = :token"],
+            params={"token": token},
+        )  # fmt: skip
+    )
+
+
+@pytest.mark.parametrize("limit", [1, 4, 23])
+def test_a_walk_by_public_id_cursors_gives_every_row_once_in_order(uow, token, people, limit):
+    first = public_page(uow, token, limit=limit)
+    assert [internal for _, internal in first.items] == people[:limit]  # the first page
+    seen, page = list(first.items), first
+    while page.has_more:
+        page = public_page(uow, token, limit=limit, after=page.items[-1][0])  # the next page
+        seen += page.items
+    assert [internal for _, internal in seen] == people  # no duplicates, no gaps
+    assert len({public for public, _ in seen}) == COUNT
+    assert all(is_public_id("user", public) for public, _ in seen)
+    # The same position as the internal-id cursor: it is the same keyset.
+    public, internal = first.items[-1]
+    assert ids_page(uow, token, limit=5, after=public).items == (
+        ids_page(uow, token, limit=5, after=internal).items
+    )
+
+
+def test_a_public_id_cursor_of_another_kind_or_shape_or_unknown_is_invalid_input(
+    uow, token, people
+):
+    for after in (new_public_id("card"), "usr_short", "usr_" + "!" * 24, new_public_id("user")):
+        with pytest.raises(InvalidInput) as err:
+            public_page(uow, token, after=after)
+        assert err.value.param == "starting_after"
+
+
+def test_check_cursor_takes_public_ids_of_the_kind_asked_for():
+    user = new_public_id("user")
+    assert check_cursor(user, "user") == user
+    assert check_cursor(user) == user  # any kind when none is named
+    for wrong in (new_public_id("card"), "usr_", user + "x", user.upper()):
+        with pytest.raises(InvalidInput):
+            check_cursor(wrong, "user")
+
+
+def test_the_last_id_of_a_page_of_public_objects_is_its_public_id():
+    @dataclasses.dataclass(frozen=True)
+    class Item:
+        id: int
+        public_id: str
+
+    page = Page((Item(3, "usr_a"), Item(2, "usr_b")), has_more=True)
+    assert page.last_id == "usr_b"

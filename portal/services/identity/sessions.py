@@ -201,7 +201,7 @@ def list_sessions(
 ) -> list[SessionView]:
     """Live web sessions and API refresh-token families of the actor (or, with users:read, of
     ``user_id``), most recently used first; the caller names its own session or family to mark
-    it current. Raises Unauthenticated, NotFound."""
+    it current. Raises Unauthenticated, NotFound (also for a ``user_id`` naming nobody)."""
     column, target = _target_user(actor, user_id, "users:read")
     owner = f"user_id = (SELECT id FROM users WHERE {column} = :user_id)"
 
@@ -222,6 +222,13 @@ def list_sessions(
             " HAVING bool_and(revoked_at IS NULL) AND max(expires_at) > :now",
             {"user_id": target, "now": now},
         ).all()
+        if not web and not api and user_id is not None:  # nothing, or nobody? (rare path)
+            exists = u.execute(
+                f"SELECT EXISTS (SELECT 1 FROM users WHERE {column} = :user_id)",
+                {"user_id": target},
+            ).scalar_one()
+            if not exists:
+                raise NotFound("no such user", param="user_id")
         views = [
             SessionView("web", str(r.id), r.public_id, r.created_at, r.last_seen_at,
                         min(r.absolute_expires_at, r.last_seen_at
