@@ -89,7 +89,7 @@ function request()
   local j = math.random(n - 1)
   if j >= i then j = j + 1 end
   local body = string.format(
-    '{"from_card":%%d,"to_card":%%d,"amount":%%d,"currency":"usd"}',
+    '{"from_card":"%%s","to_card":"%%s","amount":%%d,"currency":"usd"}',
     cards[i][1], cards[j][1], math.random(1, 500))
   return wrk.format("POST", "/api/v1/transfers", {
     ["Content-Type"] = "application/json",
@@ -462,7 +462,7 @@ def main() -> int:
               f" {args.cards_per_holder} cards...", flush=True)  # fmt: skip
         system = Actor.system("bench")
         per_card = min(1_000_000, 2_500_000 // args.cards_per_holder)  # top-up max, daily cap
-        prepared: list[tuple[int, str]] = []
+        prepared: list[tuple[str, str]] = []  # (the card's public id, its owner's token)
         for i in range(args.cardholders):
             user = users.create_user(
                 uow, actor=system, email=f"api{i}-{uuid.uuid4().hex[:6]}@bench.test",
@@ -474,7 +474,7 @@ def main() -> int:
                 wallet.top_up(uow, actor=system, card_id=card.card_id,
                               amount=Money(per_card, "USD"), method="bank_transfer",
                               idempotency_key=uuid.uuid4().hex)  # fmt: skip
-                prepared.append((card.card_id, ""))
+                prepared.append((card.public_id, ""))
             token = tokens.issue_tokens(uow, user_id=user.id, user_agent="bench").access_token
             prepared[-args.cards_per_holder :] = [
                 (card_id, token) for card_id, _ in prepared[-args.cards_per_holder :]
@@ -483,7 +483,7 @@ def main() -> int:
         lua.write_text(
             LUA
             % {
-                "cards": ",\n".join(f'  {{{c}, "{t}"}}' for c, t in prepared),
+                "cards": ",\n".join(f'  {{"{c}", "{t}"}}' for c, t in prepared),
                 "run": uuid.uuid4().hex[:8],
             }
         )

@@ -68,7 +68,7 @@ def main() -> int:
 
     system = Actor.system("bench")
     setup = new_uow()
-    owners, card_ids = [], []
+    owners, card_ids = [], []  # the cards' public ids: the transfer resolves them as a request's
     print(f"setting up {args.cards} cards...", flush=True)
     for i in range(args.cards):
         if i % 5 == 0:
@@ -82,7 +82,7 @@ def main() -> int:
                                 brand="visa", currency="USD")  # fmt: skip
         wallet.top_up(setup, actor=system, card_id=card.card_id, amount=Money(500_000, "USD"),
                       method="bank_transfer", idempotency_key=uuid.uuid4().hex)  # fmt: skip
-        card_ids.append(card.card_id)
+        card_ids.append(card.public_id)
 
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(args.threads)]
