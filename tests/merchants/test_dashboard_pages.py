@@ -584,6 +584,9 @@ def test_capture_refund_and_cancel_act_once_per_form(world: World) -> None:
         "refunded",
     ]
     assert "Refunded" in page_text(final) and "/refund" not in final.get_data(as_text=True)
+    fee = world.payment(world.held.id).fee
+    net_after = Money(2550 - fee - 2550, "USD").format()
+    assert f'data-money="net_after_refunds">{net_after}' in final.get_data(as_text=True)
 
     # Cancel a held payment with a reason.
     other = world.pay("9", manual=True)
@@ -863,6 +866,7 @@ def test_staff_decide_applications_and_merchants(
     page = client.get("/merchant/staff")
     text = page_text(page)
     assert "Applications waiting" in text and "Warung Baru" in text
+    assert "Waiting for a decision above" in text  # listed again below, decided once above
     html = page.get_data(as_text=True)
     assert f'formaction="/merchant/staff/{applied.public_id}/approve"' in html
     assert f'formaction="/merchant/staff/{applied.public_id}/reject"' in html
