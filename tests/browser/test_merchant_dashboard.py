@@ -156,7 +156,8 @@ def test_apply_approve_key_live_payment_and_refund(
                             "exp_year": card.expiry_year, "cvc": card.cvv},
                            separators=(",", ":"))  # fmt: skip
     command = command.replace("sk_live_...", secret)
-    command = re.sub(r'"card":\{[^}]*\}', '"card":' + real_card, command)
+    command, swapped = re.subn(r'"card": \{[^}]*\}', '"card": ' + real_card, command)
+    assert swapped == 1, command
     command = command.replace("curl ", "curl -sS -w '\\n%{http_code}' ", 1)
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
                           check=False)  # fmt: skip
@@ -164,7 +165,12 @@ def test_apply_approve_key_live_payment_and_refund(
     assert status == "201", (done.stdout, done.stderr)
     by_curl = json.loads(body)
     assert by_curl["status"] == "succeeded" and by_curl["description"] == "Order 1001"
+    _shot(page, artifacts, "start-1280")
     watch.check("guide")
+    page.locator(".merchant-tabs").get_by_role("link", name="Team").click()
+    expect(page.get_by_role("heading", name="Invite someone")).to_be_visible()
+    _shot(page, artifacts, "team-1280")
+    watch.check("team")
 
     # Refund the first payment from its page.
     page.locator(".merchant-tabs").get_by_role("link", name="Overview").click()
@@ -187,8 +193,14 @@ def test_apply_approve_key_live_payment_and_refund(
 
     # The same pages at a phone's width.
     page.set_viewport_size({"width": 390, "height": 844})
-    for name, path in [("overview", f"/merchant/{mid}"), ("payments", f"/merchant/{mid}/payments"),
-                       ("payment", f"/merchant/{mid}/payments/{paid['id']}")]:  # fmt: skip
+    phone_pages = {
+        "overview": f"/merchant/{mid}",
+        "payments": f"/merchant/{mid}/payments",
+        "payment": f"/merchant/{mid}/payments/{paid['id']}",
+        "start": f"/merchant/{mid}/start",
+        "team": f"/merchant/{mid}/team",
+    }
+    for name, path in phone_pages.items():
         page.goto(path)
         page.wait_for_timeout(400)
         _shot(page, artifacts, f"{name}-390")
