@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 
 from portal.domain.money import Money
 from portal.extensions import limiter
-from portal.services.identity import mfa, sessions, tokens
+from portal.services.identity import mfa, sessions, tokens, users
+from portal.services.merchants import checkout, keys, merchants, payments
 from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import Factory, new_key
@@ -34,6 +35,22 @@ OWNER_OR_STAFF = OWNER | STAFF
 NOBODY: frozenset[str] = frozenset()
 #: Holders of wallet:use (cardholders; admin holds every permission).
 WALLET = frozenset({"cardholder", "other", "admin"})
+#: The merchant persona owns the path merchant (and sends its secret key to the payments API).
+MERCHANT = frozenset({"merchant"})
+MERCHANT_OR_STAFF = MERCHANT | STAFF
+DECISIONS = ("approve", "reject", "suspend", "reactivate", "archive", "restore")
+#: API routes a merchant's secret key authenticates (not an access token).
+KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/")
+#: Request bodies that pass validation, where the table is about who may act, not about input
+#: (schema validation runs before the service looks at who is asking).
+BODIES = {
+    ("POST", "/api/v1/merchants/<merchant_id>/api_keys"): {"name": "matrix"},
+    ("POST", "/api/v1/merchants/<merchant_id>/invitations"): {
+        "email": "invitee@example.test",
+        "role": "viewer",
+    },
+    ("POST", "/api/v1/merchants/<merchant_id>/members/<member_id>"): {"role": "owner"},
+}
 
 #: (method, rule) -> personas allowed. Path objects are the cardholder's own.
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
@@ -145,6 +162,63 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/wallet/withdraw"): WALLET,
     ("GET", "/wallet/activity"): WALLET,
     ("GET", "/wallet/activity.csv"): WALLET,
+    # API: merchant accounts with access tokens. The path merchant is the merchant persona's;
+    # staff read every merchant (merchants:read), only admin decides (merchants:manage).
+    ("POST", "/api/v1/merchants"): SIGNED_IN,
+    ("GET", "/api/v1/merchants"): SIGNED_IN,
+    ("GET", "/api/v1/merchants/<merchant_id>"): MERCHANT_OR_STAFF,
+    **{("POST", f"/api/v1/merchants/<merchant_id>/{action}"): ADMIN for action in DECISIONS},
+    ("POST", "/api/v1/merchants/<merchant_id>/api_keys"): MERCHANT,
+    ("GET", "/api/v1/merchants/<merchant_id>/api_keys"): MERCHANT_OR_STAFF,
+    ("POST", "/api/v1/merchants/<merchant_id>/api_keys/<key_id>/roll"): MERCHANT,
+    ("POST", "/api/v1/merchants/<merchant_id>/api_keys/<key_id>/revoke"): MERCHANT,
+    ("GET", "/api/v1/merchants/<merchant_id>/members"): MERCHANT_OR_STAFF,
+    ("POST", "/api/v1/merchants/<merchant_id>/invitations"): MERCHANT,
+    ("POST", "/api/v1/merchants/<merchant_id>/members/<member_id>"): MERCHANT,
+    ("DELETE", "/api/v1/merchants/<merchant_id>/members/<member_id>"): MERCHANT,
+    # API: payments, refunds and checkout sessions take only the merchant's secret key (the
+    # merchant persona sends it; access tokens are refused).
+    ("POST", "/api/v1/payments"): MERCHANT,
+    ("GET", "/api/v1/payments"): MERCHANT,
+    ("GET", "/api/v1/payments/<payment_id>"): MERCHANT,
+    ("POST", "/api/v1/payments/<payment_id>/capture"): MERCHANT,
+    ("POST", "/api/v1/payments/<payment_id>/cancel"): MERCHANT,
+    ("POST", "/api/v1/refunds"): MERCHANT,
+    ("GET", "/api/v1/refunds"): MERCHANT,
+    ("GET", "/api/v1/refunds/<refund_id>"): MERCHANT,
+    ("POST", "/api/v1/checkout/sessions"): MERCHANT,
+    ("GET", "/api/v1/checkout/sessions"): MERCHANT,
+    ("GET", "/api/v1/checkout/sessions/<session_id>"): MERCHANT,
+    # Merchant pages: members see their merchant, staff may look (merchants:read), only members
+    # whose role allows act; the staff merchants page needs merchants:read, deciding manage.
+    ("GET", "/merchant"): SIGNED_IN,
+    ("GET", "/merchant/apply"): SIGNED_IN,
+    ("POST", "/merchant/apply"): SIGNED_IN,
+    ("GET", "/merchant/<mid>"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/<mid>/changes"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/<mid>/payments"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/<mid>/payments/<pid>"): MERCHANT_OR_STAFF,
+    ("POST", "/merchant/<mid>/payments/<pid>/capture"): MERCHANT,
+    ("POST", "/merchant/<mid>/payments/<pid>/cancel"): MERCHANT,
+    ("POST", "/merchant/<mid>/payments/<pid>/refund"): MERCHANT,
+    ("GET", "/merchant/<mid>/keys"): MERCHANT,  # managing keys; staff read their metadata by API
+    ("POST", "/merchant/<mid>/keys"): MERCHANT,
+    ("POST", "/merchant/<mid>/keys/<kid>/roll"): MERCHANT,
+    ("POST", "/merchant/<mid>/keys/<kid>/revoke"): MERCHANT,
+    ("GET", "/merchant/<mid>/team"): MERCHANT_OR_STAFF,
+    ("POST", "/merchant/<mid>/team/invitations"): MERCHANT,
+    ("POST", "/merchant/<mid>/team/invitations/<iid>/revoke"): MERCHANT,
+    ("POST", "/merchant/<mid>/team/members/<member>/role"): MERCHANT,
+    ("POST", "/merchant/<mid>/team/members/<member>/remove"): MERCHANT,
+    ("GET", "/merchant/<mid>/start"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/join/<token>"): NOBODY,  # an unknown invitation is a 404 for everyone
+    ("POST", "/merchant/join/<token>"): NOBODY,
+    ("GET", "/merchant/staff"): STAFF,
+    ("POST", "/merchant/staff/<mid>/<action>"): ADMIN,
+    # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
+    ("GET", "/checkout/<session_id>"): EVERYONE,
+    ("POST", "/checkout/<session_id>"): SIGNED_IN,
+    ("GET", "/checkout/<session_id>/cancel"): EVERYONE,
 }
 
 ROLES_OF = {
@@ -173,6 +247,8 @@ class Persona:
     top_up_id: str | None = None
     transfer_id: str | None = None
     withdrawal_id: str | None = None
+    #: The merchant persona's merchant and what it owns.
+    merchant: dict[str, str] | None = None
 
 
 def _normalise(rule: str) -> str:
@@ -201,7 +277,57 @@ def personas(uow, make: Factory) -> dict[str, Persona]:
                               other_web.public_id, str(other_pair.family_id))  # fmt: skip
         if name == "cardholder":
             _give_money_objects(uow, make, actor, found[name])
+    merchant = found["merchant"]
+    merchant.merchant = _give_merchant_objects(
+        uow, make, users.actor_for(uow, merchant.user_id),
+        users.actor_for(uow, found["admin"].user_id),
+    )  # fmt: skip
+    found["cardholder"].merchant = merchant.merchant  # path values come from the cardholder
     return found
+
+
+def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
+    """An active merchant with a key, a captured and refunded payment, a held one, a checkout
+    session and an open invitation: the objects the merchant routes' paths name."""
+    applied = merchants.apply(
+        uow, actor=owner, name="Matrix Shop", website="https://matrix.example",
+        contact_email="shop@matrix.example", settlement_currency="USD",
+    )  # fmt: skip
+    shop = merchants.decide(uow, actor=admin, merchant=applied.public_id, action="approve")
+    key = keys.create_api_key(uow, actor=owner, merchant=shop.public_id, name="matrix")
+    assert key.secret is not None
+    api = keys.authenticate_api_key(uow, secret=key.secret).actor
+    payer = make.card(make.user(), balance="100")
+    card = payments.CardDetails(payer.number, payer.expiry_month, payer.expiry_year, payer.cvv)
+    paid = payments.create_payment(uow, actor=api, merchant=shop.id, amount=Money(5000, "USD"),
+                                   card=card, idempotency_key=new_key())  # fmt: skip
+    payments.create_payment(
+        uow,
+        actor=api,
+        merchant=shop.id,
+        amount=Money(1000, "USD"),
+        card=card,
+        idempotency_key=new_key(),
+        capture_method="manual",
+    )
+    refund = payments.create_refund(uow, actor=api, merchant=shop.id, payment=paid.id,
+                                    idempotency_key=new_key(), amount=100)  # fmt: skip
+    session = checkout.create_checkout_session(
+        uow, actor=api, merchant=shop.id, amount=Money(700, "USD"),
+        success_url="https://matrix.example/ok", cancel_url="https://matrix.example/back",
+        idempotency_key=new_key(),
+    )  # fmt: skip
+    invitation = merchants.invite_member(
+        uow, actor=owner, merchant=shop.public_id, email="invited@example.test", role="viewer"
+    )
+    (member,) = merchants.list_members(uow, actor=owner, merchant=shop.public_id)
+    return {
+        "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
+        "kid": key.public_id, "payment_id": paid.id, "pid": paid.id, "refund_id": refund.id,
+        "checkout_id": session.id, "member_id": member.public_id,
+        "member": member.public_id, "iid": invitation.public_id, "action": "suspend",
+        "secret": key.secret,
+    }  # fmt: skip
 
 
 def _give_money_objects(uow, make: Factory, actor, persona: Persona) -> None:
@@ -235,11 +361,14 @@ def _url(rule: str, owner: Persona) -> str:
         "top_up_id": owner.top_up_id or "",
         "transfer_id": owner.transfer_id or "",
         "withdrawal_id": owner.withdrawal_id or "",
+        **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }
+    if rule.startswith(("/checkout/", "/api/v1/checkout/")):
+        values["session_id"] = (owner.merchant or {})["checkout_id"]
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
 
 
-def _request(client: FlaskClient, persona: Persona, method: str, url: str):
+def _request(client: FlaskClient, persona: Persona, method: str, url: str, rule: str):
     headers = {}
     with client.session_transaction() as flask_session:
         flask_session.clear()
@@ -247,7 +376,13 @@ def _request(client: FlaskClient, persona: Persona, method: str, url: str):
             flask_session[SESSION_KEY] = persona.web_token
     if url.startswith("/api/") and persona.access_token:
         headers["Authorization"] = f"Bearer {persona.access_token}"
-    kwargs = {"json": {}} if url.startswith("/api/") and method != "GET" else {"data": {}}
+    if url.startswith(KEY_ROUTES):
+        headers["Idempotency-Key"] = new_key()
+        if persona.name == "merchant":
+            assert persona.merchant is not None
+            headers["Authorization"] = f"Bearer {persona.merchant['secret']}"
+    body = BODIES.get((method, rule), {})
+    kwargs = {"json": body} if url.startswith("/api/") and method != "GET" else {"data": {}}
     return client.open(url, method=method, headers=headers, **kwargs)
 
 
@@ -277,7 +412,7 @@ def test_every_route_answers_as_the_table_says(app: Flask, connection, personas)
             limiter.reset()
             savepoint = connection.begin_nested()
             try:
-                response = _request(client, personas[name], method, url)
+                response = _request(client, personas[name], method, url, rule)
             finally:
                 savepoint.rollback()
             assert response.status_code < 500, f"{method} {url} as {name}: {response.status_code}"
