@@ -29,6 +29,7 @@ from portal.services.identity.accounts import (
     user_view_from_row,
 )
 from portal.services.identity.credentials import revoke_credentials
+from portal.services.identity.users import is_self
 from portal.services.shared import audit
 from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
@@ -183,10 +184,7 @@ def _target_user(actor: Actor, user_id: Ref | None, permission: str) -> tuple[st
     key = ref_key("user", user_id)
     if key is None:
         raise NotFound("no such user", param="user_id")
-    mine = actor.kind == "user" and (
-        actor.id == user_id or (actor.public_id is not None and actor.public_id == user_id)
-    )
-    if mine or actor.can(permission):
+    if is_self(actor, user_id) or actor.can(permission):
         return key
     raise NotFound("no such user", param="user_id")
 

@@ -34,7 +34,7 @@ from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from portal.domain.ids import PREFIXES, is_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind, MovementStatus
-from portal.services.identity.users import is_printable
+from portal.services.identity.users import is_printable, is_self
 from portal.services.shared import audit
 from portal.services.shared.pagination import Page, check_limit, like_pattern
 from portal.services.shared.refs import Ref, ref_key
@@ -191,14 +191,6 @@ def _card(row: sa.Row[Any]) -> CardSummary:
 
 
 # -- cards -----------------------------------------------------------------------------------
-def _is_me(actor: Actor, user: Ref) -> bool:
-    if actor.kind != ActorKind.USER:
-        return False
-    if isinstance(user, str):
-        return actor.public_id is not None and actor.public_id == user
-    return actor.id == user
-
-
 def list_cards(
     uow: UnitOfWork, *, actor: Actor, user_id: Ref | None = None, include_archived: bool = False
 ) -> tuple[CardSummary, ...]:
@@ -211,7 +203,7 @@ def list_cards(
         key = ref_key("user", user_id)
         if key is None:
             raise InvalidInput("user_id must be a user's id", param="user_id")
-        if not _is_me(actor, user_id) and not actor.can("cards:read"):
+        if not is_self(actor, user_id) and not actor.can("cards:read"):
             raise Forbidden("missing permission cards:read")
         column, owner = key
     archived = "" if include_archived else " AND c.archived_at IS NULL"

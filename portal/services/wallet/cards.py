@@ -19,6 +19,7 @@ from portal.domain import cards as card_numbers
 from portal.domain.errors import Forbidden, InvalidInput, InvalidState, LimitExceeded, NotFound
 from portal.domain.money import MoneyError, normalize_currency
 from portal.domain.types import Actor, CardStatus, CardType, IssuedCard
+from portal.services.identity.users import is_self
 from portal.services.shared import audit, idempotency
 from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
@@ -46,17 +47,8 @@ class CardView:
     archived: bool
 
 
-def _is_user(actor: Actor, user: Ref) -> bool:
-    """Whether ``user`` (an internal or a public id) names the acting user."""
-    if actor.kind != "user":
-        return False
-    if isinstance(user, str):
-        return actor.public_id is not None and actor.public_id == user
-    return actor.id == user
-
-
 def _may_manage(actor: Actor, owner: Ref, permission: str) -> bool:
-    return _is_user(actor, owner) or actor.can(permission)
+    return is_self(actor, owner) or actor.can(permission)
 
 
 def issue_card(

@@ -81,7 +81,7 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
             money(bal["posted"]),
             money(bal["pending_debits"]),
             bal.get("card_public_id", ""),
-        ),  # fmt: skip
+        ),
         created_at=datetime.fromisoformat(data["created_at"]),
         counterparty_card_id=data["counterparty_card_id"],
         counterparty_card_public_id=data.get("counterparty_card_public_id"),
