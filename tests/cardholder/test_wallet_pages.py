@@ -119,6 +119,29 @@ def test_dashboard_shows_tiles_activity_and_chart(
     assert usd.number not in html
 
 
+def test_pages_name_cards_only_by_their_public_ids(
+    client: PageClient, alice: Person, wallets: Wallets
+) -> None:
+    card, other = wallets.card(alice, balance="50"), wallets.card(alice, balance="5")
+    internal = re.compile(
+        rf"/wallet/cards/({card.card_id}|{other.card_id})\b|card=({card.card_id}|{other.card_id})\b"
+        rf'|id="card-({card.card_id}|{other.card_id})"|value="({card.card_id}|{other.card_id})"'
+    )
+    pages = {
+        "/wallet": f"/wallet/cards/{card.public_id}",
+        f"/wallet/cards/{card.public_id}": f"/wallet/top-up?card={card.public_id}",
+        "/wallet/top-up": f'value="{card.public_id}"',
+        "/wallet/transfer": f'value="{other.public_id}"',
+        "/wallet/withdraw": f'value="{card.public_id}"',
+        "/wallet/activity": f'value="{card.public_id}"',
+        f"/wallet/activity?card={card.public_id}": 'id="item-tu_',  # its funding top-up
+    }
+    for path, expected in pages.items():
+        html = client.get(path).get_data(as_text=True)
+        assert expected in html, path
+        assert not internal.search(html), (path, internal.search(html))
+
+
 def test_frozen_badge_and_freeze_buttons(
     client: PageClient, alice: Person, wallets: Wallets
 ) -> None:
