@@ -489,7 +489,8 @@ def test_every_reference_to_users_either_cascades_or_is_money_history(uow):
         "SELECT c.conrelid::regclass::text AS tbl, c.confdeltype FROM pg_constraint c"
         " WHERE c.contype = 'f' AND c.confrelid = 'users'::regclass",
     )
-    history = {"cards", "merchants", "top_ups"}
+    history = {"cards", "merchants", "top_ups", "merchant_members", "merchant_invitations",
+               "api_keys"}  # fmt: skip
     blocking = sorted(r.tbl for r in rows if r.confdeltype != "c" and r.tbl not in history)
     assert blocking == []
     assert {r.tbl for r in rows} >= set(DEPENDENTS)
@@ -504,16 +505,27 @@ def test_delete_refused_when_the_user_holds_a_card(uow, admin, alice, make):
     assert events(uow, "user.delete", alice.id) == []
 
 
-def test_delete_refused_when_the_user_runs_a_merchant(uow, admin, bob):
-    uow.run(
-        lambda u: u.execute(
-            sa.text("INSERT INTO merchants (user_id, name) VALUES (:u, 'Bob Shop')"),
-            {"u": bob.id},
-        )
+def test_delete_refused_when_the_user_runs_or_joined_a_merchant(uow, admin, bob, make):
+    from portal.services.merchants import merchants
+
+    shop = merchants.apply(
+        uow,
+        actor=bob,
+        name="Bob Shop",
+        website="https://bob.example",
+        contact_email="bob@shop.example",
+        settlement_currency="USD",
     )
-    with pytest.raises(Conflict) as err:
-        users.delete_user(uow, actor=admin, user_id=bob.id)
-    assert err.value.code == "user_has_history"
+    member = make.user(email="member@shop.example")
+    invitation = merchants.invite_member(
+        uow, actor=bob, merchant=shop.public_id, email="member@shop.example", role="viewer"
+    )
+    merchants.accept_invitation(uow, actor=member, token=invitation.token or "")
+    merchants.decide(uow, actor=admin, merchant=shop.public_id, action="approve")
+    for person in (bob, member, admin):  # the owner, a member, the staff who approved
+        with pytest.raises(Conflict) as err:
+            users.delete_user(uow, actor=make.user(roles=("admin",)), user_id=person.id)
+        assert err.value.code == "user_has_history"
 
 
 def test_delete_refused_for_staff_who_moved_money(uow, admin, alice, make):

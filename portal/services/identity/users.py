@@ -567,7 +567,11 @@ def restore_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDetail:
 
 _HISTORY = (
     "SELECT EXISTS (SELECT 1 FROM cards WHERE user_id = :id)"
-    " OR EXISTS (SELECT 1 FROM merchants WHERE user_id = :id)"
+    " OR EXISTS (SELECT 1 FROM merchants WHERE user_id = :id OR reviewed_by_id = :id)"
+    # A member of a merchant (or one who was: keys and invitations name who made them).
+    " OR EXISTS (SELECT 1 FROM merchant_members WHERE user_id = :id)"
+    " OR EXISTS (SELECT 1 FROM api_keys WHERE created_by_id = :id)"
+    " OR EXISTS (SELECT 1 FROM merchant_invitations WHERE invited_by_id = :id)"
     " OR EXISTS (SELECT 1 FROM top_ups WHERE user_id = :id)"
     # Staff who moved money on others' cards are named by those records (no foreign key).
     " OR EXISTS (SELECT 1 FROM top_ups WHERE created_by_kind = 'user' AND created_by_id = :id)"
