@@ -323,6 +323,12 @@ def upgrade():
             ),
         )
         batch_op.create_index(
+            "ix_payments_merchant_uncaptured",
+            ["merchant_id"],
+            unique=False,
+            postgresql_where=sa.text("status = 'requires_capture'"),
+        )
+        batch_op.create_index(
             "ix_payments_uncaptured_created_at",
             ["created_at"],
             unique=False,

@@ -226,6 +226,11 @@ class Payment(Base):
             ),
         ),
         sa.Index(
+            "ix_payments_merchant_uncaptured",
+            "merchant_id",
+            postgresql_where=sa.text("status = 'requires_capture'"),
+        ),
+        sa.Index(
             "ix_payments_uncaptured_created_at",
             "created_at",
             postgresql_where=sa.text("status = 'requires_capture'"),
