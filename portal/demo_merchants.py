@@ -1,5 +1,6 @@
 """Demo merchants for ``make run``: two active merchants with API keys, a pending application,
-and four weeks of payments, captures, cancellations, declines and refunds.
+four weeks of payments, captures, cancellations, declines and refunds, and hosted checkouts
+(paid, expired and open).
 
 Runs after ``portal.demo.seed_demo`` (it needs the demo staff and cardholders) and, like it,
 writes everything through the services with a fake clock and a seeded ``Random``. Each demo
@@ -21,7 +22,7 @@ from portal.domain.errors import CardDeclined, InvalidInput, UnexpectedState
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard
 from portal.services.identity import users
-from portal.services.merchants import keys, merchants, payments
+from portal.services.merchants import checkout, keys, merchants, payments
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards, wallet
 
@@ -60,6 +61,8 @@ class MerchantSummary:
     keys: tuple[tuple[str, str], ...]
     payments: dict[str, int]
     refunds: int
+    #: Checkout sessions by status (complete, expired, open) at the end.
+    checkouts: dict[str, int]
     logins: tuple[tuple[str, str], ...]
 
 
@@ -123,6 +126,7 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
 
     # Each cardholder gets a shopping card per merchant currency.
     wallets: dict[str, list[IssuedCard]] = {}
+    holders: dict[int, Actor] = {}
     for person in CARDHOLDERS:
         holder = _actor_by_email(uow, person.email)
         assert holder.id is not None
@@ -137,6 +141,7 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
                 method="bank_transfer", idempotency_key=key(),
             )  # fmt: skip
             wallets.setdefault(currency, []).append(card)
+            holders[card.card_id] = holder
 
     statuses: Counter[str] = Counter()
     refunds = 0
@@ -193,11 +198,37 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
                         refunds += 1
                     except (InvalidInput, UnexpectedState):
                         pass  # the balance could not cover it yet: a real refusal, kept out
+    checkouts: Counter[str] = Counter()
+    for spec, view, api in shops:
+        for n in range(6):  # hosted checkouts: most paid by a cardholder, one left open
+            clock.now = now - timedelta(days=5 - n, hours=rng.randint(1, 10) if n < 5 else 1)
+            session = checkout.create_checkout_session(
+                uow, actor=api, merchant=view.id,
+                amount=Money.of_major(rng.choice(spec.baskets), spec.currency),
+                success_url=f"{spec.website}/thanks", cancel_url=f"{spec.website}/cart",
+                idempotency_key=key(), description=f"Web order {rng.randint(1000, 9999)}",
+                client_reference_id=f"cart-{n + 1}", expires_in=3600 if n == 0 else 86400,
+            )  # fmt: skip
+            if n in (0, 5):
+                continue  # one that expires unpaid, one still open
+            clock.now += timedelta(minutes=rng.randint(2, 20))
+            card = rng.choice(wallets[spec.currency])
+            checkout.pay_checkout_session(
+                uow, actor=holders[card.card_id], session=session.id, card=card.card_id,
+                idempotency_key=key(),
+            )  # fmt: skip
+    clock.now = now
+    checkout.expire_checkout_sessions(uow)
+    for status, n in uow.run(
+        lambda u: u.execute("SELECT status, count(*) FROM checkout_sessions GROUP BY 1").all()
+    ):
+        checkouts[status] = n
     return MerchantSummary(
         merchants=tuple(spec.name for spec, _, _ in shops) + (f"{APPLICANT.name} (pending)",),
         keys=tuple(secrets),
         payments=dict(statuses),
         refunds=refunds,
+        checkouts=dict(checkouts),
         logins=tuple(logins),
     )
 
@@ -207,6 +238,8 @@ def summary_lines(summary: MerchantSummary, *, show_secrets: bool) -> list[str]:
     lines = [
         f"demo merchants: {', '.join(summary.merchants)}",
         f"  payments: {detail}; refunds: {summary.refunds}",
+        "  checkout sessions: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(summary.checkouts.items())),
         "merchant logins (same password):",
         *(f"  {email:<22} {what}" for email, what in summary.logins),
     ]

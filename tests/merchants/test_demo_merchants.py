@@ -32,6 +32,11 @@ def test_demo_merchants_take_payments_of_every_outcome(app, connection):
     assert summary.payments["succeeded"] > 100 and summary.refunds > 0
     statuses = {s for (s,) in connection.execute(sa.text("SELECT DISTINCT status FROM payments"))}
     assert {"succeeded", "canceled", "requires_payment_method"} <= statuses
+    assert summary.checkouts == {"complete": 8, "expired": 2, "open": 2}
+    paid = connection.execute(
+        sa.text("SELECT count(*) FROM payments WHERE checkout_session_id IS NOT NULL")
+    ).scalar_one()
+    assert paid == 8
     partial = connection.execute(
         sa.text("SELECT count(*) FROM payments WHERE received_minor BETWEEN 1 AND amount_minor - 1")
     ).scalar_one()
