@@ -219,10 +219,10 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
             )  # fmt: skip
     clock.now = now
     checkout.expire_checkout_sessions(uow)
-    for status, n in uow.run(
-        lambda u: u.execute("SELECT status, count(*) FROM checkout_sessions GROUP BY 1").all()
-    ):
-        checkouts[status] = n
+    rows = uow.run(
+        lambda u: u.execute("SELECT status, count(*) AS n FROM checkout_sessions GROUP BY 1").all()
+    )
+    checkouts.update({row.status: row.n for row in rows})
     return MerchantSummary(
         merchants=tuple(spec.name for spec, _, _ in shops) + (f"{APPLICANT.name} (pending)",),
         keys=tuple(secrets),

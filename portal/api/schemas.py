@@ -54,12 +54,12 @@ class ErrorDetail(ApiModel):
     )
     # Card errors only (402 card_declined), as in Stripe: absent from other errors.
     decline_code: str | None = Field(
-        None,
+        default=None,
         description="Card errors: why the card declined (insufficient_funds, incorrect_cvc, ...).",
         json_schema_extra={"examples": ["insufficient_funds"]},
     )
     payment: dict[str, Any] | None = Field(
-        None, description="Card errors: the declined payment as recorded."
+        default=None, description="Card errors: the declined payment as recorded."
     )
 
     # The two card-error fields are optional in the document (other fields are always sent).

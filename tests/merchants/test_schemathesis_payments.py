@@ -102,8 +102,10 @@ def test_merchant_api_answers_only_what_it_documents(
                 if op_id == "create_refund" and isinstance(case.body, dict):
                     case.body = {**case.body, "payment": known["payment"], "amount": 1}
             case.call_and_validate(
-                headers={**auth[case.operation.definition.raw["operationId"]],
-                         "Idempotency-Key": f"fuzz-{next(serial)}"},
+                headers={
+                    **auth[case.operation.definition.raw["operationId"]],
+                    "Idempotency-Key": f"fuzz-{next(serial)}",
+                },
                 excluded_checks=[positive_data_acceptance],
                 environ_base={"REMOTE_ADDR": address},
             )
