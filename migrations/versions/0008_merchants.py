@@ -416,6 +416,7 @@ def upgrade():
         ),
         sa.Column("payment_id", sa.BigInteger(), nullable=False),
         sa.Column("merchant_id", sa.BigInteger(), nullable=False),
+        sa.Column("card_id", sa.BigInteger(), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.CHAR(length=3), nullable=False),
         sa.Column("reason", sa.String(length=32), nullable=True),
@@ -444,6 +445,9 @@ def upgrade():
             ["api_key_id"], ["api_keys.id"], name=op.f("fk_refunds_api_key_id_api_keys")
         ),
         sa.ForeignKeyConstraint(
+            ["card_id"], ["cards.id"], name=op.f("fk_refunds_card_id_cards")
+        ),
+        sa.ForeignKeyConstraint(
             ["journal_entry_id"],
             ["journal_entries.id"],
             name=op.f("fk_refunds_journal_entry_id_journal_entries"),
@@ -460,6 +464,9 @@ def upgrade():
     with op.batch_alter_table("refunds", schema=None) as batch_op:
         batch_op.create_index(
             "ix_refunds_merchant_created_at_id", ["merchant_id", "created_at", "id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_refunds_card_id_created_at_id", ["card_id", "created_at", "id"], unique=False
         )
         batch_op.create_index(
             "ix_refunds_payment_id_created_at_id", ["payment_id", "created_at", "id"], unique=False

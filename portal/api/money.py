@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 
 Status = Literal["pending", "succeeded", "failed"]
-Kind = Literal["top_up", "transfer", "withdrawal"]
+Kind = Literal["top_up", "transfer", "withdrawal", "payment", "refund"]
 Method = Literal["bank_transfer", "credit_card", "debit_card", "e_wallet", "cash"]
 
 #: Service parameter names and the API's names for them.

@@ -81,7 +81,13 @@ LATEST_ITEMS = 6
 PAGE_SIZE = 20
 CSV_PAGE = 100
 
-KIND_LABELS = {"top_up": "Top-up", "transfer": "Transfer", "withdrawal": "Withdrawal"}
+KIND_LABELS = {
+    "top_up": "Top-up",
+    "transfer": "Transfer",
+    "withdrawal": "Withdrawal",
+    "payment": "Payment",
+    "refund": "Refund",
+}
 STATUS_LABELS = {"pending": "Pending", "succeeded": "Succeeded", "failed": "Failed"}
 MOVEMENT_TITLES = {
     "top_up": "Top-up",

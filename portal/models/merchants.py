@@ -289,6 +289,7 @@ class Refund(Base):
         ),
         sa.Index("ix_refunds_payment_id_created_at_id", "payment_id", "created_at", "id"),
         sa.Index("ix_refunds_merchant_created_at_id", "merchant_id", "created_at", "id"),
+        sa.Index("ix_refunds_card_id_created_at_id", "card_id", "created_at", "id"),
     )
 
     id: Mapped[int] = pk_column()
@@ -296,10 +297,11 @@ class Refund(Base):
     payment_id: Mapped[int] = mapped_column(
         sa.BigInteger, sa.ForeignKey("payments.id"), nullable=False
     )
-    #: Denormalised from the payment, for the merchant's listings.
+    #: Denormalised from the payment, for the merchant's listings and the cardholder's feed.
     merchant_id: Mapped[int] = mapped_column(
         sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
     )
+    card_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("cards.id"), nullable=False)
     amount_minor: Mapped[int] = money_column()
     currency: Mapped[str] = currency_column()
     reason: Mapped[str | None] = mapped_column(sa.String(32))

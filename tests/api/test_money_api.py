@@ -285,7 +285,7 @@ def test_lists_filter_and_walk_the_cursor(
         ("/activity?starting_after=transfer_999999999999", "parameter_invalid", "starting_after"),
         ("/activity?starting_after=card_" + "0" * 24, "parameter_invalid", "starting_after"),
         ("/activity?starting_after=tr_" + "0" * 24, "invalid_input", "starting_after"),
-        ("/activity?type=payment", "parameter_invalid", "type"),
+        ("/activity?type=payout", "parameter_invalid", "type"),
         ("/activity?status=done", "parameter_invalid", "status"),
         ("/activity?since=2026-02-30", "parameter_invalid", "since"),
         ("/activity?since=2026-03-02&until=2026-03-01", "invalid_input", "since"),

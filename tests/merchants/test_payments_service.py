@@ -366,3 +366,41 @@ def test_guessing_card_numbers_is_limited_per_key(uow, make, shop):
     card = make.card(make.user(), balance="100")
     with pytest.raises(RateLimited):
         pay(uow, shop, card)
+
+
+def test_cardholders_see_payments_and_refunds_in_activity_and_totals(uow, make, shop):
+    from portal.services.wallet import activity
+
+    buyer = make.user()
+    card = make.card(buyer, balance="100")
+    paid = pay(uow, shop, card, "10.00", description="Latte")
+    held = pay(uow, shop, card, "5.00", capture_method="manual")
+    refund = payments.create_refund(
+        uow, actor=shop.api, merchant=shop.merchant.public_id, payment=paid.id,
+        idempotency_key=new_key(), amount=250,
+    )  # fmt: skip
+    wrong = card_details(card, cvc="000" if card.cvv != "000" else "111")
+    with pytest.raises(CardDeclined):
+        pay(uow, shop, card, "7.00", details=wrong)
+    feed = activity.list_activity(uow, actor=buyer, kind=None, limit=10).items
+    mine = {i.id: i for i in feed if i.kind in ("payment", "refund")}
+    assert mine[paid.id].status == "succeeded" and mine[paid.id].direction == "out"
+    assert mine[paid.id].amount.amount_minor == 1000
+    assert mine[paid.id].counterparty == shop.merchant.name and mine[paid.id].memo == "Latte"
+    assert mine[held.id].status == "pending"
+    assert (mine[refund.id].direction, mine[refund.id].amount.amount_minor) == ("in", 250)
+    (declined,) = [i for i in mine.values() if i.status == "failed"]
+    assert declined.failure_code == "incorrect_cvc"
+    # One movement by id, filters, and a keyset walk through a mixed feed.
+    assert activity.get_activity_item(uow, actor=buyer, item_id=refund.id).kind == "refund"
+    only = activity.list_activity(uow, actor=buyer, kind="payment", status="pending")
+    assert [i.id for i in only.items] == [held.id]
+    first = activity.list_activity(uow, actor=buyer, limit=2)
+    rest = activity.list_activity(uow, actor=buyer, limit=10, starting_after=first.items[-1].id)
+    assert [i.id for i in first.items + rest.items] == [i.id for i in feed]
+    stranger = make.user()
+    with pytest.raises(NotFound):
+        activity.get_activity_item(uow, actor=stranger, item_id=paid.id)
+    totals = activity.monthly_totals(uow, actor=buyer, months=1)
+    (usd,) = [t for t in totals if t.currency == "USD"]
+    assert (usd.money_in.amount_minor, usd.money_out.amount_minor) == (10000 + 250, 1000)

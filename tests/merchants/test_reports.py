@@ -359,10 +359,10 @@ def test_the_queries_use_the_merchant_date_indexes(uow: UnitOfWork, book: Book) 
             {"m": m, "since": NOW - timedelta(days=1000), "until": NOW - timedelta(days=40)},
         )
         u.execute(
-            "INSERT INTO refunds (payment_id, merchant_id, amount_minor, currency, status,"
-            " created_at) SELECT p.id, :m, 1, 'USD', 'succeeded', p.created_at FROM payments p"
-            " WHERE p.merchant_id = :m AND p.card_fingerprint = 'fp'",
-            {"m": m},
+            "INSERT INTO refunds (payment_id, merchant_id, card_id, amount_minor, currency, status,"
+            " created_at) SELECT p.id, :m, :card, 1, 'USD', 'succeeded', p.created_at"
+            " FROM payments p WHERE p.merchant_id = :m AND p.card_fingerprint = 'fp'",
+            {"m": m, "card": book.usd.card_id},
         )
         u.execute("ANALYZE payments")
         u.execute("ANALYZE refunds")

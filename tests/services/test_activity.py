@@ -251,7 +251,7 @@ def test_filters_and_search(uow, make, alice, budi, clock):
     assert ids(search="central asia") == [w.public_id]
     assert len(ids(search="bank transfer")) == 2
     assert ids(search="Santoso") == []  # the hidden last name is not searchable
-    for bad in ({"kind": "payment"}, {"status": "done"}, {"search": "x" * 101},
+    for bad in ({"kind": "payout"}, {"status": "done"}, {"search": "x" * 101},
                 {"since": date(2026, 3, 2), "until": date(2026, 3, 1)}, {"limit": 0},
                 {"starting_after": "transfer_abc"}, {"starting_after": "12"},
                 {"starting_after": "transfer_12"},

@@ -969,11 +969,12 @@ def create_refund(
             now = u.now()
             public_id = new_public_id("refund")
             u.defer(
-                "INSERT INTO refunds (public_id, payment_id, merchant_id, amount_minor, currency,"
-                " reason, status, journal_entry_id, api_key_id, metadata, created_at) VALUES"
-                " (:pid, :p, :m, :amount, :cur, :reason, 'succeeded', (SELECT id FROM entry),"
-                " :key, CAST(:metadata AS jsonb), :now) RETURNING id",
-                name="record", pid=public_id, p=row.pk, m=m.id, amount=value, cur=row.currency,
+                "INSERT INTO refunds (public_id, payment_id, merchant_id, card_id, amount_minor,"
+                " currency, reason, status, journal_entry_id, api_key_id, metadata, created_at)"
+                " VALUES (:pid, :p, :m, :card, :amount, :cur, :reason, 'succeeded',"
+                " (SELECT id FROM entry), :key, CAST(:metadata AS jsonb), :now) RETURNING id",
+                name="record", pid=public_id, p=row.pk, m=m.id, card=row.card_id, amount=value,
+                cur=row.currency,
                 reason=reason, key=actor.key_id, metadata=json.dumps(clean_metadata), now=now,
             )  # fmt: skip
             u.defer(

@@ -6,10 +6,10 @@ other people's cards with ``cards:read`` (cards) or ``money:read`` (movements), 
 out of reach is NotFound, never Forbidden, so its existence does not leak.
 
 The feed is one statement: a ``UNION ALL`` over top-ups, outgoing transfers, incoming
-transfers and withdrawals, each branch filtered, keyset-paged and limited on its own (so each
+transfers, withdrawals, payments to merchants and their refunds, each branch filtered, keyset-paged and limited on its own (so each
 reads at most ``limit + 1`` rows through its card index) before the merge. Items are ordered
 ``created_at DESC, kind DESC, id DESC``; an item's id is its movement's public id (``tu_...``,
-``tr_...``, ``wd_...``), and a cursor is one: its prefix names the table, and its row's
+``tr_...``, ``wd_...``, ``pay_...``, ``re_...``), and a cursor is one: its prefix names the table, and its row's
 ``(created_at, id)`` is read in the feed's own statement (a CTE), so paging stays a keyset.
 Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
 request, or an internal id).
@@ -42,7 +42,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 from portal.services.wallet.cards import update_card
 
-KINDS = ("top_up", "transfer", "withdrawal")
+KINDS = ("top_up", "transfer", "withdrawal", "payment", "refund")
 STATUSES = tuple(s.value for s in MovementStatus)
 MAX_SEARCH = 100
 MAX_MONTHS = 120
@@ -286,7 +286,7 @@ _METHOD_LABEL_SQL = (
 _COLUMNS = (
     "kind, id, public_id, created_at, status, amount_minor, currency, direction, card_id,"
     " card_public_id, card_last4, cp_brand, cp_last4, cp_first, cp_last, method, failure_code,"
-    " bank_name, bank_last4, memo"
+    " bank_name, bank_last4, memo, merchant_name"
 )
 
 # Each branch: (kind, SELECT list, FROM/JOIN, base condition over the scope, search haystack).
@@ -298,7 +298,7 @@ _TOPUP = (
     " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
     " NULL::text AS cp_first, NULL::text AS cp_last, t.method::text AS method,"
     " t.failure_code::text AS failure_code, NULL::text AS bank_name, NULL::text AS bank_last4,"
-    " ''::text AS memo",
+    " ''::text AS memo, NULL::text AS merchant_name",
     "top_ups t JOIN cards c ON c.id = t.card_id",
     "t.card_id IN (SELECT id FROM scope)",
     f"concat_ws(' ', {_METHOD_LABEL_SQL}, c.last4, c.name)",
@@ -323,7 +323,7 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
         " o.last4::text AS cp_last4, ou.first_name::text AS cp_first,"
         " ou.last_name::text AS cp_last, NULL::text AS method,"
         " t.failure_code::text AS failure_code, NULL::text AS bank_name,"
-        " NULL::text AS bank_last4, t.memo::text AS memo",
+        " NULL::text AS bank_last4, t.memo::text AS memo, NULL::text AS merchant_name",
         f"transfers t JOIN cards c ON c.id = t.{mine} JOIN cards o ON o.id = t.{other}"
         " JOIN users ou ON ou.id = o.user_id",
         base,
@@ -343,10 +343,50 @@ _WITHDRAWAL = (
     " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
     " NULL::text AS cp_first, NULL::text AS cp_last, NULL::text AS method,"
     " t.failure_code::text AS failure_code, t.bank_name::text AS bank_name,"
-    " t.bank_account_last4::text AS bank_last4, ''::text AS memo",
+    " t.bank_account_last4::text AS bank_last4, ''::text AS memo, NULL::text AS merchant_name",
     "withdrawals t JOIN cards c ON c.id = t.card_id",
     "t.card_id IN (SELECT id FROM scope)",
     "concat_ws(' ', t.bank_name, t.bank_account_last4, 'bank withdrawal', c.last4, c.name)",
+)
+
+# Payments to merchants, as the cardholder sees them: a held payment is pending, a captured one
+# succeeded (for what was captured), a declined or canceled one failed (the decline code or the
+# cancellation reason says why). Refunds come back in.
+_PAYMENT_STATUS_SQL = (
+    "CASE p.status WHEN 'requires_capture' THEN 'pending' WHEN 'succeeded' THEN 'succeeded'"
+    " ELSE 'failed' END"
+)
+_PAYMENT = (
+    "payment",
+    "'payment'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
+    " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
+    " 'out'::text AS direction, t.card_id, c.public_id::text AS card_public_id,"
+    " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
+    " NULL::text AS cp_first, NULL::text AS cp_last, NULL::text AS method,"
+    " t.failure_code::text AS failure_code, NULL::text AS bank_name, NULL::text AS bank_last4,"
+    " t.description::text AS memo, m.name::text AS merchant_name",
+    # A simple subquery: PostgreSQL pulls it up, so the (card_id, created_at, id) index serves.
+    f"(SELECT p.id, p.public_id, p.created_at, p.card_id, p.merchant_id, p.currency,"
+    f" {_PAYMENT_STATUS_SQL} AS status,"
+    " CASE WHEN p.status = 'succeeded' THEN p.received_minor ELSE p.amount_minor END"
+    " AS amount_minor, COALESCE(p.last_payment_error->>'decline_code', p.cancellation_reason)"
+    " AS failure_code, p.description FROM payments p) t"
+    " JOIN cards c ON c.id = t.card_id JOIN merchants m ON m.id = t.merchant_id",
+    "t.card_id IN (SELECT id FROM scope)",
+    "concat_ws(' ', m.name, t.description, 'payment', c.last4, c.name)",
+)
+_REFUND = (
+    "refund",
+    "'refund'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
+    " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
+    " 'in'::text AS direction, t.card_id, c.public_id::text AS card_public_id,"
+    " c.last4::text AS card_last4, NULL::text AS cp_brand, NULL::text AS cp_last4,"
+    " NULL::text AS cp_first, NULL::text AS cp_last, NULL::text AS method,"
+    " t.failure_reason::text AS failure_code, NULL::text AS bank_name,"
+    " NULL::text AS bank_last4, ''::text AS memo, m.name::text AS merchant_name",
+    "refunds t JOIN cards c ON c.id = t.card_id JOIN merchants m ON m.id = t.merchant_id",
+    "t.card_id IN (SELECT id FROM scope)",
+    "concat_ws(' ', m.name, 'refund', c.last4, c.name)",
 )
 
 #: The cursor row, found by its public id (a unique index), where it must be to be reachable
@@ -359,10 +399,16 @@ _CURSOR_REACH = {
     " OR (to_card_id IN (SELECT id FROM scope) AND status = 'succeeded'))",
     "withdrawal": "SELECT created_at, id FROM withdrawals WHERE public_id = :cursor"
     " AND card_id IN (SELECT id FROM scope)",
+    "payment": "SELECT created_at, id FROM payments WHERE public_id = :cursor"
+    " AND card_id IN (SELECT id FROM scope)",
+    "refund": "SELECT created_at, id FROM refunds WHERE public_id = :cursor"
+    " AND card_id IN (SELECT id FROM scope)",
 }
 
 
 def _counterparty(row: sa.Row[Any]) -> str:
+    if row.kind in ("payment", "refund"):
+        return str(row.merchant_name)
     if row.kind == "top_up":
         return METHOD_LABELS.get(row.method, row.method or "")
     if row.kind == "transfer":
@@ -425,8 +471,8 @@ def _feed_sql(
 
 
 def _branches_for(kind: str | None, *, unrestricted: bool) -> list[tuple[str, str, str, str, str]]:
-    every = [_TOPUP, _TRANSFER_OUT, _WITHDRAWAL] if unrestricted else [
-        _TOPUP, _TRANSFER_OUT, _TRANSFER_IN, _WITHDRAWAL
+    every = [_TOPUP, _TRANSFER_OUT, _WITHDRAWAL, _PAYMENT, _REFUND] if unrestricted else [
+        _TOPUP, _TRANSFER_OUT, _TRANSFER_IN, _WITHDRAWAL, _PAYMENT, _REFUND
     ]  # fmt: skip
     return [b for b in every if kind is None or b[0] == kind]
 
@@ -572,6 +618,12 @@ flows AS (
        AND status = 'succeeded' AND created_at >= :start
     UNION ALL
     SELECT created_at, currency, 0, amount_minor FROM withdrawals
+     WHERE card_id IN (SELECT id FROM scope) AND status = 'succeeded' AND created_at >= :start
+    UNION ALL
+    SELECT created_at, currency, 0, received_minor FROM payments
+     WHERE card_id IN (SELECT id FROM scope) AND status = 'succeeded' AND created_at >= :start
+    UNION ALL
+    SELECT created_at, currency, amount_minor, 0 FROM refunds
      WHERE card_id IN (SELECT id FROM scope) AND status = 'succeeded' AND created_at >= :start
 )
 SELECT 'flow' AS source, (date_trunc('month', created_at AT TIME ZONE 'UTC'))::date AS month,
