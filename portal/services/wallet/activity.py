@@ -6,11 +6,12 @@ other people's cards with ``cards:read`` (cards) or ``money:read`` (movements), 
 out of reach is NotFound, never Forbidden, so its existence does not leak.
 
 The feed is one statement: a ``UNION ALL`` over top-ups, outgoing transfers, incoming
-transfers, withdrawals, payments to merchants and their refunds, each branch filtered, keyset-paged and limited on its own (so each
-reads at most ``limit + 1`` rows through its card index) before the merge. Items are ordered
-``created_at DESC, kind DESC, id DESC``; an item's id is its movement's public id (``tu_...``,
-``tr_...``, ``wd_...``, ``pay_...``, ``re_...``), and a cursor is one: its prefix names the table, and its row's
-``(created_at, id)`` is read in the feed's own statement (a CTE), so paging stays a keyset.
+transfers, withdrawals, payments to merchants and their refunds, each branch filtered,
+keyset-paged and limited on its own (so each reads at most ``limit + 1`` rows through its card
+index) before the merge. Items are ordered ``created_at DESC, kind DESC, id DESC``; an item's
+id is its movement's public id (``tu_...``, ``tr_...``, ``wd_...``, ``pay_...``, ``re_...``),
+and a cursor is one: its prefix names the table, and its row's ``(created_at, id)`` is read in
+the feed's own statement (a CTE), so paging stays a keyset.
 Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
 request, or an internal id).
 
