@@ -273,3 +273,30 @@ def test_card_errors_are_documented_and_other_errors_lack_their_fields(api, make
     assert {"type", "code", "message", "param", "request_id"} <= set(detail["required"])
     plain = error(api.get(f"{API}/payments/pay_x", headers=as_key(shop.key.secret)), 404)
     assert set(plain) == {"type", "code", "message", "param", "request_id"}
+
+
+def test_a_key_never_reaches_a_log_line_or_a_stored_row(app, api, uow, make, shop):
+    import logging
+
+    from tests.observability.test_logging import capture_json
+
+    card = make.card(make.user(), balance="100")
+    secret = shop.key.secret
+    with capture_json(app) as stream:
+        logging.getLogger("portal.test").warning("leaked by mistake: %s", secret)
+        api.post(f"{API}/payments", json=card_body(card),
+                 headers={**as_key(secret), **idem()})  # fmt: skip
+        api.get(f"{API}/payments?q={secret}", headers={"X-API-Key": secret})
+        api.get(f"{API}/payments", headers=as_key(secret[:-1] + "x"))  # a wrong key, logged
+    logged = stream.getvalue()
+    assert logged and secret not in logged and secret[8:] not in logged
+    assert card.number not in logged
+    stored = uow.run(
+        lambda u: u.execute(
+            "SELECT concat_ws(' ', (SELECT string_agg(response::text, ' ') FROM idempotency_keys),"
+            " (SELECT string_agg(data::text, ' ') FROM audit_events),"
+            " (SELECT string_agg(concat_ws(' ', prefix, last4, encode(key_hash, 'hex')), ' ')"
+            "  FROM api_keys))"
+        ).scalar_one()
+    )
+    assert secret not in stored and secret[8:] not in stored and card.number not in stored
