@@ -24,6 +24,10 @@ from portal.domain.types import Actor
 from portal.services.merchants import keys, merchants
 from portal.web.uow import make_uow
 
+MERCHANT_ID = {"merchant_id": "merchant"}
+KEY_IDS = {**MERCHANT_ID, "key_id": "api_key"}
+MEMBER_IDS = {**MERCHANT_ID, "member_id": "member"}
+
 Role = Literal["owner", "developer", "viewer"]
 State = Literal["pending", "active", "rejected", "suspended", "archived"]
 Scope = Literal["payments:read", "payments:write", "refunds:write", "webhooks:manage"]
@@ -193,6 +197,7 @@ def list_merchants(query: MerchantQuery, actor: Actor) -> MerchantList:
 @operation(
     bp, "GET", "/merchants/<merchant_id>", summary="Retrieve a merchant", tags=["merchants"],
     response=Merchant, errors=(NotFound,),
+    ids=MERCHANT_ID,
 )  # fmt: skip
 def get_merchant(merchant_id: str, actor: Actor) -> Merchant:
     """A merchant the caller belongs to (or any, for staff)."""
@@ -214,7 +219,7 @@ def _decision(action: str) -> None:
         bp, "POST", f"/merchants/<merchant_id>/{action}",
         summary=f"{action.capitalize()} a merchant (staff)", tags=["merchants"],
         permission="merchants:manage", body=DecisionBody, response=Merchant,
-        errors=(NotFound, UnexpectedState),
+        errors=(NotFound, UnexpectedState), ids=MERCHANT_ID,
         description=f"Staff: {action} the merchant (`reason` is kept with the decision)."
         " Approve or reject an application; suspend, reactivate, archive or restore a merchant;"
         " suspending or archiving stops its keys at once. 400 `merchant_unexpected_state` when"
@@ -230,6 +235,7 @@ for _action in ("approve", "reject", "suspend", "reactivate", "archive", "restor
 @operation(
     bp, "POST", "/merchants/<merchant_id>/api_keys", summary="Create an API key",
     tags=["merchants"], body=NewApiKey, response=ApiKey, status=201, errors=(NotFound,),
+    ids=MERCHANT_ID,
 )  # fmt: skip
 def create_api_key(merchant_id: str, body: NewApiKey, actor: Actor) -> ApiKey:
     """A new secret key, `sk_live_...`: the answer is the only time it is shown."""
@@ -243,6 +249,7 @@ def create_api_key(merchant_id: str, body: NewApiKey, actor: Actor) -> ApiKey:
 @operation(
     bp, "GET", "/merchants/<merchant_id>/api_keys", summary="List API keys", tags=["merchants"],
     response=ApiKeyList, errors=(NotFound,),
+    ids=MERCHANT_ID,
 )  # fmt: skip
 def list_api_keys(merchant_id: str, actor: Actor) -> ApiKeyList:
     """The merchant's keys with their last use; never a secret."""
@@ -253,6 +260,7 @@ def list_api_keys(merchant_id: str, actor: Actor) -> ApiKeyList:
 @operation(
     bp, "POST", "/merchants/<merchant_id>/api_keys/<key_id>/roll", summary="Roll an API key",
     tags=["merchants"], body=Roll, response=ApiKey, status=201, errors=(NotFound,),
+    ids=KEY_IDS,
 )  # fmt: skip
 def roll_api_key(merchant_id: str, key_id: str, body: Roll, actor: Actor) -> ApiKey:
     """A replacement key now (its secret in this answer only); the old one keeps working for
@@ -266,6 +274,7 @@ def roll_api_key(merchant_id: str, key_id: str, body: Roll, actor: Actor) -> Api
 @operation(
     bp, "POST", "/merchants/<merchant_id>/api_keys/<key_id>/revoke", summary="Revoke an API key",
     tags=["merchants"], response=ApiKey, errors=(NotFound,),
+    ids=KEY_IDS,
 )  # fmt: skip
 def revoke_api_key(merchant_id: str, key_id: str, actor: Actor) -> ApiKey:
     """The key stops at once."""
@@ -276,6 +285,7 @@ def revoke_api_key(merchant_id: str, key_id: str, actor: Actor) -> ApiKey:
 @operation(
     bp, "GET", "/merchants/<merchant_id>/members", summary="List members", tags=["merchants"],
     response=MemberList, errors=(NotFound,),
+    ids=MERCHANT_ID,
 )  # fmt: skip
 def list_members(merchant_id: str, actor: Actor) -> MemberList:
     """Owners, developers and viewers."""
@@ -291,6 +301,7 @@ def list_members(merchant_id: str, actor: Actor) -> MemberList:
     bp, "POST", "/merchants/<merchant_id>/invitations", summary="Invite a member",
     tags=["merchants"], body=NewInvitation, response=Invitation, status=201,
     errors=(NotFound, Conflict),
+    ids=MERCHANT_ID,
 )  # fmt: skip
 def invite_member(merchant_id: str, body: NewInvitation, actor: Actor) -> Invitation:
     """Owners invite by email; the answer carries the link's token (the pages email it)."""
@@ -304,6 +315,7 @@ def invite_member(merchant_id: str, body: NewInvitation, actor: Actor) -> Invita
 @operation(
     bp, "POST", "/merchants/<merchant_id>/members/<member_id>", summary="Change a member's role",
     tags=["merchants"], body=RoleChange, status=204, errors=(NotFound, UnexpectedState),
+    ids=MEMBER_IDS,
 )  # fmt: skip
 def change_member_role(merchant_id: str, member_id: str, body: RoleChange, actor: Actor) -> None:
     """Owners only; a merchant keeps at least one owner (400 `last_owner`)."""
@@ -315,6 +327,7 @@ def change_member_role(merchant_id: str, member_id: str, body: RoleChange, actor
 @operation(
     bp, "DELETE", "/merchants/<merchant_id>/members/<member_id>", summary="Remove a member",
     tags=["merchants"], status=204, errors=(NotFound, UnexpectedState),
+    ids=MEMBER_IDS,
 )  # fmt: skip
 def remove_member(merchant_id: str, member_id: str, actor: Actor) -> None:
     """Owners only; a merchant keeps at least one owner (400 `last_owner`)."""

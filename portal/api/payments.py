@@ -180,6 +180,9 @@ _ERRORS = (CardDeclined, IdempotencyConflict, NotFound, UnexpectedState, RateLim
            TemporarilyUnavailable, 409)  # fmt: skip
 
 
+PAYMENT_ID = {"payment_id": "payment"}
+
+
 def _at(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
@@ -213,7 +216,7 @@ def create_payment(body: NewPayment, actor: Actor, idempotency_key: str) -> Paym
 @operation(
     bp, "POST", "/payments/<payment_id>/capture", summary="Capture a payment", tags=["payments"],
     auth="api_key", permission="payments:write", body=Capture, response=Payment,
-    errors=_ERRORS, idempotency="required", rate_limit=key_failures,
+    errors=_ERRORS, idempotency="required", rate_limit=key_failures, ids=PAYMENT_ID,
 )  # fmt: skip
 def capture_payment(payment_id: str, body: Capture, actor: Actor, idempotency_key: str) -> Payment:
     """Capture a `requires_capture` payment, wholly or `amount_to_capture` of it; the rest of
@@ -230,7 +233,7 @@ def capture_payment(payment_id: str, body: Capture, actor: Actor, idempotency_ke
 @operation(
     bp, "POST", "/payments/<payment_id>/cancel", summary="Cancel a payment", tags=["payments"],
     auth="api_key", permission="payments:write", body=Cancel, response=Payment,
-    errors=_ERRORS, idempotency="required", rate_limit=key_failures,
+    errors=_ERRORS, idempotency="required", rate_limit=key_failures, ids=PAYMENT_ID,
 )  # fmt: skip
 def cancel_payment(payment_id: str, body: Cancel, actor: Actor, idempotency_key: str) -> Payment:
     """Cancel a payment that is not captured (its hold is released). 400
@@ -247,7 +250,7 @@ def cancel_payment(payment_id: str, body: Cancel, actor: Actor, idempotency_key:
 @operation(
     bp, "GET", "/payments/<payment_id>", summary="Retrieve a payment", tags=["payments"],
     auth="api_key", permission="payments:read", response=Payment, errors=(NotFound,),
-    rate_limit=key_failures,
+    rate_limit=key_failures, ids=PAYMENT_ID,
 )  # fmt: skip
 def get_payment(payment_id: str, actor: Actor) -> Payment:
     """One of the merchant's payments; another merchant's is a 404."""

@@ -87,7 +87,7 @@ def create_refund(body: NewRefund, actor: Actor, idempotency_key: str) -> Refund
 @operation(
     bp, "GET", "/refunds/<refund_id>", summary="Retrieve a refund", tags=["refunds"],
     auth="api_key", permission="payments:read", response=Refund, errors=(NotFound,),
-    rate_limit=key_failures,
+    rate_limit=key_failures, ids={"refund_id": "refund"},
 )  # fmt: skip
 def get_refund(refund_id: str, actor: Actor) -> Refund:
     """One of the merchant's refunds."""
