@@ -31,6 +31,7 @@ PREFIXES: dict[str, str] = {
     "payment": "pay",
     "refund": "re",
     "checkout_session": "cs",
+    "event": "evt",
 }
 
 #: Longest public id: the longest prefix, "_" and the random part.

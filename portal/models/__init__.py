@@ -25,6 +25,7 @@ from portal.models.ledger import (
 from portal.models.merchants import (
     ApiKey,
     CheckoutSession,
+    Event,
     Merchant,
     MerchantInvitation,
     MerchantMember,
@@ -43,6 +44,7 @@ __all__ = [
     "Base",
     "Card",
     "CheckoutSession",
+    "Event",
     "Hold",
     "IdempotencyKey",
     "Job",

@@ -315,3 +315,27 @@ class Refund(Base):
         "metadata", JSONB, nullable=False, server_default="{}"
     )
     created_at: Mapped[datetime] = now_column()
+
+
+class Event(Base):
+    """Something a merchant cares about, written in the same transaction as the change (an
+    event exists if and only if its change committed): ``payment.succeeded``, ``refund.created``,
+    ... with the object as the API shows it and the attributes it had before."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_merchant_created_at_id", "merchant_id", "created_at", "id"),
+        sa.Index("ix_events_merchant_type_created_at", "merchant_id", "type", "created_at"),
+        sa.Index("ix_events_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("event")
+    merchant_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
+    )
+    type: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    api_version: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    #: ``{"object": {...}, "previous_attributes": {...}}``.
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = now_column()
