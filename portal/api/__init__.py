@@ -31,6 +31,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.payments",
     "portal.api.refunds",
     "portal.api.checkout",
+    "portal.api.events",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

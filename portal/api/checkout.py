@@ -21,12 +21,13 @@ from portal.api import bp
 from portal.api.merchant_auth import key_failures
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListResponse
-from portal.api.payments import _METADATA, CaptureMethod, Metadata, money, unix
+from portal.api.payments import _METADATA, CaptureMethod, Metadata, money
 from portal.api.schemas import ApiModel, QueryModel, RequestBody
 from portal.domain.errors import IdempotencyConflict, NotFound, TemporarilyUnavailable
 from portal.domain.ids import MAX_LENGTH
 from portal.domain.types import Actor
 from portal.services.merchants import checkout
+from portal.services.merchants.objects import checkout_session_object
 from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from portal.web.uow import make_uow
 
@@ -59,15 +60,7 @@ class CheckoutSession(ApiModel):
 
     @classmethod
     def of(cls, s: checkout.CheckoutSessionView) -> CheckoutSession:
-        return cls(
-            id=s.id, url=s.url, amount_total=s.amount, currency=s.currency.lower(),
-            description=s.description, status=s.status,  # type: ignore[arg-type]
-            payment_status=s.payment_status,  # type: ignore[arg-type]
-            payment=s.payment, client_reference_id=s.client_reference_id,
-            success_url=s.success_url, cancel_url=s.cancel_url,
-            capture_method=s.capture_method,  # type: ignore[arg-type]
-            metadata=s.metadata, created=unix(s.created) or 0, expires_at=unix(s.expires_at) or 0,
-        )  # fmt: skip
+        return cls.model_validate(checkout_session_object(s))
 
 
 class CheckoutSessionList(ListResponse[CheckoutSession]):

@@ -36,6 +36,7 @@ from portal.domain.ids import MAX_LENGTH
 from portal.domain.money import Money, MoneyError
 from portal.domain.types import Actor
 from portal.services.merchants import payments
+from portal.services.merchants.objects import payment_object
 from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from portal.web.uow import make_uow
 
@@ -47,10 +48,6 @@ _METADATA = Field(
     default_factory=dict,
     description="Up to 50 keys of at most 40 characters and values of at most 500 characters.",
 )
-
-
-def unix(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
 
 
 def money(amount: int, currency: str) -> Money:
@@ -118,19 +115,7 @@ class Payment(ApiModel):
 
     @classmethod
     def of(cls, p: payments.PaymentView) -> Payment:
-        error = PaymentError(**p.last_payment_error) if p.last_payment_error else None
-        return cls(
-            id=p.id, amount=p.amount, amount_capturable=p.amount_capturable,
-            amount_received=p.amount_received, amount_refunded=p.amount_refunded,
-            refunded=p.refunded, currency=p.currency.lower(), status=p.status,  # type: ignore[arg-type]
-            capture_method=p.capture_method,  # type: ignore[arg-type]
-            cancellation_reason=p.cancellation_reason, canceled_at=unix(p.canceled_at),
-            last_payment_error=error, fee=p.fee, net=p.net, description=p.description,
-            metadata=p.metadata,
-            card=PaymentCard(brand=p.card_brand, last4=p.card_last4,
-                             fingerprint=p.card_fingerprint),
-            checkout_session=p.checkout_session, created=unix(p.created) or 0,
-        )  # fmt: skip
+        return cls.model_validate(payment_object(p))
 
 
 class PaymentList(ListResponse[Payment]):

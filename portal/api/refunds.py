@@ -16,12 +16,13 @@ from portal.api import bp
 from portal.api.merchant_auth import key_failures
 from portal.api.operation import operation
 from portal.api.pagination import ListResponse
-from portal.api.payments import _METADATA, Metadata, replayed, unix
+from portal.api.payments import _METADATA, Metadata, replayed
 from portal.api.schemas import ApiModel, QueryModel, RequestBody
 from portal.domain.errors import IdempotencyConflict, NotFound, UnexpectedState
 from portal.domain.ids import MAX_LENGTH
 from portal.domain.types import Actor
 from portal.services.merchants import payments
+from portal.services.merchants.objects import refund_object
 from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from portal.web.uow import make_uow
 
@@ -42,11 +43,7 @@ class Refund(ApiModel):
 
     @classmethod
     def of(cls, r: payments.RefundView) -> Refund:
-        return cls(
-            id=r.id, amount=r.amount, currency=r.currency.lower(), payment=r.payment,
-            reason=r.reason, status=r.status, failure_reason=r.failure_reason,  # type: ignore[arg-type]
-            metadata=r.metadata, created=unix(r.created) or 0,
-        )  # fmt: skip
+        return cls.model_validate(refund_object(r))
 
 
 class RefundList(ListResponse[Refund]):

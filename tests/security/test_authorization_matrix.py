@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from portal.domain.money import Money
 from portal.extensions import limiter
 from portal.services.identity import mfa, sessions, tokens, users
-from portal.services.merchants import checkout, keys, merchants, payments
+from portal.services.merchants import checkout, events, keys, merchants, payments
 from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import Factory, new_key
@@ -40,7 +40,7 @@ MERCHANT = frozenset({"merchant"})
 MERCHANT_OR_STAFF = MERCHANT | STAFF
 DECISIONS = ("approve", "reject", "suspend", "reactivate", "archive", "restore")
 #: API routes a merchant's secret key authenticates (not an access token).
-KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/")
+KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/", "/api/v1/events")
 #: Request bodies that pass validation, where the table is about who may act, not about input
 #: (schema validation runs before the service looks at who is asking).
 BODIES = {
@@ -189,6 +189,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/checkout/sessions"): MERCHANT,
     ("GET", "/api/v1/checkout/sessions"): MERCHANT,
     ("GET", "/api/v1/checkout/sessions/<session_id>"): MERCHANT,
+    ("GET", "/api/v1/events"): MERCHANT,
+    ("GET", "/api/v1/events/<event_id>"): MERCHANT,
     # Merchant pages: members see their merchant, staff may look (merchants:read), only members
     # whose role allows act; the staff merchants page needs merchants:read, deciding manage.
     ("GET", "/merchant"): SIGNED_IN,
@@ -321,12 +323,13 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
         uow, actor=owner, merchant=shop.public_id, email="invited@example.test", role="viewer"
     )
     (member,) = merchants.list_members(uow, actor=owner, merchant=shop.public_id)
+    event = events.list_events(uow, actor=api, merchant=shop.id, limit=1).items[0]
     return {
         "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
         "kid": key.public_id, "payment_id": paid.id, "pid": paid.id, "refund_id": refund.id,
         "checkout_id": session.id, "member_id": member.public_id,
         "member": member.public_id, "iid": invitation.public_id, "action": "suspend",
-        "secret": key.secret,
+        "event_id": event.id, "secret": key.secret,
     }  # fmt: skip
 
 

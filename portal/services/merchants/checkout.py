@@ -35,8 +35,9 @@ from portal.domain.errors import (
 from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind
-from portal.services.merchants import payments
+from portal.services.merchants import events, payments
 from portal.services.merchants.merchants import access, check_url
+from portal.services.merchants.objects import checkout_session_object
 from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -513,6 +514,12 @@ def pay_checkout_session(
         idempotency.store(
             u, claim, {"result": {"session": view.to_dict(), "payment": payment.to_dict()}}
         )
+        events.record(
+            u, row.merchant_id,
+            ("checkout.session.completed", checkout_session_object(view),
+             {"status": "open", "payment_status": "unpaid", "payment": None}),
+            step=1,  # after the payment's own events, written earlier in this transaction
+        )  # fmt: skip
         return CheckoutPayment(view, payment)
 
     return uow.run(work)
@@ -525,13 +532,20 @@ def expire_checkout_sessions(uow: UnitOfWork, *, limit: int = 1000) -> int:
     time. Returns how many it marked."""
 
     def work(u: UnitOfWork) -> int:
-        result = u.execute(
+        expired = u.execute(
             "UPDATE checkout_sessions SET status = 'expired' WHERE id IN (SELECT id FROM"
             " checkout_sessions WHERE status = 'open' AND expires_at <= :now ORDER BY expires_at"
-            " LIMIT :n FOR UPDATE SKIP LOCKED)",
+            " LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING public_id, merchant_id",
             {"now": u.now(), "n": limit},
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        ).all()
+        for session in expired:
+            view = _view(u, _row(u, session.public_id))
+            # It was open (unpaid) until now; reads showed it expired since expires_at.
+            events.record(
+                u, session.merchant_id,
+                ("checkout.session.expired", checkout_session_object(view), None),
+            )  # fmt: skip
+        return len(expired)
 
     return uow.run(work)
 

@@ -43,6 +43,7 @@ from portal.domain.ids import ALPHABET, is_public_id, new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor
 from portal.services.ledger.ledger import LedgerWrites, LockedWallet, system_account_id
+from portal.services.merchants import events
 from portal.services.merchants.merchants import (
     MerchantView,
     access,
@@ -50,6 +51,7 @@ from portal.services.merchants.merchants import (
     merchant_view,
     open_balance_account,
 )
+from portal.services.merchants.objects import payment_object, refund_object
 from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, like_pattern, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -586,6 +588,10 @@ def _authorise(
             "SELECT public_id FROM checkout_sessions WHERE id = :id", {"id": checkout_session_id}
         ).scalar_one()
         view = replace(view, checkout_session=cs)
+    obj = payment_object(view)
+    events.record(
+        uow, merchant.id, ("payment.created", obj, None), (_EVENT_OF_STATUS[status], obj, None)
+    )
     labels = {"kind": "payment", "currency": amount.currency}
     if decline is not None:
         refusal = CardDeclined(
@@ -604,6 +610,14 @@ def _authorise(
         uow.observe("money_moved_minor_units", amount.amount_minor, outcome=outcome, **labels)
     uow.flush()
     return view
+
+
+#: The event a new payment's status announces after ``payment.created``.
+_EVENT_OF_STATUS = {
+    "succeeded": "payment.succeeded",
+    "requires_capture": "payment.requires_capture",
+    "requires_payment_method": "payment.failed",
+}
 
 
 def _capture_legs(
@@ -637,6 +651,11 @@ def _locked_payment(uow: UnitOfWork, merchant: MerchantView, payment: str) -> tu
     uow.execute("SELECT 1 FROM payments WHERE id = :id FOR UPDATE", {"id": ref.pk})
     row = uow.execute(_PAYMENT_SELECT + " WHERE p.id = :id", {"id": ref.pk}).one()
     return locked, row  # type: ignore[return-value]
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """An event's ``previous_attributes``: the fields that changed, with their old values."""
+    return {k: v for k, v in before.items() if after.get(k) != v}
 
 
 def _unexpected(row: Any, action: str) -> UnexpectedState:
@@ -718,10 +737,16 @@ def capture_payment(
                       outcome="succeeded")  # fmt: skip
             u.observe("money_moved_minor_units", amount, kind="payment", currency=row.currency,
                       outcome="succeeded")  # fmt: skip
-            return replace(
-                _payment_view(row), status="succeeded", amount_capturable=0,
-                amount_received=amount, fee=fee, captured_at=now,
+            before = _payment_view(row)
+            captured = replace(
+                before, status="succeeded", amount_capturable=0, amount_received=amount,
+                fee=fee, captured_at=now,
             )  # fmt: skip
+            obj = payment_object(captured)
+            events.record(
+                u, m.id, ("payment.succeeded", obj, _changed(payment_object(before), obj))
+            )
+            return captured
 
         return _keyed(
             u, actor, key, "capture_payment",
@@ -781,11 +806,17 @@ def _cancel(
         reason=reason, now=now, id=row.pk,
     )  # fmt: skip
     audit.record(uow, actor, "payment.cancel", "payment", row.pk, data={"reason": reason})
-    uow.flush()
-    return replace(
-        _payment_view(row), status="canceled", amount_capturable=0, cancellation_reason=reason,
+    before = _payment_view(row)
+    canceled = replace(
+        before, status="canceled", amount_capturable=0, cancellation_reason=reason,
         canceled_at=now,
     )  # fmt: skip
+    obj = payment_object(canceled)
+    events.record(
+        uow, merchant.id, ("payment.canceled", obj, _changed(payment_object(before), obj))
+    )
+    uow.flush()
+    return canceled
 
 
 def expire_uncaptured(uow: UnitOfWork, *, actor: Actor, limit: int = 200) -> int:
@@ -990,11 +1021,14 @@ def create_refund(
                       outcome="succeeded")  # fmt: skip
             u.observe("money_moved_minor_units", value, kind="refund", currency=row.currency,
                       outcome="succeeded")  # fmt: skip
-            return RefundView(
+            made = RefundView(
                 id=public_id, payment=row.public_id, amount=value, currency=row.currency,
                 reason=reason, status="succeeded", failure_reason=None,
                 metadata=clean_metadata, created=now,
             )  # fmt: skip
+            obj = refund_object(made)
+            events.record(u, m.id, ("refund.created", obj, None), ("refund.succeeded", obj, None))
+            return made
 
         return _keyed(
             u, actor, key, "create_refund",
