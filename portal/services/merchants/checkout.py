@@ -36,7 +36,7 @@ from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind
 from portal.services.merchants import events, payments
-from portal.services.merchants.merchants import access, check_url
+from portal.services.merchants.merchants import access, check_url, page_after
 from portal.services.merchants.objects import checkout_session_object
 from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, page_of
@@ -353,20 +353,9 @@ def list_checkout_sessions(
         if client_reference_id is not None:
             where.append("cs.client_reference_id = :reference")
             params["reference"] = client_reference_id
-        if starting_after is not None:
-            cursor = None
-            if is_public_id("checkout_session", starting_after):
-                cursor = u.execute(
-                    "SELECT created_at, id FROM checkout_sessions WHERE public_id = :id"
-                    " AND merchant_id = :m",
-                    {"id": starting_after, "m": m.id},
-                ).first()
-            if cursor is None:
-                raise InvalidInput(
-                    "starting_after is not a known checkout session id", param="starting_after"
-                )
-            where.append("(cs.created_at, cs.id) < (:after_at, :after_id)")
-            params.update(after_at=cursor.created_at, after_id=cursor.id)
+        page_after(u, table="checkout_sessions", alias="cs", kind="checkout_session",
+                   starting_after=starting_after, merchant_id=m.id, where=where,
+                   params=params)  # fmt: skip
         rows = u.execute(
             _SELECT
             + " WHERE "

@@ -17,7 +17,7 @@ from typing import Any
 from portal.domain.errors import InvalidInput, NotFound
 from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.types import Actor
-from portal.services.merchants.merchants import access
+from portal.services.merchants.merchants import access, page_after
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.uow import UnitOfWork
 
@@ -132,17 +132,9 @@ def list_events(
         if created_lte is not None:
             where.append("created_at <= :lte")
             params["lte"] = created_lte
-        if starting_after is not None:
-            cursor = None
-            if is_public_id("event", starting_after):
-                cursor = u.execute(
-                    "SELECT created_at, id FROM events WHERE public_id = :id AND merchant_id = :m",
-                    {"id": starting_after, "m": m.id},
-                ).first()
-            if cursor is None:
-                raise InvalidInput("starting_after is not a known event id", param="starting_after")
-            where.append("(created_at, id) < (:after_at, :after_id)")
-            params.update(after_at=cursor.created_at, after_id=cursor.id)
+        page_after(u, table="events", alias="events", kind="event",
+                   starting_after=starting_after, merchant_id=m.id, where=where,
+                   params=params)  # fmt: skip
         rows = u.execute(
             "SELECT public_id, type, api_version, created_at, data FROM events WHERE "
             + " AND ".join(where)

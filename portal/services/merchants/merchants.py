@@ -277,6 +277,34 @@ def list_merchants(
     return uow.run(work)
 
 
+def page_after(
+    uow: UnitOfWork,
+    *,
+    table: str,
+    alias: str,
+    kind: str,
+    starting_after: str | None,
+    merchant_id: int,
+    where: list[str],
+    params: dict[str, Any],
+) -> None:
+    """Add to ``where`` and ``params`` the keyset condition of the page after the merchant's
+    object ``starting_after`` (a public id of ``kind`` in ``table``), newest first. Raises
+    InvalidInput (param "starting_after") when it names none of the merchant's objects."""
+    if starting_after is None:
+        return
+    row = None
+    if is_public_id(kind, starting_after):
+        row = uow.execute(
+            f"SELECT created_at, id FROM {table} WHERE public_id = :id AND merchant_id = :m",
+            {"id": starting_after, "m": merchant_id},
+        ).first()
+    if row is None:
+        raise InvalidInput("starting_after is not a known object id", param="starting_after")
+    where.append(f"({alias}.created_at, {alias}.id) < (:after_at, :after_id)")
+    params.update(after_at=row.created_at, after_id=row.id)
+
+
 # -- applying and staff decisions -------------------------------------------------------------
 def apply(
     uow: UnitOfWork,

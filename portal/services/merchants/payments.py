@@ -50,6 +50,7 @@ from portal.services.merchants.merchants import (
     merchant_ref,
     merchant_view,
     open_balance_account,
+    page_after,
 )
 from portal.services.merchants.objects import payment_object, refund_object
 from portal.services.shared import audit, idempotency
@@ -897,10 +898,8 @@ def list_payments(
                 " jsonb_each_text(p.metadata) kv WHERE kv.value ILIKE :q ESCAPE '\\'))"
             )
             params["q"] = like_pattern(search.strip()[:100])
-        if starting_after is not None:
-            cursor = _cursor(u, "payments", "payment", starting_after, m.id)
-            where.append("(p.created_at, p.id) < (:after_at, :after_id)")
-            params.update(after_at=cursor.created_at, after_id=cursor.id)
+        page_after(u, table="payments", alias="p", kind="payment", starting_after=starting_after,
+                   merchant_id=m.id, where=where, params=params)  # fmt: skip
         rows = u.execute(
             _PAYMENT_SELECT
             + " WHERE "
@@ -911,18 +910,6 @@ def list_payments(
         return page_of([_payment_view(r) for r in rows], size)
 
     return uow.run(work)
-
-
-def _cursor(uow: UnitOfWork, table: str, kind: str, public_id: str, merchant_id: int) -> Any:
-    row = None
-    if is_public_id(kind, public_id):
-        row = uow.execute(
-            f"SELECT created_at, id FROM {table} WHERE public_id = :id AND merchant_id = :m",
-            {"id": public_id, "m": merchant_id},
-        ).first()
-    if row is None:
-        raise InvalidInput("starting_after is not a known object id", param="starting_after")
-    return row
 
 
 # -- refunds ----------------------------------------------------------------------------------
@@ -1077,10 +1064,8 @@ def list_refunds(
         if payment is not None:
             where.append("p.public_id = :payment")
             params["payment"] = payment
-        if starting_after is not None:
-            cursor = _cursor(u, "refunds", "refund", starting_after, m.id)
-            where.append("(r.created_at, r.id) < (:after_at, :after_id)")
-            params.update(after_at=cursor.created_at, after_id=cursor.id)
+        page_after(u, table="refunds", alias="r", kind="refund", starting_after=starting_after,
+                   merchant_id=m.id, where=where, params=params)  # fmt: skip
         rows = u.execute(
             _REFUND_SELECT
             + " WHERE "
