@@ -44,6 +44,15 @@ INTERNAL_MESSAGE = (
 )
 
 
+#: What the API says instead of the service's message, by error code.
+MESSAGES: dict[str, str] = {
+    "outcome_unknown": (
+        "The database connection was lost, so the outcome is unknown: retry with the same "
+        "Idempotency-Key."
+    ),
+}
+
+
 def is_api_request() -> bool:
     return request.path == "/api" or request.path.startswith("/api/")
 
@@ -83,7 +92,7 @@ def render_error(error: PortalError | HTTPException, status: int) -> Response:
         detail = ErrorDetail(
             type=error.kind,
             code=error.code,
-            message=error.message,
+            message=MESSAGES.get(error.code, error.message),
             param=error.param,
             request_id=request_id,
         )

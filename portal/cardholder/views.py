@@ -62,6 +62,7 @@ from portal.domain.errors import (
     IdempotencyConflict,
     InvalidInput,
     NotFound,
+    OutcomeUnknown,
     PortalError,
 )
 from portal.domain.ids import is_public_id
@@ -584,8 +585,8 @@ def _money_flow(
         return _render(template, 200, **context)
     try:
         result = execute(review, form.idempotency_key.data)
-    except NotFound:
-        raise
+    except (NotFound, OutcomeUnknown):
+        raise  # a lost connection keeps the form's key: sending it again cannot move money twice
     except IdempotencyConflict:
         form.form_errors.append(
             "This form was already used for a different request. Check the details and send "

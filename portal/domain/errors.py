@@ -125,6 +125,15 @@ class TemporarilyUnavailable(PortalError):
     kind = "api_error"
 
 
+class OutcomeUnknown(TemporarilyUnavailable):
+    """The database connection was lost (killed, restarted, unreachable) while a transaction
+    that may have written was open or committing: it may or may not have been committed.
+    Retrying with the same idempotency key is safe: a committed request is replayed, one that
+    was not is carried out."""
+
+    code = "outcome_unknown"
+
+
 class IdempotencyConflict(PortalError):
     code = "idempotency_key_reused"
     kind = "idempotency_error"

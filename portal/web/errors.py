@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flask import Flask, Response, current_app, make_response, render_template, request
+from flask import Flask, Response, current_app, g, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -15,11 +15,13 @@ from portal.domain.errors import (
     IdempotencyConflict,
     InvalidInput,
     NotFound,
+    OutcomeUnknown,
     PortalError,
     RateLimited,
     TemporarilyUnavailable,
     Unauthenticated,
 )
+from portal.services.shared.uow import LOST_MESSAGE, connection_lost
 
 log = logging.getLogger("portal.web")
 
@@ -33,8 +35,23 @@ STATUS_BY_CLASS: tuple[tuple[type[PortalError], int], ...] = (
     (InvalidInput, 422),
     (Conflict, 409),
     (RateLimited, 429),
+    # The database connection was lost mid-request: it may have been carried out; retry.
+    (OutcomeUnknown, 503),
     (TemporarilyUnavailable, 503),
 )
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER = 1
+
+#: What pages say instead of the service's message, by error code (a page has no
+#: ``Idempotency-Key``: its forms carry their key, so sending one again is safe).
+PAGE_MESSAGES = {
+    OutcomeUnknown.code: (
+        "Portal lost its connection to the database while handling this, so we cannot tell "
+        "whether it went through. Wait a moment, then check your activity or send the same "
+        "form again: a form is never carried out twice."
+    ),
+}
 
 
 def http_status(error: PortalError) -> int:
@@ -57,14 +74,21 @@ def register_renderer(app: Flask, renderer: ErrorRenderer) -> None:
 
 
 def _render(error: PortalError | HTTPException, status: int) -> Response | tuple[str, int]:
+    if isinstance(error, TemporarilyUnavailable):
+        g.portal_retry_after = RETRY_AFTER  # see _keep_retry_after
     for applies, render in current_app.extensions.get("portal.error_renderers", []):
         if applies():
             return render(error, status)
-    message = error.message if isinstance(error, PortalError) else (error.description or "")
+    if isinstance(error, PortalError):
+        message = PAGE_MESSAGES.get(error.code, error.message)
+    else:
+        message = error.description or ""
     title = HTTP_STATUS_CODES.get(status, "Error")
     template = "errors/_error.html" if _wants_fragment() else "errors/error.html"
+    retry = isinstance(error, TemporarilyUnavailable)
     response = make_response(
-        render_template(template, status=status, title=title, message=message), status
+        render_template(template, status=status, title=title, message=message, retry=retry),
+        status,
     )
     response.headers["Vary"] = "HX-Request"
     if isinstance(error, HTTPException) and error.response is None:
@@ -79,6 +103,15 @@ def _wants_fragment() -> bool:
 
 
 def init_app(app: Flask) -> None:
+    @app.after_request
+    def _keep_retry_after(response: Response) -> Response:
+        # On a rate-limited route flask-limiter (whose after_request runs before this one,
+        # registered earlier) rewrites Retry-After to the end of the limit's window, or rounds
+        # our 1 s down to 0. A 503's Retry-After says when to retry it.
+        if (seconds := g.get("portal_retry_after")) is not None:
+            response.headers["Retry-After"] = str(seconds)
+        return response
+
     @app.errorhandler(PortalError)
     def portal_error(error: PortalError) -> Response | tuple[str, int]:
         return _render(error, http_status(error))
@@ -89,5 +122,13 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response | tuple[str, int]:
+        if connection_lost(error):
+            # Lost outside a unit of work (the sign-in loader's read, say): a unit of work may
+            # have committed earlier in the request, so the outcome is unknown here too.
+            log.warning(
+                "database connection lost on %s %s: %s", request.method, request.path,
+                type(getattr(error, "orig", error)).__name__,
+            )  # fmt: skip
+            return _render(OutcomeUnknown(LOST_MESSAGE), 503)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(InternalServerError(), 500)

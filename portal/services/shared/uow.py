@@ -16,6 +16,13 @@ an outcome too); a transaction that fails otherwise, or is retried, publishes no
 
 The row-lock timeout is a connection setting (``lock_timeout`` in the engine's connect
 options, see ``portal.config``): a lock wait past it becomes ``TemporarilyUnavailable``.
+
+A lost connection (the backend killed, PostgreSQL shut down or restarting, the server
+unreachable; see ``connection_lost``) leaves the outcome unknown once a write was sent: the
+transaction may have committed (the loss came with the COMMIT) or not. Such a unit of work is
+never retried blindly; it raises ``OutcomeUnknown`` and the caller retries with the same
+idempotency key, which replays what committed. A unit of work that sent no write (a read, or
+one that lost its connection before its first write) is retried once, on a fresh connection.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from portal.domain.errors import PortalError, TemporarilyUnavailable
+from portal.domain.errors import OutcomeUnknown, PortalError, TemporarilyUnavailable
 from portal.services.shared.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -45,11 +52,60 @@ log = logging.getLogger(__name__)
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
+#: SQLSTATEs that end the session rather than the statement: administrator or crash shutdown,
+#: the server starting up or shutting down, the database dropped, idle timeouts.
+_LOST_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "25P03"})
+#: The message of the ``OutcomeUnknown`` a lost connection becomes.
+LOST_MESSAGE = (
+    "the database connection was lost, so the outcome is unknown: retry the same request with"
+    " the same idempotency key"
+)
+#: How long to wait before the one retry of a unit of work that lost its connection unwritten.
+RECONNECT_PAUSE = 0.05
+
+# What makes a statement a write: row locks (FOR UPDATE, FOR SHARE) are removed first, since
+# they change no data and retrying them is harmless.
+_ROW_LOCK = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+|KEY\s+)?(?:UPDATE|SHARE)\b", re.IGNORECASE)
+_WRITE = re.compile(
+    r"\b(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|COPY|CALL|DO|CREATE|ALTER|DROP|GRANT|REVOKE)\b",
+    re.IGNORECASE,
+)
+
 
 @functools.lru_cache(maxsize=1024)
 def _text(sql: str) -> sa.TextClause:
     """Parsed text() constructs, reused across calls (services run the same SQL again and again)."""
     return sa.text(sql)
+
+
+@functools.lru_cache(maxsize=1024)
+def _writes(sql: str) -> bool:
+    """Whether ``sql`` may change data. Errs towards yes: a read taken for a write only costs
+    the retry after a lost connection, a write taken for a read could be repeated."""
+    return _WRITE.search(_ROW_LOCK.sub(" ", sql)) is not None
+
+
+def _statement_writes(statement: str | sa.Executable) -> bool:
+    if isinstance(statement, str):
+        return _writes(statement)
+    if isinstance(statement, sa.TextClause):
+        return _writes(statement.text)
+    return not getattr(statement, "is_select", False)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` (a SQLAlchemy or psycopg error) means the database connection was lost
+    or could not be made: the session is gone, whatever the statement was."""
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig  # type: ignore[assignment]
+    if isinstance(error, psycopg.errors.Error):
+        state = error.sqlstate
+        if state is None:  # raised by the client: the socket closed, no server to connect to
+            return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state.startswith("08") or state in _LOST_STATES
+    return False
 
 
 def utcnow() -> datetime:
@@ -74,6 +130,11 @@ class UnitOfWork:
         self._observed: list[tuple[str, float, dict[str, str]]] = []
         #: Whether deferred writes were sent (then the deferred ledger triggers fire at commit).
         self._wrote = False
+        #: Whether any write (deferred or not) was sent: then a lost connection leaves the
+        #: outcome unknown, and the unit of work is not retried.
+        self._sent_writes = False
+        #: Whether COMMIT was sent: an error from it leaves the outcome unknown.
+        self._committing = False
         self._deferred: list[tuple[str, str]] = []
         self._deferred_params: dict[str, Any] = {}
         self._session: Session | None = None
@@ -97,6 +158,8 @@ class UnitOfWork:
     def execute(self, statement: str | sa.Executable, params: Any = None) -> sa.Result[Any]:
         if self._deferred:
             self.flush()
+        if not self._sent_writes and _statement_writes(statement):
+            self._sent_writes = True
         stmt = _text(statement) if isinstance(statement, str) else statement
         return self.session.execute(stmt, params)
 
@@ -120,6 +183,7 @@ class UnitOfWork:
         parts, params = self._deferred, self._deferred_params
         self._deferred, self._deferred_params = [], {}
         self._wrote = self._wrote or bool(parts)
+        self._sent_writes = self._sent_writes or bool(parts)
         ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in parts)
         statement = f"WITH {ctes}\n{select}" if parts else select
         return self.session.execute(_text(statement), params).one()
@@ -159,16 +223,23 @@ class UnitOfWork:
         self._session = self._session_factory()
         self._session.begin()
         self._hooks, self._refusal, self._now, self._observed = [], None, None, []
-        self._wrote = False
+        self._wrote = self._sent_writes = self._committing = False
         self._deferred, self._deferred_params = [], {}
         return self
 
     def __exit__(self, *exc: object) -> None:
         session, self._session = self._session, None
         if session is not None:
-            if session.in_transaction():
-                session.rollback()
-            session.close()
+            try:
+                if session.in_transaction():
+                    session.rollback()
+            except DBAPIError as exc:
+                # A lost connection has rolled back already; the error that lost it is the
+                # one to report.
+                if not connection_lost(exc):
+                    raise
+            finally:
+                session.close()
 
     def commit(self) -> None:
         if self._deferred:
@@ -178,6 +249,7 @@ class UnitOfWork:
         # written by deferred parts, so a transaction that sent none (a read) skips it.
         if self._wrote:
             self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
+        self._committing = True
         self.session.commit()
         self._publish()
         hooks, self._hooks = self._hooks, []
@@ -188,8 +260,14 @@ class UnitOfWork:
                 log.exception("on-commit hook failed")
 
     def run(self, fn: Callable[[UnitOfWork], T]) -> T:
-        """Run ``fn`` in a transaction and commit; retry on deadlock or serialization failure."""
-        for attempt in range(1, self.max_attempts + 1):
+        """Run ``fn`` in a transaction and commit; retry on deadlock or serialization failure,
+        and once on a lost connection if nothing was written. Raises TemporarilyUnavailable
+        (a lock wait or conflicts past the retries) and OutcomeUnknown (the connection was lost
+        after a write was sent: it may have committed)."""
+        reconnected = False
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
             try:
                 with self:
                     try:
@@ -204,6 +282,17 @@ class UnitOfWork:
                 return result
             except DBAPIError as exc:
                 error = type(exc.orig).__name__
+                lost = connection_lost(exc) or self._committing
+                if lost and not isinstance(exc.orig, RETRYABLE):
+                    if not self._sent_writes and not reconnected:
+                        # Nothing was written: running it again on a new connection is safe.
+                        log.warning("retrying after a lost connection (%s)", error)
+                        reconnected = True
+                        attempt -= 1
+                        time.sleep(RECONNECT_PAUSE)
+                        continue
+                    log.warning("database connection lost (%s): outcome unknown", error)
+                    raise OutcomeUnknown(LOST_MESSAGE) from exc
                 if isinstance(exc.orig, RETRYABLE) and attempt < self.max_attempts:
                     log.warning("retrying after %s (attempt %d)", error, attempt)
                     self._count_now("db_conflicts", error=error, outcome="retried")
