@@ -1,4 +1,5 @@
-"""CLI commands: ``portal worker``, ``portal ledger verify``, ``portal seed-demo``."""
+"""CLI commands: ``portal worker``, ``portal ledger verify``, ``portal create-admin``,
+``portal mfa-enrolment-code``, ``portal seed-demo`` (refused in production)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+from portal.services.identity.mfa import EnrolmentCode, issue_enrolment_code
 from portal.services.ledger.reconciliation import reconcile
 from portal.web.uow import make_uow
 
@@ -67,6 +69,17 @@ def worker_command(once: bool) -> None:
     worker.serve()
 
 
+def _echo_enrolment_code(issued: EnrolmentCode) -> None:
+    click.echo(
+        f"one-time enrolment code for {issued.email} (shown once, valid until"
+        f" {issued.expires_at:%Y-%m-%d %H:%M} UTC): {issued.code}"
+    )
+    click.echo(
+        "  sign in with the password, then enter this code to set up two-step verification;"
+        " the password alone cannot"
+    )
+
+
 @click.command("create-admin")
 @click.option("--email", prompt=True)
 @click.option("--first-name", prompt=True)
@@ -74,22 +87,52 @@ def worker_command(once: bool) -> None:
 @click.password_option(help="Prompted (twice) when not given; checked against the policy.")
 @with_appcontext
 def create_admin_command(email: str, first_name: str, last_name: str, password: str) -> None:
-    """Create an administrator (the first one, or another). They must enrol a second factor at
-    their first sign-in before they can reach any staff page."""
+    """Create an administrator (the first one, or another) and print the one-time enrolment
+    code they need, with their password, to set up the second factor every staff page asks
+    for."""
     from portal.domain.errors import PortalError
     from portal.domain.types import Actor
     from portal.services.identity.passwords import check_password_policy
     from portal.services.identity.users import create_user
 
+    cli = Actor.system("cli")
     try:
         check_password_policy(password, personal=(email, first_name, last_name))
         created = create_user(
-            make_uow(), actor=Actor.system("cli"), email=email, first_name=first_name,
+            make_uow(), actor=cli, email=email, first_name=first_name,
             last_name=last_name, password=password, roles=("admin",), verified=True,
         )  # fmt: skip
     except PortalError as exc:
         raise click.ClickException(f"{exc.param or 'input'}: {exc.message}") from exc
     click.echo(f"administrator {created.email} created (id {created.id})")
+    _echo_enrolment_code(issue_enrolment_code(make_uow(), actor=cli, user_id=created.id))
+
+
+@click.command("mfa-enrolment-code")
+@click.option("--email", prompt=True, help="The staff member's email address.")
+@with_appcontext
+def mfa_enrolment_code_command(email: str) -> None:
+    """Print a new one-time enrolment code for a user without a second factor (an
+    administrator whose code expired, say); it replaces their unused one. Administrators can
+    also make one through the API (POST /api/v1/users/{id}/mfa_enrolment_codes)."""
+    from portal.domain.errors import PortalError
+    from portal.domain.types import Actor
+    from portal.services.identity.users import list_users
+
+    cli = Actor.system("cli")
+    wanted = email.strip().casefold()
+    try:
+        found = [
+            u
+            for u in list_users(make_uow(), actor=cli, search=email.strip(), limit=100).items
+            if u.email.casefold() == wanted
+        ]
+        if not found:
+            raise click.ClickException(f"no user has the email {email.strip()!r}")
+        issued = issue_enrolment_code(make_uow(), actor=cli, user_id=found[0].id)
+    except PortalError as exc:
+        raise click.ClickException(exc.message) from exc
+    _echo_enrolment_code(issued)
 
 
 vault = AppGroup("vault", help="The card vault's encryption keys.")
@@ -112,12 +155,20 @@ def register(app: Flask) -> None:
     app.cli.add_command(vault)
     app.cli.add_command(worker_command)
     app.cli.add_command(create_admin_command)
+    app.cli.add_command(mfa_enrolment_code_command)
 
     @app.cli.command("seed-demo")
     @click.option("--if-empty", is_flag=True, help="Do nothing when any user exists already.")
     def seed_demo_command(if_empty: bool) -> None:
         """Fill the database with demo users, cards, a year of wallet history, and merchants with
-        keys and four weeks of payments."""
+        keys and four weeks of payments. Development only: refused in production, where its
+        published passwords would be a way in."""
+        if app.config["PORTAL_ENV"] == "production":
+            raise click.ClickException(
+                "seed-demo refuses to run in production (PORTAL_ENV=production): the demo"
+                " accounts have published passwords. Create the first administrator with"
+                " `portal create-admin`."
+            )
         import time
         from datetime import UTC, datetime
 

@@ -1,5 +1,10 @@
 """Demo data for ``make run``: staff, cardholders, cards and a year of wallet history.
 
+The demo staff are enrolled in TOTP (through the enrolment-code flow real staff use): their
+secrets come back in the summary, which ``seed-demo`` prints in development, so signing in as
+them needs the published password and a code from that secret (``oathtool --totp -b SECRET``
+or any authenticator app). ``seed-demo`` refuses to run in production.
+
 Everything is written through the services (users, cards, wallet), never by inserting rows, so
 the demo ledger obeys the same rules as real traffic and reconciles. Time is a fake clock that
 walks from a year ago to ``now``; every choice comes from ``random.Random(seed)`` and every
@@ -18,10 +23,12 @@ from datetime import date, datetime, time, timedelta
 from functools import partial
 from random import Random
 
+import pyotp
+
 from portal.domain.errors import CardUnavailable, InsufficientFunds
 from portal.domain.money import Money
 from portal.domain.types import Actor, MovementResult, MovementStatus, TopUpMethod
-from portal.services.identity import users
+from portal.services.identity import mfa, users
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards, wallet
 
@@ -126,6 +133,15 @@ BANKS_USD = "Citibank N.A."
 
 # -- what it returns ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class DemoSecondFactor:
+    """A demo staff member's TOTP secret, and its otpauth:// URI for an authenticator app."""
+
+    email: str
+    secret: str
+    otpauth_uri: str
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSummary:
     users: int
     cards: int
@@ -135,6 +151,8 @@ class DemoSummary:
     last_at: datetime
     #: (email, roles) of every demo login; they all share ``password``.
     logins: tuple[tuple[str, str], ...]
+    #: The staff's TOTP secrets (staff need a second factor): development only.
+    second_factors: tuple[DemoSecondFactor, ...] = ()
     password: str = DEMO_PASSWORD
 
     @property
@@ -154,6 +172,14 @@ def summary_lines(summary: DemoSummary) -> list[str]:
         lines.append(f"  {kind}: {detail}")
     lines.append(f"demo logins (password {summary.password}):")
     lines += [f"  {email:<22} {roles}" for email, roles in summary.logins]
+    if summary.second_factors:
+        lines.append(
+            "demo staff second factor (development only): add the secret to an authenticator"
+            " app, or get a code with `oathtool --totp -b <secret>`"
+        )
+        for factor in summary.second_factors:
+            lines.append(f"  {factor.email:<22} secret {factor.secret}")
+            lines.append(f"  {'':<22} {factor.otpauth_uri}")
     return lines
 
 
@@ -196,6 +222,7 @@ class _Walk:
         self.order = itertools.count()
         self.queue: list[tuple[datetime, int, Callable[[], None]]] = []
         self.holders: list[_Holder] = []
+        self.second_factors: list[DemoSecondFactor] = []
         self.by_id: dict[int, _Card] = {}
         self.topped_up: Counter[tuple[int, str, date]] = Counter()
         self.counts: dict[str, Counter[str]] = {
@@ -421,6 +448,19 @@ class _Walk:
         cards.set_frozen(self.uow, actor=holder.actor, card_id=card.id, frozen=frozen)
 
     # -- day zero ----------------------------------------------------------------------------
+    def enrol_second_factor(self, user_id: int) -> None:
+        """TOTP for a staff member, as real staff get it: an enrolment code, then the secret,
+        confirmed with a code of the fake clock's step (long past once the walk ends, so the
+        real current code is accepted)."""
+        actor = users.actor_for(self.uow, user_id)
+        code = mfa.issue_enrolment_code(self.uow, actor=DEMO_ACTOR, user_id=user_id)
+        enrolment = mfa.begin_totp_enrolment(self.uow, actor=actor, enrolment_code=code.code)
+        totp = pyotp.TOTP(enrolment.secret)
+        mfa.confirm_totp(self.uow, actor=actor, code=totp.at(self.clock.now))
+        self.second_factors.append(
+            DemoSecondFactor(code.email, enrolment.secret, enrolment.otpauth_uri)
+        )
+
     def open_accounts(self) -> list[tuple[str, str]]:
         logins: list[tuple[str, str]] = []
         for person in (*STAFF, *CARDHOLDERS):
@@ -430,6 +470,8 @@ class _Walk:
                 verified=True,
             )  # fmt: skip
             logins.append((created.email, ", ".join(created.roles)))
+            if person in STAFF:
+                self.enrol_second_factor(created.id)
             if not person.cards:
                 continue
             actor = users.actor_for(self.uow, created.id)
@@ -477,4 +519,5 @@ def seed_demo(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> DemoSumm
         first_at=walk.first_at or start,
         last_at=walk.last_at or now,
         logins=tuple(logins),
+        second_factors=tuple(walk.second_factors),
     )

@@ -24,6 +24,7 @@ bp.add_url_rule("/openapi.json", view_func=docs.openapi_json, methods=["GET"])
 ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.auth",
     "portal.api.users",
+    "portal.api.mfa_enrolment",
     "portal.api.roles",
     "portal.api.cards",
     "portal.api.money",

@@ -117,6 +117,23 @@ class ConfirmTotpForm(FlaskForm):
     next = HiddenField()
 
 
+class StartTotpForm(FlaskForm):
+    """Start setting up an authenticator app. Staff without a second factor also give the
+    one-time enrolment code an administrator made (the service says when it is needed)."""
+
+    enrolment_code = StringField(
+        "Enrolment code",
+        render_kw={
+            "autocomplete": "off",
+            "inputmode": "text",
+            "maxlength": 40,
+            "spellcheck": "false",
+            "autocapitalize": "off",
+        },
+    )
+    next = HiddenField()
+
+
 class ForgotForm(FlaskForm):
     email = _email()
 

@@ -50,6 +50,7 @@ from portal.auth.forms import (
     RegisterForm,
     ResetForm,
     SecondFactorForm,
+    StartTotpForm,
     add_service_error,
 )
 from portal.domain.errors import (
@@ -508,22 +509,31 @@ def _enrolment_for(secret: str, email: str) -> mfa.TotpEnrolment:
 
 
 def _setup_page(
-    enrolment: mfa.TotpEnrolment | None, form: ConfirmTotpForm, status: int = 200
+    enrolment: mfa.TotpEnrolment | None,
+    form: ConfirmTotpForm,
+    status: int = 200,
+    start: StartTotpForm | None = None,
 ) -> Response:
+    user = current_user.user
     return _render(
         "auth/mfa_setup.html",
         status,
         enrolment=enrolment,
         form=form,
-        required=mfa.mfa_required(current_user.user),
+        start=start or StartTotpForm(formdata=None, next=form.next.data or ""),
+        required=mfa.mfa_required(user),
+        needs_code=mfa.enrolment_code_required(user),
         next_url=safe_next(form.next.data),
     )
 
 
 @bp.route("/mfa/setup", methods=["GET", "POST"], endpoint="mfa_setup")
+@throttle.per_address
 def mfa_setup() -> Response:
     """GET explains; POST starts (or restarts) enrolment and shows the QR code and secret.
-    Not behind ``login_required``: that decorator sends staff here."""
+    Staff without a second factor must give an enrolment code from an administrator: their
+    password alone is not enough (a wrong code counts as a failed sign-in for the address's
+    limit). Not behind ``login_required``: that decorator sends staff here."""
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
     next_url = safe_next(request.values.get("next"))
@@ -533,7 +543,17 @@ def mfa_setup() -> Response:
     form = ConfirmTotpForm(formdata=None, next=next_url or "")
     if request.method == "GET":
         return _setup_page(None, form)
-    enrolment = mfa.begin_totp_enrolment(make_uow(), actor=current_actor())
+    start = StartTotpForm()
+    if not start.validate_on_submit():
+        return _setup_page(None, form, _status(), start)
+    try:
+        enrolment = mfa.begin_totp_enrolment(
+            make_uow(), actor=current_actor(), enrolment_code=start.enrolment_code.data or None
+        )
+    except InvalidInput as error:
+        throttle.record_failure()
+        add_service_error(start, error, default="enrolment_code")
+        return _setup_page(None, form, 422, start)
     return _setup_page(enrolment, form)
 
 

@@ -1,5 +1,6 @@
 """Users, roles, permissions, and how users prove who they are: refresh tokens, web sessions,
-one-time email links, TOTP recovery codes and single-sign-on identities."""
+one-time email links, TOTP recovery codes, second-factor enrolment codes and single-sign-on
+identities."""
 
 from __future__ import annotations
 
@@ -160,6 +161,29 @@ class RecoveryCode(Base):
     code_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False)
     created_at: Mapped[datetime] = now_column()
     used_at: Mapped[datetime | None]
+
+
+class MfaEnrolmentCode(Base):
+    """A one-time code that lets a staff member set up their first second factor (the password
+    alone does not): SHA-256 of a 125-bit random code, single use, expiring. Once spent it
+    records which pending secret it unlocked (``secret_digest``), so only that one can be
+    confirmed."""
+
+    __tablename__ = "mfa_enrolment_codes"
+    __table_args__ = (
+        sa.CheckConstraint("used_at IS NOT NULL OR secret_digest IS NULL", name="digest_when_used"),
+    )
+
+    id: Mapped[int] = pk_column()
+    user_id: Mapped[int] = fk_column("users.id", ondelete="CASCADE")
+    code_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
+    #: The administrator who made it; NULL when the CLI or the demo seeding did.
+    created_by_id: Mapped[int | None] = fk_column("users.id", nullable=True, ondelete="SET NULL")
+    created_at: Mapped[datetime] = now_column()
+    expires_at: Mapped[datetime] = mapped_column(nullable=False)
+    used_at: Mapped[datetime | None]
+    #: SHA-256 of the pending TOTP ciphertext this code unlocked.
+    secret_digest: Mapped[bytes | None] = mapped_column(sa.LargeBinary(32))
 
 
 class OAuthIdentity(Base):

@@ -88,7 +88,8 @@ def totp_code(secret: str, steps: int = 0) -> str:
 def enrol_totp(uow: UnitOfWork, user: accounts.UserView) -> tuple[str, list[str]]:
     """Set up TOTP through the services; returns the secret and the recovery codes. Confirmed
     with the previous step's code, so the current and the next step's codes stay usable."""
-    enrolment = mfa.begin_totp_enrolment(uow, actor=user.actor)
+    issued = mfa.issue_enrolment_code(uow, actor=SYSTEM, user_id=user.id).code  # staff need one
+    enrolment = mfa.begin_totp_enrolment(uow, actor=user.actor, enrolment_code=issued)
     code = pyotp.TOTP(enrolment.secret).at(uow.now(), counter_offset=-1)
     return enrolment.secret, mfa.confirm_totp(uow, actor=user.actor, code=code)
 

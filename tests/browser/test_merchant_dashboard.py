@@ -72,7 +72,8 @@ def test_apply_approve_key_live_payment_and_refund(
     owner_email = _person(real_uow, "Olivia", ("cardholder",))
     staff_email = _person(real_uow, "Sam", ("admin",))
     staff = users.actor_for(real_uow(), users_id(committing_engine, staff_email))
-    enrolment = mfa.begin_totp_enrolment(real_uow(), actor=staff)
+    issued = mfa.issue_enrolment_code(real_uow(), actor=SYSTEM, user_id=staff.id).code
+    enrolment = mfa.begin_totp_enrolment(real_uow(), actor=staff, enrolment_code=issued)
     mfa.confirm_totp(real_uow(), actor=staff, code=pyotp.TOTP(enrolment.secret).now())
     with committing_engine.begin() as conn:  # the enrolment used this step's code
         conn.execute(sa.text("UPDATE users SET totp_last_step = NULL WHERE email = :e"),

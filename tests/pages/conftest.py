@@ -134,9 +134,15 @@ class People:
             self.enrol(person)
         return person
 
+    def enrolment_code(self, person: Person) -> str:
+        """A one-time enrolment code for the person, as ``portal create-admin`` makes one."""
+        return mfa.issue_enrolment_code(self.uow(), actor=SYSTEM, user_id=person.id).code
+
     def enrol(self, person: Person) -> None:
         actor = users.actor_for(self.uow(), person.id)
-        enrolment = mfa.begin_totp_enrolment(self.uow(), actor=actor)
+        # Staff need an enrolment code besides the password (given to anyone, it is checked).
+        code = self.enrolment_code(person)
+        enrolment = mfa.begin_totp_enrolment(self.uow(), actor=actor, enrolment_code=code)
         codes = mfa.confirm_totp(self.uow(), actor=actor, code=pyotp.TOTP(enrolment.secret).now())
         person.totp_secret = enrolment.secret
         person.recovery_codes = tuple(codes)

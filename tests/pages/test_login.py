@@ -220,7 +220,13 @@ def test_staff_without_mfa_are_sent_to_set_it_up_before_any_page(
     intro = client.get(response.headers["Location"])
     assert "Your role can reach other people" in page_text(intro)
 
-    started = client.post("/auth/mfa/setup", data={"next": "/auth/account"})
+    # The password alone is not enough: the enrolment code an administrator made is asked for.
+    assert 'name="enrolment_code"' in intro.get_data(as_text=True)
+    refused = client.post("/auth/mfa/setup", data={"next": "/auth/account"})
+    assert refused.status_code == 422 and 'id="totp-secret"' not in refused.get_data(as_text=True)
+    code = people.enrolment_code(admin)
+    started = client.post("/auth/mfa/setup", data={"next": "/auth/account",
+                                                   "enrolment_code": code})  # fmt: skip
     assert started.status_code == 200
     secret = re.search(r'id="totp-secret" class="secret__value">([A-Z2-7 ]+)<',
                        started.get_data(as_text=True)).group(1).replace(" ", "")  # fmt: skip

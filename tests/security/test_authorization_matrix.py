@@ -23,7 +23,7 @@ from portal.services.identity import mfa, sessions, tokens, users
 from portal.services.merchants import checkout, events, keys, merchants, payments
 from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
-from tests.conftest import Factory, new_key
+from tests.conftest import SYSTEM, Factory, new_key
 
 PERSONAS = ("anonymous", "cardholder", "other", "merchant", "support", "admin")
 EVERYONE = frozenset(PERSONAS)
@@ -105,6 +105,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/api/v1/users/<user_id>"): ADMIN,
     ("POST", "/api/v1/users/<user_id>/archive"): ADMIN,
     ("POST", "/api/v1/users/<user_id>/restore"): ADMIN,
+    ("POST", "/api/v1/users/<user_id>/mfa_enrolment_codes"): ADMIN,
     ("PUT", "/api/v1/users/<user_id>/roles/<role>"): ADMIN,
     ("DELETE", "/api/v1/users/<user_id>/roles/<role>"): ADMIN,
     ("GET", "/api/v1/users/<user_id>/sessions"): OWNER_OR_STAFF,
@@ -265,7 +266,8 @@ def personas(uow, make: Factory) -> dict[str, Persona]:
         actor = make.user(roles=roles, first_name=name.title())
         assert actor.id is not None
         if name in STAFF:
-            enrolment = mfa.begin_totp_enrolment(uow, actor=actor)
+            issued = mfa.issue_enrolment_code(uow, actor=SYSTEM, user_id=actor.id).code
+            enrolment = mfa.begin_totp_enrolment(uow, actor=actor, enrolment_code=issued)
             mfa.confirm_totp(uow, actor=actor, code=pyotp.TOTP(enrolment.secret).now())
         web = sessions.create_web_session(
             uow, user_id=actor.id, user_agent="matrix", ip="127.0.0.1", mfa_verified=True

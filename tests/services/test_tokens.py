@@ -125,7 +125,8 @@ def test_staff_need_a_second_factor_for_api_tokens(uow, clock):
         tokens.issue_tokens(uow, user_id=created.id)
     assert err.value.code == "mfa_enrolment_required"
     admin = get_user_view(uow, created.id)
-    enrolment = mfa.begin_totp_enrolment(uow, actor=admin.actor)
+    issued = mfa.issue_enrolment_code(uow, actor=SYSTEM, user_id=admin.id).code
+    enrolment = mfa.begin_totp_enrolment(uow, actor=admin.actor, enrolment_code=issued)
     code = mfa.pyotp.TOTP(enrolment.secret).at(clock.now)
     mfa.confirm_totp(uow, actor=admin.actor, code=code)
     assert tokens.issue_tokens(uow, user_id=created.id).refresh_token
