@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from portal.domain.cards import brand_name, detect_brand, validate_number
 from portal.domain.errors import (
@@ -666,11 +666,18 @@ def _unexpected(row: Any, action: str) -> UnexpectedState:
     )  # fmt: skip
 
 
+class _Stored(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=_Stored)
+
+
 def _keyed(
     uow: UnitOfWork, actor: Actor, key: str, operation: str, params: dict[str, Any],
-    fn: Any, load: Any,
-) -> Any:  # fmt: skip
-    """Run ``fn(claim)`` once per idempotency key: a replay answers the stored result."""
+    fn: Callable[[], S], load: Callable[..., S],
+) -> S:  # fmt: skip
+    """Run ``fn()`` once per idempotency key: a replay answers the stored result (``load``)."""
     claim = idempotency.claim(uow, actor, key, operation, params)
     if claim.replay is not None:
         uow.observe("idempotent_replays", kind=operation)
