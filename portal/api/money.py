@@ -16,12 +16,13 @@ answers and cursors alike.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from datetime import date
-from typing import Literal, TypeVar
+from datetime import date, datetime
+from typing import Annotated, Literal, TypeVar
 
 from flask import request
-from pydantic import Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from portal.api import bp
 from portal.api.auth import Timestamp
@@ -65,6 +66,34 @@ _PARAMS = {"search": "q", "card_id": "card", "from_card_id": "from_card", "to_ca
 
 _CREATE_ERRORS = (InsufficientFunds, CardUnavailable, IdempotencyConflict, NotFound,
                   TemporarilyUnavailable)  # fmt: skip
+
+
+def _day(value: object) -> date:
+    """A day filter: YYYY-MM-DD only (pydantic's own date parsing also takes ``0`` or
+    ``20250131``, as seconds since 1970), within the days the feed can be filtered by."""
+    if isinstance(value, str):
+        if not re.fullmatch(activity.DAY_PATTERN, value):
+            raise ValueError("expected a day written YYYY-MM-DD")
+        try:
+            value = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("no such day in the calendar") from None
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise ValueError("expected a day written YYYY-MM-DD")
+    if not activity.FIRST_DAY <= value <= activity.LAST_DAY:
+        raise ValueError(
+            f"expected a day from {activity.FIRST_DAY.isoformat()} to"
+            f" {activity.LAST_DAY.isoformat()}"
+        )
+    return value
+
+
+#: A UTC day, YYYY-MM-DD, from activity.FIRST_DAY to activity.LAST_DAY.
+Day = Annotated[
+    date,
+    BeforeValidator(_day),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": activity.DAY_PATTERN}),
+]
 
 
 # -- objects ------------------------------------------------------------------------------------
@@ -218,8 +247,16 @@ class Filters(QueryModel):
         "card", default=None, description="Only this card's movements (`card_...`)."
     )
     status: Status | None = None
-    since: date | None = Field(None, description="From this UTC day on (YYYY-MM-DD).")
-    until: date | None = Field(None, description="Up to and including this UTC day.")
+    since: Day | None = Field(
+        None,
+        description=f"From this UTC day on (YYYY-MM-DD, {activity.FIRST_DAY.isoformat()} to"
+        f" {activity.LAST_DAY.isoformat()}).",
+    )
+    until: Day | None = Field(
+        None,
+        description=f"Up to and including this UTC day (YYYY-MM-DD,"
+        f" {activity.FIRST_DAY.isoformat()} to {activity.LAST_DAY.isoformat()}).",
+    )
     q: str | None = Field(
         None, max_length=100, description="Search what is shown: counterparty, method, memo."
     )

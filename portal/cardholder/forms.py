@@ -20,6 +20,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, Optional
 from portal.domain.cards import BRANDS
 from portal.domain.errors import PortalError
 from portal.domain.types import CardType, TopUpMethod
+from portal.services.wallet.activity import FIRST_DAY, LAST_DAY
 
 #: Service ``param`` names -> the form field that shows the refusal.
 PARAM_FIELDS = {
@@ -213,6 +214,10 @@ class RenameCardForm(FlaskForm):
     )
 
 
+#: A date input limited to the days the history can be filtered by.
+_DAY_INPUT = {"type": "date", "min": FIRST_DAY.isoformat(), "max": LAST_DAY.isoformat()}
+
+
 class ActivityFilterForm(FlaskForm):
     """The history's filters: a GET form (no CSRF), read from the query string."""
 
@@ -222,7 +227,7 @@ class ActivityFilterForm(FlaskForm):
     card = SelectField("Card", validate_choice=False)
     kind = SelectField("Kind", validate_choice=False)
     status = SelectField("Status", validate_choice=False)
-    since = StringField("From", render_kw={"type": "date"})
-    until = StringField("To", render_kw={"type": "date"})
+    since = StringField("From", render_kw=_DAY_INPUT)
+    until = StringField("To", render_kw=_DAY_INPUT)
     q = StringField("Search", render_kw={"type": "search", "maxlength": 100,
                                          "placeholder": "Counterparty, card, amount…"})  # fmt: skip

@@ -830,9 +830,10 @@ def _parse_day(form: FlaskForm, name: str) -> date | None:
     if not text:
         return None
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        field.errors = [*field.errors, "Enter a date like 2025-01-31."]
+        return activity.parse_day(text, name)
+    except InvalidInput:
+        first, last = activity.FIRST_DAY.year, activity.LAST_DAY.year
+        field.errors = [*field.errors, f"Enter a date like 2025-01-31, from {first} to {last}."]
         return None
 
 
@@ -858,6 +859,14 @@ def _filters(my_cards: Sequence[CardSummary]) -> tuple[ActivityFilterForm, Filte
         until = None
     search = (form.q.data or "").strip()[:100] or None
     return form, Filters(card_id, kind, status, since, until, search)
+
+
+def _refused_filter(form: ActivityFilterForm) -> InvalidInput | None:
+    """The first filter the history cannot use, as a refusal naming its field."""
+    for field in form:
+        if field.errors:
+            return InvalidInput(f"{field.label.text}: {field.errors[0]}", param=field.name)
+    return None
 
 
 def _query(filters_form: ActivityFilterForm, **extra: Any) -> dict[str, Any]:
@@ -903,12 +912,19 @@ def activity_page() -> Response:
         "continued": after is not None,
         "first_url": url_for(".activity_page", **_query(form)),
     }
+    # A filter that cannot be used (a date that is no date, or out of range) is a 422.
+    refused = _refused_filter(form)
+    status = 422 if refused else 200
     target = request.headers.get("HX-Target")
     if _is_htmx() and target == "load-more":
-        return _fragments(("cardholder/_activity_rows.html", context))
+        return _fragments(("cardholder/_activity_rows.html", context), status=status)
     if _is_htmx() and target == "activity-results":
-        return _fragments(("cardholder/_activity_results.html", context))
-    return _render("cardholder/activity.html", **context, **_poller("activity", version))
+        # Only the results are swapped: the refusal shows above them, not next to the field.
+        refusal = refused.message if refused else None
+        return _fragments(
+            ("cardholder/_activity_results.html", {**context, "refusal": refusal}), status=status
+        )
+    return _render("cardholder/activity.html", status, **context, **_poller("activity", version))
 
 
 _CSV_FIELDS = (
@@ -948,6 +964,8 @@ def activity_csv() -> Response:
     """The history as CSV, with the page's filters, streamed a page of rows at a time."""
     my_cards = _my_cards(include_archived=True)
     form, filters = _filters(my_cards)
+    if (refused := _refused_filter(form)) is not None:
+        raise refused  # an error page, never a file quietly holding the unfiltered history
     actor = current_actor()
     # The first page is read now, so a refused filter is an error page and not a broken file.
     first = activity.list_activity(_uow(), actor=actor, limit=CSV_PAGE, **filters.service_args())

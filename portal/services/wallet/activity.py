@@ -24,6 +24,7 @@ cards out (they are neither money in nor money out).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -48,6 +49,11 @@ STATUSES = tuple(s.value for s in MovementStatus)
 MAX_SEARCH = 100
 MAX_MONTHS = 120
 MAX_CARD_NAME = 64
+#: The days the feed can be filtered by (``since`` and ``until``), written YYYY-MM-DD.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2999, 12, 31)
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_DAY = re.compile(DAY_PATTERN)
 
 METHOD_LABELS = {
     "bank_transfer": "Bank transfer",
@@ -430,6 +436,31 @@ def _item(row: sa.Row[Any]) -> ActivityItem:
     )  # fmt: skip
 
 
+def parse_day(text: str, param: str) -> date:
+    """A day written YYYY-MM-DD (nothing else: not ``0``, not ``20250131``, not a week date)
+    from FIRST_DAY to LAST_DAY. Raises InvalidInput naming ``param``."""
+    if not isinstance(text, str) or not _DAY.fullmatch(text):
+        raise InvalidInput(f"{param} must be a day written YYYY-MM-DD", param=param)
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{param} is not a day of the calendar", param=param) from None
+    check_day(day, param)
+    return day
+
+
+def check_day(day: object, param: str) -> None:
+    """Raises InvalidInput naming ``param`` unless ``day`` is a date from FIRST_DAY to
+    LAST_DAY."""
+    if not isinstance(day, date) or isinstance(day, datetime):
+        raise InvalidInput(f"{param} must be a day written YYYY-MM-DD", param=param)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise InvalidInput(
+            f"{param} must be a day from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}",
+            param=param,
+        )
+
+
 def _day_start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
@@ -518,6 +549,10 @@ def list_activity(
             raise InvalidInput("status must be one of " + ", ".join(STATUSES), param="status")
         filters.append("t.status = :status")
         params["status"] = status
+    if since is not None:
+        check_day(since, "since")
+    if until is not None:
+        check_day(until, "until")
     if since is not None and until is not None and since > until:
         raise InvalidInput("since must not be after until", param="since")
     if since is not None:
