@@ -102,7 +102,12 @@ REQUIRED_IN_PRODUCTION = (
     "PORTAL_CVV_KEY",
     "PORTAL_JWT_KEY",
     "PORTAL_API_KEY_HASH_KEY",
+    # Emails carry password-reset and verification links: without a mail server they would
+    # only be shown on the console, which in production means the shipped logs.
+    "PORTAL_SMTP_URL",
 )
+#: Schemes ``PORTAL_SMTP_URL`` may use (portal.web.mail sends through each).
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -114,8 +119,14 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     if mode == "production":
         missing = [name for name in REQUIRED_IN_PRODUCTION if not env.get(name)]
         if missing:
+            why = (
+                "; production sends email through SMTP only, since emails carry password-reset"
+                " and verification links"
+                if "PORTAL_SMTP_URL" in missing
+                else ""
+            )
             raise ConfigError(
-                "missing production settings: " + ", ".join(missing) + " (see README.md)"
+                "missing production settings: " + ", ".join(missing) + " (see README.md)" + why
             )
         defaults: Mapping[str, str] = {}
     elif mode == "test":
@@ -158,6 +169,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not 0 <= fee_bps <= 10000:
         raise ConfigError("PORTAL_FEE_BPS must be from 0 to 10000 (basis points)")
     public_url = (get("PORTAL_PUBLIC_URL", "http://127.0.0.1:5000") or "").rstrip("/")
+
+    smtp_url = get("PORTAL_SMTP_URL")
+    if smtp_url and smtp_url.partition("://")[0].lower() not in SMTP_SCHEMES:
+        raise ConfigError("PORTAL_SMTP_URL must start with smtp://, smtp+starttls:// or smtps://")
 
     log_format = get("PORTAL_LOG_FORMAT", "json" if mode == "production" else "text")
     if log_format not in ("json", "text", "off"):
@@ -209,7 +224,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             allow_loopback_http=mode != "production",
         ),
         "PROXY_COUNT": number("PORTAL_PROXY_COUNT", "0"),
-        "SMTP_URL": get("PORTAL_SMTP_URL"),
+        "SMTP_URL": smtp_url,
         "MAIL_FROM": get("PORTAL_MAIL_FROM", "Portal <no-reply@portal.test>"),
         "PUBLIC_URL": public_url,
         "OIDC_ISSUER": get("PORTAL_OIDC_ISSUER"),

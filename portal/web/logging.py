@@ -2,8 +2,10 @@
 tests, an access-log line per request, and masking of secrets even when code logs them by mistake.
 
 Every line the console handler writes goes through :class:`SecretMask` (card numbers,
-security codes, bearer tokens and JWTs, refresh tokens, API keys, passwords and the app's own
-configured secrets). Inside a request, records carry the request id, route (``url_rule``),
+security codes, bearer tokens and JWTs, refresh tokens, API keys, passwords, the tokens of
+emailed links (``/auth/reset/...``, ``/auth/verify/...``, ``/merchant/join/...``) and the app's
+own configured secrets); the development server's request lines (logger ``werkzeug``) are
+masked the same way. Inside a request, records carry the request id, route (``url_rule``),
 method and the signed-in user's id; the access line (logger ``portal.access``) adds status and
 duration. Trace and span ids are added when an OpenTelemetry span is current.
 """
@@ -44,6 +46,14 @@ _PASSWORD = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _PREFIXED = re.compile(r"\b(?:prt|sk|rk)_[A-Za-z0-9_-]{4,}")
+#: The token of an emailed one-time link (password reset, email verification, merchant
+#: invitation), in a path or URL-encoded in a query; a route's ``<token>`` placeholder stays.
+_EMAIL_LINK = re.compile(
+    r"""(?ix)
+    ((?:/|%2F)(?:auth(?:/|%2F)(?:reset|verify)|merchant(?:/|%2F)join)(?:/|%2F))
+    (?!<)[^\s/?#&"'<>\\]+
+    """
+)
 
 
 def _luhn(digits: str) -> bool:
@@ -82,6 +92,7 @@ class SecretMask(logging.Filter):
         text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
         text = _JWT.sub(MASK, text)
         text = _PREFIXED.sub(MASK, text)
+        text = _EMAIL_LINK.sub(lambda m: m.group(1) + MASK, text)
         return _CARD.sub(_mask_card, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -211,6 +222,11 @@ def init_app(app: Flask) -> None:
         logger.removeHandler(old)
     logger.addHandler(build_handler(app.config))
     logger.setLevel(app.config.get("LOG_LEVEL") or "INFO")
+    # The development server logs each request's path (emailed tokens included) itself.
+    server_log = logging.getLogger("werkzeug")
+    for old_filter in [f for f in server_log.filters if isinstance(f, SecretMask)]:
+        server_log.removeFilter(old_filter)
+    server_log.addFilter(SecretMask(configured_secrets(app.config)))
 
     @app.before_request
     def start_clock() -> None:
