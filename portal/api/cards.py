@@ -1,7 +1,7 @@
-"""Cards: issue (the full number and security code are in that response and never again), list,
-retrieve, rename, freeze and unfreeze one's own; staff archive and restore any; balances; and
-the recipient look-up by card number before a transfer (rate limited per user and per client
-address, so card numbers cannot be enumerated).
+"""Cards: issue (the full number and security code are in that response and never again, not
+even in a replay of it), list, retrieve, rename, freeze and unfreeze one's own; staff archive
+and restore any; balances; and the recipient look-up by card number before a transfer (rate
+limited per user and per client address, so card numbers cannot be enumerated).
 
 Amounts are integers in minor units with a lowercase ISO currency code, as in Stripe. Cards are
 named by their public ids (``card_...``) in paths, bodies and answers. Another person's card is a
@@ -95,10 +95,17 @@ class Card(ApiModel):
 
 class IssuedCard(Card):
     """A card just issued. The only response that ever carries the full number and the
-    security code: store them now, they are never shown again."""
+    security code: store them now, they are never shown again. A retry under the same
+    `Idempotency-Key` (`Idempotent-Replayed: true`) answers the same card with both `null`."""
 
-    number: str = Field(description="The full card number. Shown once, in this response.")
-    cvc: str = Field(description="The security code. Shown once, in this response.")
+    number: str | None = Field(
+        description="The full card number. Shown once, in the first response to this request;"
+        " `null` in a replay."
+    )
+    cvc: str | None = Field(
+        description="The security code. Shown once, in the first response to this request;"
+        " `null` in a replay."
+    )
 
 
 class CardList(ListResponse[Card]):
@@ -164,9 +171,9 @@ class Lookup(RequestBody):
 )
 def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> IssuedCard:
     """Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The
-    response carries the full `number` and `cvc`: only here, and again only to a retry of the
-    same request under the same `Idempotency-Key`. 422 `limit_exceeded` past the per-person
-    maximum."""
+    response carries the full `number` and `cvc`, once: a retry of the same request under the
+    same `Idempotency-Key` answers the same card (`Idempotent-Replayed: true`) with `number` and
+    `cvc` `null`. 422 `limit_exceeded` past the per-person maximum."""
     uow = make_uow()
     issued = cards.issue_card(
         uow, actor=actor, user_id=body.user if body.user is not None else (actor.id or 0),
@@ -174,8 +181,9 @@ def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> Issu
         idempotency_key=idempotency_key,
     )  # fmt: skip
     card = Card.of(activity.get_card(uow, actor=actor, card_id=issued.public_id))
-    if issued.replayed:
+    if isinstance(issued, cards.ReissuedCard):
         mark_replayed()
+        return IssuedCard(**dict(card), number=None, cvc=None)
     return IssuedCard(**dict(card), number=issued.number, cvc=issued.cvv)
 
 

@@ -347,16 +347,23 @@ def issue_card() -> Response:
             )
             form.idempotency_key.data = new_key()
         except (InvalidInput, PortalError) as error:
-            if isinstance(error, NotFound):
+            if isinstance(error, (NotFound, OutcomeUnknown)):
                 raise
             add_service_error(form, error, default="card_type")
         else:
+            label = CARD_TYPE_LABELS.get(issued.card_type, issued.card_type)
+            if isinstance(issued, cards.ReissuedCard):
+                # The form sent again (a double click, a retry): the card it issued, whose
+                # number and code were shown once, to the first answer.
+                return _render(
+                    "cardholder/card_issued.html", 200, card=issued, number=None,
+                    type_label=label,
+                )  # fmt: skip
             # The one page that ever shows the full number and security code; no redirect
             # (the number must not sit in a session) and no caching.
             number = " ".join(
                 issued.number[i : i + 4] for i in range(0, len(issued.number), 4)
             )  # fmt: skip
-            label = CARD_TYPE_LABELS.get(issued.card_type, issued.card_type)  # type: ignore[call-overload]
             return _render(
                 "cardholder/card_issued.html", 201, card=issued, number=number, type_label=label
             )

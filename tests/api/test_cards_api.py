@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import jsonschema
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -333,9 +334,20 @@ def test_issue_with_an_idempotency_key_is_taken_once(
     first = api.post(f"{API}/cards", json=body, headers=headers)
     again = api.post(f"{API}/cards", json=body, headers=headers)
     assert (first.status_code, again.status_code) == (201, 201)
-    assert again.get_json() == first.get_json()
+    issued = first.get_json()
+    # The retry answers the same card without its number and code: those were shown once.
+    assert again.get_json() == {**issued, "number": None, "cvc": None}
+    assert issued["number"] not in again.get_data(as_text=True)
     assert "Idempotent-Replayed" not in first.headers
     assert again.headers["Idempotent-Replayed"] == "true"
+    # Both answers are what the document says POST /cards answers.
+    document = api.get(f"{API}/openapi.json").get_json()
+    created = document["paths"]["/api/v1/cards"]["post"]["responses"]["201"]
+    schema = {**created["content"]["application/json"]["schema"], **document}
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(issued)) == []
+    assert list(validator.iter_errors(again.get_json())) == []
+    assert list(validator.iter_errors({**issued, "number": 42})) != []  # the check can fail
     other = api.post(f"{API}/cards", json={**body, "brand": "amex"}, headers=headers)
     assert error_of(other, 422)["type"] == "idempotency_error"
     listed = api.get(f"{API}/cards", headers=as_alice).get_json()["data"]

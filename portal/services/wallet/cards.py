@@ -2,7 +2,8 @@
 
 A card's number is kept only as AES-GCM ciphertext plus a keyed fingerprint; the security code
 is derived from number and expiry when needed and never stored. ``IssuedCard`` is the single
-place a full number and code leave the service layer: at issue, to be shown once.
+place a full number and code leave the service layer: at issue, to be shown once. A retry of the
+issue under the same idempotency key answers ``ReissuedCard``: the same card, without them.
 
 Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
 request, or an internal id), resolved in the statement that loads or locks them.
@@ -11,7 +12,7 @@ request, or an internal id), resolved in the statement that loads or locks them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy.exc import IntegrityError
 
@@ -47,8 +48,55 @@ class CardView:
     archived: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ReissuedCard:
+    """The answer to a retried issue (the same idempotency key): the card the first request
+    issued, without its number and security code. Those were in the first answer, once; a
+    retry, or whoever replays the key, never gets them."""
+
+    card_id: int
+    public_id: str
+    account_id: int
+    brand: str
+    card_type: str
+    last4: str
+    expiry_month: int
+    expiry_year: int
+    currency: str
+    name: str
+    replayed: bool = True
+
+
 def _may_manage(actor: Actor, owner: Ref, permission: str) -> bool:
     return is_self(actor, owner) or actor.can(permission)
+
+
+@overload
+def issue_card(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    user_id: Ref,
+    card_type: str,
+    brand: str,
+    currency: str,
+    name: str = "",
+    idempotency_key: None = None,
+) -> IssuedCard: ...
+
+
+@overload
+def issue_card(
+    uow: UnitOfWork,
+    *,
+    actor: Actor,
+    user_id: Ref,
+    card_type: str,
+    brand: str,
+    currency: str,
+    name: str = "",
+    idempotency_key: str | None,
+) -> IssuedCard | ReissuedCard: ...
 
 
 def issue_card(
@@ -61,10 +109,11 @@ def issue_card(
     currency: str,
     name: str = "",
     idempotency_key: str | None = None,
-) -> IssuedCard:
+) -> IssuedCard | ReissuedCard:
     """Issue a card with a fresh Luhn-valid number of ``brand`` and its wallet account. With
     ``idempotency_key``, the same request again (a double submit, a retry after a lost answer)
-    answers the card the first one issued, to the same caller, instead of issuing another.
+    answers the card the first one issued, to the same caller, instead of issuing another: as a
+    ReissuedCard, without the number and security code (shown once, in the first answer).
     Raises InvalidInput, Forbidden, NotFound (no such user), LimitExceeded (too many cards),
     IdempotencyConflict (the key was used for another request)."""
     if not _may_manage(actor, user_id, "cards:manage"):
@@ -89,11 +138,11 @@ def issue_card(
     params = {"user_id": user_id, "card_type": card_type, "brand": brand, "currency": currency,
               "name": name}  # fmt: skip
 
-    def work(u: UnitOfWork) -> IssuedCard:
+    def work(u: UnitOfWork) -> IssuedCard | ReissuedCard:
         claim = idempotency.claim(u, actor, key, "card_issue", params) if key else None
         if claim is not None and claim.replay is not None:
             u.observe("idempotent_replays", kind="card_issue")
-            return _reissued(u, vault, int(claim.replay["result"]["card_id"]))
+            return _reissued(u, int(claim.replay["result"]["card_id"]))
         # Lock the owner so two concurrent issues cannot both pass the per-user cap.
         owner = u.execute(
             f"SELECT id FROM users WHERE {user_column} = :ref AND archived_at IS NULL"
@@ -160,23 +209,19 @@ def issue_card(
     return uow.run(work)
 
 
-def _reissued(u: UnitOfWork, vault: Vault, card_id: int) -> IssuedCard:
-    """The answer to a replayed issue: the card the first request issued, read back."""
+def _reissued(u: UnitOfWork, card_id: int) -> ReissuedCard:
+    """The answer to a replayed issue: the card the first request issued, read back without
+    its number (never decrypted for a replay) and so without its security code."""
     row = u.execute(
         "SELECT c.id, c.public_id, a.id AS account_id, c.brand, c.card_type, c.last4,"
-        " c.pan_ciphertext,"
-        " c.key_version, c.expiry_month, c.expiry_year, c.currency, c.name"
+        " c.expiry_month, c.expiry_year, c.currency, c.name"
         " FROM cards c JOIN accounts a ON a.card_id = c.id WHERE c.id = :id",
         {"id": card_id},
     ).one()
-    number = vault.decrypt(row.pan_ciphertext, row.key_version, purpose=PAN_PURPOSE).decode()
-    return IssuedCard(
+    return ReissuedCard(
         card_id=row.id, public_id=row.public_id, account_id=row.account_id, brand=row.brand,
-        card_type=row.card_type,
-        last4=row.last4, number=number,
-        cvv=vault.security_code(number, row.expiry_month, row.expiry_year),
-        expiry_month=row.expiry_month, expiry_year=row.expiry_year, currency=row.currency,
-        name=row.name, replayed=True,
+        card_type=row.card_type, last4=row.last4, expiry_month=row.expiry_month,
+        expiry_year=row.expiry_year, currency=row.currency, name=row.name,
     )  # fmt: skip
 
 
