@@ -34,7 +34,7 @@ from prometheus_client import (
 
 from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
-from portal.services.merchants import checkout, payments
+from portal.services.merchants import checkout, payments, webhooks
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import payouts, wallet
@@ -121,6 +121,7 @@ class Worker:
         #: time.monotonic() when the loop last turned (see healthy()).
         self.last_loop = time.monotonic()
         payouts.register()
+        webhooks.register()
 
     def run_periodic(self) -> None:
         now = time.monotonic()

@@ -192,7 +192,8 @@ def redis_url(app: Flask) -> str:
 
 # -- real commits ---------------------------------------------------------------------------
 WIPE = """
-TRUNCATE postings, holds, journal_entries, top_ups, transfers, withdrawals, refunds, events,
+TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints,
+         postings, holds, journal_entries, top_ups, transfers, withdrawals, refunds, events,
          checkout_sessions, payments, merchant_invitations, merchant_members,
          idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens,
          ledger_checks CASCADE;

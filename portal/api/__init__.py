@@ -33,6 +33,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.refunds",
     "portal.api.checkout",
     "portal.api.events",
+    "portal.api.webhooks",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

@@ -32,6 +32,8 @@ PREFIXES: dict[str, str] = {
     "refund": "re",
     "checkout_session": "cs",
     "event": "evt",
+    "webhook_endpoint": "we",
+    "webhook_delivery": "whd",
 }
 
 #: Longest public id: the longest prefix, "_" and the random part.

@@ -339,3 +339,95 @@ class Event(Base):
     #: ``{"object": {...}, "previous_attributes": {...}}``.
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = now_column()
+
+
+class WebhookEndpoint(Base):
+    """Where a merchant's events are sent: an HTTPS URL, the event types it takes (``*`` for
+    all), and its signing secret ``whsec_...`` sealed by the vault, with the previous one while
+    a rotation's overlap lasts (both sign until ``previous_secret_expires_at``)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('enabled', 'disabled')", name="status"),
+        sa.CheckConstraint(
+            "disabled_reason IS NULL OR disabled_reason IN ('merchant', 'gone', 'failing')",
+            name="disabled_reason",
+        ),
+        sa.CheckConstraint("cardinality(enabled_events) > 0", name="enabled_events"),
+        sa.Index("ix_webhook_endpoints_merchant_created_at_id", "merchant_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("webhook_endpoint")
+    merchant_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("merchants.id"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(sa.String(2048), nullable=False)
+    description: Mapped[str] = mapped_column(sa.String(500), nullable=False, server_default="")
+    enabled_events: Mapped[list[str]] = mapped_column(sa.ARRAY(sa.String(64)), nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="enabled")
+    #: Why it is disabled: by the merchant, the receiver answered 410, or it failed for days.
+    disabled_reason: Mapped[str | None] = mapped_column(sa.String(16))
+    disabled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: Set when Portal disabled the endpoint itself (410, failing for days): the dashboard tells
+    #: the owner until the endpoint is enabled again.
+    needs_attention: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, server_default=sa.false()
+    )
+    #: The first failed attempt since the last delivered one (None while deliveries succeed).
+    failing_since: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    secret_ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary, nullable=False)
+    secret_key_version: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    previous_secret_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    previous_secret_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = now_column()
+    updated_at: Mapped[datetime] = now_column()
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: pending until a 2xx (delivered) or until its retries run out
+    or the endpoint is disabled (failed). Each attempt is a ``WebhookAttempt``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        sa.UniqueConstraint("event_id", "endpoint_id"),
+        sa.Index("ix_webhook_deliveries_endpoint_created_at_id", "endpoint_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = pk_column()
+    public_id: Mapped[str] = public_id_column("webhook_delivery")
+    endpoint_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    event_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: The worker sending it now and until when (at most one attempt in flight).
+    locked_by: Mapped[str | None] = mapped_column(sa.String(128))
+    locked_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = now_column()
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: when, the answer's status (None when there was none),
+    how long it took, the first KB of the answer, and the error."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (sa.Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),)
+
+    id: Mapped[int] = pk_column()
+    delivery_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False
+    )
+    attempted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    duration_ms: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    response_body: Mapped[str] = mapped_column(sa.Text, nullable=False, server_default="")
+    error: Mapped[str | None] = mapped_column(sa.Text)

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from portal.domain.money import Money
 from portal.extensions import limiter
 from portal.services.identity import mfa, sessions, tokens, users
-from portal.services.merchants import checkout, events, keys, merchants, payments
+from portal.services.merchants import checkout, events, keys, merchants, payments, webhooks
 from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import SYSTEM, Factory, new_key
@@ -40,7 +40,8 @@ MERCHANT = frozenset({"merchant"})
 MERCHANT_OR_STAFF = MERCHANT | STAFF
 DECISIONS = ("approve", "reject", "suspend", "reactivate", "archive", "restore")
 #: API routes a merchant's secret key authenticates (not an access token).
-KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/", "/api/v1/events")
+KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/", "/api/v1/events",
+              "/api/v1/webhook_endpoints")  # fmt: skip
 #: Request bodies that pass validation, where the table is about who may act, not about input
 #: (schema validation runs before the service looks at who is asking).
 BODIES = {
@@ -50,6 +51,10 @@ BODIES = {
         "role": "viewer",
     },
     ("POST", "/api/v1/merchants/<merchant_id>/members/<member_id>"): {"role": "owner"},
+    ("POST", "/api/v1/webhook_endpoints"): {
+        "url": "https://hooks.matrix.example/portal",
+        "enabled_events": ["*"],
+    },
 }
 
 #: (method, rule) -> personas allowed. Path objects are the cardholder's own.
@@ -192,6 +197,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/checkout/sessions/<session_id>"): MERCHANT,
     ("GET", "/api/v1/events"): MERCHANT,
     ("GET", "/api/v1/events/<event_id>"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints"): MERCHANT,
+    ("GET", "/api/v1/webhook_endpoints"): MERCHANT,
+    ("GET", "/api/v1/webhook_endpoints/<endpoint_id>"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>"): MERCHANT,
+    ("DELETE", "/api/v1/webhook_endpoints/<endpoint_id>"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/rotate_secret"): MERCHANT,
     # Merchant pages: members see their merchant, staff may look (merchants:read), only members
     # whose role allows act; the staff merchants page needs merchants:read, deciding manage.
     ("GET", "/merchant"): SIGNED_IN,
@@ -298,7 +309,8 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
         contact_email="shop@matrix.example", settlement_currency="USD",
     )  # fmt: skip
     shop = merchants.decide(uow, actor=admin, merchant=applied.public_id, action="approve")
-    key = keys.create_api_key(uow, actor=owner, merchant=shop.public_id, name="matrix")
+    key = keys.create_api_key(uow, actor=owner, merchant=shop.public_id, name="matrix",
+                              scopes=keys.SCOPES)  # fmt: skip
     assert key.secret is not None
     api = keys.authenticate_api_key(uow, secret=key.secret).actor
     payer = make.card(make.user(), balance="100")
@@ -326,12 +338,14 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
     )
     (member,) = merchants.list_members(uow, actor=owner, merchant=shop.public_id)
     event = events.list_events(uow, actor=api, merchant=shop.id, limit=1).items[0]
+    hook = webhooks.create_endpoint(uow, actor=api, merchant=shop.id, enabled_events=["*"],
+                                    url="https://hooks.matrix.example/portal")  # fmt: skip
     return {
         "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
         "kid": key.public_id, "payment_id": paid.id, "pid": paid.id, "refund_id": refund.id,
         "checkout_id": session.id, "member_id": member.public_id,
         "member": member.public_id, "iid": invitation.public_id, "action": "suspend",
-        "event_id": event.id, "secret": key.secret,
+        "event_id": event.id, "endpoint_id": hook.id, "secret": key.secret,
     }  # fmt: skip
 
 

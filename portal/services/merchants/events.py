@@ -17,6 +17,7 @@ from typing import Any
 from portal.domain.errors import InvalidInput, NotFound
 from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.types import Actor
+from portal.services.merchants import webhooks
 from portal.services.merchants.merchants import access, page_after
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -67,14 +68,18 @@ def record(
         if previous:
             data["previous_attributes"] = previous
         rows.append((new_public_id("event"), event_type, json.dumps(data)))
+    # Named after its first event's id (unique in the statement), for the webhook fan-out.
+    part = f"events_{rows[0][0].lower()}"
     uow.defer(
         "INSERT INTO events (public_id, merchant_id, type, api_version, data, created_at)"
         " SELECT e.pid, :m, e.type, :version, CAST(e.data AS jsonb), :at"
         " FROM unnest(CAST(:pids AS text[]), CAST(:types AS text[]), CAST(:datas AS text[]))"
-        " WITH ORDINALITY AS e(pid, type, data, n) ORDER BY e.n",
-        m=merchant_id, version=API_VERSION, at=uow.now() + timedelta(microseconds=step),
+        " WITH ORDINALITY AS e(pid, type, data, n) ORDER BY e.n RETURNING id, type",
+        name=part, m=merchant_id, version=API_VERSION,
+        at=uow.now() + timedelta(microseconds=step),
         pids=[r[0] for r in rows], types=[r[1] for r in rows], datas=[r[2] for r in rows],
     )  # fmt: skip
+    webhooks.fan_out(uow, merchant_id, part)
     return [r[0] for r in rows]
 
 

@@ -141,6 +141,9 @@ class ServiceSettings:
     #: to loopback are allowed (development and tests only).
     public_url: str = "http://127.0.0.1:5000"
     allow_loopback_http: bool = False
+    #: Whether webhook URLs may resolve to loopback, private, link-local or reserved addresses
+    #: (``PORTAL_WEBHOOK_ALLOW_PRIVATE``; on outside production, for local receivers).
+    webhook_allow_private: bool = False
 
     def limits_for(self, currency: str, kind: str) -> Limits | None:
         return self.limits.get(currency, {}).get(kind)
