@@ -41,6 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORTAL_ENV=production \
     PORTAL_BIND=0.0.0.0:8000 \
+    PORTAL_WORKER_HTTP_HOST=0.0.0.0 \
     WEB_CONCURRENCY=2 \
     PORTAL_THREADS=4 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/portal-metrics

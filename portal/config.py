@@ -244,8 +244,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "WORKER_POLL_SECONDS": float(get("PORTAL_WORKER_POLL_SECONDS", "0.5") or 0.5),
         "WORKER_LEASE_SECONDS": float(get("PORTAL_WORKER_LEASE_SECONDS", "60") or 60),
         "WORKER_HTTP_PORT": int(get("PORTAL_WORKER_HTTP_PORT", "0") or 0) or None,
-        # All interfaces by default: the port exists for a container's probes and scrapes.
-        "WORKER_HTTP_HOST": get("PORTAL_WORKER_HTTP_HOST", "0.0.0.0"),  # noqa: S104
+        # Loopback by default: outside a container nothing else needs the port. The container
+        # configurations (Dockerfile, compose, k8s) open it to their probes and scrapes with
+        # PORTAL_WORKER_HTTP_HOST=0.0.0.0.
+        "WORKER_HTTP_HOST": get("PORTAL_WORKER_HTTP_HOST", "127.0.0.1"),
         "LEDGER_CHECK_SECONDS": float(get("PORTAL_LEDGER_CHECK_SECONDS", "300") or 300),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
