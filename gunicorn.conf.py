@@ -3,6 +3,7 @@
 Environment: ``PORTAL_BIND`` (default ``127.0.0.1:5000``), ``WEB_CONCURRENCY`` worker processes
 (default 2), ``PORTAL_THREADS`` threads per worker (default 4). Size the database pool
 (``PORTAL_DB_POOL_SIZE``) to the threads per worker: each thread holds at most one connection.
+``PORTAL_PROXY_COUNT`` (default 0) decides whether forwarded headers are trusted at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,21 @@ bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("PORTAL_THREADS", "4"))
 worker_class = "gthread"
+
+# X-Forwarded-Proto and the other forwarded headers are trusted from nobody unless Portal is told
+# it sits behind proxies (PORTAL_PROXY_COUNT, which the app's ProxyFix reads to take that many
+# hops of X-Forwarded-For/-Proto/-Host). Gunicorn's own default trusts 127.0.0.1, so any local
+# process could claim https (and get HSTS and secure cookies) with no proxy at all.
+if int(os.environ.get("PORTAL_PROXY_COUNT", "0") or 0) > 0:
+    # The proxy's address is not known here (ProxyFix counts hops instead), and only the header
+    # ProxyFix reads counts: not X-Forwarded-Ssl, which a proxy may pass through from anyone.
+    forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
+    secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+else:
+    forwarded_allow_ips = ""
+    secure_scheme_headers = {}  # a Unix socket's peer is trusted whatever the list says
+# Portal is never mounted under a prefix: no SCRIPT_NAME or PATH_INFO from any header.
+forwarder_headers = ""
 
 timeout = 30  # a worker silent this long is killed and replaced
 graceful_timeout = 10  # on SIGTERM, time for in-flight requests; the supervisor waits longer
