@@ -358,6 +358,30 @@ def test_a_statement_timeout_is_not_a_lost_connection(
 
 
 @pytest.mark.parametrize(
+    ("sqlstate", "lost"),
+    [
+        ("57P01", True),  # admin shutdown: pg_terminate_backend, a fast shutdown
+        ("57P02", True),  # crash shutdown
+        ("57P03", True),  # cannot connect now: starting up or shutting down
+        ("08006", True),  # connection failure
+        ("08003", True),  # connection does not exist
+        ("25P03", True),  # idle-in-transaction timeout ends the session
+        ("57014", False),  # statement timeout: the statement failed, the session lives
+        ("55P03", False),  # lock timeout: TemporarilyUnavailable, as before
+        ("40P01", False),  # deadlock: retried as before
+        ("23505", False),  # unique violation
+    ],
+)
+def test_which_server_errors_lose_the_connection(sqlstate: str, lost: bool) -> None:
+    error = psycopg.errors.lookup(sqlstate)("from the server")
+    assert connection_lost(error) is lost
+    wrapped = DBAPIError("SELECT 1", None, error, connection_invalidated=False)
+    assert connection_lost(wrapped) is lost
+    # Whatever the error, SQLAlchemy's own verdict that the connection is gone wins.
+    assert connection_lost(DBAPIError("SELECT 1", None, error, connection_invalidated=True))
+
+
+@pytest.mark.parametrize(
     ("sql", "writes"),
     [
         ("SELECT id FROM users WHERE id = :id", False),
