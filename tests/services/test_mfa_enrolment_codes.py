@@ -209,3 +209,18 @@ def test_a_secret_begun_before_a_staff_role_cannot_be_confirmed_without_a_code(u
         ).scalar_one()
     )
     assert unused == 0
+
+
+def test_deleting_the_admin_who_made_a_code_keeps_the_code(uow, clock):
+    maker, other = enrolled_admin(uow, clock), enrolled_admin(uow, clock)
+    newcomer = staff(uow, "support")
+    code = mfa.issue_enrolment_code(uow, actor=maker.actor, user_id=newcomer.id).code
+    users.delete_user(uow, actor=other.actor, user_id=maker.id)
+    made_by = uow.run(
+        lambda u: u.execute(
+            "SELECT created_by_id FROM mfa_enrolment_codes WHERE user_id = :id",
+            {"id": newcomer.id},
+        ).scalar_one()
+    )
+    assert made_by is None
+    assert mfa.begin_totp_enrolment(uow, actor=newcomer.actor, enrolment_code=code).secret
