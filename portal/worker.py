@@ -34,7 +34,7 @@ from prometheus_client import (
 
 from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
-from portal.services.merchants import checkout, payments, webhooks
+from portal.services.merchants import checkout, events, payments, webhooks
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import payouts, wallet
@@ -69,6 +69,8 @@ def periodic_tasks(
         ("expire_uncaptured_payments", 30.0, _expire_uncaptured),
         ("ledger_check", ledger_check_seconds, reconciliation.record_check),
         ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
+        # Events are kept EVENT_RETENTION_DAYS (30) days, then deleted.
+        ("purge_events", 3600.0, events.purge_events),
     ]
 
 

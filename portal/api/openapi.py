@@ -34,7 +34,11 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     413: ("PayloadTooLarge", "The request body is too large."),
     422: ("UnprocessableContent", "A parameter is missing or invalid: `param` names it."),
     429: ("TooManyRequests", "Too many requests: retry after `Retry-After` seconds."),
-    503: ("ServiceUnavailable", "Temporarily unable to proceed; nothing changed. Retry."),
+    503: (
+        "ServiceUnavailable",
+        "Temporarily unable to proceed: `try_again` (nothing changed) or `outcome_unknown` (the"
+        " connection was lost; it may have been done). Retry with the same Idempotency-Key.",
+    ),
 }
 
 _RULE_PART = re.compile(

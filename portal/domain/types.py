@@ -107,8 +107,6 @@ class IssuedCard:
     expiry_year: int
     currency: str
     name: str
-    #: True when this answers a retried request (same idempotency key): the card issued first.
-    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
