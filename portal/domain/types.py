@@ -107,6 +107,8 @@ class IssuedCard:
     expiry_year: int
     currency: str
     name: str
+    #: False: a fresh issue (a replay answers a ``ReissuedCard``, without number or code).
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
