@@ -77,6 +77,8 @@ from portal.web.auth import (
     step_up,
 )
 from portal.web.auth import safe_next as web_safe_next
+from portal.web.render import render_page as _render
+from portal.web.render import wants_fragment as _is_htmx
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.auth")
@@ -91,22 +93,6 @@ _BASE32 = re.compile(r"^[A-Z2-7]{16,64}$")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _is_htmx() -> bool:
-    """An htmx request that wants a fragment (not a boosted navigation or a history restore)."""
-    headers = request.headers
-    return (
-        headers.get("HX-Request") == "true"
-        and not headers.get("HX-Boosted")
-        and not headers.get("HX-History-Restore-Request")
-    )
-
-
-def _render(template: str, status: int = 200, /, **context: Any) -> Response:
-    response = make_response(render_template(template, **context), status)
-    response.vary.add("HX-Request")
-    return response
-
-
 def _fragments(
     *parts: tuple[str, Mapping[str, Any]],
     status: int = 200,

@@ -34,7 +34,6 @@ from flask import (
     g,
     make_response,
     redirect,
-    render_template,
     request,
     url_for,
 )
@@ -74,6 +73,9 @@ from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTota
 from portal.services.wallet.wallet import BankAccount
 from portal.web.auth import current_actor, login_required
 from portal.web.cache import cached
+from portal.web.render import render_fragments as _fragments
+from portal.web.render import render_page as _render
+from portal.web.render import wants_fragment as _is_htmx
 from portal.web.uow import make_uow
 
 #: How often pages ask whether anything changed (milliseconds); the issue asks for about 1.5 s.
@@ -99,29 +101,6 @@ MOVEMENT_TITLES = {
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _is_htmx() -> bool:
-    """An htmx request that wants a fragment (not a boosted navigation or a history restore)."""
-    headers = request.headers
-    return (
-        headers.get("HX-Request") == "true"
-        and not headers.get("HX-Boosted")
-        and not headers.get("HX-History-Restore-Request")
-    )
-
-
-def _render(template: str, status: int = 200, /, **context: Any) -> Response:
-    response = make_response(render_template(template, **context), status)
-    response.vary.add("HX-Request")
-    return response
-
-
-def _fragments(*parts: tuple[str, Mapping[str, Any]], status: int = 200) -> Response:
-    html = "".join(render_template(name, **context) for name, context in parts)
-    response = make_response(html, status)
-    response.vary.add("HX-Request")
-    return response
-
-
 @bp.before_request
 def _htmx_needs_sign_in() -> Response | None:
     """An htmx request (a poll, a button) whose session has ended gets a full-page trip to the

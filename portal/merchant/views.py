@@ -32,7 +32,6 @@ from flask import (
     g,
     make_response,
     redirect,
-    render_template,
     request,
     url_for,
 )
@@ -81,6 +80,9 @@ from portal.services.merchants.payments import PaymentView
 from portal.services.merchants.reports import Series
 from portal.web import mail, once
 from portal.web.auth import current_actor, login_required, safe_next
+from portal.web.render import render_fragments as _fragments
+from portal.web.render import render_page as _render
+from portal.web.render import wants_fragment as _is_htmx
 from portal.web.uow import make_uow
 
 log = logging.getLogger(__name__)
@@ -110,29 +112,6 @@ DECISION_DONE = {
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _is_htmx() -> bool:
-    """An htmx request that wants a fragment (not a boosted navigation or a history restore)."""
-    headers = request.headers
-    return (
-        headers.get("HX-Request") == "true"
-        and not headers.get("HX-Boosted")
-        and not headers.get("HX-History-Restore-Request")
-    )
-
-
-def _render(template: str, status: int = 200, /, **context: Any) -> Response:
-    response = make_response(render_template(template, **context), status)
-    response.vary.add("HX-Request")
-    return response
-
-
-def _fragments(*parts: tuple[str, Mapping[str, Any]], status: int = 200) -> Response:
-    html = "".join(render_template(name, **context) for name, context in parts)
-    response = make_response(html, status)
-    response.vary.add("HX-Request")
-    return response
-
-
 @bp.before_request
 def _htmx_needs_sign_in() -> Response | None:
     """A poll whose session has ended sends the whole page to the sign-in page."""
