@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind
 from portal.services.merchants import events, payments
 from portal.services.merchants.merchants import access, check_url, page_after
-from portal.services.merchants.objects import checkout_session_object
+from portal.services.merchants.objects import Stored, checkout_session_object
 from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -54,7 +54,7 @@ PAID_PAYMENT_STATUSES = ("succeeded", "requires_capture")
 
 # -- results ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class CheckoutSessionView:
+class CheckoutSessionView(Stored):
     """A checkout session as the merchant and the API see it."""
 
     id: str
@@ -77,20 +77,6 @@ class CheckoutSessionView:
     expires_at: datetime
     completed_at: datetime | None
     replayed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("replayed")
-        for key in ("created", "expires_at", "completed_at"):
-            data[key] = data[key].isoformat() if data[key] else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, replayed: bool = False) -> CheckoutSessionView:
-        values = dict(data)
-        for key in ("created", "expires_at", "completed_at"):
-            values[key] = datetime.fromisoformat(values[key]) if values[key] else None
-        return cls(**values, replayed=replayed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,35 @@ change, so an event's ``data.object`` is exactly what ``GET`` would have answere
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from portal.services.merchants.checkout import CheckoutSessionView
     from portal.services.merchants.payments import PaymentView, RefundView
+
+
+class Stored:
+    """A frozen view kept with an idempotency key and read back for a replay: datetimes as ISO
+    text, ``replayed`` left out (a view read back is a replay)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        data.pop("replayed")
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, replayed: bool = False) -> Self:
+        dated = {f.name for f in fields(cls) if "datetime" in str(f.type)}  # type: ignore[arg-type]
+        values = {
+            k: datetime.fromisoformat(v) if k in dated and v is not None else v
+            for k, v in data.items()
+        }
+        return cls(**values, replayed=replayed)  # type: ignore[call-arg]
 
 
 def unix(moment: datetime | None) -> int | None:

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -52,7 +52,7 @@ from portal.services.merchants.merchants import (
     open_balance_account,
     page_after,
 )
-from portal.services.merchants.objects import payment_object, refund_object
+from portal.services.merchants.objects import Stored, payment_object, refund_object
 from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, like_pattern, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -78,7 +78,7 @@ DECLINE_MESSAGES = {
 
 # -- results ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class PaymentView:
+class PaymentView(Stored):
     """A payment as merchants and the API see it (never a full card number)."""
 
     id: str
@@ -113,23 +113,9 @@ class PaymentView:
     def refunded(self) -> bool:
         return self.amount_received > 0 and self.amount_refunded == self.amount_received
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("replayed")
-        for key in ("canceled_at", "created", "captured_at"):
-            data[key] = data[key].isoformat() if data[key] else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, replayed: bool = False) -> PaymentView:
-        values = dict(data)
-        for key in ("canceled_at", "created", "captured_at"):
-            values[key] = datetime.fromisoformat(values[key]) if values[key] else None
-        return cls(**values, replayed=replayed)
-
 
 @dataclass(frozen=True, slots=True)
-class RefundView:
+class RefundView(Stored):
     id: str
     payment: str
     amount: int
@@ -140,18 +126,6 @@ class RefundView:
     metadata: dict[str, str]
     created: datetime
     replayed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("replayed")
-        data["created"] = self.created.isoformat()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, replayed: bool = False) -> RefundView:
-        values = dict(data)
-        values["created"] = datetime.fromisoformat(values["created"])
-        return cls(**values, replayed=replayed)
 
 
 @dataclass(frozen=True, slots=True)
