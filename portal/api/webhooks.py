@@ -13,6 +13,7 @@ In production a URL must resolve to public addresses only.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 from flask import request
@@ -200,3 +201,104 @@ def delete_webhook_endpoint(endpoint_id: str, actor: Actor) -> DeletedWebhookEnd
     deleted = webhooks.delete_endpoint(make_uow(), actor=actor, merchant=_merchant(actor),
                                        endpoint=endpoint_id)  # fmt: skip
     return DeletedWebhookEndpoint(id=deleted.id)
+
+
+# -- the delivery log, resending and replaying ---------------------------------------------------
+class Attempt(ApiModel):
+    attempted_at: int = Field(description="Unix seconds.")
+    status_code: int | None = Field(description="The receiver's status; null if none came.")
+    duration_ms: int
+    response_body: str = Field(description="The first 1 KB of the receiver's answer.")
+    error: str | None = Field(description="Why no answer came (timeout, refused, ...).")
+
+
+class Delivery(ApiModel):
+    id: str = Field(examples=["whd_4kT9qL2mXw8ZpR3vN7sB1cYd"])
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    endpoint: str
+    event: str = Field(description="The event delivered (`evt_...`).")
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: int | None = Field(description="Unix seconds, while pending.")
+    delivered_at: int | None
+    created: int
+    log: list[Attempt] = Field(description="Every attempt, oldest first.")
+
+    @classmethod
+    def of(cls, d: webhooks.DeliveryView) -> Delivery:
+        return cls(
+            id=d.id, endpoint=d.endpoint, event=d.event, event_type=d.event_type,
+            status=d.status, attempts=d.attempts,  # type: ignore[arg-type]
+            next_attempt_at=unix(d.next_attempt_at), delivered_at=unix(d.delivered_at),
+            created=unix(d.created_at) or 0,
+            log=[Attempt(attempted_at=unix(a.attempted_at) or 0, status_code=a.status_code,
+                         duration_ms=a.duration_ms, response_body=a.response_body,
+                         error=a.error) for a in d.log],
+        )  # fmt: skip
+
+
+class DeliveryList(ListResponse[Delivery]):
+    """An endpoint's deliveries, newest first, with their attempts."""
+
+
+class DeliveryQuery(QueryModel):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+
+class ReplayFailed(RequestBody):
+    since: int = Field(ge=0, le=4102444800, description="Unix seconds: failed deliveries made "
+                       "since then are sent again.")  # fmt: skip
+
+
+class Replayed(ApiModel):
+    object: Literal["webhook_replay"] = "webhook_replay"
+    endpoint: str
+    queued: int = Field(description="How many failed deliveries are being sent again.")
+
+
+@operation(
+    bp, "GET", "/webhook_endpoints/<endpoint_id>/deliveries", summary="List an endpoint's"
+    " deliveries", tags=["webhooks"], auth="api_key", permission="webhooks:manage",
+    query=DeliveryQuery, response=DeliveryList, errors=(NotFound,), rate_limit=key_failures,
+    ids=ENDPOINT_ID,
+)  # fmt: skip
+def list_webhook_deliveries(endpoint_id: str, query: DeliveryQuery, actor: Actor) -> DeliveryList:
+    """The delivery log: each event sent to the endpoint with every attempt's time, status,
+    duration, the start of the answer and the error."""
+    found = webhooks.list_deliveries(make_uow(), actor=actor, merchant=_merchant(actor),
+                                     endpoint=endpoint_id, limit=query.limit)  # fmt: skip
+    return DeliveryList(url=request.path, has_more=False, data=[Delivery.of(d) for d in found])
+
+
+@operation(
+    bp, "POST", "/webhook_endpoints/<endpoint_id>/deliveries/<delivery_id>/resend",
+    summary="Resend a delivery", tags=["webhooks"], auth="api_key",
+    permission="webhooks:manage", response=Delivery, errors=(NotFound, InvalidInput),
+    rate_limit=key_failures, ids={**ENDPOINT_ID, "delivery_id": "webhook_delivery"},
+)  # fmt: skip
+def resend_webhook_delivery(endpoint_id: str, delivery_id: str, actor: Actor) -> Delivery:
+    """Send a delivered or failed delivery again now (the same event id). 422
+    `delivery_pending` while it is still being retried."""
+    return Delivery.of(webhooks.resend_delivery(
+        make_uow(), actor=actor, merchant=_merchant(actor), endpoint=endpoint_id,
+        delivery=delivery_id,
+    ))  # fmt: skip
+
+
+@operation(
+    bp, "POST", "/webhook_endpoints/<endpoint_id>/replay_failed",
+    summary="Replay failed deliveries", tags=["webhooks"], auth="api_key",
+    permission="webhooks:manage", body=ReplayFailed, response=Replayed,
+    errors=(NotFound, InvalidInput), rate_limit=key_failures, ids=ENDPOINT_ID,
+)  # fmt: skip
+def replay_failed_webhooks(endpoint_id: str, body: ReplayFailed, actor: Actor) -> Replayed:
+    """Send again, now, every delivery to this endpoint that failed since `since`."""
+    queued = webhooks.replay_failed(
+        make_uow(),
+        actor=actor,
+        merchant=_merchant(actor),
+        endpoint=endpoint_id,
+        since=datetime.fromtimestamp(body.since, UTC),
+    )
+    return Replayed(endpoint=endpoint_id, queued=queued)

@@ -55,6 +55,7 @@ BODIES = {
         "url": "https://hooks.matrix.example/portal",
         "enabled_events": ["*"],
     },
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/replay_failed"): {"since": 0},
 }
 
 #: (method, rule) -> personas allowed. Path objects are the cardholder's own.
@@ -203,6 +204,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>"): MERCHANT,
     ("DELETE", "/api/v1/webhook_endpoints/<endpoint_id>"): MERCHANT,
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/rotate_secret"): MERCHANT,
+    ("GET", "/api/v1/webhook_endpoints/<endpoint_id>/deliveries"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/deliveries/<delivery_id>/resend"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/replay_failed"): MERCHANT,
     # Merchant pages: members see their merchant, staff may look (merchants:read), only members
     # whose role allows act; the staff merchants page needs merchants:read, deciding manage.
     ("GET", "/merchant"): SIGNED_IN,
@@ -340,12 +344,23 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
     event = events.list_events(uow, actor=api, merchant=shop.id, limit=1).items[0]
     hook = webhooks.create_endpoint(uow, actor=api, merchant=shop.id, enabled_events=["*"],
                                     url="https://hooks.matrix.example/portal")  # fmt: skip
+    payments.create_payment(
+        uow,
+        actor=api,
+        merchant=shop.id,
+        amount=Money(900, "USD"),
+        card=card,
+        idempotency_key=new_key(),
+    )  # a delivery to the endpoint
+    (delivery, *_) = webhooks.list_deliveries(uow, actor=api, merchant=shop.id,
+                                              endpoint=hook.id)  # fmt: skip
     return {
         "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
         "kid": key.public_id, "payment_id": paid.id, "pid": paid.id, "refund_id": refund.id,
         "checkout_id": session.id, "member_id": member.public_id,
         "member": member.public_id, "iid": invitation.public_id, "action": "suspend",
-        "event_id": event.id, "endpoint_id": hook.id, "secret": key.secret,
+        "event_id": event.id, "endpoint_id": hook.id, "delivery_id": delivery.id,
+        "secret": key.secret,
     }  # fmt: skip
 
 

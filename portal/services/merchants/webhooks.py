@@ -609,6 +609,82 @@ def list_deliveries(
     return uow.run(work)
 
 
+def _queue_again(u: UnitOfWork, delivery: Any) -> None:
+    """Send a finished delivery again now: pending, with its next attempt's job due now."""
+    u.execute(
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = :now WHERE id = :id",
+        {"now": u.now(), "id": delivery.id},
+    )
+    attempt = delivery.attempts + 1
+    jobs.enqueue(
+        u, JOB_KIND, {"delivery": delivery.id, "attempt": attempt}, run_at=u.now(),
+        dedupe_key=f"webhook:{delivery.id}:{attempt}",
+    )  # fmt: skip
+
+
+def resend_delivery(
+    uow: UnitOfWork, *, actor: Actor, merchant: str | int, endpoint: str, delivery: str
+) -> DeliveryView:
+    """Send a delivered or failed delivery of an enabled endpoint again, now (the same event
+    id, so a receiver that dedupes by it stays right). Raises NotFound, Forbidden,
+    InvalidInput (``delivery_pending`` while it is still being retried, ``endpoint_disabled``)."""
+
+    def work(u: UnitOfWork) -> None:
+        m = _manage(u, actor, merchant).merchant
+        row = _endpoint_row(u, m.id, endpoint)
+        if row.status != "enabled":
+            raise InvalidInput("enable the endpoint first", param="endpoint",
+                               code="endpoint_disabled")  # fmt: skip
+        found = None
+        if is_public_id("webhook_delivery", delivery):
+            found = u.execute(
+                "SELECT id, status, attempts FROM webhook_deliveries WHERE public_id = :id"
+                " AND endpoint_id = :we FOR UPDATE",
+                {"id": delivery, "we": row.id},
+            ).first()
+        if found is None:
+            raise NotFound("no such delivery", param="delivery")
+        if found.status == "pending":
+            raise InvalidInput("this delivery is still being retried", param="delivery",
+                               code="delivery_pending")  # fmt: skip
+        _queue_again(u, found)
+        audit.record(u, actor, "webhook.resend", "webhook_endpoint", row.id,
+                     data={"delivery": delivery})  # fmt: skip
+
+    uow.run(work)
+    return next(
+        d for d in list_deliveries(uow, actor=actor, merchant=merchant, endpoint=endpoint,
+                                   limit=100) if d.id == delivery
+    )  # fmt: skip
+
+
+def replay_failed(
+    uow: UnitOfWork, *, actor: Actor, merchant: str | int, endpoint: str, since: datetime
+) -> int:
+    """Send again, now, every failed delivery of the endpoint made since ``since`` (at most
+    1,000); returns how many. Raises NotFound, Forbidden, InvalidInput."""
+
+    def work(u: UnitOfWork) -> int:
+        m = _manage(u, actor, merchant).merchant
+        row = _endpoint_row(u, m.id, endpoint)
+        if row.status != "enabled":
+            raise InvalidInput("enable the endpoint first", param="endpoint",
+                               code="endpoint_disabled")  # fmt: skip
+        failed = u.execute(
+            "SELECT id, status, attempts FROM webhook_deliveries WHERE endpoint_id = :we"
+            " AND status = 'failed' AND created_at >= :since ORDER BY id LIMIT 1000"
+            " FOR UPDATE",
+            {"we": row.id, "since": since},
+        ).all()
+        for found in failed:
+            _queue_again(u, found)
+        audit.record(u, actor, "webhook.replay_failed", "webhook_endpoint", row.id,
+                     data={"since": since.isoformat(), "count": len(failed)})  # fmt: skip
+        return len(failed)
+
+    return uow.run(work)
+
+
 # -- fan-out --------------------------------------------------------------------------------------
 def fan_out(uow: UnitOfWork, merchant_id: int, events_part: str) -> None:
     """Defer, beside the deferred part ``events_part`` (an INSERT INTO events ... RETURNING id,
