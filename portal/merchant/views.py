@@ -73,7 +73,7 @@ from portal.merchant.forms import (
     new_key,
     options,
 )
-from portal.services.merchants import keys, merchants, payments, reports
+from portal.services.merchants import keys, merchants, payments, reports, webhooks
 from portal.services.merchants.keys import ApiKeyView
 from portal.services.merchants.merchants import Membership, MerchantView
 from portal.services.merchants.payments import PaymentView
@@ -211,7 +211,18 @@ def _layout(membership: Membership, tab: str) -> dict[str, Any]:
         "tab": tab,
         "switch_to": [m for m in mine if m.merchant.public_id != membership.merchant.public_id],
         "role_names": ROLE_NAMES,
+        "webhook_alerts": _webhook_alerts(membership),
     }
+
+
+def _webhook_alerts(membership: Membership) -> list[webhooks.WebhookEndpointView]:
+    """Endpoints Portal turned off (a 410, or days of failures): their managers are told."""
+    if membership.role not in ("owner", "developer"):
+        return []
+    page = webhooks.list_endpoints(
+        _uow(), actor=current_actor(), merchant=membership.merchant.id, limit=100
+    )
+    return [e for e in page.items if e.needs_attention]
 
 
 def _sentence(text: str) -> str:

@@ -1077,3 +1077,28 @@ def test_every_page_labels_its_inputs_and_has_no_inline_script(
         assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], name
         assert "<style" not in html and not re.search(r"\sstyle=", html), name
         assert not re.search(r"\son[a-z]+=", html), name
+
+
+def test_an_endpoint_portal_turned_off_is_shown_to_its_managers(world: World) -> None:
+    from portal.services.merchants import webhooks
+    from tests.merchants.test_webhooks import Answer, Receiver, run_worker
+
+    receiver = Receiver()
+    try:
+        receiver.default = Answer(410)
+        webhooks.create_endpoint(
+            world.uow,
+            actor=actor_of(world.uow, world.owner),
+            merchant=world.mid,
+            url=receiver.url,
+            enabled_events=["*"],
+        )
+        world.pay("12")
+        run_worker(lambda: world.uow)
+    finally:
+        receiver.close()
+    owner = page_text(world.as_client(world.owner).get(f"/merchant/{world.mid}"))
+    assert "A webhook endpoint was turned off." in owner and "410 Gone" in owner
+    assert receiver.url in owner
+    viewer = page_text(world.as_client(world.viewer).get(f"/merchant/{world.mid}"))
+    assert "webhook endpoint was turned off" not in viewer
