@@ -38,17 +38,17 @@ from portal.api.schemas import (
     TransferId,
     WithdrawalId,
     id_field,
+    money,
 )
 from portal.domain.errors import (
     CardUnavailable,
     IdempotencyConflict,
     InsufficientFunds,
-    InvalidInput,
     NotFound,
     PortalError,
     TemporarilyUnavailable,
 )
-from portal.domain.money import Money, MoneyError
+from portal.domain.money import Money
 from portal.domain.types import Actor, MovementResult
 from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, Page
 from portal.services.wallet import activity, wallet
@@ -287,6 +287,10 @@ class ActivityQuery(Filters):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _money(body: Amount) -> Money:
+    return money(body.amount, body.currency)
+
+
 def _named(call: Callable[[], T]) -> T:
     """Run ``call``, naming refused parameters as the API does."""
     try:
@@ -297,13 +301,6 @@ def _named(call: Callable[[], T]) -> T:
         if getattr(exc, "replayed", False):  # a stored refusal answered again
             mark_replayed()
         raise
-
-
-def _money(body: Amount) -> Money:
-    try:
-        return Money(body.amount, body.currency)
-    except MoneyError as exc:
-        raise InvalidInput(str(exc), param="currency") from None
 
 
 def _created(model: type[M], actor: Actor, result: MovementResult) -> M:

@@ -22,18 +22,16 @@ from portal.api import bp
 from portal.api.merchant_auth import key_failures
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListResponse
-from portal.api.schemas import ApiModel, QueryModel, RequestBody
+from portal.api.schemas import ApiModel, QueryModel, RequestBody, money
 from portal.domain.errors import (
     CardDeclined,
     IdempotencyConflict,
-    InvalidInput,
     NotFound,
     RateLimited,
     TemporarilyUnavailable,
     UnexpectedState,
 )
 from portal.domain.ids import MAX_LENGTH
-from portal.domain.money import Money, MoneyError
 from portal.domain.types import Actor
 from portal.services.merchants import payments
 from portal.services.merchants.objects import payment_object
@@ -48,13 +46,6 @@ _METADATA = Field(
     default_factory=dict,
     description="Up to 50 keys of at most 40 characters and values of at most 500 characters.",
 )
-
-
-def money(amount: int, currency: str) -> Money:
-    try:
-        return Money(amount, currency)
-    except MoneyError as exc:
-        raise InvalidInput(str(exc), param="currency") from None
 
 
 def replayed(result: payments.PaymentView | payments.RefundView) -> None:

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from portal.domain.errors import InvalidInput
 from portal.domain.ids import MAX_LENGTH, PREFIXES, RANDOM_LENGTH
+from portal.domain.money import Money, MoneyError
+
+
+def money(amount: int, currency: str) -> Money:
+    """An amount from a request; an unknown currency is a 422 naming ``currency``."""
+    try:
+        return Money(amount, currency)
+    except MoneyError as exc:
+        raise InvalidInput(str(exc), param="currency") from None
 
 
 class ApiModel(BaseModel):

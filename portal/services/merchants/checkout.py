@@ -201,7 +201,7 @@ def _check_return_url(uow: UnitOfWork, url: str, param: str) -> str:
 def _check_amount(uow: UnitOfWork, amount: Money) -> None:
     # The payment's own rule (positive, within the configured limits), checked now so that a
     # session that could never be paid is never created; paying checks it again.
-    payments._check_amount(uow, amount)
+    payments.check_amount(uow, amount)
 
 
 # -- create -----------------------------------------------------------------------------------

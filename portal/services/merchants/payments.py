@@ -32,7 +32,6 @@ from portal.domain.errors import (
     CardDeclined,
     Forbidden,
     InvalidInput,
-    LimitExceeded,
     NotFound,
     RateLimited,
     UnexpectedState,
@@ -57,6 +56,7 @@ from portal.services.shared import audit, idempotency
 from portal.services.shared.pagination import Page, check_limit, like_pattern, page_of
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
+from portal.services.wallet.wallet import check_amount as wallet_check_amount
 
 CAPTURE_METHODS = ("automatic", "manual")
 CANCELLATION_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
@@ -204,22 +204,9 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     return clean
 
 
-def _check_amount(uow: UnitOfWork, amount: Money) -> None:
-    if amount.amount_minor <= 0:
-        raise InvalidInput("amount must be positive", param="amount")
-    limits = uow.settings.limits_for(amount.currency, "payment")
-    if limits is None:
-        raise InvalidInput(f"payments in {amount.currency} are not supported", param="currency")
-    if amount.amount_minor < limits.minimum:
-        raise LimitExceeded(
-            f"amount below the minimum of {Money(limits.minimum, amount.currency)}",
-            param="amount",
-        )
-    if amount.amount_minor > limits.maximum:
-        raise LimitExceeded(
-            f"amount above the maximum of {Money(limits.maximum, amount.currency)}",
-            param="amount",
-        )
+def check_amount(uow: UnitOfWork, amount: Money) -> None:
+    """Positive and within the currency's payment limits. Raises InvalidInput, LimitExceeded."""
+    wallet_check_amount(uow, amount, "payment", "payment")
 
 
 def _check_card(card: CardDetails) -> str:
@@ -424,7 +411,7 @@ def _common_fields(
     uow: UnitOfWork, amount: Money, capture_method: str, description: str,
     metadata: Mapping[str, Any] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    _check_amount(uow, amount)
+    check_amount(uow, amount)
     if capture_method not in CAPTURE_METHODS:
         raise InvalidInput("capture_method is automatic or manual", param="capture_method")
     description = (description or "").strip()

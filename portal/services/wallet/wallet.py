@@ -165,7 +165,9 @@ def _record(
 
 
 # -- pure checks -----------------------------------------------------------------------------
-def _check_amount(uow: UnitOfWork, amount: Money, kind: str, label: str) -> None:
+def check_amount(uow: UnitOfWork, amount: Money, kind: str, label: str) -> None:
+    """Positive and within the currency's configured limits for ``kind`` (``label`` names it
+    in messages). Raises InvalidInput, LimitExceeded."""
     if amount.amount_minor <= 0:
         raise InvalidInput("amount must be positive", param="amount")
     limits = uow.settings.limits_for(amount.currency, kind)
@@ -225,7 +227,7 @@ def top_up(
     if method not in TopUpMethod.__members__.values():
         allowed = ", ".join(m.value for m in TopUpMethod)
         raise InvalidInput(f"method must be one of {allowed}", param="method")
-    _check_amount(uow, amount, "top_up", "top-up")
+    check_amount(uow, amount, "top_up", "top-up")
     params = {"card_id": card_id, "amount": amount.amount_minor, "currency": amount.currency,
               "method": method}  # fmt: skip
 
@@ -316,7 +318,7 @@ def transfer(
     memo = (memo or "").strip()
     if len(memo) > 140:
         raise InvalidInput("memo is at most 140 characters", param="memo")
-    _check_amount(uow, amount, "transfer", "transfer")
+    check_amount(uow, amount, "transfer", "transfer")
     params = {"from": from_card_id, "to": to_card_id, "amount": amount.amount_minor,
               "currency": amount.currency, "memo": memo}  # fmt: skip
 
@@ -417,7 +419,7 @@ def withdraw(
     key = idempotency.check_key(idempotency_key)
     _check_card(card_id, "card_id")
     bank = bank.validated()
-    _check_amount(uow, amount, "withdrawal", "withdrawal")
+    check_amount(uow, amount, "withdrawal", "withdrawal")
     params = {"card_id": card_id, "amount": amount.amount_minor, "currency": amount.currency,
               "bank": [bank.bank_name, bank.account_number, bank.account_holder]}  # fmt: skip
 
@@ -649,6 +651,7 @@ def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> Balance:
 __all__ = [
     "PAYOUT_JOB",
     "BankAccount",
+    "check_amount",
     "confirm_withdrawal",
     "expire_holds",
     "fail_withdrawal",
