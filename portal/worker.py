@@ -157,7 +157,8 @@ class Worker:
             try:
                 if handler is None:
                     raise LookupError(f"no handler for job kind {job.kind!r}")
-                handler(self.make_uow(), job.payload)
+                with jobs.running(job.id, self.worker_id, self.lease_seconds):
+                    handler(self.make_uow(), job.payload)
             except Exception as exc:
                 span.failed(exc)
                 log.warning(

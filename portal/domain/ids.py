@@ -34,6 +34,8 @@ PREFIXES: dict[str, str] = {
     "event": "evt",
     "webhook_endpoint": "we",
     "webhook_delivery": "whd",
+    "balance_transaction": "txn",
+    "payout": "po",
 }
 
 #: Longest public id: the longest prefix, "_" and the random part.

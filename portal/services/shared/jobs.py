@@ -10,7 +10,9 @@ end in the ``dead`` state after ``max_attempts``. Handlers must be idempotent: t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +25,11 @@ Handler = Callable[[UnitOfWork, dict[str, Any]], None]
 
 #: Handlers by job kind, registered by the modules that own them.
 HANDLERS: dict[str, Handler] = {}
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the job it is running (its lease ran out and another worker
+    claimed it): the handler must stop before it calls out or changes anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,48 @@ def enqueue(
         },
     ).first()
     return None if row is None else int(row.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    job_id: int
+    worker_id: str
+    lease_seconds: float
+
+
+_running: ContextVar[_Running | None] = ContextVar("portal_running_job", default=None)
+
+
+@contextmanager
+def running(job_id: int, worker_id: str, lease_seconds: float) -> Iterator[None]:
+    """Mark the job this thread runs, so its handler can renew the lease (``renew_lease``)."""
+    token = _running.set(_Running(job_id, worker_id, lease_seconds))
+    try:
+        yield
+    finally:
+        _running.reset(token)
+
+
+def renew_lease(uow: UnitOfWork) -> None:
+    """Extend the running job's lease by a full lease from now, in a transaction of its own,
+    before a handler calls something slow outside the database (a processor, a receiver).
+    Raises LeaseLost if another worker holds the job now. Outside a worker (a handler called
+    directly, as tests do) there is no lease and nothing happens."""
+    job = _running.get()
+    if job is None:
+        return
+
+    def renew(u: UnitOfWork) -> bool:
+        result = u.execute(
+            "UPDATE jobs SET locked_until = :until, updated_at = :now"
+            " WHERE id = :id AND locked_by = :worker AND status = 'running'",
+            {"until": u.now() + timedelta(seconds=job.lease_seconds), "now": u.now(),
+             "id": job.job_id, "worker": job.worker_id},
+        )  # fmt: skip
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    if not uow.run(renew):
+        raise LeaseLost(f"job {job.job_id} is no longer held by {job.worker_id}")
 
 
 def current_trace_context() -> dict[str, str] | None:
