@@ -33,9 +33,13 @@ from portal.models.merchants import (
     Refund,
 )
 from portal.models.movements import TopUp, Transfer, Withdrawal
+from portal.models.settlements import BalanceTransaction, DemoProcessorRequest, Payout
 from portal.models.system import AuditEvent, IdempotencyKey, Job, LedgerCheck, OutboxEvent
 
 __all__ = [
+    "BalanceTransaction",
+    "DemoProcessorRequest",
+    "Payout",
     "CUSTOMER_ACCOUNT_KINDS",
     "SYSTEM_ACCOUNT_KINDS",
     "Account",

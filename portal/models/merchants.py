@@ -57,6 +57,16 @@ class Merchant(Base):
     status_reason: Mapped[str] = mapped_column(sa.String(255), nullable=False, server_default="")
     reviewed_by_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("users.id"))
     reviewed_at: Mapped[datetime | None]
+    #: Where payouts go: sealed by the vault (purpose ``merchant.bank``); bank name and last
+    #: four shown. NULL until the merchant sets it; no payout is made without one.
+    bank_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    bank_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    bank_name: Mapped[str | None] = mapped_column(sa.String(100))
+    bank_account_last4: Mapped[str | None] = mapped_column(sa.String(4))
+    #: Whether the daily payout schedule pays this merchant out (on-demand payouts always work).
+    payouts_automatic: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, server_default="true"
+    )
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()
     archived_at: Mapped[datetime | None]
