@@ -33,6 +33,18 @@ class ConfigError(RuntimeError):
     """A required production setting is missing or malformed."""
 
 
+def payout_time(value: str | None) -> tuple[int, int] | None:
+    """``PORTAL_PAYOUT_TIME``: the UTC time of the daily payout as HH:MM; empty or ``off`` turns
+    the schedule off (payouts on demand still work)."""
+    text = (value or "").strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    hours, _, minutes = text.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ConfigError("PORTAL_PAYOUT_TIME must be HH:MM (UTC) or off")
+    return int(hours), int(minutes)
+
+
 def _dev_secrets() -> dict[str, str]:
     """Random development secrets, made once and kept under instance/ so encrypted data stays
     readable across restarts; a secret added by a later version is generated and added to the
@@ -227,6 +239,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
                 or ""
             ).lower()
             in ("1", "true", "yes", "on"),
+            settlement_delay_days=number("PORTAL_SETTLEMENT_DELAY_DAYS", "2"),
+            payout_time=payout_time(get("PORTAL_PAYOUT_TIME", "02:00")),
         ),
         "PROXY_COUNT": number("PORTAL_PROXY_COUNT", "0"),
         "SMTP_URL": smtp_url,

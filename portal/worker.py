@@ -34,7 +34,8 @@ from prometheus_client import (
 
 from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
-from portal.services.merchants import checkout, events, payments, webhooks
+from portal.services.merchants import checkout, events, payments, settlements, webhooks
+from portal.services.merchants import payouts as merchant_payouts
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import payouts, wallet
@@ -71,6 +72,10 @@ def periodic_tasks(
         ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
         # Events are kept EVENT_RETENTION_DAYS (30) days, then deleted.
         ("purge_events", 3600.0, events.purge_events),
+        # Captured funds whose settlement day has come become available (balance.available),
+        # and once PORTAL_PAYOUT_TIME has passed each day, automatic payouts are made.
+        ("release_available", 60.0, settlements.release_available),
+        ("payout_schedule", 60.0, merchant_payouts.run_schedule),
     ]
 
 
@@ -123,6 +128,7 @@ class Worker:
         #: time.monotonic() when the loop last turned (see healthy()).
         self.last_loop = time.monotonic()
         payouts.register()
+        merchant_payouts.register()
         webhooks.register()
 
     def run_periodic(self) -> None:

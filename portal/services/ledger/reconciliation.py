@@ -4,8 +4,12 @@ Checks, for every customer account, that the cached posted balance equals the su
 postings and the cached pending debits equal the sum of its pending holds; and that the whole
 ledger sums to zero per currency (and each journal entry does); and, for every captured
 payment, that its capture entry paid the merchant ``received - fee`` and fee revenue ``fee``,
-and that its succeeded refunds add up to ``amount_refunded``. System account balances (funding,
-payouts, fees) are reported as derived from postings.
+and that its succeeded refunds add up to ``amount_refunded``. For merchant balances, that each
+balance transaction's net is its entry's posting on the account and every such posting has
+one, so the balance's history equals the ledger's; and for every payout, that the transactions
+it paid out sum to its amount, its own transaction takes exactly that, and its opening balance
+is the account's ledger balance before its entry. System account balances (funding, payouts,
+fees) are reported as derived from postings.
 """
 
 from __future__ import annotations
@@ -79,6 +83,33 @@ WITH per_account AS (
 ), payments_off AS (
     SELECT * FROM payment_money
     WHERE net <> posted_net OR fee <> posted_fee OR refunded <> refunds_total
+), merchant_postings AS (
+    SELECT p.journal_entry_id, p.account_id, SUM(p.amount_minor) AS amount
+    FROM postings p JOIN accounts a ON a.id = p.account_id AND a.kind = 'merchant'
+    GROUP BY p.journal_entry_id, p.account_id
+), history_off AS (
+    -- A posting on a merchant balance without its balance transaction, or a transaction whose
+    -- net is not its entry's posting on its account.
+    SELECT COALESCE(t.public_id, 'entry ' || mp.journal_entry_id) AS subject,
+           COALESCE(mp.amount, 0) AS posted, COALESCE(t.net_minor, 0) AS net
+    FROM merchant_postings mp
+    FULL JOIN balance_transactions t
+      ON t.journal_entry_id = mp.journal_entry_id AND t.account_id = mp.account_id
+    WHERE t.id IS NULL OR mp.journal_entry_id IS NULL OR t.net_minor <> mp.amount
+), payouts_off AS (
+    SELECT po.public_id, po.amount_minor AS amount,
+           COALESCE((SELECT SUM(t.net_minor) FROM balance_transactions t
+                     WHERE t.payout_id = po.id AND t.type <> 'payout'), 0) AS rows_net,
+           COALESCE((SELECT SUM(t.net_minor) FROM balance_transactions t
+                     WHERE t.source_payout_id = po.id AND t.type = 'payout'), 0) AS own_net,
+           po.opening_balance_minor AS opening,
+           COALESCE((SELECT SUM(p.amount_minor) FROM postings p
+                     WHERE p.account_id = po.account_id
+                       AND p.journal_entry_id < po.journal_entry_id), 0) AS ledger_opening
+    FROM payouts po
+), payouts_wrong AS (
+    SELECT * FROM payouts_off
+    WHERE rows_net <> amount OR own_net <> -amount OR opening <> ledger_opening
 )
 SELECT
     (SELECT count(*) FROM per_account) AS accounts,
@@ -87,6 +118,8 @@ SELECT
     (SELECT COALESCE(jsonb_agg(to_jsonb(m)), '[]') FROM mismatched m) AS mismatched,
     (SELECT COALESCE(jsonb_agg(to_jsonb(u)), '[]') FROM unbalanced u) AS unbalanced,
     (SELECT COALESCE(jsonb_agg(to_jsonb(o)), '[]') FROM payments_off o) AS payments_off,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(h)), '[]') FROM history_off h) AS history_off,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(w)), '[]') FROM payouts_wrong w) AS payouts_wrong,
     (SELECT COALESCE(jsonb_object_agg(currency, total), '{}')
        FROM (SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency) t)
        AS totals,
@@ -130,6 +163,19 @@ def reconcile(uow: UnitOfWork) -> ReconciliationReport:
                 ("payment_net", pay["posted_net"], pay["net"]),
                 ("payment_fee", pay["posted_fee"], pay["fee"]),
                 ("payment_refunded", pay["refunds_total"], pay["refunded"]),
+            ):
+                if expected != actual:
+                    violations.append(Violation(check, subject, expected, actual))
+        violations += [
+            Violation("balance_transaction", h["subject"], h["posted"], h["net"])
+            for h in row.history_off
+        ]
+        for po in row.payouts_wrong:
+            subject = f"payout {po['public_id']}"
+            for check, expected, actual in (
+                ("payout_rows", po["amount"], po["rows_net"]),
+                ("payout_entry", -po["amount"], po["own_net"]),
+                ("payout_opening", po["ledger_opening"], po["opening"]),
             ):
                 if expected != actual:
                     violations.append(Violation(check, subject, expected, actual))

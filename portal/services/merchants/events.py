@@ -36,6 +36,10 @@ TYPES = (
     "refund.failed",
     "checkout.session.completed",
     "checkout.session.expired",
+    "payout.created",
+    "payout.paid",
+    "payout.failed",
+    "balance.available",
 )
 
 

@@ -32,7 +32,9 @@ from portal.services.shared.uow import UnitOfWork
 ROLES = ("owner", "developer", "viewer")
 #: What each member role may do; API keys get theirs from their scopes.
 ROLE_ABILITIES: dict[str, frozenset[str]] = {
-    "owner": frozenset({"read", "payments:write", "refunds:write", "keys", "team"}),
+    "owner": frozenset(
+        {"read", "payments:write", "refunds:write", "keys", "team", "payouts", "bank"}
+    ),
     "developer": frozenset({"read", "payments:write", "refunds:write", "keys"}),
     "viewer": frozenset({"read"}),
 }
@@ -42,6 +44,7 @@ SCOPE_ABILITIES: dict[str, str] = {
     "payments:write": "payments:write",
     "refunds:write": "refunds:write",
     "webhooks:manage": "webhooks",
+    "payouts:write": "payouts",
 }
 STATUSES = ("pending", "active", "rejected", "suspended")
 INVITATION_DAYS = 7

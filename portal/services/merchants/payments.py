@@ -42,7 +42,7 @@ from portal.domain.ids import ALPHABET, is_public_id, new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor
 from portal.services.ledger.ledger import LedgerWrites, LockedWallet, system_account_id
-from portal.services.merchants import events
+from portal.services.merchants import events, settlements
 from portal.services.merchants.merchants import (
     MerchantView,
     access,
@@ -529,6 +529,12 @@ def _authorise(
         description=fields["description"], metadata=json.dumps(fields["metadata"]), now=now,
         captured=now if status == "succeeded" else None,
     )  # fmt: skip
+    if writes.has_entry:
+        settlements.record(
+            uow, merchant_id=merchant.id, account_id=locked.merchant_account,
+            currency=amount.currency, type="payment", amount=amount.amount_minor, fee=fee,
+            payment="record", description=f"payment {public_id}",
+        )  # fmt: skip
     audit.record(
         uow, actor, "payment.create", "payment", None, subject_from="record",
         outcome="failure" if decline else "success",
@@ -697,6 +703,11 @@ def capture_payment(
                 " :fee, capture_entry_id = (SELECT id FROM entry), captured_at = :now,"
                 " updated_at = :now WHERE id = :id",
                 amount=amount, fee=fee, now=now, id=row.pk,
+            )  # fmt: skip
+            settlements.record(
+                u, merchant_id=m.id, account_id=locked.merchant_account, currency=row.currency,
+                type="payment", amount=amount, fee=fee, payment=row.pk,
+                description=f"payment {row.public_id}",
             )  # fmt: skip
             audit.record(
                 u, actor, "payment.capture", "payment", row.pk,
@@ -967,6 +978,11 @@ def create_refund(
                 "UPDATE payments SET refunded_minor = refunded_minor + :amount, updated_at = :now"
                 " WHERE id = :id",
                 amount=value, now=now, id=row.pk,
+            )  # fmt: skip
+            settlements.record(
+                u, merchant_id=m.id, account_id=locked.merchant_account, currency=row.currency,
+                type="refund", amount=-value, payment=row.pk, refund="record",
+                description=f"refund {public_id}",
             )  # fmt: skip
             audit.record(
                 u, actor, "refund.create", "refund", None, subject_from="record",

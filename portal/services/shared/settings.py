@@ -25,30 +25,35 @@ DEFAULT_LIMITS_MAJOR: dict[str, dict[str, dict[str, str]]] = {
         "withdrawal": {"min": "50000", "max": "100000000"},
         "transfer": {"min": "1000", "max": "100000000"},
         "payment": {"min": "5000", "max": "100000000"},
+        "payout": {"min": "100000", "max": "100000000000"},
     },
     "USD": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
         "payment": {"min": "0.50", "max": "100000"},
+        "payout": {"min": "10", "max": "10000000"},
     },
     "EUR": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
         "payment": {"min": "0.50", "max": "100000"},
+        "payout": {"min": "10", "max": "10000000"},
     },
     "SGD": {
         "top_up": {"min": "5", "max": "10000", "daily": "25000"},
         "withdrawal": {"min": "5", "max": "10000"},
         "transfer": {"min": "0.01", "max": "10000"},
         "payment": {"min": "0.50", "max": "100000"},
+        "payout": {"min": "10", "max": "10000000"},
     },
     "JPY": {
         "top_up": {"min": "500", "max": "1000000", "daily": "2500000"},
         "withdrawal": {"min": "500", "max": "1000000"},
         "transfer": {"min": "1", "max": "1000000"},
         "payment": {"min": "50", "max": "10000000"},
+        "payout": {"min": "1000", "max": "1000000000"},
     },
 }
 
@@ -144,6 +149,10 @@ class ServiceSettings:
     #: Whether webhook URLs may resolve to loopback, private, link-local or reserved addresses
     #: (``PORTAL_WEBHOOK_ALLOW_PRIVATE``; on outside production, for local receivers).
     webhook_allow_private: bool = False
+    #: Captured funds become available this many days after the UTC day of their capture
+    #: (0: at once); the daily payout runs at ``payout_time`` UTC ("HH:MM"; None: no schedule).
+    settlement_delay_days: int = 2
+    payout_time: tuple[int, int] | None = (2, 0)
 
     def limits_for(self, currency: str, kind: str) -> Limits | None:
         return self.limits.get(currency, {}).get(kind)
