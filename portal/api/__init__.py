@@ -34,6 +34,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.checkout",
     "portal.api.events",
     "portal.api.webhooks",
+    "portal.api.payouts",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

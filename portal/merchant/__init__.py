@@ -1,5 +1,6 @@
-"""The merchant dashboard (``/merchant``): applying, the overview, payments, API keys, the team
-and the first-payment guide; and the staff merchants page until the admin console takes it."""
+"""The merchant dashboard (``/merchant``): applying, the overview, payments, the balance and
+payouts, API keys, the team and the first-payment guide; and the staff merchants page until the
+admin console takes it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,6 @@ from flask import Blueprint
 
 bp = Blueprint("merchant", __name__, url_prefix="/merchant")
 
-from portal.merchant import views  # noqa: E402  (registers the routes on bp)
+from portal.merchant import balance_pages, views  # noqa: E402  (register the routes on bp)
 
-__all__ = ["bp", "views"]
+__all__ = ["balance_pages", "bp", "views"]

@@ -210,6 +210,22 @@ class RefundForm(KeyedForm):
     )
 
 
+class BankAccountForm(FlaskForm):
+    bank_name = StringField(
+        "Bank", validators=[DataRequired("Enter the bank's name."), Length(2, 100)],
+        render_kw={"autocomplete": "off", "maxlength": 100},
+    )  # fmt: skip
+    account_number = StringField(
+        "Account number or IBAN",
+        validators=[DataRequired("Enter the account number."), Length(6, 40)],
+        render_kw={"autocomplete": "off", "maxlength": 40, "spellcheck": "false"},
+    )  # fmt: skip
+    account_holder = StringField(
+        "Account holder", validators=[DataRequired("Enter the account holder."), Length(2, 100)],
+        render_kw={"autocomplete": "off", "maxlength": 100},
+    )  # fmt: skip
+
+
 class OnceForm(FlaskForm):
     """A form whose hidden ``form_token`` makes a second submission of the same rendered form
     a no-op (see :mod:`portal.web.once`)."""

@@ -140,13 +140,20 @@ def set_bank_account(
     return uow.run(work)
 
 
-def get_bank_account(uow: UnitOfWork, merchant_id: int) -> BankAccountView | None:
-    row = uow.execute(
-        "SELECT bank_name, bank_account_last4 FROM merchants WHERE id = :m"
-        " AND bank_ciphertext IS NOT NULL",
-        {"m": merchant_id},
-    ).first()
-    return None if row is None else BankAccountView(row.bank_name, row.bank_account_last4)
+def bank_account(uow: UnitOfWork, *, actor: Actor, merchant: str | int) -> BankAccountView | None:
+    """Where the merchant's payouts go (the bank's name and last four), or None. Raises
+    NotFound, Forbidden."""
+
+    def work(u: UnitOfWork) -> BankAccountView | None:
+        m = access(u, actor, merchant, "read").merchant
+        row = u.execute(
+            "SELECT bank_name, bank_account_last4 FROM merchants WHERE id = :m"
+            " AND bank_ciphertext IS NOT NULL",
+            {"m": m.id},
+        ).first()
+        return None if row is None else BankAccountView(row.bank_name, row.bank_account_last4)
+
+    return uow.run(work)
 
 
 # -- making a payout --------------------------------------------------------------------------
