@@ -47,6 +47,7 @@ from portal.domain.errors import (
     NotFound,
     PortalError,
     TemporarilyUnavailable,
+    UnexpectedState,
 )
 from portal.domain.money import Money
 from portal.domain.types import Actor, MovementResult
@@ -57,7 +58,8 @@ from portal.web.uow import make_uow
 T = TypeVar("T")
 
 
-Status = Literal["pending", "succeeded", "failed"]
+#: ``processing``: a withdrawal whose payout is with the processor (it settles by itself).
+Status = Literal["pending", "processing", "succeeded", "failed"]
 Kind = Literal["top_up", "transfer", "withdrawal", "payment", "refund"]
 Method = Literal["bank_transfer", "credit_card", "debit_card", "e_wallet", "cash"]
 
@@ -131,7 +133,8 @@ class Transfer(Movement):
 
 
 class Withdrawal(Movement):
-    """Money paid out to a bank account: pending (held) until the payout succeeds or fails."""
+    """Money paid out to a bank account: `pending` (held), then `processing` while the payout
+    is with the processor, until the payout succeeds or fails."""
 
     id: WithdrawalId
     object: Literal["withdrawal"] = "withdrawal"
@@ -469,8 +472,8 @@ def list_transfers(query: TransferListQuery, actor: Actor) -> TransferList:
     operation_id="create_withdrawal",
     idempotency="required",
     description="Hold money on one of the caller's cards for a payout to a bank account: the"
-    " withdrawal is `pending` until the payout succeeds (the money leaves) or fails (the hold"
-    " is released).",
+    " withdrawal is `pending`, then `processing` while the payout is with the processor, until"
+    " the payout succeeds (the money leaves) or fails (the hold is released).",
 )
 def create_withdrawal(body: NewWithdrawal, actor: Actor, idempotency_key: str) -> Withdrawal:
     bank = wallet.BankAccount(body.bank_name, body.account_number, body.account_holder)
@@ -523,13 +526,14 @@ def list_withdrawals(query: WithdrawalListQuery, actor: Actor) -> WithdrawalList
     permission="withdrawals:manage",
     body=Settlement,
     response=Withdrawal,
-    errors=(TemporarilyUnavailable,),
+    errors=(UnexpectedState, TemporarilyUnavailable),
     operation_id="confirm_withdrawal",
     ids={"withdrawal_id": "withdrawal"},
 )
 def confirm_withdrawal(withdrawal_id: str, body: Settlement, actor: Actor) -> Withdrawal:
-    """Staff: the payout went out; the held money leaves the card. A withdrawal no longer
-    pending is answered as it is, unchanged."""
+    """Staff: the payout went out; the held money leaves the card. A settled withdrawal is
+    answered as it is, unchanged; a `processing` one (its payout is with the processor) is
+    refused with 400 `unexpected_state`."""
     wallet.confirm_withdrawal(
         make_uow(), actor=actor, withdrawal_id=withdrawal_id,
         payout_reference=body.payout_reference,
@@ -546,13 +550,14 @@ def confirm_withdrawal(withdrawal_id: str, body: Settlement, actor: Actor) -> Wi
     permission="withdrawals:manage",
     body=Failure,
     response=Withdrawal,
-    errors=(TemporarilyUnavailable,),
+    errors=(UnexpectedState, TemporarilyUnavailable),
     operation_id="fail_withdrawal",
     ids={"withdrawal_id": "withdrawal"},
 )
 def fail_withdrawal(withdrawal_id: str, body: Failure, actor: Actor) -> Withdrawal:
     """Staff: the payout failed; the hold is released and the money is available again. A
-    withdrawal no longer pending is answered as it is, unchanged."""
+    settled withdrawal is answered as it is, unchanged; a `processing` one (its payout is with
+    the processor) is refused with 400 `unexpected_state`."""
     wallet.fail_withdrawal(
         make_uow(), actor=actor, withdrawal_id=withdrawal_id, failure_code=body.failure_code
     )

@@ -91,7 +91,8 @@ KIND_LABELS = {
     "payment": "Payment",
     "refund": "Refund",
 }
-STATUS_LABELS = {"pending": "Pending", "succeeded": "Succeeded", "failed": "Failed"}
+STATUS_LABELS = {"pending": "Pending", "processing": "Processing", "succeeded": "Succeeded",
+                 "failed": "Failed"}  # fmt: skip
 MOVEMENT_TITLES = {
     "top_up": "Top-up",
     "transfer": "Transfer",

@@ -53,6 +53,9 @@ class Actor:
 
 class MovementStatus(enum.StrEnum):
     PENDING = "pending"
+    #: A withdrawal whose payout is with the processor now (only withdrawals take it): it
+    #: settles when the processor answers, and nobody may settle it by hand meanwhile.
+    PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 

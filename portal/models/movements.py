@@ -1,6 +1,7 @@
 """Business records of cardholders' money movements: top-ups, transfers, withdrawals.
 
-Each carries a status (pending, succeeded, failed) and, once money moved, its journal entry.
+Each carries a status (pending, succeeded, failed; a withdrawal also ``processing`` while its
+payout is with the processor) and, once money moved, its journal entry.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from portal.models.base import (
     public_id_column,
 )
 
-_STATUS = "status IN ('pending', 'succeeded', 'failed')"
+_STATUSES = ("pending", "succeeded", "failed")
 
 
-def _movement_args(table: str) -> tuple[SchemaItem, ...]:
+def _movement_args(table: str, statuses: tuple[str, ...] = _STATUSES) -> tuple[SchemaItem, ...]:
+    allowed = ", ".join(f"'{s}'" for s in statuses)
     return (
         sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
-        sa.CheckConstraint(_STATUS, name="status"),
+        sa.CheckConstraint(f"status IN ({allowed})", name="status"),
         sa.Index(f"ix_{table}_created_at_id", "created_at", "id"),
     )
 
@@ -94,7 +96,7 @@ class Transfer(Base):
 class Withdrawal(Base):
     __tablename__ = "withdrawals"
     __table_args__ = (
-        *_movement_args("withdrawals"),
+        *_movement_args("withdrawals", ("pending", "processing", "succeeded", "failed")),
         sa.Index("ix_withdrawals_card_id_created_at_id", "card_id", "created_at", "id"),
     )
 
@@ -114,7 +116,10 @@ class Withdrawal(Base):
     bank_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
     bank_name: Mapped[str] = mapped_column(sa.String(100), nullable=False, server_default="")
     bank_account_last4: Mapped[str] = mapped_column(sa.String(4), nullable=False, server_default="")
+    #: The processor's reference for the payout (the demo processor's ``bank_...``).
     payout_reference: Mapped[str | None] = mapped_column(sa.String(64))
+    #: When the payout job marked it ``processing`` (committed before it called the processor).
+    processing_started_at: Mapped[datetime | None]
     created_by_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = now_column()

@@ -9,11 +9,13 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from portal.domain.ids import is_public_id
 from portal.domain.types import Actor
-from portal.services.wallet import cards
+from portal.services.shared.uow import UnitOfWork
+from portal.services.wallet import cards, wallet
 from tests.api import test_cards_api as shared
 from tests.api.test_auth_api import API, error_of
 from tests.conftest import SYSTEM, Factory
@@ -203,6 +205,35 @@ def test_withdrawal_pending_then_settled_by_staff(
     assert ok(api.get(f"{API}/withdrawals/{first['id']}", headers=as_alice))["status"] == (
         "succeeded"
     )
+
+
+def test_a_processing_withdrawal_shows_so_and_staff_cannot_settle_it(
+    api: FlaskClient, make: Factory, uow: UnitOfWork, alice: Actor, as_alice: dict[str, str],
+    as_admin: dict[str, str],
+) -> None:  # fmt: skip
+    card = make.card(alice, balance="100.00")
+    body = {"card": card.public_id, "amount": 2000, "currency": "usd", "bank_name": "BCA",
+            "account_number": "0012-3456-7890", "account_holder": "Alice Wong"}  # fmt: skip
+    made = ok(post(api, "/withdrawals", body, as_alice), 201)
+    internal = uow.run(
+        lambda u: u.execute(
+            sa.text("SELECT id FROM withdrawals WHERE public_id = :p"), {"p": made["id"]}
+        ).scalar_one()
+    )
+    # The payout job has marked it processing and is calling the processor.
+    assert wallet.begin_payout(uow, withdrawal_id=internal) is not None
+
+    got = ok(api.get(f"{API}/withdrawals/{made['id']}", headers=as_alice))
+    assert got["status"] == "processing"
+    listed = ok(api.get(f"{API}/withdrawals?status=processing", headers=as_alice))["data"]
+    assert [w["id"] for w in listed] == [made["id"]]
+    for action in ("confirm", "fail"):
+        refused = error_of(api.post(f"{API}/withdrawals/{made['id']}/{action}", json={},
+                                    headers=as_admin), 400)  # fmt: skip
+        assert (refused["code"], refused["param"]) == ("unexpected_state", "withdrawal_id")
+        assert f"{made['id']} is processing" in refused["message"]
+    held = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
+    assert (held["posted"], held["pending"]) == (10000, 2000)  # nothing moved
 
 
 # -- reading and listing ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from portal.domain.ids import is_public_id, new_public_id
+from portal.services.wallet import wallet
 from tests.cardholder.conftest import Wallets
 from tests.pages.conftest import PageClient, Person, htmx, new_client, page_text, sign_in
 
@@ -389,6 +390,27 @@ def test_withdrawal_is_pending_then_listed(
     assert wallets.balance(card) == (10000, 4000)
     assert "BCA •••• 7890" in page_text(client.get("/wallet/activity"))
     assert "1234567890" not in client.get("/wallet/activity").get_data(as_text=True)
+
+
+def test_a_processing_withdrawal_is_shown_as_processing(
+    client: PageClient, alice: Person, wallets: Wallets
+) -> None:
+    card = wallets.card(alice, balance="100")
+    key = _key(client.get("/wallet/withdraw"))
+    client.post("/wallet/withdraw", data={
+        "idempotency_key": key, "step": "confirm", "card_id": card.public_id, "amount": "40",
+        "bank_name": "BCA", "account_number": "1234-5678-90", "account_holder": "Ada L"},
+        headers=htmx())  # fmt: skip
+    withdrawal_id = wallets.people.connection.execute(
+        sa.text("SELECT id FROM withdrawals WHERE card_id = :c"), {"c": card.card_id}
+    ).scalar_one()
+    assert wallet.begin_payout(wallets.people.uow(), withdrawal_id=withdrawal_id) is not None
+    for path in ("/wallet/activity", "/wallet/activity?status=processing", "/wallet"):
+        html = client.get(path).get_data(as_text=True)
+        assert 'data-status="processing"' in html and ">Processing</span>" in html, path
+    pending = client.get("/wallet/activity?status=pending").get_data(as_text=True)
+    assert 'data-status="processing"' not in pending
+    assert wallets.balance(card) == (10000, 4000)  # still held, not yet posted
 
 
 def test_money_pages_without_cards_show_an_empty_state(client: PageClient, alice: Person) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from portal.domain.money import Money
 from portal.extensions import db
+from portal.services.identity import users
 from portal.services.wallet import wallet
 from tests.conftest import new_key
 
@@ -139,6 +140,25 @@ def test_system_accounts_carry_no_cached_balance(connection):
 def test_amounts_are_positive(connection, funded, table, statement):
     error = savepoint_error(connection, statement)
     assert isinstance(error, IntegrityError), table
+
+
+def test_only_withdrawals_take_the_processing_state(connection, funded, uow):
+    card, _, transfer = funded
+    owner = run(connection, "SELECT user_id FROM cards WHERE id = :c", c=card.card_id).scalar()
+    made = wallet.withdraw(
+        uow, actor=users.actor_for(uow, owner), card_id=card.card_id,
+        amount=Money(1000, "USD"), bank=wallet.BankAccount("Bank", "12345678", "Holder"),
+        idempotency_key=new_key(),
+    )  # fmt: skip
+    run(connection, "UPDATE withdrawals SET status = 'processing' WHERE id = :id", id=made.id)
+    error = savepoint_error(
+        connection, "UPDATE withdrawals SET status = 'queued' WHERE id = :id", id=made.id
+    )
+    assert "ck_withdrawals_status" in str(error)
+    error = savepoint_error(
+        connection, "UPDATE transfers SET status = 'processing' WHERE id = :id", id=transfer.id
+    )
+    assert "ck_transfers_status" in str(error)
 
 
 def test_posting_currency_must_match_its_account(connection, funded):

@@ -1,61 +1,53 @@
-"""The demo payout processor and the job that pays withdrawals out through it.
+"""The job that pays withdrawals out through the payout processor, exactly once.
 
-The demo processor stands in for a bank: it answers after the job's delay, succeeding unless the
-destination account number ends in ``0000`` (a documented way to see a failed payout). A real
-processor would be called here with the decrypted bank details and return its reference.
+It follows the rule for every call to a processor (see ``portal.services.shared.processor``):
+mark the withdrawal ``processing`` under its row lock and commit, renew the job's lease, call
+the processor with the withdrawal's public id (``wd_...``) as the idempotency key, then settle
+from ``processing`` only: post the hold with the processor's reference, or void it on a decline.
+A job that finds the withdrawal ``processing`` (its worker died mid-call or after it, or its
+lease ran out and another worker took the job) calls again with the same key, gets the first
+answer, and settles once. Staff cannot confirm or fail a ``processing`` withdrawal, and its
+hold does not expire meanwhile.
+
+The demo processor declines a bank account number ending in ``0000`` (``account_closed``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from portal.domain.types import Actor
-from portal.services.shared import jobs
+from portal.services.shared import jobs, processor
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
-from portal.services.wallet.wallet import PAYOUT_JOB, confirm_withdrawal, fail_withdrawal
+from portal.services.wallet.wallet import PAYOUT_JOB, begin_payout, settle_payout
 
 ACTOR = Actor.system("payout-processor")
 
 
-class PayoutDeclined(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def demo_processor(withdrawal_id: int, bank: dict[str, str], amount_minor: int) -> str:
-    """Returns a payout reference, or raises PayoutDeclined."""
-    if bank["account_number"].endswith("0000"):
-        raise PayoutDeclined("account_closed")
-    digest = hashlib.sha256(f"{withdrawal_id}:{amount_minor}".encode()).hexdigest()[:16]
-    return f"po_demo_{digest}"
-
-
 def pay_out(uow: UnitOfWork, payload: dict[str, Any]) -> None:
+    """The job: pay one withdrawal through the processor, exactly once (see the module
+    docstring). Raises LeaseLost when another worker holds the job (it carries on)."""
     withdrawal_id = int(payload["withdrawal_id"])
-    row = uow.run(
-        lambda u: u.execute(
-            "SELECT status, amount_minor, bank_ciphertext, bank_key_version FROM withdrawals"
-            " WHERE id = :id",
-            {"id": withdrawal_id},
-        ).one()
-    )
-    if row.status != "pending":
-        return  # settled already (by hand, or by an earlier attempt of this job)
+    order = begin_payout(uow, withdrawal_id=withdrawal_id)
+    if order is None:
+        return  # settled by hand before it went out, or by an earlier attempt of this job
+    jobs.renew_lease(uow)
     bank = json.loads(
         Vault.from_settings(uow.settings).decrypt(
-            bytes(row.bank_ciphertext), row.bank_key_version, purpose="withdrawal.bank"
+            order.bank_ciphertext, order.bank_key_version, purpose="withdrawal.bank"
         )
     )
     try:
-        reference = demo_processor(withdrawal_id, bank, row.amount_minor)
-    except PayoutDeclined as declined:
-        fail_withdrawal(uow, actor=ACTOR, withdrawal_id=withdrawal_id, failure_code=declined.code)
+        reference = processor.payout_processor(uow).pay_out(
+            uow, idempotency_key=order.public_id, bank=bank,
+            amount_minor=order.amount.amount_minor, currency=order.amount.currency,
+        )  # fmt: skip
+    except processor.Declined as declined:
+        settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, failure_code=declined.code)
         return
-    confirm_withdrawal(uow, actor=ACTOR, withdrawal_id=withdrawal_id, payout_reference=reference)
+    settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, payout_reference=reference)
 
 
 def register() -> None:

@@ -27,6 +27,7 @@ from portal.domain.errors import (
     LimitExceeded,
     NotFound,
     PortalError,
+    UnexpectedState,
     error_from_dict,
     error_to_dict,
 )
@@ -494,7 +495,12 @@ def _settle_withdrawal(
     failure_code: str | None = None,
     hold_status: str = "voided",
     payout_reference: str | None = None,
+    by_processor: bool = False,
 ) -> MovementResult:
+    """Post or void a withdrawal's hold. By hand (staff, hold expiry) only a ``pending`` one: a
+    ``processing`` one is with the processor and is refused. The payout job (``by_processor``)
+    settles only a ``processing`` one, with the processor's answer. Anything else is settled
+    already and returned unchanged."""
     key = ref_key("withdrawal", withdrawal_id)
     if key is None:
         raise NotFound("no such withdrawal", param="withdrawal_id")
@@ -519,7 +525,15 @@ def _settle_withdrawal(
             card_public_id=wallet.card_public_id, balance=wallet.balance(),
             created_at=w.created_at, journal_entry_id=w.journal_entry_id,
         )  # fmt: skip
-        if w.status != MovementStatus.PENDING:
+        if w.status == MovementStatus.PROCESSING and not by_processor:
+            raise UnexpectedState(
+                f"Withdrawal {w.public_id} is processing: its payout is with the processor and it"
+                " settles with the processor's answer, so it cannot be confirmed or failed by"
+                " hand.",
+                param="withdrawal_id",
+            )
+        settles = MovementStatus.PROCESSING if by_processor else MovementStatus.PENDING
+        if w.status != settles:
             return result  # already settled: settling is idempotent
         writes = LedgerWrites(uow)
         if succeeded:
@@ -566,7 +580,8 @@ def confirm_withdrawal(
     uow: UnitOfWork, *, actor: Actor, withdrawal_id: Ref, payout_reference: str | None = None
 ) -> MovementResult:
     """Post a pending withdrawal's hold: the money leaves the wallet for the payouts account.
-    A withdrawal that is no longer pending is returned unchanged. Raises NotFound, Forbidden."""
+    A settled withdrawal is returned unchanged. Raises NotFound, Forbidden, UnexpectedState (it
+    is ``processing``: the payout job settles it)."""
     _require_staff(actor)
     return _settle_withdrawal(
         uow, actor, withdrawal_id, succeeded=True, payout_reference=payout_reference
@@ -581,12 +596,71 @@ def fail_withdrawal(
     failure_code: str = "payout_failed",
     hold_status: str = "voided",
 ) -> MovementResult:
-    """Void a pending withdrawal's hold: the money becomes available again. A withdrawal that is
-    no longer pending is returned unchanged. Raises NotFound, Forbidden."""
+    """Void a pending withdrawal's hold: the money becomes available again. A settled
+    withdrawal is returned unchanged. Raises NotFound, Forbidden, UnexpectedState (it is
+    ``processing``: the payout job settles it)."""
     _require_staff(actor)
     return _settle_withdrawal(
         uow, actor, withdrawal_id, succeeded=False, failure_code=failure_code,
         hold_status=hold_status,
+    )  # fmt: skip
+
+
+# -- the payout job's side (portal.services.wallet.payouts) ---------------------------------
+@dataclass(frozen=True, slots=True)
+class PayoutOrder:
+    """A processing withdrawal as the payout job sends it to the processor."""
+
+    withdrawal_id: int
+    public_id: str
+    amount: Money
+    bank_ciphertext: bytes
+    bank_key_version: int
+
+
+def begin_payout(uow: UnitOfWork, *, withdrawal_id: int) -> PayoutOrder | None:
+    """Mark a pending withdrawal ``processing`` under its row lock and commit, before anyone
+    calls the processor; a ``processing`` one (an earlier attempt died or lost its lease) is
+    answered as it is, to be sent again with the same key. None when it is settled already."""
+
+    def work(u: UnitOfWork) -> PayoutOrder | None:
+        card_id = u.execute(
+            "SELECT card_id FROM withdrawals WHERE id = :id", {"id": withdrawal_id}
+        ).scalar_one()
+        lock_wallets(u, [card_id])  # accounts first, then the record (as settling does)
+        w = u.execute(
+            "SELECT public_id, status, amount_minor, currency, bank_ciphertext, bank_key_version"
+            " FROM withdrawals WHERE id = :id FOR UPDATE",
+            {"id": withdrawal_id},
+        ).one()
+        if w.status == MovementStatus.PENDING:
+            u.execute(
+                "UPDATE withdrawals SET status = 'processing', processing_started_at = :now"
+                " WHERE id = :id",
+                {"now": u.now(), "id": withdrawal_id},
+            )
+        elif w.status != MovementStatus.PROCESSING:
+            return None
+        return PayoutOrder(
+            withdrawal_id, w.public_id, Money(w.amount_minor, w.currency),
+            bytes(w.bank_ciphertext), w.bank_key_version,
+        )  # fmt: skip
+
+    return uow.run(work)
+
+
+def settle_payout(
+    uow: UnitOfWork, *, actor: Actor, withdrawal_id: int, payout_reference: str | None = None,
+    failure_code: str | None = None,
+) -> MovementResult:  # fmt: skip
+    """Settle a ``processing`` withdrawal with the processor's answer: posted with its
+    reference, or, with ``failure_code`` (a decline), its hold voided. A withdrawal in any other
+    state is returned unchanged (another attempt settled it with the same answer). Raises
+    Forbidden."""
+    _require_staff(actor)
+    return _settle_withdrawal(
+        uow, actor, withdrawal_id, succeeded=failure_code is None, failure_code=failure_code,
+        payout_reference=payout_reference, by_processor=True,
     )  # fmt: skip
 
 
@@ -597,7 +671,9 @@ def _require_staff(actor: Actor) -> None:
 
 def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
     """Expire pending holds past their expiry, each in its own short transaction. A withdrawal
-    whose hold expires fails with ``hold_expired``. Returns how many holds expired."""
+    whose hold expires fails with ``hold_expired``, unless it is ``processing``: the processor
+    has its payout, so its hold stays until the payout job settles it. Returns how many holds
+    expired."""
     expired = uow.run(
         lambda u: u.execute(
             "SELECT h.id, h.kind, a.card_id, w.id AS withdrawal_id FROM holds h"
@@ -605,6 +681,7 @@ def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
             " LEFT JOIN withdrawals w ON w.hold_id = h.id"
             # A payment's hold is released through its payment (payments.expire_uncaptured).
             " WHERE h.status = 'pending' AND h.kind <> 'payment' AND h.expires_at <= :now"
+            " AND (w.id IS NULL OR w.status <> 'processing')"
             " ORDER BY h.expires_at LIMIT :n",
             {"now": u.now(), "n": limit},
         ).all()
@@ -612,10 +689,13 @@ def expire_holds(uow: UnitOfWork, *, actor: Actor, limit: int = 500) -> int:
     count = 0
     for hold in expired:
         if hold.withdrawal_id is not None:
-            result = fail_withdrawal(
-                uow, actor=actor, withdrawal_id=hold.withdrawal_id,
-                failure_code="hold_expired", hold_status="expired",
-            )  # fmt: skip
+            try:
+                result = fail_withdrawal(
+                    uow, actor=actor, withdrawal_id=hold.withdrawal_id,
+                    failure_code="hold_expired", hold_status="expired",
+                )  # fmt: skip
+            except UnexpectedState:
+                continue  # the payout job took it since the query: it settles it
             count += result.status == MovementStatus.FAILED
         else:
             count += uow.run(
@@ -651,11 +731,14 @@ def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> Balance:
 __all__ = [
     "PAYOUT_JOB",
     "BankAccount",
+    "PayoutOrder",
+    "begin_payout",
     "check_amount",
     "confirm_withdrawal",
     "expire_holds",
     "fail_withdrawal",
     "get_balance",
+    "settle_payout",
     "top_up",
     "transfer",
     "withdraw",
