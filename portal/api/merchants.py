@@ -30,7 +30,9 @@ MEMBER_IDS = {**MERCHANT_ID, "member_id": "member"}
 
 Role = Literal["owner", "developer", "viewer"]
 State = Literal["pending", "active", "rejected", "suspended", "archived"]
-Scope = Literal["payments:read", "payments:write", "refunds:write", "webhooks:manage"]
+Scope = Literal[
+    "payments:read", "payments:write", "refunds:write", "webhooks:manage", "payouts:write"
+]
 
 
 class Merchant(ApiModel):

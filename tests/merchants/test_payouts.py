@@ -16,7 +16,7 @@ import pytest
 from portal.domain.errors import Forbidden, InvalidInput, NotFound, UnexpectedState
 from portal.domain.money import Money
 from portal.services.ledger import reconciliation
-from portal.services.merchants import events, payments, payouts, settlements
+from portal.services.merchants import events, keys, merchants, payments, payouts, settlements
 from portal.services.wallet.wallet import BankAccount
 from tests.conftest import new_key
 from tests.merchants.conftest import card_details, open_shop
@@ -306,3 +306,24 @@ def test_the_daily_schedule_pays_out_once_per_day(uow, make, shop, clock):
     clock.advance(days=1)
     assert payouts.run_schedule(uow) == 0
     verified(uow)
+
+
+def test_only_an_owner_can_make_a_key_that_pays_out(uow, make, shop):
+    developer = make.user()
+    email = uow.run(
+        lambda u: u.execute("SELECT email FROM users WHERE id = :id", {"id": developer.id})
+    ).scalar_one()
+    invited = merchants.invite_member(uow, actor=shop.owner, merchant=shop.merchant.id,
+                                      email=email, role="developer")  # fmt: skip
+    assert invited.token is not None
+    merchants.accept_invitation(uow, actor=developer, token=invited.token)
+    with pytest.raises(Forbidden) as refused:
+        keys.create_api_key(uow, actor=developer, merchant=shop.merchant.id, name="payouts",
+                            scopes=["payments:read", "payouts:write"])  # fmt: skip
+    assert refused.value.param == "scopes"
+    made = keys.create_api_key(uow, actor=developer, merchant=shop.merchant.id, name="reads",
+                               scopes=["payments:read", "webhooks:manage"])  # fmt: skip
+    assert made.scopes == ("payments:read", "webhooks:manage")
+    owned = keys.create_api_key(uow, actor=shop.owner, merchant=shop.merchant.id, name="payouts",
+                                scopes=["payouts:write"])  # fmt: skip
+    assert owned.scopes == ("payouts:write",)

@@ -15,11 +15,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from portal.domain.errors import InvalidInput, NotFound, Unauthenticated
+from portal.domain.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from portal.domain.ids import ALPHABET, is_public_id
 from portal.domain.types import Actor, ActorKind
 from portal.services.identity.users import is_printable
-from portal.services.merchants.merchants import SCOPE_ABILITIES, access
+from portal.services.merchants.merchants import (
+    SCOPE_ABILITIES,
+    Membership,
+    access,
+)
 from portal.services.shared import audit
 from portal.services.shared.uow import UnitOfWork
 
@@ -93,6 +97,13 @@ def _check(name: str, scopes: list[str] | tuple[str, ...] | None) -> tuple[str, 
     return name, chosen
 
 
+def _may_grant(membership: Membership, scopes: tuple[str, ...]) -> None:
+    """Only a member who may pay out (an owner) can make a key that pays out."""
+    if "payouts:write" in scopes and not membership.can("payouts"):
+        raise Forbidden("only an owner can give a key payouts:write", param="scopes",
+                        code="permission_denied")  # fmt: skip
+
+
 def _insert(
     uow: UnitOfWork,
     merchant_id: int,
@@ -131,7 +142,9 @@ def create_api_key(
     def work(u: UnitOfWork) -> ApiKeyView:
         if expires_at is not None and expires_at <= u.now():
             raise InvalidInput("expires_at must be in the future", param="expires_at")
-        m = access(u, actor, merchant, "keys").merchant
+        membership = access(u, actor, merchant, "keys")
+        _may_grant(membership, chosen)
+        m = membership.merchant
         key = _insert(u, m.id, actor, name, chosen, expires_at)
         audit.record(
             u, actor, "api_key.create", "api_key", key.id,
