@@ -157,3 +157,34 @@ def test_events_are_kept_thirty_days_at_least(uow, make, shop, clock):
     clock.advance(days=2)
     assert events.purge_events(uow) == 2
     assert types_of(uow, shop) == []
+
+
+def test_a_refund_to_a_closed_card_fails_and_moves_nothing(uow, make, shop, staff):
+    from portal.services.ledger import reconciliation
+    from portal.services.wallet import cards
+
+    card = make.card(make.user(), balance="100")
+    paid = pay(uow, shop, card, 2000)
+    cards.set_archived(uow, actor=staff, card_id=card.card_id, archived=True)
+    failed = payments.create_refund(uow, actor=shop.api, merchant=shop.merchant.id,
+                                    payment=paid.id, idempotency_key=new_key())  # fmt: skip
+    assert (failed.status, failed.failure_reason) == ("failed", "expired_or_canceled_card")
+    assert failed.amount == 2000
+    after = payments.get_payment(uow, actor=shop.api, merchant=shop.merchant.id, payment=paid.id)
+    assert after.amount_refunded == 0
+    assert types_of(uow, shop)[-2:] == ["refund.created", "refund.failed"]
+    (ev,) = events.list_events(uow, actor=shop.api, merchant=shop.merchant.id,
+                               types=["refund.failed"]).items  # fmt: skip
+    assert ev.data["object"]["status"] == "failed"
+    assert ev.data["previous_attributes"] == {"status": "pending", "failure_reason": None}
+    listed = payments.list_refunds(uow, actor=shop.api, merchant=shop.merchant.id,
+                                   payment=paid.id).items  # fmt: skip
+    assert [r.status for r in listed] == ["failed"]
+    report = reconciliation.reconcile(uow)
+    assert report.ok, report.violations
+    # With the card open again, the refund goes through.
+    cards.set_archived(uow, actor=staff, card_id=card.card_id, archived=False)
+    done = payments.create_refund(uow, actor=shop.api, merchant=shop.merchant.id,
+                                  payment=paid.id, idempotency_key=new_key(),
+                                  amount=1000)  # fmt: skip
+    assert done.status == "succeeded"

@@ -61,6 +61,8 @@ from portal.services.wallet.wallet import check_amount as wallet_check_amount
 CAPTURE_METHODS = ("automatic", "manual")
 CANCELLATION_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+#: Why a refund failed: its card was closed (archived), so nothing could go back to it.
+REFUND_CARD_CLOSED = "expired_or_canceled_card"
 STATUSES = ("requires_payment_method", "requires_capture", "succeeded", "canceled")
 #: Stripe's metadata limits.
 METADATA_KEYS, METADATA_KEY_LENGTH, METADATA_VALUE_LENGTH = 50, 40, 500
@@ -932,6 +934,40 @@ def create_refund(
     def work(u: UnitOfWork) -> RefundView:
         m = access(u, actor, merchant, "refunds:write").merchant
 
+        def failed_refund(row: Any, value: int) -> RefundView:
+            """The card was closed: nothing can go back to it. The refund is recorded as
+            failed (``refund.created`` then ``refund.failed``) and no money moves."""
+            now = u.now()
+            public_id = new_public_id("refund")
+            u.execute(
+                "INSERT INTO refunds (public_id, payment_id, merchant_id, card_id, amount_minor,"
+                " currency, reason, status, failure_reason, api_key_id, metadata, created_at)"
+                " VALUES (:pid, :p, :m, :card, :amount, :cur, :reason, 'failed', :failure, :key,"
+                " CAST(:metadata AS jsonb), :now)",
+                {"pid": public_id, "p": row.pk, "m": m.id, "card": row.card_id, "amount": value,
+                 "cur": row.currency, "reason": reason, "failure": REFUND_CARD_CLOSED,
+                 "key": actor.key_id, "metadata": json.dumps(clean_metadata), "now": now},
+            )  # fmt: skip
+            audit.record(
+                u, actor, "refund.create", "refund", None, outcome="failure",
+                data={"payment_id": row.pk, "amount_minor": value,
+                      "failure_reason": REFUND_CARD_CLOSED},
+            )  # fmt: skip
+            u.observe("money_movements", 1, kind="refund", currency=row.currency,
+                      outcome="failed")  # fmt: skip
+            made = RefundView(
+                id=public_id, payment=row.public_id, amount=value, currency=row.currency,
+                reason=reason, status="failed", failure_reason=REFUND_CARD_CLOSED,
+                metadata=clean_metadata, created=now,
+            )  # fmt: skip
+            pending = refund_object(replace(made, status="pending", failure_reason=None))
+            events.record(
+                u, m.id, ("refund.created", pending, None),
+                ("refund.failed", refund_object(made),
+                 {"status": "pending", "failure_reason": None}),
+            )  # fmt: skip
+            return made
+
         def refund() -> RefundView:
             locked, row = _locked_payment(u, m, payment)
             if row.status != "succeeded":
@@ -948,13 +984,15 @@ def create_refund(
                     f"amount is at most what is left to refund ({left})", param="amount",
                     code="amount_too_large",
                 )  # fmt: skip
+            wallet = locked.wallet
+            assert wallet is not None
+            if wallet.archived_at is not None:
+                return failed_refund(row, value)
             if locked.merchant_available < value:
                 raise UnexpectedState(
                     "The merchant's balance cannot cover this refund now.", param="amount",
                     code="balance_insufficient",
                 )  # fmt: skip
-            wallet = locked.wallet
-            assert wallet is not None
             writes = LedgerWrites(u)
             writes.entry(
                 kind="refund", currency=row.currency,
