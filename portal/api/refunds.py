@@ -1,6 +1,8 @@
 """Refunds (``/api/v1/refunds``): money back from the merchant's balance to the card a payment
 came from. Several partial refunds are allowed until ``amount_received`` is used up, never
-beyond it, even under concurrent requests. The fee is kept. When the balance cannot cover a
+beyond it, even under concurrent requests. The fee is kept. A refund to a card that has been
+closed is answered with ``status: failed`` and ``failure_reason: expired_or_canceled_card``
+(``refund.created`` then ``refund.failed``): nothing moves. When the balance cannot cover a
 refund it is a 400 ``balance_insufficient``; a payment refunded in full is a 400
 ``charge_already_refunded``; more than is left is a 422 ``amount_too_large``.
 """

@@ -643,6 +643,10 @@ def refund(mid: str, pid: str) -> Response:
         )  # fmt: skip
 
     def done(result: payments.RefundView) -> str:
+        if result.status == "failed":
+            return (f"The refund of {Money(result.amount, result.currency)} failed: the card is"
+                    f" closed, so nothing went back to it and nothing left your balance"
+                    f" ({result.id}).")  # fmt: skip
         return f"Refunded {Money(result.amount, result.currency)} to the card ({result.id})."
 
     return _act(mid, pid, "refunds:write", "refund", call, done)

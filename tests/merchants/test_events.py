@@ -188,3 +188,19 @@ def test_a_refund_to_a_closed_card_fails_and_moves_nothing(uow, make, shop, staf
                                   payment=paid.id, idempotency_key=new_key(),
                                   amount=1000)  # fmt: skip
     assert done.status == "succeeded"
+
+
+def test_the_payment_timeline_shows_a_failed_refund(uow, make, shop, staff):
+    from portal.services.merchants import reports
+    from portal.services.wallet import cards
+
+    card = make.card(make.user(), balance="100")
+    paid = pay(uow, shop, card, 2000)
+    cards.set_archived(uow, actor=staff, card_id=card.card_id, archived=True)
+    failed = payments.create_refund(uow, actor=shop.api, merchant=shop.merchant.id,
+                                    payment=paid.id, idempotency_key=new_key())  # fmt: skip
+    detail = reports.payment_detail(uow, actor=shop.owner, merchant=shop.merchant.id,
+                                    payment=paid.id)  # fmt: skip
+    last = detail.timeline[-1]
+    assert (last.kind, last.title) == ("refund_failed", "Refund failed")
+    assert failed.id in last.detail and "card is closed" in last.detail

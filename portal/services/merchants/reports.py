@@ -130,7 +130,7 @@ class TimelineEvent:
     """One step of a payment's history, oldest first."""
 
     kind: str  # created, authorised, declined, captured, released, partly_refunded, refunded,
-    #            canceled, expired
+    #            refund_failed, canceled, expired
     at: datetime
     title: str
     detail: str = ""
@@ -396,6 +396,14 @@ def timeline(payment: PaymentView, refunds: Sequence[RefundView]) -> tuple[Timel
                                         "(partial capture)", released))  # fmt: skip
     refunded = 0
     for refund in sorted(refunds, key=lambda r: r.created):
+        if refund.status == "failed":
+            events.append(TimelineEvent(
+                "refund_failed", refund.created, "Refund failed",
+                f"{_money_text(refund.amount, cur)} could not go back: the card is closed"
+                f" · {refund.id}",
+                refund.amount,
+            ))  # fmt: skip
+            continue
         if refund.status != "succeeded":
             continue
         refunded += refund.amount
