@@ -1,6 +1,7 @@
 """Demo merchants for ``make run``: two active merchants with API keys, a pending application,
-four weeks of payments, captures, cancellations, declines and refunds, and hosted checkouts
-(paid, expired and open).
+four weeks of payments, captures, cancellations, declines and refunds, hosted checkouts
+(paid, expired and open), and the daily payouts of their settled balance to their bank
+accounts.
 
 Runs after ``portal.demo.seed_demo`` (it needs the demo staff and cardholders) and, like it,
 writes everything through the services with a fake clock and a seeded ``Random``. Each demo
@@ -22,7 +23,7 @@ from portal.domain.errors import CardDeclined, InvalidInput, UnexpectedState
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard
 from portal.services.identity import users
-from portal.services.merchants import checkout, keys, merchants, payments
+from portal.services.merchants import checkout, keys, merchants, payments, payouts, settlements
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards, wallet
 
@@ -64,6 +65,8 @@ class MerchantSummary:
     #: Checkout sessions by status (complete, expired, open) at the end.
     checkouts: dict[str, int]
     logins: tuple[tuple[str, str], ...]
+    #: Payouts made by the daily schedule, all paid.
+    payouts: int = 0
 
 
 class _Clock:
@@ -89,6 +92,15 @@ def _actor_by_email(uow: UnitOfWork, email: str) -> Actor:
     if user_id is None:
         raise LookupError(f"{email} is not seeded: run portal.demo.seed_demo first")
     return users.actor_for(uow, user_id)
+
+
+def _pay_out_daily(uow: UnitOfWork) -> None:
+    settlements.release_available(uow)
+    if payouts.run_schedule(uow):
+        for payout_id in uow.run(
+            lambda u: u.execute("SELECT id FROM payouts WHERE status = 'pending'").scalars().all()
+        ):
+            payouts.pay(uow, {"payout_id": payout_id})
 
 
 def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> MerchantSummary:
@@ -122,6 +134,11 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
         assert created.secret is not None
         secrets.append((spec.name, created.secret))
         api = keys.authenticate_api_key(uow, secret=created.secret).actor
+        payouts.set_bank_account(
+            uow, actor=owner, merchant=view.id,
+            bank=wallet.BankAccount("Bank Central Asia", f"88{len(shops) + 1:02d} 4021 7731",
+                                    spec.name),
+        )  # fmt: skip
         shops.append((spec, view, api))
 
     # Each cardholder gets a shopping card per merchant currency.
@@ -147,6 +164,9 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
     refunds = 0
     start = now - timedelta(days=DAYS)
     for day in range(DAYS + 1):
+        # The daily payout of what became available, paid as the worker would.
+        clock.now = start + timedelta(days=day, hours=2, minutes=5)
+        _pay_out_daily(uow)
         for spec, view, api in shops:
             for _ in range(rng.randint(max(1, spec.per_day - 3), spec.per_day + 2)):
                 clock.now = min(now, start + timedelta(days=day, seconds=rng.randint(8, 22) * 3600
@@ -219,6 +239,7 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
             )  # fmt: skip
     clock.now = now
     checkout.expire_checkout_sessions(uow)
+    settlements.release_available(uow)
     rows = uow.run(
         lambda u: u.execute("SELECT status, count(*) AS n FROM checkout_sessions GROUP BY 1").all()
     )
@@ -230,6 +251,7 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
         refunds=refunds,
         checkouts=dict(checkouts),
         logins=tuple(logins),
+        payouts=uow.run(lambda u: u.execute("SELECT count(*) FROM payouts").scalar_one()),
     )
 
 
@@ -237,7 +259,7 @@ def summary_lines(summary: MerchantSummary, *, show_secrets: bool) -> list[str]:
     detail = ", ".join(f"{n} {s}" for s, n in sorted(summary.payments.items()))
     lines = [
         f"demo merchants: {', '.join(summary.merchants)}",
-        f"  payments: {detail}; refunds: {summary.refunds}",
+        f"  payments: {detail}; refunds: {summary.refunds}; payouts: {summary.payouts}",
         "  checkout sessions: "
         + ", ".join(f"{n} {s}" for s, n in sorted(summary.checkouts.items())),
         "merchant logins (same password):",

@@ -24,7 +24,7 @@ from portal.api.merchant_auth import key_failures
 from portal.api.operation import operation
 from portal.api.pagination import ListResponse
 from portal.api.schemas import ApiModel, QueryModel, RequestBody
-from portal.domain.errors import InvalidInput, NotFound
+from portal.domain.errors import InvalidInput, NotFound, RateLimited
 from portal.domain.ids import MAX_LENGTH
 from portal.domain.types import Actor
 from portal.services.merchants import events, webhooks
@@ -224,6 +224,8 @@ class Delivery(ApiModel):
     delivered_at: int | None
     created: int
     log: list[Attempt] = Field(description="Every attempt, oldest first.")
+    test: bool = Field(description="A test event's delivery (`POST .../test`): sample data,"
+                       " not listed by `GET /api/v1/events`.")  # fmt: skip
 
     @classmethod
     def of(cls, d: webhooks.DeliveryView) -> Delivery:
@@ -235,6 +237,7 @@ class Delivery(ApiModel):
             log=[Attempt(attempted_at=unix(a.attempted_at) or 0, status_code=a.status_code,
                          duration_ms=a.duration_ms, response_body=a.response_body,
                          error=a.error) for a in d.log],
+            test=d.test,
         )  # fmt: skip
 
 
@@ -302,3 +305,19 @@ def replay_failed_webhooks(endpoint_id: str, body: ReplayFailed, actor: Actor) -
         since=datetime.fromtimestamp(body.since, UTC),
     )
     return Replayed(endpoint=endpoint_id, queued=queued)
+
+
+@operation(
+    bp, "POST", "/webhook_endpoints/<endpoint_id>/test", summary="Send a test event",
+    tags=["webhooks"], auth="api_key", permission="webhooks:manage", response=Delivery,
+    status=201, errors=(NotFound, InvalidInput, RateLimited), rate_limit=key_failures,
+    ids=ENDPOINT_ID,
+)  # fmt: skip
+def send_webhook_test_event(endpoint_id: str, actor: Actor) -> Delivery:
+    """Send this endpoint alone a signed `payment.succeeded` test event with sample data
+    (`pay_000...`, `metadata.portal_test` `"true"`; no money moved), now, through the usual
+    delivery, retries and log. The event is never listed by `GET /api/v1/events`. 422
+    `endpoint_disabled` for a disabled endpoint; 429 after 10 test events in a minute."""
+    return Delivery.of(webhooks.send_test_event(
+        make_uow(), actor=actor, merchant=_merchant(actor), endpoint=endpoint_id,
+    ))  # fmt: skip

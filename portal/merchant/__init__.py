@@ -8,6 +8,6 @@ from flask import Blueprint
 
 bp = Blueprint("merchant", __name__, url_prefix="/merchant")
 
-from portal.merchant import balance_pages, views  # noqa: E402  (register the routes on bp)
+from portal.merchant import balance_pages, views, webhook_pages  # noqa: E402  (register the routes on bp)
 
-__all__ = ["balance_pages", "bp", "views"]
+__all__ = ["balance_pages", "bp", "views", "webhook_pages"]

@@ -47,6 +47,7 @@ SCOPE_LABELS = {
     "payments:write": "Create, capture and cancel payments",
     "refunds:write": "Refund payments",
     "webhooks:manage": "Manage webhooks",
+    "payouts:write": "Pay out the balance (owners only)",
 }
 ROLE_LABELS = {
     "owner": "Owner: everything, including the team",
@@ -311,3 +312,61 @@ class StaffFilterForm(FlaskForm):
         "State", choices=options([("", "Every state"), *MERCHANT_STATES.items()]),
         validate_choice=False,
     )  # fmt: skip
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+#: Rotation overlaps offered (hours the old signing secret keeps signing beside the new one).
+WEBHOOK_OVERLAPS = {
+    0: "Stop signing with the old secret now",
+    1: "1 hour",
+    24: "24 hours",
+    168: "7 days",
+}
+
+
+def _event_choices() -> list[SelectChoice]:
+    from portal.services.merchants.events import TYPES
+
+    def label(name: str) -> str:
+        return name.replace(".", " ").replace("_", " ").capitalize()
+
+    return options([("*", "All events, present and future"), *((t, label(t)) for t in TYPES)])
+
+
+class NewEndpointForm(OnceForm):
+    url = StringField(
+        "Endpoint URL",
+        validators=[DataRequired("Enter the URL Portal should send events to.")],
+        render_kw={"type": "url", "maxlength": 2048, "autocomplete": "off",
+                   "spellcheck": "false", "placeholder": "https://shop.example/webhooks/portal"},
+    )  # fmt: skip
+    events = SelectMultipleField(
+        "Events to send",
+        choices=_event_choices(),
+        default=["*"],
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        validate_choice=False,
+    )
+    description = StringField(
+        "Description (optional)",
+        validators=[Optional(), Length(max=500, message="Keep the description to 500 characters.")],
+        render_kw={"maxlength": 500, "autocomplete": "off", "placeholder": "e.g. Order service"},
+    )
+
+
+class RotateSecretForm(OnceForm):
+    overlap = SelectField(
+        "The old secret keeps signing for",
+        choices=options((str(h), label) for h, label in WEBHOOK_OVERLAPS.items()),
+        default="24",
+        validate_choice=False,
+    )
+
+
+class ReplayForm(FlaskForm):
+    since = StringField(
+        "Failed since (UTC)",
+        validators=[DataRequired("Enter the date and time to replay from.")],
+        render_kw={"type": "datetime-local"},
+    )

@@ -348,6 +348,9 @@ class Event(Base):
     api_version: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     #: ``{"object": {...}, "previous_attributes": {...}}``.
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    #: Sent from "send test event" to one endpoint (sample data, no change behind it): it is
+    #: delivered and logged like any other event and never listed by the events API.
+    test: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     created_at: Mapped[datetime] = now_column()
 
 
@@ -404,6 +407,12 @@ class WebhookDelivery(Base):
         sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
         sa.UniqueConstraint("event_id", "endpoint_id"),
         sa.Index("ix_webhook_deliveries_endpoint_created_at_id", "endpoint_id", "created_at", "id"),
+        # An endpoint's delivery in flight, found without reading its whole log.
+        sa.Index(
+            "ix_webhook_deliveries_in_flight",
+            "endpoint_id",
+            postgresql_where=sa.text("locked_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = pk_column()

@@ -54,5 +54,13 @@ def test_demo_merchants_take_payments_of_every_outcome(app, connection):
     lines = summary_lines(summary, show_secrets=False)
     assert not any(secret in line for line in lines for _, secret in summary.keys)
     assert any(summary.keys[0][1] in line for line in summary_lines(summary, show_secrets=True))
+    # Daily payouts of what had settled, each paid once; what is left is recent or pending.
+    rows = connection.execute(sa.text(
+        "SELECT status, count(*) AS n FROM payouts GROUP BY status")).all()  # fmt: skip
+    assert dict(rows) == {"paid": summary.payouts} and summary.payouts > 20
+    banked = connection.execute(
+        sa.text("SELECT count(*) FROM merchants WHERE bank_ciphertext IS NOT NULL")
+    ).scalar_one()
+    assert banked == 2
     report = reconcile(uow)
     assert report.ok, report.violations

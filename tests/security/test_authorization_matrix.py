@@ -207,6 +207,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/webhook_endpoints/<endpoint_id>/deliveries"): MERCHANT,
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/deliveries/<delivery_id>/resend"): MERCHANT,
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/replay_failed"): MERCHANT,
+    ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/test"): MERCHANT,
     # Merchant pages: members see their merchant, staff may look (merchants:read), only members
     # whose role allows act; the staff merchants page needs merchants:read, deciding manage.
     ("GET", "/merchant"): SIGNED_IN,
@@ -223,6 +224,16 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/merchant/<mid>/keys"): MERCHANT,
     ("POST", "/merchant/<mid>/keys/<kid>/roll"): MERCHANT,
     ("POST", "/merchant/<mid>/keys/<kid>/revoke"): MERCHANT,
+    # Webhooks: managed by owners and developers only, like keys (viewers and staff: 403).
+    ("GET", "/merchant/<mid>/webhooks"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks"): MERCHANT,
+    ("GET", "/merchant/<mid>/webhooks/<endpoint_id>"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/test"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/deliveries/<delivery_id>/resend"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/replay"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/rotate"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/status"): MERCHANT,
+    ("POST", "/merchant/<mid>/webhooks/<endpoint_id>/delete"): MERCHANT,
     ("GET", "/merchant/<mid>/team"): MERCHANT_OR_STAFF,
     ("POST", "/merchant/<mid>/team/invitations"): MERCHANT,
     ("POST", "/merchant/<mid>/team/invitations/<iid>/revoke"): MERCHANT,

@@ -4,7 +4,8 @@
 same statement (and commit) as the change it describes: an event exists if and only if its
 change committed. ``data.object`` is the object as the API answers it (``objects``), and
 ``data.previous_attributes`` the fields that changed, with their values before. Merchants read
-them with ``list_events`` and ``get_event`` (kept ``EVENT_RETENTION_DAYS`` days at least).
+them with ``list_events`` and ``get_event`` (kept ``EVENT_RETENTION_DAYS`` days at least);
+neither shows a test event (``test``, sent to one endpoint by ``webhooks.send_test_event``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def get_event(uow: UnitOfWork, *, actor: Actor, merchant: str | int, event: str)
         if is_public_id("event", event):
             row = u.execute(
                 "SELECT public_id, type, api_version, created_at, data FROM events"
-                " WHERE public_id = :id AND merchant_id = :m",
+                " WHERE public_id = :id AND merchant_id = :m AND NOT test",
                 {"id": event, "m": m.id},
             ).first()
         if row is None:
@@ -130,7 +131,8 @@ def list_events(
 
     def work(u: UnitOfWork) -> Page[EventView]:
         m = access(u, actor, merchant, "read").merchant
-        where = ["merchant_id = :m"]
+        # Test events (webhooks.send_test_event) are for one endpoint, not for reconciliation.
+        where = ["merchant_id = :m", "NOT test"]
         params: dict[str, Any] = {"m": m.id, "limit": size + 1}
         if types:
             where.append("type = ANY(:types)")

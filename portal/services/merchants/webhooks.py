@@ -13,7 +13,13 @@ POSTs the event JSON (as ``GET /api/v1/events/{id}`` answers it) with both signa
 records the attempt. A 2xx ends it; a 410 disables the endpoint; anything else is tried again on
 :data:`RETRY_SCHEDULE` (with jitter, about three days); an endpoint failing for
 :data:`DISABLE_AFTER` is disabled and flagged ``needs_attention`` for its owner's dashboard.
-Redirects are never followed.
+Redirects are never followed. At most one attempt per endpoint is in flight: a delivery whose
+endpoint is busy with another puts its job back a little later (:func:`deliver` answers
+``busy``), so a slow receiver gets its events one after the other.
+
+:func:`send_test_event` sends one endpoint a signed ``payment.succeeded`` with sample data
+(ids of zeros, ``metadata.portal_test``), an event marked ``test`` that is delivered, retried
+and logged like any other but never listed by ``/api/v1/events``.
 
 SSRF: unless ``webhook_allow_private`` (``PORTAL_WEBHOOK_ALLOW_PRIVATE``, off in production),
 a URL whose host resolves to anything but a global unicast address (loopback, private,
@@ -52,8 +58,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.connection import create_connection
 
-from portal.domain.errors import Forbidden, InvalidInput, LimitExceeded, NotFound
-from portal.domain.ids import is_public_id
+from portal.domain.errors import Forbidden, InvalidInput, LimitExceeded, NotFound, RateLimited
+from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.types import Actor, ActorKind
 from portal.services.merchants.merchants import Membership, access, page_after
 from portal.services.shared import audit, jobs
@@ -84,6 +90,13 @@ JITTER = 0.1
 #: An endpoint whose deliveries have failed (none delivered) for this long is disabled.
 DISABLE_AFTER = timedelta(days=5)
 USER_AGENT = "Portal-Webhooks/1.0"
+#: A test event's type, and how many test events an endpoint takes in a minute (each one is
+#: an outbound request Portal makes where the merchant says).
+TEST_EVENT_TYPE = "payment.succeeded"
+TEST_EVENTS_PER_MINUTE = 10
+#: A delivery whose endpoint has another attempt in flight waits 1, 2, 4, ... seconds (capped
+#: here, with jitter) before it looks again.
+BUSY_WAIT_CAP = 30.0
 
 _COLUMNS = (
     "id, public_id, url, description, enabled_events, status, disabled_reason, disabled_at,"
@@ -109,6 +122,9 @@ class WebhookEndpointView:
     created_at: datetime
     #: Only on create and on rotation.
     secret: str | None = None
+    #: The newest delivery's status and when it was last tried (or made): list_endpoints only.
+    last_delivery_status: str | None = None
+    last_delivery_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +148,8 @@ class DeliveryView:
     delivered_at: datetime | None
     created_at: datetime
     log: tuple[AttemptView, ...]
+    #: A test event's delivery (send_test_event).
+    test: bool = False
 
 
 # -- secrets and signatures ---------------------------------------------------------------------
@@ -357,6 +375,7 @@ def _view(row: Any, secret: str | None = None) -> WebhookEndpointView:
         row.public_id, row.url, row.description, tuple(row.enabled_events), row.status,
         row.disabled_reason, row.disabled_at, row.needs_attention, row.failing_since,
         row.previous_secret_expires_at, row.created_at, secret,
+        getattr(row, "last_status", None), getattr(row, "last_at", None),
     )  # fmt: skip
 
 
@@ -436,7 +455,12 @@ def list_endpoints(
                    kind="webhook_endpoint", starting_after=starting_after, merchant_id=m.id,
                    where=where, params=params)  # fmt: skip
         rows = u.execute(
-            f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE " + " AND ".join(where)
+            f"SELECT {_COLUMNS}, last.last_status, last.last_at"
+            " FROM webhook_endpoints LEFT JOIN LATERAL (SELECT d.status AS last_status,"
+            " COALESCE(d.last_attempt_at, d.created_at) AS last_at FROM webhook_deliveries d"
+            " WHERE d.endpoint_id = webhook_endpoints.id"
+            " ORDER BY d.created_at DESC, d.id DESC LIMIT 1) last ON true"
+            " WHERE " + " AND ".join(where)
             + " ORDER BY created_at DESC, id DESC LIMIT :limit",
             params,
         ).all()  # fmt: skip
@@ -581,7 +605,7 @@ def list_deliveries(
         row = _endpoint_row(u, m.id, endpoint)
         rows = u.execute(
             "SELECT d.id, d.public_id, e.public_id AS event, e.type, d.status, d.attempts,"
-            " d.next_attempt_at, d.delivered_at, d.created_at,"
+            " d.next_attempt_at, d.delivered_at, d.created_at, e.test,"
             " COALESCE((SELECT jsonb_agg(jsonb_build_object('at', a.attempted_at,"
             " 'status', a.status_code, 'ms', a.duration_ms, 'body', a.response_body,"
             " 'error', a.error) ORDER BY a.id) FROM webhook_attempts a"
@@ -602,6 +626,7 @@ def list_deliveries(
                 r.delivered_at,
                 r.created_at,
                 tuple(_attempt(a) for a in r.log),
+                r.test,
             )  # fmt: skip
             for r in rows
         ]
@@ -685,6 +710,77 @@ def replay_failed(
     return uow.run(work)
 
 
+def _sample_payment(merchant: Any, at: datetime) -> dict[str, Any]:
+    """A succeeded payment of 20.00 in the merchant's currency that never happened, as the API
+    shows a payment: ids of zeros, and ``metadata.portal_test`` says what it is."""
+    from portal.services.merchants.objects import payment_object
+    from portal.services.merchants.payments import PaymentView
+
+    amount = 2000
+    currency = merchant.settlement_currency
+    fee = amount * merchant.fee_bps // 10_000 + merchant.fee_fixed.get(currency, 0)
+    return payment_object(PaymentView(
+        id="pay_" + "0" * 24, merchant_id=merchant.public_id, amount=amount,
+        amount_capturable=0, amount_received=amount, amount_refunded=0, currency=currency,
+        status="succeeded", capture_method="automatic", cancellation_reason=None,
+        canceled_at=None, last_payment_error=None, fee=min(fee, amount),
+        description="Test event from Portal: no payment was made",
+        metadata={"portal_test": "true"}, card_brand="visa", card_last4="4242",
+        card_fingerprint="0" * 16, checkout_session=None, created=at, captured_at=at,
+    ))  # fmt: skip
+
+
+def send_test_event(
+    uow: UnitOfWork, *, actor: Actor, merchant: str | int, endpoint: str
+) -> DeliveryView:
+    """Send this endpoint alone a signed test event (:data:`TEST_EVENT_TYPE` with sample data,
+    see :func:`_sample_payment`): the worker delivers it now and retries it like any delivery,
+    with its log; it is never listed by the events API. Raises NotFound, Forbidden,
+    InvalidInput (``endpoint_disabled``), RateLimited (more than
+    :data:`TEST_EVENTS_PER_MINUTE` in a minute)."""
+    from portal.services.merchants.events import API_VERSION
+
+    def work(u: UnitOfWork) -> DeliveryView:
+        m = _manage(u, actor, merchant).merchant
+        # The endpoint's row serialises test sends to it, so the limit holds.
+        row = _endpoint_row(u, m.id, endpoint, lock=True)
+        if row.status != "enabled":
+            raise InvalidInput("enable the endpoint first", param="endpoint",
+                               code="endpoint_disabled")  # fmt: skip
+        now = u.now()
+        recent = u.execute(
+            "SELECT count(*) FROM webhook_deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.endpoint_id = :we AND e.test AND d.created_at > :since",
+            {"we": row.id, "since": now - timedelta(minutes=1)},
+        ).scalar_one()
+        if recent >= TEST_EVENTS_PER_MINUTE:
+            raise RateLimited(
+                f"an endpoint takes at most {TEST_EVENTS_PER_MINUTE} test events a minute",
+                param="endpoint",
+            )
+        data = {"object": _sample_payment(m, now)}
+        event = u.execute(
+            "INSERT INTO events (public_id, merchant_id, type, api_version, data, test,"
+            " created_at) VALUES (:pid, :m, :type, :version, CAST(:data AS jsonb), true, :now)"
+            " RETURNING id, public_id",
+            {"pid": new_public_id("event"), "m": m.id, "type": TEST_EVENT_TYPE,
+             "version": API_VERSION, "data": json.dumps(data), "now": now},
+        ).one()  # fmt: skip
+        delivery = u.execute(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_at, created_at)"
+            " VALUES (:we, :ev, :now, :now) RETURNING id, public_id",
+            {"we": row.id, "ev": event.id, "now": now},
+        ).one()
+        jobs.enqueue(u, JOB_KIND, {"delivery": delivery.id, "attempt": 1}, run_at=now,
+                     dedupe_key=f"webhook:{delivery.id}:1")  # fmt: skip
+        audit.record(u, actor, "webhook.test_event", "webhook_endpoint", row.id,
+                     data={"merchant_id": m.id, "event": event.public_id})  # fmt: skip
+        return DeliveryView(delivery.public_id, row.public_id, event.public_id, TEST_EVENT_TYPE,
+                            "pending", 0, now, None, now, (), test=True)  # fmt: skip
+
+    return uow.run(work)
+
+
 # -- fan-out --------------------------------------------------------------------------------------
 def fan_out(uow: UnitOfWork, merchant_id: int, events_part: str) -> None:
     """Defer, beside the deferred part ``events_part`` (an INSERT INTO events ... RETURNING id,
@@ -743,24 +839,68 @@ def next_delay(attempt: int) -> float | None:
     return base * (1 + spread)
 
 
-def _claim(u: UnitOfWork, delivery_id: int, attempt: int, worker: str) -> _Claimed | None:
+def _busy_delay(waits: int) -> float:
+    """Seconds a delivery waits for its endpoint's attempt in flight, the ``waits``-th time."""
+    base = min(BUSY_WAIT_CAP, 2.0 ** min(waits, 16))
+    return base * (1 + (secrets.randbelow(2001) - 1000) / 1000 * JITTER)
+
+
+def _wait_for_turn(
+    u: UnitOfWork, delivery_id: int, attempt: int, waits: int, not_before: datetime | None = None
+) -> None:
+    """Put this attempt's job back in the queue a little later (not before ``not_before``),
+    without spending one of the job's attempts (the worker's ``complete`` then finds it queued
+    and leaves it)."""
+    run_at = u.now() + timedelta(seconds=_busy_delay(waits))
+    if not_before is not None:
+        run_at = max(run_at, not_before)
+    payload = {"delivery": delivery_id, "attempt": attempt, "waits": waits + 1}
+    key = f"webhook:{delivery_id}:{attempt}"
+    moved = u.execute(
+        "UPDATE jobs SET status = 'queued', run_at = :at, attempts = GREATEST(attempts - 1, 0),"
+        " payload = CAST(:payload AS jsonb), locked_by = NULL, locked_until = NULL,"
+        " updated_at = :now WHERE kind = :kind AND dedupe_key = :key"
+        " AND status IN ('queued', 'running')",
+        {"at": run_at, "payload": json.dumps(payload), "now": u.now(), "kind": JOB_KIND,
+         "key": key},
+    )  # fmt: skip
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        jobs.enqueue(u, JOB_KIND, payload, run_at=run_at, dedupe_key=key)
+
+
+def _claim(
+    u: UnitOfWork, delivery_id: int, attempt: int, worker: str, waits: int = 0
+) -> _Claimed | str | None:
     now = u.now()
-    row = u.execute(
-        "UPDATE webhook_deliveries d SET locked_by = :worker, locked_until = :until"
-        " WHERE d.id = :id AND d.status = 'pending' AND d.attempts = :done"
-        " AND (d.locked_until IS NULL OR d.locked_until < :now)"
-        " RETURNING d.endpoint_id, d.event_id",
-        {"worker": worker, "until": now + timedelta(seconds=LEASE_SECONDS), "id": delivery_id,
-         "done": attempt - 1, "now": now},
-    ).first()  # fmt: skip
-    if row is None:
-        return None  # delivered, failed, deleted, another worker's, or a stale job
+    target = u.execute(
+        "SELECT endpoint_id FROM webhook_deliveries WHERE id = :id", {"id": delivery_id}
+    ).first()
+    if target is None:
+        return None  # deleted with its endpoint, or its event purged
+    # The endpoint's row serialises the claims of its deliveries: two workers never both find
+    # it idle, so at most one attempt to it is in flight.
     endpoint = u.execute(
         "SELECT id, url, status, secret_ciphertext, secret_key_version,"
         " previous_secret_ciphertext, previous_secret_key_version, previous_secret_expires_at"
-        " FROM webhook_endpoints WHERE id = :id",
-        {"id": row.endpoint_id},
-    ).one()
+        " FROM webhook_endpoints WHERE id = :id FOR UPDATE",
+        {"id": target.endpoint_id},
+    ).first()
+    if endpoint is None:
+        return None
+    row = u.execute(
+        "SELECT endpoint_id, event_id, locked_until FROM webhook_deliveries d"
+        " WHERE d.id = :id AND d.status = 'pending' AND d.attempts = :done FOR UPDATE",
+        {"id": delivery_id, "done": attempt - 1},
+    ).first()
+    if row is None:
+        return None  # delivered, failed, or a stale job
+    if row.locked_until is not None and row.locked_until >= now:
+        # Another worker is sending this attempt (this job's lease ran out before the
+        # delivery's did). Look again once its lease is over: if that worker recorded the
+        # attempt, this job has nothing to do; if it died, this job sends it.
+        _wait_for_turn(u, delivery_id, attempt, waits,
+                       not_before=row.locked_until + timedelta(seconds=1))  # fmt: skip
+        return None
     if endpoint.status != "enabled":
         u.execute(
             "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL,"
@@ -768,6 +908,18 @@ def _claim(u: UnitOfWork, delivery_id: int, attempt: int, worker: str) -> _Claim
             {"id": delivery_id},
         )
         return None
+    busy = u.execute(
+        "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = :we AND id <> :id"
+        " AND locked_until IS NOT NULL AND locked_until >= :now LIMIT 1",
+        {"we": endpoint.id, "id": delivery_id, "now": now},
+    ).first()
+    if busy is not None:
+        _wait_for_turn(u, delivery_id, attempt, waits)
+        return "busy"
+    u.execute(
+        "UPDATE webhook_deliveries SET locked_by = :worker, locked_until = :until WHERE id = :id",
+        {"worker": worker, "until": now + timedelta(seconds=LEASE_SECONDS), "id": delivery_id},
+    )
     event = u.execute(
         "SELECT public_id, type, api_version, created_at, data FROM events WHERE id = :id",
         {"id": row.event_id},
@@ -893,13 +1045,16 @@ def _record(
 
 def deliver(uow: UnitOfWork, payload: dict[str, Any]) -> str | None:
     """The worker's handler: one attempt of a delivery. Returns its state after the attempt
-    (delivered, pending, failed) or None when there was nothing to do (already delivered, in
-    another worker's hands, the endpoint disabled or deleted, a stale job)."""
+    (delivered, pending, failed), ``busy`` when another attempt to the endpoint is in flight
+    (the job is put back a little later), or None when there was nothing to do (already
+    delivered, the endpoint disabled or deleted, a stale job; or in another worker's hands,
+    when the job looks again once that worker's lease is over)."""
     delivery_id, attempt = int(payload["delivery"]), int(payload.get("attempt", 1))
+    waits = int(payload.get("waits", 0))
     worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
-    claimed = uow.run(lambda u: _claim(u, delivery_id, attempt, worker))
-    if claimed is None:
-        return None
+    claimed = uow.run(lambda u: _claim(u, delivery_id, attempt, worker, waits))
+    if not isinstance(claimed, _Claimed):
+        return claimed
     at = uow.clock()
     answer = _post(claimed, uow.settings, int(at.timestamp()))
     return uow.run(lambda u: _record(u, claimed, attempt, worker, answer, at))
