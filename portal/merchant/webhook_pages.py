@@ -15,7 +15,7 @@ buttons are plain CSRF-checked posts answered with a redirect (Post/Redirect/Get
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import abort, flash, redirect, request, url_for
@@ -161,6 +161,8 @@ def _endpoint_page(
     rotate_form.ensure_token()
     if replay_form is None:
         replay_form = ReplayForm(formdata=None)
+        day_ago = _uow().clock() - timedelta(days=1)
+        replay_form.since.data = day_ago.strftime("%Y-%m-%dT%H:%M")
     return _render(
         "merchant/webhooks_endpoint.html", status, **_ctx(membership), e=endpoint, log=log,
         shown=shown, rotated=rotated, rotate_form=rotate_form, replay_form=replay_form,
