@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pyotp
 import pytest
@@ -20,7 +21,15 @@ from flask.testing import FlaskClient
 from portal.domain.money import Money
 from portal.extensions import limiter
 from portal.services.identity import mfa, sessions, tokens, users
-from portal.services.merchants import checkout, events, keys, merchants, payments, webhooks
+from portal.services.merchants import (
+    checkout,
+    events,
+    keys,
+    merchants,
+    payments,
+    payouts,
+    webhooks,
+)
 from portal.services.wallet import wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import SYSTEM, Factory, new_key
@@ -41,7 +50,7 @@ MERCHANT_OR_STAFF = MERCHANT | STAFF
 DECISIONS = ("approve", "reject", "suspend", "reactivate", "archive", "restore")
 #: API routes a merchant's secret key authenticates (not an access token).
 KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/", "/api/v1/events",
-              "/api/v1/webhook_endpoints")  # fmt: skip
+              "/api/v1/webhook_endpoints", "/api/v1/balance", "/api/v1/payouts")  # fmt: skip
 #: Request bodies that pass validation, where the table is about who may act, not about input
 #: (schema validation runs before the service looks at who is asking).
 BODIES = {
@@ -56,6 +65,9 @@ BODIES = {
         "enabled_events": ["*"],
     },
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/replay_failed"): {"since": 0},
+    ("PUT", "/api/v1/merchants/<merchant_id>/bank_account"): {
+        "bank_name": "Matrix Bank", "account_number": "12345678", "account_holder": "Matrix",
+    },
 }
 
 #: (method, rule) -> personas allowed. Path objects are the cardholder's own.
@@ -197,6 +209,21 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/checkout/sessions"): MERCHANT,
     ("GET", "/api/v1/checkout/sessions/<session_id>"): MERCHANT,
     ("GET", "/api/v1/events"): MERCHANT,
+    # Balance and payouts: the merchant's key; the bank account by an owner's token (staff
+    # read it), never by a key.
+    ("GET", "/api/v1/balance"): MERCHANT,
+    ("GET", "/api/v1/balance_transactions"): MERCHANT,
+    ("GET", "/api/v1/balance_transactions/<transaction_id>"): MERCHANT,
+    ("POST", "/api/v1/payouts"): MERCHANT,
+    ("GET", "/api/v1/payouts"): MERCHANT,
+    ("GET", "/api/v1/payouts/<payout_id>"): MERCHANT,
+    ("PUT", "/api/v1/merchants/<merchant_id>/bank_account"): MERCHANT,
+    ("GET", "/api/v1/merchants/<merchant_id>/bank_account"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/<mid>/balance"): MERCHANT_OR_STAFF,
+    ("POST", "/merchant/<mid>/balance/bank_account"): MERCHANT,
+    ("POST", "/merchant/<mid>/payouts"): MERCHANT,
+    ("GET", "/merchant/<mid>/payouts/<po>"): MERCHANT_OR_STAFF,
+    ("GET", "/merchant/<mid>/payouts/<po>/report.csv"): MERCHANT_OR_STAFF,
     ("GET", "/api/v1/events/<event_id>"): MERCHANT,
     ("POST", "/api/v1/webhook_endpoints"): MERCHANT,
     ("GET", "/api/v1/webhook_endpoints"): MERCHANT,
@@ -365,12 +392,24 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
     )  # a delivery to the endpoint
     (delivery, *_) = webhooks.list_deliveries(uow, actor=api, merchant=shop.id,
                                               endpoint=hook.id)  # fmt: skip
+    # A payment captured three days ago is available: it is paid out to the bank account.
+    now = uow.clock
+    uow.clock = lambda: now() - timedelta(days=3)
+    try:
+        payments.create_payment(uow, actor=api, merchant=shop.id, amount=Money(3000, "USD"),
+                                card=card, idempotency_key=new_key())  # fmt: skip
+    finally:
+        uow.clock = now
+    payouts.set_bank_account(uow, actor=owner, merchant=shop.id,
+                             bank=wallet.BankAccount("Matrix Bank", "12345678", "Matrix"))
+    payout = payouts.create_payout(uow, actor=owner, merchant=shop.id, idempotency_key=new_key())
     return {
         "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
         "kid": key.public_id, "payment_id": paid.id, "pid": paid.id, "refund_id": refund.id,
         "checkout_id": session.id, "member_id": member.public_id,
         "member": member.public_id, "iid": invitation.public_id, "action": "suspend",
         "event_id": event.id, "endpoint_id": hook.id, "delivery_id": delivery.id,
+        "payout_id": payout.id, "po": payout.id, "transaction_id": payout.balance_transaction,
         "secret": key.secret,
     }  # fmt: skip
 
