@@ -8,7 +8,8 @@ Each delivery is the event as ``GET /api/v1/events/{id}`` answers it, signed twi
 Webhooks (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``) and
 ``Portal-Signature: t=...,v1=...`` (Stripe's scheme), so either kind of library verifies it. A
 receiver that answers 410 disables its endpoint; one failing for five days is disabled too.
-In production a URL must resolve to public addresses only.
+In production a URL must resolve to public addresses only. ``POST .../test`` sends one endpoint
+a signed test event (sample data, never listed by ``/api/v1/events``).
 """
 
 from __future__ import annotations
