@@ -1100,5 +1100,8 @@ def test_an_endpoint_portal_turned_off_is_shown_to_its_managers(world: World) ->
     owner = page_text(world.as_client(world.owner).get(f"/merchant/{world.mid}"))
     assert "A webhook endpoint was turned off." in owner and "410 Gone" in owner
     assert receiver.url in owner
+    (endpoint,) = webhooks.list_endpoints(world.uow, actor=actor_of(world.uow, world.owner),
+                                          merchant=world.mid).items  # fmt: skip
+    assert f'href="/merchant/{world.mid}/webhooks/{endpoint.id}"' in owner  # enable and replay
     viewer = page_text(world.as_client(world.viewer).get(f"/merchant/{world.mid}"))
     assert "webhook endpoint was turned off" not in viewer

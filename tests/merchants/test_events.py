@@ -11,7 +11,9 @@ import pytest
 from portal.domain.errors import CardDeclined, InvalidInput
 from portal.domain.money import Money
 from portal.extensions import limiter
-from portal.services.merchants import checkout, events, payments
+from portal.services.ledger import reconciliation
+from portal.services.merchants import checkout, events, payments, reports
+from portal.services.wallet import cards
 from tests.api.test_auth_api import client_for
 from tests.conftest import new_key
 from tests.merchants.conftest import card_details, open_shop
@@ -159,10 +161,7 @@ def test_events_are_kept_thirty_days_at_least(uow, make, shop, clock):
     assert types_of(uow, shop) == []
 
 
-def test_a_refund_to_a_closed_card_fails_and_moves_nothing(uow, make, shop, staff):
-    from portal.services.ledger import reconciliation
-    from portal.services.wallet import cards
-
+def test_a_refund_to_a_closed_card_fails_and_shows_on_the_timeline(uow, make, shop, staff):
     card = make.card(make.user(), balance="100")
     paid = pay(uow, shop, card, 2000)
     cards.set_archived(uow, actor=staff, card_id=card.card_id, archived=True)
@@ -180,6 +179,10 @@ def test_a_refund_to_a_closed_card_fails_and_moves_nothing(uow, make, shop, staf
     listed = payments.list_refunds(uow, actor=shop.api, merchant=shop.merchant.id,
                                    payment=paid.id).items  # fmt: skip
     assert [r.status for r in listed] == ["failed"]
+    last = reports.payment_detail(uow, actor=shop.owner, merchant=shop.merchant.id,
+                                  payment=paid.id).timeline[-1]  # fmt: skip
+    assert (last.kind, last.title) == ("refund_failed", "Refund failed")
+    assert failed.id in last.detail and "card is closed" in last.detail
     report = reconciliation.reconcile(uow)
     assert report.ok, report.violations
     # With the card open again, the refund goes through.
@@ -188,19 +191,3 @@ def test_a_refund_to_a_closed_card_fails_and_moves_nothing(uow, make, shop, staf
                                   payment=paid.id, idempotency_key=new_key(),
                                   amount=1000)  # fmt: skip
     assert done.status == "succeeded"
-
-
-def test_the_payment_timeline_shows_a_failed_refund(uow, make, shop, staff):
-    from portal.services.merchants import reports
-    from portal.services.wallet import cards
-
-    card = make.card(make.user(), balance="100")
-    paid = pay(uow, shop, card, 2000)
-    cards.set_archived(uow, actor=staff, card_id=card.card_id, archived=True)
-    failed = payments.create_refund(uow, actor=shop.api, merchant=shop.merchant.id,
-                                    payment=paid.id, idempotency_key=new_key())  # fmt: skip
-    detail = reports.payment_detail(uow, actor=shop.owner, merchant=shop.merchant.id,
-                                    payment=paid.id)  # fmt: skip
-    last = detail.timeline[-1]
-    assert (last.kind, last.title) == ("refund_failed", "Refund failed")
-    assert failed.id in last.detail and "card is closed" in last.detail

@@ -290,6 +290,21 @@ def test_only_owners_and_payout_keys_pay_out_and_only_owners_set_the_bank(uow, m
         payouts.set_bank_account(uow, actor=keyed.api, merchant=keyed.merchant.id, bank=BANK)
 
 
+def test_a_suspended_merchant_is_not_paid_out(uow, make, shop, staff, clock):
+    card = make.card(make.user(), balance="500")
+    pay(uow, shop, card, "100")
+    clock.advance(days=3)
+    clock.now = clock.now.replace(hour=3)  # after the daily payout time
+    payouts.set_bank_account(uow, actor=shop.owner, merchant=shop.merchant.id, bank=BANK)
+    merchants.decide(uow, actor=staff, merchant=shop.merchant.public_id, action="suspend")
+    with pytest.raises(Forbidden) as held:
+        payout_now(uow, shop)
+    assert held.value.code == "merchant_inactive"
+    assert payouts.run_schedule(uow) == 0
+    merchants.decide(uow, actor=staff, merchant=shop.merchant.public_id, action="reactivate")
+    assert payout_now(uow, shop).amount > 0
+
+
 def test_the_daily_schedule_pays_out_once_per_day(uow, make, shop, clock):
     card = make.card(make.user(), balance="500")
     pay(uow, shop, card, "100")

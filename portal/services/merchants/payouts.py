@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from portal.domain.errors import InvalidInput, NotFound, UnexpectedState
+from portal.domain.errors import Forbidden, InvalidInput, NotFound, UnexpectedState
 from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.money import Money, normalize_currency
 from portal.domain.types import Actor
@@ -169,6 +169,9 @@ def _create(
     """Pay out the merchant's available, unpaid balance in ``currency``. Returns None for a
     scheduled payout that another worker made already or that is below the minimum."""
     automatic = scheduled_for is not None
+    if not m.can_take_payments:  # a suspended merchant's money waits until it is reactivated
+        raise Forbidden(f"{m.name} cannot be paid out while it is {m.state}",
+                        code="merchant_inactive")  # fmt: skip
     account = u.execute(
         "SELECT id, posted_minor, pending_debits_minor FROM accounts"
         " WHERE merchant_id = :m AND currency = :cur AND kind = 'merchant' FOR UPDATE",
