@@ -21,4 +21,5 @@ def _client_address() -> str:
 db = SQLAlchemy(metadata=Base.metadata)
 migrate = Migrate(directory="migrations")
 csrf = CSRFProtect()
-limiter = Limiter(key_func=_client_address, headers_enabled=True, in_memory_fallback_enabled=True)
+# No per-process memory fallback: the storage (portal.web.ratelimit) falls back to PostgreSQL.
+limiter = Limiter(key_func=_client_address, headers_enabled=True)

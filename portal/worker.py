@@ -72,11 +72,18 @@ def periodic_tasks(
         ("purge_idempotency_keys", 3600.0, lambda uow: uow.run(_purge_keys)),
         # Events are kept EVENT_RETENTION_DAYS (30) days, then deleted.
         ("purge_events", 3600.0, events.purge_events),
+        # Rate-limit counters kept in PostgreSQL while Redis was down (portal.web.ratelimit).
+        ("purge_rate_limits", 300.0, lambda uow: uow.run(_purge_rate_limits)),
         # Captured funds whose settlement day has come become available (balance.available),
         # and once PORTAL_PAYOUT_TIME has passed each day, automatic payouts are made.
         ("release_available", 60.0, settlements.release_available),
         ("payout_schedule", 60.0, merchant_payouts.run_schedule),
     ]
+
+
+def _purge_rate_limits(uow: UnitOfWork) -> int:
+    result = uow.execute("DELETE FROM rate_limit_counters WHERE expires_at < now()")
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 class WorkerMetrics:

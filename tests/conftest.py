@@ -196,7 +196,8 @@ TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints,
          postings, holds, journal_entries, top_ups, transfers, withdrawals, refunds, events,
          checkout_sessions, payments, merchant_invitations, merchant_members,
          idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens,
-         ledger_checks, balance_transactions, payouts, demo_processor_requests CASCADE;
+         ledger_checks, balance_transactions, payouts, demo_processor_requests,
+         rate_limit_counters CASCADE;
 DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
 DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
 """

@@ -34,7 +34,14 @@ from portal.models.merchants import (
 )
 from portal.models.movements import TopUp, Transfer, Withdrawal
 from portal.models.settlements import BalanceTransaction, DemoProcessorRequest, Payout
-from portal.models.system import AuditEvent, IdempotencyKey, Job, LedgerCheck, OutboxEvent
+from portal.models.system import (
+    AuditEvent,
+    IdempotencyKey,
+    Job,
+    LedgerCheck,
+    OutboxEvent,
+    RateLimitCounter,
+)
 
 __all__ = [
     "BalanceTransaction",
@@ -53,6 +60,7 @@ __all__ = [
     "IdempotencyKey",
     "Job",
     "LedgerCheck",
+    "RateLimitCounter",
     "JournalEntry",
     "Merchant",
     "MerchantInvitation",

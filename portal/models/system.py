@@ -131,3 +131,15 @@ class AuditEvent(Base):
     subject_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     outcome: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="success")
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+
+
+class RateLimitCounter(Base):
+    """A rate limit's fixed-window counter while Redis is down (``portal.web.ratelimit``):
+    shared by every process, deleted by the worker once expired."""
+
+    __tablename__ = "rate_limit_counters"
+    __table_args__ = (sa.Index("ix_rate_limit_counters_expires_at", "expires_at"),)
+
+    key: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)

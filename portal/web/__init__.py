@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask
 
 from portal.extensions import csrf, limiter
-from portal.web import auth, cache, errors, health, redis, requests, uow
+from portal.web import auth, cache, errors, health, ratelimit, redis, requests, uow
 from portal.web import logging as log_setup
 from portal.web import metrics as metrics_setup
 
@@ -21,7 +21,12 @@ def init_app(app: Flask) -> None:
     cache.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    # Counters in Redis, and in PostgreSQL while Redis is down (portal.web.ratelimit).
+    app.config.setdefault("RATELIMIT_STORAGE_URI", ratelimit.STORAGE_URI)
+    app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {
+        "database_url": app.config["SQLALCHEMY_DATABASE_URI"],
+        "redis_url": app.config.get("REDIS_URL") or "",
+    })  # fmt: skip
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "portal")
     limiter.init_app(app)
     app.register_blueprint(health.bp)
