@@ -241,7 +241,7 @@ class LedgerWrites:
         has checked, under lock, that the hold is pending: it resolves at most once."""
         entry = "(SELECT id FROM entry)" if self.has_entry else "NULL"
         self.uow.defer(
-            f"UPDATE holds SET status = :status, resolved_at = :now, journal_entry_id = {entry}"
+            f"UPDATE holds SET status = :status, resolved_at = :now, journal_entry_id = {entry}"  # nosec B608
             " WHERE id = :id AND status = 'pending'",
             name="released", status=status, now=self.uow.now(), id=hold_id,
         )  # fmt: skip

