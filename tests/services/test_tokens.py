@@ -319,15 +319,20 @@ def test_within_grace_both_concurrent_refreshes_succeed_with_the_same_token(uow,
     assert c.refresh_token != a.refresh_token
 
 
-def test_within_grace_answer_follows_the_family_to_its_current_token(uow, user, clock):
+def test_within_grace_a_used_token_gets_only_its_own_child_never_a_later_token(uow, user, clock):
+    """A thief holding a token the client has used is never handed the client's live token:
+    once the client has moved on from the child issued for it, presenting the old token, even
+    within the grace period, is reuse and revokes the family (issue 11 A10)."""
     first = tokens.issue_tokens(uow, user_id=user.id)
     second = tokens.refresh(uow, refresh_token=first.refresh_token)
     clock.advance(seconds=1)
-    third = tokens.refresh(uow, refresh_token=second.refresh_token)
+    tokens.refresh(uow, refresh_token=second.refresh_token)  # the client moves on
     clock.advance(seconds=1)
-    late = tokens.refresh(uow, refresh_token=first.refresh_token)
-    assert late.refresh_token == third.refresh_token
-    assert len(family_rows(uow, first.family_id)) == 3
+    with pytest.raises(Unauthenticated):
+        tokens.refresh(uow, refresh_token=first.refresh_token)
+    assert all(r.revoked_at is not None for r in family_rows(uow, first.family_id))
+    (event,) = reuse_events(uow)
+    assert event.data["reason"] == "child_already_used"
 
 
 def test_grace_answer_never_resurrects_a_revoked_family(uow, user):

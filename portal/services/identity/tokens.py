@@ -18,12 +18,13 @@ token in the clear:
 
 * Presenting an unused token: it is marked used and its child is issued (rotation).
 * Presenting a token used at most ``refresh_grace_seconds`` ago (concurrent refreshes, or a
-  response lost on the way): the answer is the family's *current* token, found by following the
-  derivation chain from the presented token to the first unused descendant, with a fresh access
-  token. Nothing new is stored, so every concurrent caller ends up holding the same single live
-  refresh token, the family stays one chain, and whichever of their answers a client keeps is
-  valid.
-* Presenting a token used longer ago than that (or whose chain leads to no live token): reuse.
+  response lost on the way): the answer is the token that was issued for it (its child), with
+  a fresh access token, as long as that child is still unused. Nothing new is stored, so every
+  concurrent caller ends up holding the same single live refresh token and whichever of their
+  answers a client keeps is valid. Once the child has been used, the presented token has no
+  answer left: whoever presents it is not the client that moved on (the grace never hands over
+  a later token of the chain, which a thief holding only the old token could otherwise get).
+* Presenting a token used longer ago than that (or whose child is used already): reuse.
   The whole family is revoked (its access tokens stop working too), a ``token.reuse_detected``
   audit event is written (outcome failure), and the caller gets Unauthenticated.
 
@@ -67,8 +68,6 @@ HEADER_TYPE = "at+jwt"
 ACCESS_TYPE = "access"
 REFRESH_PREFIX = "prt_"
 REFRESH_LENGTH = len(REFRESH_PREFIX) + 43  # 32 bytes in unpadded base64url
-#: How many rotations past the presented token a grace answer may look for the current one.
-MAX_GRACE_DEPTH = 8
 #: Clock skew tolerated on ``exp`` and ``iat`` (seconds).
 LEEWAY = 5
 
@@ -219,31 +218,6 @@ def _reuse(u: UnitOfWork, row: Any, reason: str) -> None:
     u.refuse_after_commit(Unauthenticated("this refresh token is no longer valid; sign in again"))
 
 
-def _current_descendant(u: UnitOfWork, row: Any, token: str) -> str | None:
-    """The family's live token reached by following the derivation chain from ``token`` (a
-    used token), or None if none is found within ``MAX_GRACE_DEPTH`` rotations."""
-    chain: list[str] = []
-    current = token
-    for _ in range(MAX_GRACE_DEPTH):
-        current = _child_token(u.settings, current)
-        chain.append(current)
-    found = {
-        bytes(r.token_hash): r
-        for r in u.execute(
-            "SELECT token_hash, used_at, revoked_at FROM refresh_tokens"
-            " WHERE family_id = :family AND token_hash = ANY(:hashes)",
-            {"family": row.family_id, "hashes": [token_digest(t) for t in chain]},
-        )
-    }
-    for candidate in chain:
-        r = found.get(token_digest(candidate))
-        if r is None or r.revoked_at is not None:
-            return None
-        if r.used_at is None:
-            return candidate
-    return None
-
-
 def refresh(uow: UnitOfWork, *, refresh_token: str) -> TokenPair:
     """Exchange a refresh token for a new pair (rotation; see the module docstring for the grace
     period). Raises Unauthenticated (unknown, expired or revoked token, archived user, or reuse,
@@ -284,10 +258,15 @@ def refresh(uow: UnitOfWork, *, refresh_token: str) -> TokenPair:
             )  # fmt: skip
             return _pair(u, row.user_id, row.family_id, child)
         if now - row.used_at <= timedelta(seconds=u.settings.refresh_grace_seconds):
-            current = _current_descendant(u, row, refresh_token)
-            if current is not None:
-                return _pair(u, row.user_id, row.family_id, current)
-            _reuse(u, row, "no_live_descendant")
+            child = _child_token(u.settings, refresh_token)
+            issued = u.execute(
+                "SELECT used_at, revoked_at FROM refresh_tokens WHERE family_id = :family"
+                " AND token_hash = :hash",
+                {"family": row.family_id, "hash": token_digest(child)},
+            ).first()
+            if issued is not None and issued.used_at is None and issued.revoked_at is None:
+                return _pair(u, row.user_id, row.family_id, child)
+            _reuse(u, row, "child_already_used")
             return None
         _reuse(u, row, "used_after_grace")
         return None
