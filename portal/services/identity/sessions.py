@@ -277,8 +277,11 @@ def revoke_family(uow: UnitOfWork, *, actor: Actor, family_id: uuid.UUID) -> Non
     or anyone's with users:manage. Raises Unauthenticated, NotFound."""
 
     def work(u: UnitOfWork) -> None:
+        # The family's first token, locked as refresh() locks it: a refresh in flight finishes
+        # first, and the revocation then sees (and revokes) the token it issued.
         owner = u.execute(
-            "SELECT user_id FROM refresh_tokens WHERE family_id = :family LIMIT 1",
+            "SELECT user_id FROM refresh_tokens WHERE family_id = :family AND parent_id IS NULL"
+            " FOR UPDATE",
             {"family": family_id},
         ).scalar_one_or_none()
         if owner is None:
