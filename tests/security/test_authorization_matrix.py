@@ -66,7 +66,9 @@ BODIES = {
     },
     ("POST", "/api/v1/webhook_endpoints/<endpoint_id>/replay_failed"): {"since": 0},
     ("PUT", "/api/v1/merchants/<merchant_id>/bank_account"): {
-        "bank_name": "Matrix Bank", "account_number": "12345678", "account_holder": "Matrix",
+        "bank_name": "Matrix Bank",
+        "account_number": "12345678",
+        "account_holder": "Matrix",
     },
 }
 
@@ -400,8 +402,12 @@ def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
                                 card=card, idempotency_key=new_key())  # fmt: skip
     finally:
         uow.clock = now
-    payouts.set_bank_account(uow, actor=owner, merchant=shop.id,
-                             bank=wallet.BankAccount("Matrix Bank", "12345678", "Matrix"))
+    payouts.set_bank_account(
+        uow,
+        actor=owner,
+        merchant=shop.id,
+        bank=wallet.BankAccount("Matrix Bank", "12345678", "Matrix"),
+    )
     payout = payouts.create_payout(uow, actor=owner, merchant=shop.id, idempotency_key=new_key())
     return {
         "merchant_id": shop.public_id, "mid": shop.public_id, "key_id": key.public_id,
