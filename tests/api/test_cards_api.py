@@ -201,7 +201,7 @@ def test_list_and_get_only_ones_own_cards(
         api.get(f"{API}/cards/{2**64}", headers=as_alice),
     ):
         assert error_of(response, 404)["code"] == "not_found"
-    error_of(api.get(f"{API}/cards?user={budi.public_id}", headers=as_alice), 403)
+    error_of(api.get(f"{API}/cards?user={budi.public_id}", headers=as_alice), 404)
     assert api.get(f"{API}/cards", headers=as_budi).get_json()["data"][0]["id"] == theirs.public_id
     # Staff with cards:read see anyone's.
     staff = api.get(f"{API}/cards?user={alice.public_id}", headers=as_support).get_json()

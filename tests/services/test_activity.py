@@ -98,7 +98,7 @@ def test_another_persons_cards_are_unreachable(uow, make, alice, budi):
     card = make.card(budi)
     support = make.user(roles=("support",))
 
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):  # another's cards: as if there were no such user
         activity.list_cards(uow, actor=alice, user_id=budi.id)
     with pytest.raises(NotFound):
         activity.get_card(uow, actor=alice, card_id=card.card_id)

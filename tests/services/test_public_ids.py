@@ -318,7 +318,7 @@ def test_users_are_found_by_public_id_and_oneself_is_known_without_a_query(uow, 
     alice, bob = make.user(), make.user()
     support = make.user(roles=("support",))
 
-    with statements(connection) as sent, pytest.raises(Forbidden):  # someone else's, no users:read
+    with statements(connection) as sent, pytest.raises(NotFound):  # someone else's, no users:read
         users.get_user(uow, actor=alice, user_id=bob.public_id)
     assert sent == []
     assert users.get_user(uow, actor=alice, user_id=alice.public_id).id == alice.id

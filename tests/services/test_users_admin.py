@@ -226,11 +226,12 @@ def test_staff_read_anyone_and_users_read_themselves(uow, admin, support, alice)
 
 
 def test_a_cardholder_cannot_read_another_user(uow, alice, bob):
-    with pytest.raises(Forbidden):
+    # Another user is a 404 to a cardholder, the same answer as for no such user (issue 11 B).
+    with pytest.raises(NotFound):
         users.get_user(uow, actor=alice, user_id=bob.id)
-    with pytest.raises(Forbidden):  # refused before looking: existence is not revealed
+    with pytest.raises(NotFound):  # refused before looking: existence is not revealed
         users.get_user(uow, actor=alice, user_id=MAX_ID)
-    with pytest.raises(Forbidden):  # and before the id is even checked
+    with pytest.raises(NotFound):  # and before the id is even checked
         users.get_user(uow, actor=alice, user_id=0)
 
 
@@ -307,7 +308,8 @@ def test_an_update_that_changes_nothing_writes_no_event(uow, admin, alice):
 @pytest.mark.parametrize("actor_name", ["support", "bob"])
 def test_support_and_cardholders_cannot_update_others(uow, request, alice, actor_name):
     actor = request.getfixturevalue(actor_name)
-    with pytest.raises(Forbidden):
+    # Support may read users (403); a cardholder may not know alice exists (404).
+    with pytest.raises(Forbidden if actor_name == "support" else NotFound):
         users.update_user(uow, actor=actor, user_id=alice.id, first_name="Mallory")
     assert users.get_user(uow, actor=alice, user_id=alice.id).first_name == "Alice"
 
@@ -390,10 +392,11 @@ def test_nobody_archives_themselves(uow, admin):
 @pytest.mark.parametrize("actor_name", ["support", "bob"])
 def test_archive_and_restore_need_users_manage(uow, request, admin, alice, actor_name):
     actor = request.getfixturevalue(actor_name)
-    with pytest.raises(Forbidden):
+    refused = Forbidden if actor_name == "support" else NotFound
+    with pytest.raises(refused):
         users.archive_user(uow, actor=actor, user_id=alice.id)
     users.archive_user(uow, actor=admin, user_id=alice.id)
-    with pytest.raises(Forbidden):
+    with pytest.raises(refused):
         users.restore_user(uow, actor=actor, user_id=alice.id)
 
 
@@ -551,7 +554,7 @@ def test_nobody_deletes_themselves(uow, admin):
 
 @pytest.mark.parametrize("actor_name", ["support", "bob"])
 def test_delete_needs_users_manage(uow, request, alice, actor_name):
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden if actor_name == "support" else NotFound):
         users.delete_user(uow, actor=request.getfixturevalue(actor_name), user_id=alice.id)
     assert sql(uow, "SELECT count(*) FROM users WHERE id = :id", id=alice.id)[0][0] == 1
 

@@ -224,6 +224,17 @@ def require(actor: Actor, permission: str) -> None:
         raise Forbidden(f"missing permission {permission}")
 
 
+def require_for_other(actor: Actor, permission: str) -> None:
+    """Acting on another user needs ``permission``. To a caller who may not even read users,
+    the other user's existence is not revealed: NotFound, as for no such user; staff who may
+    read users but not this get Forbidden."""
+    if actor.can(permission):
+        return
+    if actor.can("users:read"):
+        raise Forbidden(f"missing permission {permission}")
+    raise NotFound("no such user", param="user_id")
+
+
 def is_self(actor: Actor, user_id: Ref) -> bool:
     """Whether ``user_id`` (an internal or a public id) names the acting user."""
     if actor.kind != ActorKind.USER:
@@ -422,7 +433,7 @@ def list_users(
 def get_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDetail:
     """One user (oneself, or anyone with users:read). Raises InvalidInput, Forbidden, NotFound."""
     if not is_self(actor, user_id):
-        require(actor, "users:read")
+        require_for_other(actor, "users:read")
     user_key(user_id)
 
     def work(u: UnitOfWork) -> UserDetail:
@@ -457,7 +468,7 @@ def update_user(
     "privilege_escalation"), NotFound, Conflict ("email_taken")."""
     own = is_self(actor, user_id)
     if not own:
-        require(actor, "users:manage")
+        require_for_other(actor, "users:manage")
     user_key(user_id)
     first = None if first_name is None else _check_name(first_name, "first_name", "first name")
     last = None if last_name is None else _check_name(last_name, "last_name", "last name")
@@ -523,7 +534,10 @@ def update_profile(
 
 
 def _set_archived(uow: UnitOfWork, actor: Actor, user_id: Ref, archived: bool) -> UserDetail:
-    require(actor, "users:manage")
+    if is_self(actor, user_id):
+        require(actor, "users:manage")
+    else:
+        require_for_other(actor, "users:manage")
     user_key(user_id)
     if archived and is_self(actor, user_id):
         raise Forbidden("you cannot archive yourself", param="user_id", code="cannot_archive_self")
@@ -586,7 +600,10 @@ def delete_user(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> UserDeleted:
     single-sign-on links (all ON DELETE CASCADE). Raises InvalidInput, Forbidden (users:manage;
     "cannot_delete_self", "privilege_escalation"), NotFound, Conflict ("user_has_history":
     cards, movements or a merchant; "last_admin")."""
-    require(actor, "users:manage")
+    if is_self(actor, user_id):
+        require(actor, "users:manage")
+    else:
+        require_for_other(actor, "users:manage")
     user_key(user_id)
     if is_self(actor, user_id):
         raise Forbidden("you cannot delete yourself", param="user_id", code="cannot_delete_self")

@@ -202,7 +202,7 @@ def list_cards(
     uow: UnitOfWork, *, actor: Actor, user_id: Ref | None = None, include_archived: bool = False
 ) -> tuple[CardSummary, ...]:
     """The actor's cards (or, with cards:read, ``user_id``'s), oldest first, with balances.
-    Raises Forbidden, InvalidInput."""
+    Raises NotFound (another user's, without cards:read), InvalidInput."""
     owner: int | str
     if user_id is None:
         column, owner = "id", _user_id(actor)
@@ -211,7 +211,7 @@ def list_cards(
         if key is None:
             raise InvalidInput("user_id must be a user's id", param="user_id")
         if not is_self(actor, user_id) and not actor.can("cards:read"):
-            raise Forbidden("missing permission cards:read")
+            raise NotFound("no such user", param="user")  # another's: not revealed
         column, owner = key
     archived = "" if include_archived else " AND c.archived_at IS NULL"
 
