@@ -30,6 +30,7 @@ from portal.services.identity.users import (
     is_self,
     load_user,
     require,
+    require_for_other,
     user_key,
 )
 from portal.services.shared import audit
@@ -365,7 +366,10 @@ def revoke_permission(
 
 # -- who holds what --------------------------------------------------------------------------
 def _check_assignment(actor: Actor, user_id: Ref) -> None:
-    require(actor, "roles:manage")
+    if is_self(actor, user_id):
+        require(actor, "roles:manage")
+    else:
+        require_for_other(actor, "roles:manage")  # 404 to a caller who may not read users
     user_key(user_id)
     if is_self(actor, user_id):
         raise Forbidden(
