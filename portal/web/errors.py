@@ -110,6 +110,10 @@ def init_app(app: Flask) -> None:
         # our 1 s down to 0. A 503's Retry-After says when to retry it.
         if (seconds := g.get("portal_retry_after")) is not None:
             response.headers["Retry-After"] = str(seconds)
+        elif response.status_code not in (429, 503):
+            # flask-limiter adds Retry-After to every answer of a limited route; only a refusal
+            # to be retried later carries it (a failed sign-in's 401 is not one).
+            response.headers.pop("Retry-After", None)
         return response
 
     @app.errorhandler(PortalError)

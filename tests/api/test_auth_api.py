@@ -680,3 +680,11 @@ def test_credentials_of_a_user_who_no_longer_exists_are_401_not_404(
         api.patch(f"{API}/users/me", json={"first_name": "X"}, headers=bearer("anything")),
     ):
         assert error_of(response, 401)["code"] == "invalid_token"
+
+
+def test_only_a_429_carries_retry_after(api: FlaskClient, holder: accounts.UserView) -> None:
+    """A failed sign-in is a plain 401: no Retry-After (issue 11 B); the limit's 429 has one."""
+    wrong = api.post(f"{API}/auth/token", json={"email": holder.email, "password": "nope"})
+    assert wrong.status_code == 401 and "Retry-After" not in wrong.headers
+    ok = api.post(f"{API}/auth/token", json={"email": holder.email, "password": PASSWORD})
+    assert ok.status_code == 200 and "Retry-After" not in ok.headers
