@@ -30,7 +30,7 @@ HTTP_CODES: dict[int, str] = {
     413: "request_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
-    422: "invalid_input",
+    422: "parameter_invalid",
     429: "rate_limited",
     431: "headers_too_large",
     500: "internal_error",

@@ -41,7 +41,8 @@ class PortalError(Exception):
 
 
 class InvalidInput(PortalError):
-    code = "invalid_input"
+    #: The same code the API's schema validation gives a bad field: one code per kind.
+    code = "parameter_invalid"
 
 
 class LimitExceeded(InvalidInput):

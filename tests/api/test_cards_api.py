@@ -127,7 +127,7 @@ def test_issue_shows_number_and_cvc_once(
         ({"card_type": "gold", "brand": "visa", "currency": "usd"}, "parameter_invalid",
          "card_type"),
         ({"card_type": "debit", "brand": "jcb", "currency": "usd"}, "parameter_invalid", "brand"),
-        ({"card_type": "debit", "brand": "visa", "currency": "zzz"}, "invalid_input",
+        ({"card_type": "debit", "brand": "visa", "currency": "zzz"}, "parameter_invalid",
          "currency"),
         ({"card_type": "debit", "brand": "visa"}, "parameter_missing", "currency"),
         ({"card_type": "debit", "brand": "visa", "currency": "usd", "name": "x" * 65},

@@ -214,7 +214,7 @@ def test_validation_messages_read_as_sentences(client: FlaskClient) -> None:
         ("limit=5&limit=6", "parameter_invalid", "limit"),
         ("starting_after=0", "parameter_invalid", "starting_after"),
         ("starting_after=9223372036854775808", "parameter_invalid", "starting_after"),
-        ("starting_after=999", "invalid_input", "starting_after"),  # the service's refusal
+        ("starting_after=999", "parameter_invalid", "starting_after"),  # the service's refusal
         ("colour=red&colour=pink", "parameter_invalid", "colour.1"),
         ("sort=name", "parameter_unknown", "sort"),
     ],
@@ -231,7 +231,7 @@ def test_invalid_query_is_422_naming_the_parameter(
 @pytest.mark.parametrize(
     ("kind", "status", "type_", "code", "param"),
     [
-        ("invalid_input", 422, "invalid_request_error", "invalid_input", "amount"),
+        ("invalid_input", 422, "invalid_request_error", "parameter_invalid", "amount"),
         ("unauthenticated", 401, "authentication_error", "token_expired", None),
         ("forbidden", 403, "invalid_request_error", "forbidden", None),
         ("not_found", 404, "invalid_request_error", "not_found", "card_id"),

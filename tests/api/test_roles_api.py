@@ -147,12 +147,12 @@ def test_create_a_role(
 @pytest.mark.parametrize(
     ("body", "code", "param"),
     [
-        ({"name": "Has Spaces"}, "invalid_input", "name"),
-        ({"name": "x"}, "invalid_input", "name"),
+        ({"name": "Has Spaces"}, "parameter_invalid", "name"),
+        ({"name": "x"}, "parameter_invalid", "name"),
         ({"name": "x" * 33}, "parameter_invalid", "name"),
         ({"permissions": ["no:such"]}, "unknown_permission", "permissions"),
         ({"permissions": "audit:read"}, "parameter_invalid", "permissions"),
-        ({"description": "a\x00b"}, "invalid_input", "description"),
+        ({"description": "a\x00b"}, "parameter_invalid", "description"),
         ({}, "parameter_missing", "name"),
     ],
 )

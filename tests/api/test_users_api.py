@@ -150,7 +150,7 @@ def test_list_search_filters_and_cursor(
         ("starting_after=abc", "parameter_invalid", "starting_after"),
         ("starting_after=987654321987", "parameter_invalid", "starting_after"),
         ("starting_after=card_" + "0" * 24, "parameter_invalid", "starting_after"),
-        ("starting_after=usr_" + "0" * 24, "invalid_input", "starting_after"),
+        ("starting_after=usr_" + "0" * 24, "parameter_invalid", "starting_after"),
         ("role=no-such-role", "unknown_role", "role"),
         ("role=Bad%20Role", "unknown_role", "role"),
         ("archived=maybe", "parameter_invalid", "archived"),
@@ -198,9 +198,9 @@ def test_create_a_user_with_roles(
 @pytest.mark.parametrize(
     ("change", "code", "param"),
     [
-        ({"roles": ["no-such-role"]}, "invalid_input", "roles"),
+        ({"roles": ["no-such-role"]}, "parameter_invalid", "roles"),
         ({"roles": "admin"}, "parameter_invalid", "roles"),
-        ({"email": "nope"}, "invalid_input", "email"),
+        ({"email": "nope"}, "parameter_invalid", "email"),
         ({"first_name": None}, "parameter_invalid", "first_name"),
         ({"password": "secret-secret"}, "parameter_unknown", "password"),
     ],

@@ -31,7 +31,7 @@ def test_check_limit_refuses_anything_else_naming_limit(given):
     with pytest.raises(InvalidInput) as err:
         check_limit(given)
     assert err.value.param == "limit"
-    assert err.value.code == "invalid_input"
+    assert err.value.code == "parameter_invalid"
 
 
 @pytest.mark.parametrize("given", [0, -3, MAX_ID + 1, True, "7", 7.0, None])
