@@ -122,8 +122,8 @@ class UserListQuery(ListQuery):
         "(case-insensitive).",
     )
     role: str | None = Field(None, max_length=32, description="Only users holding this role.")
-    archived: bool | None = Field(
-        None, description="true: archived users only; false: active users only; absent: both."
+    archived: bool = Field(
+        False, description="true: archived users only; false (the default): active users only."
     )
 
     @field_validator("q")
@@ -206,7 +206,8 @@ def update_profile(body: ProfileUpdate, actor: Actor) -> User:
     operation_id="list_users",
 )
 def list_users(query: UserListQuery, actor: Actor) -> UserList:
-    """Users, newest first, with search (`q`) and filters (`role`, `archived`)."""
+    """Users, newest first, with search (`q`) and filters (`role`; `archived=true` for the
+    archived ones, hidden otherwise)."""
     page = renamed(
         lambda: user_service.list_users(
             make_uow(), actor=actor, limit=query.limit, starting_after=query.starting_after,
