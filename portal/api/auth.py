@@ -45,7 +45,7 @@ from portal.services.identity import accounts, mfa, tokens
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
 from portal.web import mail
-from portal.web.auth import account_tag
+from portal.web.auth import account_key
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.api")
@@ -207,8 +207,9 @@ def _address() -> str:
 
 
 def _email_digest() -> str:
-    """A keyed digest of the (lower-cased) email the request body names, or "-" when there is
-    none: limit keys name accounts without holding their addresses.
+    """A keyed digest of the account the email in the request body signs in to (its user id,
+    or its canonical form for an unknown account), or "-" when there is none: limit keys name
+    accounts without holding their addresses, and no spelling of one is a fresh bucket.
     Never raises: a key function that raised would make flask-limiter think its storage died."""
     try:
         request.max_content_length = current_app.config.get("API_MAX_BODY_BYTES", MAX_BODY_BYTES)
@@ -216,7 +217,7 @@ def _email_digest() -> str:
         email = data.get("email") if isinstance(data, dict) else None
         if not isinstance(email, str) or not email.strip():
             return "-"
-        return account_tag(email)
+        return account_key(email)
     except Exception:
         return "-"
 

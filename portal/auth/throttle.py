@@ -6,7 +6,8 @@ all on POST only, all answered with 429 and ``Retry-After``:
 
 * per client address (``SIGN_IN_LIMIT_ADDRESS``, default 20 a minute and 100 an hour), shared by
   the password and the second-factor steps: one address cannot guess at many accounts;
-* per account, for browsers that are NOT trusted for that account (``SIGN_IN_LIMIT_ACCOUNT``,
+* per account (the user id the typed address resolves to, whatever its spelling), for browsers
+  that are NOT trusted for that account (``SIGN_IN_LIMIT_ACCOUNT``,
   default 10 per 15 minutes): many addresses together cannot guess at one account;
 * per trusted browser and account (``SIGN_IN_LIMIT_DEVICE``, same default).
 
@@ -31,7 +32,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 from portal.extensions import limiter
-from portal.web.auth import PENDING_KEY, account_tag
+from portal.web.auth import PENDING_KEY, account_key, email_tag, user_tag
 
 DEVICE_COOKIE = "portal_device"
 DEVICE_COOKIE_SECURE = "__Host-portal_device"
@@ -63,15 +64,17 @@ def _failed(_response: Response) -> bool:
 
 
 def _attempted_account() -> str:
-    """The account this request tries: the email typed on the sign-in form, the account
-    waiting for its second factor, or the signed-in user stepping up."""
+    """The account this request tries, by user id (so no spelling of an address is a fresh
+    bucket): the user the address typed on the sign-in form resolves to (its canonical form
+    when there is none), the account waiting for its second factor, or the signed-in user
+    stepping up."""
     if request.endpoint == "auth.login":
-        return "acct:" + account_tag(request.form.get("email", ""))
+        return "acct:" + account_key(request.form.get("email", ""))
     pending = session.get(PENDING_KEY)
     if isinstance(pending, dict) and pending.get("account"):
         return "acct:" + str(pending["account"])
     if current_user.is_authenticated:
-        return "acct:" + account_tag(current_user.user.email)
+        return "acct:" + user_tag(current_user.id)
     return "acct:none"
 
 
@@ -109,11 +112,11 @@ def _device_key() -> str:
     return f"dev:{device.get('d', 'none')}:{_attempted_account()}"
 
 
-def remember_device(response: Response, email: str) -> None:
+def remember_device(response: Response, user_id: int) -> None:
     """After a successful sign-in: trust this browser for this account (and keep the accounts
     it already knew), refreshing the cookie's lifetime."""
     device = _device() or {"d": secrets.token_hex(16), "a": []}
-    tag = account_tag(email)
+    tag = user_tag(user_id)
     accounts = [tag] + [a for a in device["a"] if a != tag]
     value = _serializer().dumps({"d": device["d"], "a": accounts[:DEVICE_ACCOUNTS]})
     secure = bool(current_app.config.get("SESSION_COOKIE_SECURE"))
@@ -162,7 +165,7 @@ email_per_address = limiter.shared_limit(
 #: answer stays the same for both).
 email_per_recipient = limiter.limit(
     _setting("AUTH_LIMIT_EMAIL_RECIPIENT"),
-    key_func=lambda: "to:" + account_tag(request.form.get("email", "")),
+    key_func=lambda: "to:" + email_tag(request.form.get("email", "")),
     methods=["POST"],
 )
 

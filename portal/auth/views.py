@@ -293,7 +293,7 @@ def register() -> Response:
                 "success",
             )
             response = redirect(_account_url())
-            throttle.remember_device(response, user.email)
+            throttle.remember_device(response, user.id)
             return response
     return _render("auth/register.html", _status(), form=form)
 
@@ -322,14 +322,14 @@ def login() -> Response:
     if current_user.is_authenticated:
         sign_out()  # the old session ends; the new one gets a new identifier
     if user.mfa_enabled:
-        await_second_factor(user.id, email, next_url, method="password")
+        await_second_factor(user.id, next_url, method="password")
         return redirect(url_for("auth.mfa"))
     sign_in(user, mfa_verified=False)
     if mfa.mfa_required(user):
         response = redirect(url_for("auth.mfa_setup", next=next_url))
     else:
         response = redirect(next_url or _account_url())
-    throttle.remember_device(response, email)
+    throttle.remember_device(response, user.id)
     return response
 
 
@@ -384,7 +384,7 @@ def second_factor() -> Response:
             "info",
         )
     response = redirect(next_url or _account_url())
-    throttle.remember_device(response, user.email)
+    throttle.remember_device(response, user.id)
     return response
 
 

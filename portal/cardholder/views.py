@@ -68,6 +68,7 @@ from portal.domain.ids import is_public_id
 from portal.domain.money import Money, MoneyError, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
+from portal.services.identity import users
 from portal.services.wallet import activity, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
@@ -740,6 +741,19 @@ def transfer() -> Response:
             destination = f"Your {card_label(to_card, balance=False)}"
             to_id = to_card.public_id
         details = [("From", card_label(card, balance=False)), ("To", destination)]
+        if recipient is not None:
+            # A name can be spoofed (look-alike letters); the card and the address tell apart.
+            details.append(("Their card", f"{brand_name(recipient.brand)} •••• {recipient.last4}"))
+            try:
+                email = users.card_holder_email(
+                    _uow(), actor=current_actor(), card_public_id=recipient.card_public_id
+                )
+            except NotFound:
+                form.to_number.errors = [*form.to_number.errors,
+                                         "No card with that number. Check the number and try "
+                                         "again."]  # fmt: skip
+                return None
+            details.append(("Their email", email))
         if form.memo.data:
             details.append(("Note", form.memo.data))
         return Review("transfer", card, amount, destination, tuple(details), to_card_id=to_id)

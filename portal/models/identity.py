@@ -43,13 +43,14 @@ role_permissions = sa.Table(
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (
-        sa.Index("uq_users_email_lower", sa.func.lower(sa.text("email")), unique=True),
-    )
+    __table_args__ = (sa.Index("uq_users_email_canonical", "email_canonical", unique=True),)
 
     id: Mapped[int] = pk_column()
     public_id: Mapped[str] = public_id_column("user")
     email: Mapped[str] = mapped_column(sa.String(254), nullable=False)
+    #: The address in the one form that names the account (NFKC, then case folding), computed
+    #: by ``services.identity.users.canonical_email``: what look-ups and uniqueness use.
+    email_canonical: Mapped[str] = mapped_column(sa.String(254), nullable=False)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     first_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     last_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)

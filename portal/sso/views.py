@@ -189,7 +189,7 @@ def _record(issuer: str | None, reason: str, **data: str) -> None:
 def hand_over_to_second_factor(user: UserView, next_url: str | None) -> WerkzeugResponse:
     """The first factor passed at the provider; the user must still pass TOTP on the same
     second-factor page as after a password."""
-    await_second_factor(user.id, user.email, next_url, method="sso")
+    await_second_factor(user.id, next_url, method="sso")
     return redirect(url_for("auth.mfa"))
 
 

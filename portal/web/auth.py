@@ -21,8 +21,9 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 
 from portal.domain.errors import Unauthenticated
 from portal.domain.types import Actor
-from portal.services.identity import mfa, sessions, tokens
+from portal.services.identity import accounts, mfa, sessions, tokens
 from portal.services.identity.accounts import UserView
+from portal.services.identity.users import canonical_email
 from portal.web.uow import make_uow
 
 login_manager = LoginManager()
@@ -106,21 +107,46 @@ def step_up() -> None:
     login_user(SessionUser(current_user.user, new.id, True, current_user.actor))
 
 
-def account_tag(email: str) -> str:
-    """A keyed digest of an email address (case-insensitive): how sign-in throttling, the
-    trusted-browser cookie and the pending second factor name an account without the address."""
+def account_tag(account: str) -> str:
+    """A keyed digest of an account key (``user:<id>`` or ``email:<canonical address>``, see
+    :func:`account_key`): how sign-in throttling, the trusted-browser cookie and the pending
+    second factor name an account without its address."""
     key = str(current_app.config["SECRET_KEY"]).encode()
-    text = (email or "").strip().lower().encode("utf-8", "replace")
+    text = account.encode("utf-8", "replace")
     return hmac.new(key, b"portal.auth.account:" + text, hashlib.sha256).hexdigest()[:32]
 
 
-def await_second_factor(user_id: int, email: str, next_url: str | None, *, method: str) -> None:
+def user_tag(user_id: int) -> str:
+    """The account tag of a known user."""
+    return account_tag(f"user:{user_id}")
+
+
+def email_tag(email: str) -> str:
+    """The account tag of an address as typed, without looking the account up (for limits
+    that must count known and unknown addresses alike): its canonical form."""
+    return account_tag("email:" + canonical_email(email if isinstance(email, str) else ""))
+
+
+def account_key(email: str) -> str:
+    """The per-account limit key of an address typed at sign-in: the resolved user's id, or
+    the canonical address for an unknown account (cached per request). Never raises: a key
+    function that raised would make flask-limiter think its storage had died."""
+    cache: dict[str, str] = g.setdefault("portal_account_keys", {})
+    if email not in cache:
+        try:
+            cache[email] = accounts.account_key(make_uow(), email)
+        except Exception:  # the database is down: the sign-in fails anyway
+            cache[email] = "email:" + canonical_email(email if isinstance(email, str) else "")
+    return account_tag(cache[email])
+
+
+def await_second_factor(user_id: int, next_url: str | None, *, method: str) -> None:
     """The first factor passed (a password, or a single-sign-on provider); the second is due.
     Nobody is signed in: the signed session holds only who is waiting, for a few minutes."""
     session.clear()
     session[PENDING_KEY] = {
         "user_id": user_id,
-        "account": account_tag(email),
+        "account": user_tag(user_id),
         "expires": int(time.time()) + PENDING_SECONDS,
         "next": next_url or "",
         "method": method,

@@ -36,7 +36,7 @@ from portal.services.identity.passwords import (
     needs_rehash,
     verify_password,
 )
-from portal.services.identity.users import check_names, clean_email, insert_user
+from portal.services.identity.users import canonical_email, check_names, clean_email, insert_user
 from portal.services.shared import audit
 from portal.services.shared.settings import ServiceSettings
 from portal.services.shared.uow import UnitOfWork
@@ -204,8 +204,8 @@ def authenticate(uow: UnitOfWork, *, email: str, password: str) -> UserView:
     if address is not None:
         row = uow.run(
             lambda u: u.execute(
-                "SELECT id, password_hash FROM users WHERE lower(email) = lower(:email)",
-                {"email": address},
+                "SELECT id, password_hash FROM users WHERE email_canonical = :canonical",
+                {"canonical": canonical_email(address)},
             ).one_or_none()
         )
     stored: str | None = None if row is None else row.password_hash
@@ -250,6 +250,23 @@ def authenticate(uow: UnitOfWork, *, email: str, password: str) -> UserView:
     view = uow.run(work)
     assert view is not None  # a failure was raised after the commit
     return view
+
+
+def account_key(uow: UnitOfWork, email: str) -> str:
+    """How per-account limits name the account an address signs in to: ``user:<id>`` for the
+    user with this canonical address (archived or not), else ``email:<canonical address>``, so
+    every spelling of one account (case, width, compatibility forms) shares one bucket. Raises
+    nothing."""
+    canonical = canonical_email(email if isinstance(email, str) else "")
+    user_id = None
+    if canonical:
+        user_id = uow.run(
+            lambda u: u.execute(
+                "SELECT id FROM users WHERE email_canonical = :canonical",
+                {"canonical": canonical},
+            ).scalar_one_or_none()
+        )
+    return f"user:{user_id}" if user_id is not None else f"email:{canonical}"
 
 
 def get_user_view(uow: UnitOfWork, user_id: int) -> UserView:
@@ -343,13 +360,15 @@ def verify_email(uow: UnitOfWork, *, token: str) -> UserView:
                 "SELECT email FROM users WHERE id = :id FOR UPDATE", {"id": row.user_id}
             ).scalar_one()
             try:
-                # The unique index on lower(email) decides, even against a concurrent sign-up.
+                # The unique index on email_canonical decides, even against a concurrent
+                # sign-up.
                 with u.session.begin_nested():
                     u.execute(
-                        "UPDATE users SET email = :email, email_verified_at = :now,"
-                        " updated_at = :now WHERE id = :id",
-                        {"email": row.new_email, "now": u.now(), "id": row.user_id},
-                    )
+                        "UPDATE users SET email = :email, email_canonical = :canonical,"
+                        " email_verified_at = :now, updated_at = :now WHERE id = :id",
+                        {"email": row.new_email, "canonical": canonical_email(row.new_email),
+                         "now": u.now(), "id": row.user_id},
+                    )  # fmt: skip
             except IntegrityError as exc:
                 raise Conflict(
                     "an account with this email already exists", param="email", code="email_taken"
@@ -389,8 +408,8 @@ def request_password_reset(uow: UnitOfWork, *, email: str) -> tuple[UserView, st
 
     def work(u: UnitOfWork) -> tuple[UserView, str] | None:
         user_id = u.execute(
-            "SELECT id FROM users WHERE lower(email) = lower(:email) AND archived_at IS NULL",
-            {"email": address},
+            "SELECT id FROM users WHERE email_canonical = :canonical AND archived_at IS NULL",
+            {"canonical": canonical_email(address)},
         ).scalar_one_or_none()
         if user_id is None:
             return None
@@ -534,14 +553,15 @@ def request_email_change(uow: UnitOfWork, *, actor: Actor, password: str, new_em
     row = reauthenticate(
         uow, user_id, password, action="user.email_change_request", param="password"
     )
-    if address.lower() == row.email.lower():
+    if canonical_email(address) == canonical_email(row.email):
         raise InvalidInput(
             "this is your email address already", param="new_email", code="email_unchanged"
         )
 
     def work(u: UnitOfWork) -> str:
         taken = u.execute(
-            "SELECT 1 FROM users WHERE lower(email) = lower(:email)", {"email": address}
+            "SELECT 1 FROM users WHERE email_canonical = :canonical",
+            {"canonical": canonical_email(address)},
         ).first()
         if taken:
             raise Conflict(

@@ -3,7 +3,7 @@
 The rules, in order:
 
 1. An identity linked before signs in as its user (an archived user is refused).
-2. Otherwise, a live user with the same email (case-insensitive) is linked only when the
+2. Otherwise, a live user with the same canonical email is linked only when the
    provider says the email is verified AND the Portal account's email is verified: a provider
    that hands out unverified addresses must not become a way into someone else's account. An
    account already linked to another identity of the same provider is refused too (a recycled
@@ -24,7 +24,13 @@ from typing import Any
 from portal.domain.errors import Conflict, InvalidCredentials, InvalidInput
 from portal.domain.types import Actor
 from portal.services.identity.accounts import SELF_REGISTRATION_ROLE, UserView, load_user_view
-from portal.services.identity.users import clean_email, insert_user, is_printable
+from portal.services.identity.users import (
+    canonical_email,
+    clean_email,
+    insert_user,
+    is_printable,
+    name_problem,
+)
 from portal.services.shared import audit
 from portal.services.shared.uow import UnitOfWork
 
@@ -83,7 +89,7 @@ def _name(value: object, fallback: str) -> str:
     characters), or ``fallback``."""
     text = " ".join(value.split()) if isinstance(value, str) else ""
     text = text[:MAX_NAME].strip()
-    return text if text and is_printable(text) else fallback
+    return text if text and not name_problem(text) else fallback
 
 
 def sign_in_with_oidc(
@@ -167,8 +173,8 @@ def sign_in_with_oidc(
         # Locked so that an email change or a second link cannot slip in between the checks.
         existing: Any = u.execute(
             "SELECT id, email_verified_at, archived_at FROM users"
-            " WHERE lower(email) = lower(:email) FOR NO KEY UPDATE",
-            {"email": address},
+            " WHERE email_canonical = :canonical FOR NO KEY UPDATE",
+            {"canonical": canonical_email(address)},
         ).one_or_none()
         if existing is not None:
             if existing.archived_at is not None:

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from confusable_homoglyphs import categories, confusables
 from sqlalchemy.exc import IntegrityError
 
 from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -90,25 +91,112 @@ def is_printable(text: str) -> bool:
     return not any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
-def clean_email(email: str) -> str:
-    email = (email or "").strip()
+#: Invisible or meaningless in a name or an address: controls, format characters (zero-width
+#: space, bidi overrides and isolates, soft hyphen, BOM...), surrogates, private use, unassigned.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_JOINERS = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ
+#: Scripts that may share one identifier (UTS #39 "highly restrictive"): any single script, or
+#: Latin with one of the CJK writing systems. Latin with Cyrillic or Greek is refused once the
+#: library finds a confusable in it.
+_SCRIPT_SETS = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+
+
+def _joiner_allowed(text: str, i: int) -> bool:
+    """ZWNJ and ZWJ change how the text renders only after a virama (as IDNA's CONTEXTJ rule
+    allows), or ZWNJ between two Arabic-script letters (Persian names): elsewhere they are
+    invisible and refused."""
+    before = text[i - 1] if i > 0 else ""
+    after = text[i + 1] if i + 1 < len(text) else ""
+    if before and unicodedata.combining(before) == 9:
+        return True
+    return (
+        text[i] == "\u200c"
+        and bool(before and after)
+        and categories.alias(before) == categories.alias(after) == "ARABIC"
+        and before.isalpha()
+        and after.isalpha()
+    )
+
+
+def _invisible(text: str) -> bool:
+    return any(
+        unicodedata.category(c) in _REFUSED_CATEGORIES
+        and not (c in _JOINERS and _joiner_allowed(text, i))
+        for i, c in enumerate(text)
+    )
+
+
+def _look_alike(text: str) -> bool:
+    """Mixed scripts with a character confusable with another script's (the Unicode
+    confusables data, through confusable-homoglyphs): Cyrillic "А" in "Аlice"."""
+    if not confusables.is_dangerous(text):
+        return False
+    scripts = {categories.alias(c) for c in text} - {"COMMON", "INHERITED"}
+    return len(scripts) > 1 and not any(scripts <= allowed for allowed in _SCRIPT_SETS)
+
+
+def canonical_email(email: str) -> str:
+    """The one form of an address that names an account: NFKC, then full case folding. What
+    ``users.email_canonical`` stores and every look-up and per-account limit uses (never
+    ``str.lower`` or PostgreSQL's ``lower()``, which disagree: ``"İ".lower()`` is two code
+    points, PostgreSQL's is ``i``). Checks nothing: see :func:`clean_email`."""
+    return unicodedata.normalize("NFKC", email.strip()).casefold()
+
+
+def clean_email(email: str, param: str = "email") -> str:
+    """The address as it will be stored and shown (NFKC). Raises InvalidInput (on ``param``):
+    malformed, too long, or holding invisible characters or mixed-script look-alikes."""
+    raw = (email or "").strip() if isinstance(email, str) else ""
+    if _invisible(raw):
+        raise InvalidInput(
+            "an email address cannot hold invisible or text-direction characters", param=param
+        )
+    email = unicodedata.normalize("NFKC", raw)
     local, _, domain = email.rpartition("@")
     if (
         not local
         or "." not in domain
         or len(email) > 254
+        or len(canonical_email(email)) > 254
         or any(c.isspace() for c in email)
         or not is_printable(email)
     ):
-        raise InvalidInput("enter a valid email address", param="email")
+        raise InvalidInput("enter a valid email address", param=param)
+    if _look_alike(local) or _look_alike(domain):
+        raise InvalidInput(
+            "this email address mixes scripts with look-alike letters (such as a Cyrillic"
+            ' "o" in a Latin address)', param=param,
+        )  # fmt: skip
     return email
 
 
 def _check_name(value: str, param: str, label: str) -> str:
-    name = value.strip()
+    name = value.strip() if isinstance(value, str) else ""
     if not 1 <= len(name) <= 100 or not is_printable(name):
         raise InvalidInput(f"{label} is 1 to 100 printable characters", param=param)
+    if _invisible(name):
+        raise InvalidInput(
+            f"{label} cannot hold invisible or text-direction characters", param=param
+        )
+    if _look_alike(name):
+        raise InvalidInput(
+            f"{label} mixes scripts with look-alike letters (such as a Cyrillic"
+            ' "A" in a Latin name)', param=param,
+        )  # fmt: skip
     return name
+
+
+def name_problem(value: str) -> bool:
+    """Whether a name (from a single-sign-on provider, say) would be refused."""
+    try:
+        _check_name(value, "name", "name")
+    except InvalidInput:
+        return True
+    return False
 
 
 def check_names(first_name: str, last_name: str) -> tuple[str, str]:
@@ -141,11 +229,12 @@ def insert_user(
     try:
         with u.session.begin_nested():
             inserted = u.execute(
-                "INSERT INTO users (email, password_hash, first_name, last_name,"
+                "INSERT INTO users (email, email_canonical, password_hash, first_name, last_name,"
                 " email_verified_at, created_at, updated_at)"
-                " VALUES (:email, :hash, :first, :last, :verified, :now, :now)"
+                " VALUES (:email, :canonical, :hash, :first, :last, :verified, :now, :now)"
                 " RETURNING id, public_id",
-                {"email": email, "hash": password_hash, "first": first_name, "last": last_name,
+                {"email": email, "canonical": canonical_email(email), "hash": password_hash,
+                 "first": first_name, "last": last_name,
                  "verified": u.now() if verified else None, "now": u.now()},
             ).one()  # fmt: skip
     except IntegrityError as exc:
@@ -452,6 +541,35 @@ def get_profile(uow: UnitOfWork, *, actor: Actor) -> UserDetail:
     return get_user(uow, actor=actor, user_id=actor.id)
 
 
+def mask_email(email: str) -> str:
+    """An address with its local part masked, for showing to someone else:
+    ``alice@portal.test`` -> ``a\u2022\u2022\u2022e@portal.test``."""
+    local, _, domain = email.rpartition("@")
+    dots = "\u2022\u2022\u2022"
+    shown = local[:1] + dots + (local[-1:] if len(local) > 2 else "")
+    return f"{shown}@{domain}"
+
+
+def card_holder_email(uow: UnitOfWork, *, actor: Actor, card_public_id: str) -> str:
+    """The masked email of the holder of a live card, for a sender to confirm a transfer
+    recipient found by card number (so look-alike names are told apart). Needs wallet:use (or
+    money:manage). Raises Forbidden, NotFound."""
+    if not actor.can("wallet:use") and not actor.can("money:manage"):
+        raise Forbidden("missing permission wallet:use")
+
+    def work(u: UnitOfWork) -> str:
+        email = u.execute(
+            "SELECT usr.email FROM cards c JOIN users usr ON usr.id = c.user_id"
+            " WHERE c.public_id = :card AND c.archived_at IS NULL AND usr.archived_at IS NULL",
+            {"card": card_public_id},
+        ).scalar_one_or_none()
+        if email is None:
+            raise NotFound("no such card", param="to_card")
+        return mask_email(email)
+
+    return uow.run(work)
+
+
 # -- changes ---------------------------------------------------------------------------------
 def update_user(
     uow: UnitOfWork,
@@ -496,13 +614,15 @@ def update_user(
         if not changes:
             return _reload(u, uid)
         sets = ", ".join(f"{column} = :{column}" for column in changes)
+        extra: dict[str, Any] = {}
         if "email" in changes:
-            sets += ", email_verified_at = NULL"
+            sets += ", email_canonical = :email_canonical, email_verified_at = NULL"
+            extra["email_canonical"] = canonical_email(changes["email"])
         try:
             with u.session.begin_nested():
                 u.execute(
                     f"UPDATE users SET {sets}, updated_at = :now WHERE id = :id",
-                    {**changes, "now": u.now(), "id": uid},
+                    {**changes, **extra, "now": u.now(), "id": uid},
                 )
         except IntegrityError as exc:
             raise Conflict(

@@ -545,7 +545,7 @@ def accept_invitation(uow: UnitOfWork, *, actor: Actor, token: str) -> Membershi
             " AND i.expires_at > :now FOR UPDATE",
             {"hash": _token_hash(token or ""), "now": u.now()},
         ).first()
-        email = u.execute("SELECT lower(email) FROM users WHERE id = :u", {"u": actor.id}).scalar()
+        email = u.execute("SELECT email_canonical FROM users WHERE id=:u", {"u": actor.id}).scalar()
         if row is None or email != row.email:
             raise NotFound("this invitation is not valid (used, withdrawn, expired, or for"
                            " another address)", param="token")  # fmt: skip
