@@ -59,11 +59,7 @@ def _balance_page(
                                   starting_after=after)  # fmt: skip
     history = settlements.list_balance_transactions(uow, actor=actor, merchant=mid,
                                                     limit=PAGE_SIZE)  # fmt: skip
-    minimums = {
-        b.currency: limits.minimum
-        for b in balances
-        if (limits := uow.settings.limits_for(b.currency, "payout")) is not None
-    }
+    minimums = {b.currency: payouts.minimum(uow, b.currency) for b in balances}
     return render_page(
         "merchant/balance.html", status, **_layout(membership, "balance"),
         balances=balances, bank=payouts.bank_account(uow, actor=actor, merchant=mid),
@@ -158,7 +154,7 @@ def payout(mid: str, po: str) -> Response:
 @bp.get("/<mid>/payouts/<po>/report.csv")
 @login_required()
 def payout_csv(mid: str, po: str) -> Response:
-    _membership_, report = _report(mid, po)
+    _, report = _report(mid, po)
     return Response(
         payouts.report_csv(report), mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="payout-{report.payout.id}.csv"',

@@ -157,7 +157,8 @@ def bank_account(uow: UnitOfWork, *, actor: Actor, merchant: str | int) -> BankA
 
 
 # -- making a payout --------------------------------------------------------------------------
-def _minimum(uow: UnitOfWork, currency: str) -> int:
+def minimum(uow: UnitOfWork, currency: str) -> int:
+    """The smallest payout in ``currency`` (the ``payout`` limit's minimum)."""
     limits = uow.settings.limits_for(currency, "payout")
     return limits.minimum if limits else 1
 
@@ -206,13 +207,13 @@ def _create(
         {"a": account.id, "now": now},
     ).all()
     total = sum(r.net_minor for r in rows)
-    minimum = _minimum(u, currency)
-    if total < minimum:
+    least = minimum(u, currency)
+    if total < least:
         if automatic:
             return None
         raise UnexpectedState(
             f"The available balance ({Money(max(total, 0), currency).format()}) is below the"
-            f" minimum payout ({Money(minimum, currency).format()}).",
+            f" minimum payout ({Money(least, currency).format()}).",
             param="currency", code="balance_insufficient",
         )  # fmt: skip
     if account.posted_minor - account.pending_debits_minor < total:  # the ledger says otherwise
@@ -323,7 +324,7 @@ def run_schedule(uow: UnitOfWork) -> int:
     )
     made = 0
     for row in due:
-        if row.total < _minimum(uow, row.currency):
+        if row.total < minimum(uow, row.currency):
             continue
 
         def one(u: UnitOfWork, r: Any = row) -> PayoutView | None:
