@@ -427,6 +427,7 @@ def _give_money_objects(uow, make: Factory, actor, persona: Persona) -> None:
     amount = Money.of_major("50.00", "USD")
     top_up = wallet.top_up(uow, actor=actor, card_id=card.card_id, amount=amount,
                            method="cash", idempotency_key=new_key())  # fmt: skip
+    make.fund(card, "50.00")  # the money itself (a top-up may stay pending until funded)
     moved = wallet.transfer(uow, actor=actor, from_card_id=card.card_id,
                             to_card_id=spare.card_id, amount=Money.of_major("5.00", "USD"),
                             idempotency_key=new_key())  # fmt: skip
