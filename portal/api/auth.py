@@ -36,7 +36,16 @@ from pydantic import AfterValidator, Field
 from portal.api import bp
 from portal.api.operation import MAX_BODY_BYTES, operation
 from portal.api.pagination import ListResponse
-from portal.api.schemas import ApiModel, RequestBody, SessionId, UserId
+from portal.api.schemas import (
+    ApiModel,
+    EmailAddress,
+    NewPassword,
+    PasswordGiven,
+    PersonName,
+    RequestBody,
+    SessionId,
+    UserId,
+)
 from portal.api.security import bearer_credential
 from portal.domain.errors import Conflict, InvalidCredentials, NotFound, Unauthenticated
 from portal.domain.types import Actor
@@ -275,14 +284,13 @@ def _sign_up_limit(view: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- registration and tokens -------------------------------------------------------------------
 class Registration(RequestBody):
-    first_name: str = Field(max_length=100, examples=["Ada"])
-    last_name: str = Field(max_length=100, examples=["Lovelace"])
-    email: str = Field(max_length=254, examples=["ada@example.com"])
-    password: str = Field(
-        max_length=1024,
-        description="8 to 128 characters, not a common or personal password; no composition rules.",
+    first_name: PersonName = Field(examples=["Ada"])
+    last_name: PersonName = Field(examples=["Lovelace"])
+    email: EmailAddress = Field(examples=["ada@example.com"])
+    password: NewPassword
+    password_confirmation: PasswordGiven = Field(
+        description="The password again (`password_mismatch` when it differs)."
     )
-    password_confirmation: str = Field(max_length=1024, description="The password again.")
 
 
 class TokenRequest(RequestBody):

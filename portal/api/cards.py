@@ -9,8 +9,9 @@ named by their public ids (``card_...``) in paths, bodies and answers. Another p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from flask import current_app, request
 from pydantic import Field
@@ -19,7 +20,7 @@ from portal.api import bp
 from portal.api.auth import Timestamp
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
-from portal.api.schemas import ApiModel, CardId, RequestBody, UserId, id_field
+from portal.api.schemas import ApiModel, CardId, CardName, RequestBody, UserId, id_field
 from portal.api.security import bearer_credential
 from portal.domain.errors import (
     Conflict,
@@ -31,6 +32,7 @@ from portal.domain.errors import (
 from portal.domain.types import Actor
 from portal.extensions import limiter
 from portal.services.identity import tokens
+from portal.services.shared.settings import ServiceSettings
 from portal.services.wallet import activity, cards, wallet
 from portal.web.uow import make_uow
 
@@ -131,7 +133,7 @@ class NewCard(RequestBody):
     currency: str = Field(
         min_length=3, max_length=3, description="ISO 4217 code, any case.", examples=["usd"]
     )
-    name: str = Field("", max_length=64)
+    name: CardName = ""
     user: str | None = id_field(
         "user", default=None,
         description="Staff with cards:manage only: issue for this user (`usr_...`).",
@@ -139,7 +141,7 @@ class NewCard(RequestBody):
 
 
 class CardUpdate(RequestBody):
-    name: str | None = Field(None, max_length=64, description="Empty clears the name.")
+    name: CardName | None = Field(None, description="Empty clears the name.")
 
 
 class CardListQuery(ListQuery):
@@ -155,6 +157,24 @@ class Lookup(RequestBody):
 
 
 # -- views --------------------------------------------------------------------------------------
+#: The per-person card limit a deployment has unless it sets PORTAL_MAX_CARDS_PER_USER (what
+#: ``cards.issue_card`` enforces, from the service settings).
+DEFAULT_MAX_CARDS = cast(
+    int,
+    next(f.default for f in dataclasses.fields(ServiceSettings) if f.name == "max_cards_per_user"),
+)
+
+ISSUE_CARD_DESCRIPTION = (
+    "Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The "
+    "response carries the full `number` and `cvc`, once: a retry of the same request under the "
+    "same `Idempotency-Key` answers the same card (`Idempotent-Replayed: true`) with `number` "
+    "and `cvc` `null`.\n\n"
+    f"A person holds at most {DEFAULT_MAX_CARDS} cards that are not archived (the deployment's "
+    "`PORTAL_MAX_CARDS_PER_USER`; the error message states the limit in force): one more is a "
+    "422 `limit_exceeded` with `param` `card_type`, and issues nothing."
+)
+
+
 @operation(
     bp,
     "POST",
@@ -168,12 +188,10 @@ class Lookup(RequestBody):
     operation_id="issue_card",
     idempotency="optional",
     errors=(IdempotencyConflict,),
+    description=ISSUE_CARD_DESCRIPTION,
 )
 def issue_card(body: NewCard, actor: Actor, idempotency_key: str | None) -> IssuedCard:
-    """Issue a card with its wallet (for oneself; staff with cards:manage for `user`). The
-    response carries the full `number` and `cvc`, once: a retry of the same request under the
-    same `Idempotency-Key` answers the same card (`Idempotent-Replayed: true`) with `number` and
-    `cvc` `null`. 422 `limit_exceeded` past the per-person maximum."""
+    """Issue a card (see ``ISSUE_CARD_DESCRIPTION``)."""
     uow = make_uow()
     issued = cards.issue_card(
         uow, actor=actor, user_id=body.user if body.user is not None else (actor.id or 0),

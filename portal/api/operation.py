@@ -47,6 +47,7 @@ from flask import Blueprint, Response, after_this_request, current_app, request
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from portal.api.schemas import ServiceCodes
 from portal.api.security import authenticate
 from portal.domain.errors import Forbidden, InvalidInput, NotFound, PortalError
 from portal.domain.ids import is_public_id
@@ -323,13 +324,26 @@ def validation_error(model: type[BaseModel], error: ErrorDetails) -> InvalidInpu
         return InvalidInput(
             f"Received unknown parameter: {param}.", param=param, code="parameter_unknown"
         )
+    code = _service_code(model, loc, kind) or "parameter_invalid"
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     text = f"Invalid {param}: {message}" if param else message
-    return InvalidInput(
-        text if text.endswith(".") else text + ".", param=param, code="parameter_invalid"
-    )
+    return InvalidInput(text if text.endswith(".") else text + ".", param=param, code=code)
+
+
+def _service_code(model: type[BaseModel], loc: list[Any], kind: str) -> str | None:
+    """The service's own code for a length bound of a top-level field declared with
+    :class:`~portal.api.schemas.ServiceCodes`, if any."""
+    if kind not in ("string_too_short", "string_too_long") or len(loc) != 1:
+        return None
+    info = model.model_fields.get(str(loc[0]))
+    if info is None:
+        return None
+    for meta in info.metadata:
+        if isinstance(meta, ServiceCodes):
+            return meta.too_short if kind == "string_too_short" else meta.too_long
+    return None
 
 
 def field_names(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[str]:

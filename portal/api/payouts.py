@@ -129,12 +129,30 @@ class BankAccount(ApiModel):
     last4: str
 
 
+#: ``wallet.BankAccount.validated``'s rules, copied (that module states them as literals): a
+#: bank name and an account holder of 2 to 100 characters (trimmed), an account number of 6 to
+#: 34 ASCII letters or digits once spaces and dashes are taken out.
+BANK_TEXT_MIN, BANK_TEXT_MAX = 2, 100
+ACCOUNT_NUMBER_MIN, ACCOUNT_NUMBER_MAX = 6, 34
+#: The account number's shape: 6 to 34 letters or digits, with spaces and dashes anywhere.
+ACCOUNT_NUMBER_PATTERN = (
+    rf"^[ -]*(?:[A-Za-z0-9][ -]*){{{ACCOUNT_NUMBER_MIN},{ACCOUNT_NUMBER_MAX}}}$"
+)
+
+
 class NewBankAccount(RequestBody):
-    bank_name: str = Field(min_length=2, max_length=100, examples=["Bank Mandiri"])
-    account_number: str = Field(min_length=6, max_length=40, examples=["1234 5678 9012"],
-                                description="6 to 34 letters or digits; spaces and dashes"
-                                " are ignored. Shown again as the last four only.")  # fmt: skip
-    account_holder: str = Field(min_length=2, max_length=100)
+    bank_name: str = Field(min_length=BANK_TEXT_MIN, max_length=BANK_TEXT_MAX,
+                           examples=["Bank Mandiri"])  # fmt: skip
+    account_number: str = Field(
+        min_length=ACCOUNT_NUMBER_MIN,
+        # Every letter or digit may be followed by a space or a dash.
+        max_length=2 * ACCOUNT_NUMBER_MAX,
+        pattern=ACCOUNT_NUMBER_PATTERN,
+        examples=["1234 5678 9012"],
+        description=f"{ACCOUNT_NUMBER_MIN} to {ACCOUNT_NUMBER_MAX} letters or digits; spaces"
+        " and dashes are ignored. Shown again as the last four only.",
+    )
+    account_holder: str = Field(min_length=BANK_TEXT_MIN, max_length=BANK_TEXT_MAX)
 
 
 # -- balance ------------------------------------------------------------------------------------

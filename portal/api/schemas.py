@@ -5,6 +5,7 @@ The same models validate requests, serialise responses and generate the OpenAPI 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from portal.domain.errors import InvalidInput
 from portal.domain.ids import MAX_LENGTH, PREFIXES, RANDOM_LENGTH
 from portal.domain.money import Money, MoneyError
+from portal.services.identity import passwords
+from portal.services.identity import users as user_rules
+from portal.services.wallet import cards as card_rules
 
 
 def money(amount: int, currency: str) -> Money:
@@ -141,3 +145,55 @@ TransferId = PublicId("transfer")
 WithdrawalId = PublicId("withdrawal")
 #: An activity entry's id: the public id of the top-up, transfer or withdrawal it shows.
 MovementId = Annotated[str, id_field("top_up", "transfer", "withdrawal", what="movement")]
+
+
+# -- the services' rules, stated in the schemas ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ServiceCodes:
+    """Field metadata (``Annotated[str, Field(...), ServiceCodes(...)]``, on a top-level field
+    of a request body) for length bounds that are a service's rule with codes of its own: a
+    value the schema refuses as too short or too long answers the service's code, so a client
+    sees the same refusal whichever of the two catches it."""
+
+    too_short: str | None = None
+    too_long: str | None = None
+
+
+#: A new password, as ``passwords.check_password_policy`` bounds it (in code points).
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=passwords.MIN_LENGTH,
+        max_length=passwords.MAX_LENGTH,
+        description=f"{passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters, not a common "
+        "password and not the user's email or name (`password_too_short`, `password_too_long`, "
+        "`password_too_common`, `password_too_personal`); no composition rules.",
+    ),
+    ServiceCodes(too_short="password_too_short", too_long="password_too_long"),
+]
+#: A password being checked (sign-in, re-authentication): any text, bounded only for safety.
+PasswordGiven = Annotated[str, Field(max_length=1024)]
+#: A first or last name, as ``users.check_names`` bounds it (after trimming; printable, no
+#: invisible characters or mixed-script look-alikes).
+PersonName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=user_rules.MAX_NAME_LENGTH,
+        description=f"1 to {user_rules.MAX_NAME_LENGTH} printable characters (trimmed); no "
+        "invisible or text-direction characters, no mixed-script look-alikes.",
+    ),
+]
+#: An email address, as ``users.clean_email`` bounds it.
+EmailAddress = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=user_rules.MAX_EMAIL_LENGTH,
+        description=f"At most {user_rules.MAX_EMAIL_LENGTH} characters; no invisible or "
+        "text-direction characters, no mixed-script look-alikes (a Cyrillic `о` in a Latin "
+        "address).",
+    ),
+]
+#: A card's name, as ``cards.issue_card`` and ``activity.rename_card`` bound it.
+CardName = Annotated[str, Field(max_length=card_rules.MAX_CARD_NAME)]

@@ -6,15 +6,18 @@ documented."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from flask import Response, current_app, g, request
 from pydantic import Field, field_validator
 
 from portal.api import bp
 from portal.api.auth import (
+    VERIFY_PATH,
     SessionList,
     Timestamp,
     User,
@@ -24,17 +27,43 @@ from portal.api.auth import (
 )
 from portal.api.operation import operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
-from portal.api.schemas import ApiModel, RequestBody, UserId
+from portal.api.schemas import (
+    ApiModel,
+    EmailAddress,
+    NewPassword,
+    PasswordGiven,
+    PersonName,
+    RequestBody,
+    UserId,
+)
+from portal.api.security import bearer_credential
 from portal.domain.errors import Conflict, InvalidInput, NotFound
 from portal.domain.ids import is_public_id
 from portal.domain.permissions import ROLE_NAME
 from portal.domain.types import Actor
+from portal.extensions import limiter
+from portal.services.identity import accounts, tokens
 from portal.services.identity import roles as role_service
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
+from portal.web import mail
 from portal.web.uow import make_uow
 
+log = logging.getLogger("portal.api")
+
 T = TypeVar("T")
+
+#: Wrong current passwords given to change the password or the email, per user (the access
+#: token's), both operations together: a stolen access token must not become a way to guess
+#: the password. Only failures count.
+REAUTH_FAILURES_PER_USER = "5 per minute; 20 per hour"
+#: Email-change requests per client address, every attempt counted (each one that passes mails
+#: the new address): the account page's limit (AUTH_LIMIT_EMAIL_ADDRESS's default).
+EMAIL_CHANGES_PER_ADDRESS = "10 per minute; 50 per hour"
+#: Email-change requests that mail a link, per user.
+EMAIL_CHANGE_MAILS_PER_USER = "5 per hour"
+#: The page a mailed notice points to when the change was not the user's doing.
+FORGOT_PATH = "/auth/forgot"
 
 #: What a permission name looks like (``users:read``); anything else names none.
 PERMISSION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}$")
@@ -135,9 +164,9 @@ class UserListQuery(ListQuery):
 
 
 class NewUser(RequestBody):
-    email: str = Field(max_length=254, examples=["grace@example.com"])
-    first_name: str = Field(max_length=100)
-    last_name: str = Field(max_length=100)
+    email: EmailAddress = Field(examples=["grace@example.com"])
+    first_name: PersonName
+    last_name: PersonName
     roles: list[Annotated[str, Field(max_length=32)]] = Field(
         default_factory=lambda: ["cardholder"],
         max_length=10,
@@ -146,14 +175,44 @@ class NewUser(RequestBody):
 
 
 class ProfileUpdate(RequestBody):
-    first_name: str | None = Field(None, max_length=100)
-    last_name: str | None = Field(None, max_length=100)
+    first_name: PersonName | None = None
+    last_name: PersonName | None = None
+
+
+class PasswordChange(RequestBody):
+    current_password: PasswordGiven = Field(description="The password now (`wrong_password`).")
+    password: NewPassword
+    password_confirmation: PasswordGiven = Field(
+        description="The new password again (`password_mismatch` when it differs)."
+    )
+
+
+class EmailChangeRequest(RequestBody):
+    current_password: PasswordGiven = Field(description="The password now (`wrong_password`).")
+    new_email: EmailAddress = Field(
+        examples=["ada@example.org"],
+        description=f"At most {user_service.MAX_EMAIL_LENGTH} characters; no invisible or "
+        "text-direction characters, no mixed-script look-alikes (a Cyrillic `о` in a Latin "
+        "address). Compared with other accounts' addresses in canonical form (NFKC, case "
+        "folded): `email_taken` when one has it, `email_unchanged` when it is the caller's.",
+    )
+
+
+class EmailChange(ApiModel):
+    """An email change waiting for its link: the account keeps `email` (and its verification
+    state) until the link mailed to `new_email` is opened, which makes `new_email` the
+    account's verified address."""
+
+    object: Literal["email_change"] = "email_change"
+    email: str = Field(description="The account's address: unchanged for now.")
+    new_email: str = Field(description="Where the verification link went (as it will be stored).")
+    status: Literal["pending_verification"] = "pending_verification"
+    expires_in: int = Field(description="Seconds until the link stops working.")
 
 
 class UserUpdate(ProfileUpdate):
-    email: str | None = Field(
+    email: EmailAddress | None = Field(
         None,
-        max_length=254,
         description="Staff only. The new address is unverified and every emailed link is void.",
     )
 
@@ -185,12 +244,181 @@ def get_profile(actor: Actor) -> User:
 )
 def update_profile(body: ProfileUpdate, actor: Actor) -> User:
     """Change one's own first and last name (a field left out stays as it is). The email
-    changes through the account page, which verifies the new address."""
+    changes through POST /users/me/email, which verifies the new address."""
     return own_profile(
         lambda: user_service.update_profile(
             make_uow(), actor=actor, first_name=body.first_name, last_name=body.last_name
         )
     )
+
+
+# -- one's own password and email ---------------------------------------------------------------
+def _token_user() -> str:
+    """The calling user's id from the access token, or "-". Never raises: a key function that
+    raised would make flask-limiter think its storage died."""
+    try:
+        credential = bearer_credential(request)
+        if credential is None:
+            return "-"
+        claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
+        return str(claims.user_id)
+    except Exception:
+        return "-"
+
+
+def _reauth_failed(_response: Response) -> bool:
+    return bool(g.get("api_reauth_failed"))
+
+
+_reauth_limit = limiter.shared_limit(
+    REAUTH_FAILURES_PER_USER,
+    scope="api-reauth-user",
+    key_func=lambda: f"reauth-user:{_token_user()}",
+    deduct_when=_reauth_failed,
+)
+
+
+def _email_change_limits(view: Callable[..., Any]) -> Callable[..., Any]:
+    view = _reauth_limit(view)
+    view = limiter.limit(
+        EMAIL_CHANGE_MAILS_PER_USER,
+        key_func=lambda: f"email-change-user:{_token_user()}",
+        deduct_when=lambda response: response.status_code == 202,
+    )(view)
+    return limiter.limit(
+        EMAIL_CHANGES_PER_ADDRESS,
+        key_func=lambda: f"email-change-address:{request.remote_addr or 'unknown'}",
+    )(view)
+
+
+def _reauthenticated(call: Callable[[], T], params: dict[str, str] | None = None) -> T:
+    """Run ``call``, marking a wrong current password for the limit (and naming the parameter
+    as the API does)."""
+    try:
+        return call()
+    except InvalidInput as exc:
+        if exc.code == "wrong_password":
+            g.api_reauth_failed = True
+        if params and exc.param in params:
+            exc.param = params[exc.param]
+        raise
+
+
+def _send(to: str, subject: str, body: str) -> None:
+    """Mail after the change committed; a failure is logged, not raised (the change stands)."""
+    try:
+        mail.send(to, subject, body)
+    except Exception:
+        log.exception("could not send %r to %s", subject, to)
+
+
+def _public_url(path: str) -> str:
+    return str(current_app.config["PUBLIC_URL"]).rstrip("/") + path
+
+
+def _notify(user: accounts.UserView, subject: str, text: str) -> None:
+    _send(
+        user.email,
+        subject,
+        f"Hello {user.first_name},\n\n{text}\n\n"
+        f"If this was not you, reset your password at once: {_public_url(FORGOT_PATH)}\n",
+    )
+
+
+@operation(
+    bp,
+    "POST",
+    "/users/me/password",
+    summary="Change my password",
+    tags=["users"],
+    body=PasswordChange,
+    status=204,
+    rate_limit=_reauth_limit,
+    operation_id="change_password",
+)
+def change_password(body: PasswordChange, actor: Actor) -> None:
+    """Change one's own password, as the account page does: the current password is required,
+    and the new one follows the sign-up rules. Every other web session and every other API
+    token family of the user is revoked (their refresh and access tokens stop working); the
+    calling token's family stays signed in. A notice is mailed to the account's address.
+
+    - 422 `wrong_password` (`param` `current_password`): changes nothing. A wrong current
+      password counts against a limit per user (5 a minute, 20 an hour, shared with
+      POST /users/me/email): past it, 429 with `Retry-After`, whatever the password.
+    - 422 `password_too_short`, `password_too_long`, `password_too_common`,
+      `password_too_personal` (`param` `password`); `password_mismatch`
+      (`param` `password_confirmation`).
+    """
+    _reauthenticated(
+        lambda: accounts.change_password(
+            make_uow(), actor=actor, current_password=body.current_password,
+            password=body.password, password_confirmation=body.password_confirmation,
+            keep_family_id=current_family(),
+        )
+    )  # fmt: skip
+    user = accounts.get_user_view(make_uow(), accounts.require_user(actor))
+    _notify(
+        user,
+        "Your Portal password was changed",
+        "The password of your Portal account was changed, and every other session was signed out.",
+    )
+
+
+@operation(
+    bp,
+    "POST",
+    "/users/me/email",
+    summary="Change my email address",
+    tags=["users"],
+    body=EmailChangeRequest,
+    response=EmailChange,
+    status=202,
+    errors=(Conflict,),
+    rate_limit=_email_change_limits,
+    operation_id="change_email",
+)
+def change_email(body: EmailChangeRequest, actor: Actor) -> EmailChange:
+    """Start changing one's own email, as the account page does: the current password is
+    required, the new address is checked as at sign-up, and a link is mailed to it. Nothing
+    changes until that link is opened (on the verification page): then the new address
+    replaces the old one, verified, and every link mailed before stops working. Until then the
+    account keeps its address. A notice goes to the current address; asking again replaces the
+    earlier link.
+
+    - 422 `parameter_invalid` (`param` `new_email`): malformed, or holding invisible,
+      text-direction or mixed-script look-alike characters; `email_unchanged`: the caller's own
+      address (in any spelling).
+    - 409 `email_taken` (`param` `new_email`): another account has this address (compared in
+      canonical form).
+    - 422 `wrong_password` (`param` `current_password`): counts against the per-user limit
+      shared with POST /users/me/password (5 a minute, 20 an hour).
+    - 429: that limit; or 10 requests a minute and 50 an hour per client address; or 5 links a
+      hour per user.
+    """
+    token = _reauthenticated(
+        lambda: accounts.request_email_change(
+            make_uow(), actor=actor, password=body.current_password, new_email=body.new_email
+        ),
+        {"password": "current_password"},
+    )
+    user = accounts.get_user_view(make_uow(), accounts.require_user(actor))
+    new_email = user_service.clean_email(body.new_email, param="new_email")
+    minutes = int(current_app.config["SERVICE_SETTINGS"].email_token_minutes)
+    _send(
+        new_email,
+        "Confirm your new email address for Portal",
+        f"Hello {user.first_name},\n\nTo make this your Portal email address, open this "
+        f"link:\n\n{_public_url(VERIFY_PATH + token)}\n\nThe link works once and expires "
+        f"in {minutes} minutes. Until you open it, your account keeps its current address. "
+        "If you did not ask for this, ignore this message.\n",
+    )
+    _notify(
+        user,
+        "Your Portal email address is changing",
+        f"Someone asked to change the email address of your Portal account to {new_email}. "
+        "It changes only once the link sent there is opened.",
+    )
+    return EmailChange(email=user.email, new_email=new_email, expires_in=minutes * 60)
 
 
 # -- administration -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -508,9 +509,11 @@ def change_password(
     password: str,
     password_confirmation: str,
     keep_session_id: int | None = None,
+    keep_family_id: uuid.UUID | None = None,
 ) -> None:
-    """Change one's own password (the current one required); revoke every other web session
-    and every refresh-token family. Raises Unauthenticated, InvalidInput (wrong_password, the
+    """Change one's own password (the current one required); revoke every web session and
+    every refresh-token family but the caller's own (``keep_session_id`` for the pages,
+    ``keep_family_id`` for the API). Raises Unauthenticated, InvalidInput (wrong_password, the
     password policy's codes), Conflict (changed concurrently)."""
     user_id = require_user(actor)
     row = reauthenticate(uow, user_id, current_password, action="user.password_change")
@@ -533,9 +536,14 @@ def change_password(
             " AND used_at IS NULL",
             id=user_id,
         )
-        revoke_credentials(u, user_id, except_session_id=keep_session_id)
-        audit.record(u, actor, "user.password_change", "user", user_id,
-                     data={"kept_session_id": keep_session_id})  # fmt: skip
+        revoke_credentials(
+            u, user_id, except_session_id=keep_session_id, except_family_id=keep_family_id
+        )
+        kept = {
+            "kept_session_id": keep_session_id,
+            "kept_family_id": None if keep_family_id is None else str(keep_family_id),
+        }
+        audit.record(u, actor, "user.password_change", "user", user_id, data=kept)
 
     uow.run(work)
 

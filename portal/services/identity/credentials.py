@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
 
 from portal.services.shared.uow import UnitOfWork
 
 
 def revoke_credentials(
-    u: UnitOfWork, user_id: int, *, except_session_id: int | None = None
+    u: UnitOfWork,
+    user_id: int,
+    *,
+    except_session_id: int | None = None,
+    except_family_id: uuid.UUID | None = None,
 ) -> None:
     """Inside an open transaction: revoke every web session of a user (but one, if named) and
-    every refresh-token family. Locks the families now; the revocations are deferred (sent with
-    the transaction's next statement)."""
-    keep = "" if except_session_id is None else " AND id <> :keep"
-    params: dict[str, Any] = {"now": u.now(), "user_id": user_id}
-    if except_session_id is not None:
-        params["keep"] = except_session_id
+    every refresh-token family (but one, if named: the API caller's own). Locks the families
+    now; the revocations are deferred (sent with the transaction's next statement)."""
+    # "IS DISTINCT FROM NULL" holds for every row: nothing is spared when none is named.
     u.defer(
-        "UPDATE web_sessions SET revoked_at = :now"
-        f" WHERE user_id = :user_id AND revoked_at IS NULL{keep}",
-        **params,
+        "UPDATE web_sessions SET revoked_at = :now WHERE user_id = :user_id"
+        " AND revoked_at IS NULL AND id IS DISTINCT FROM CAST(:keep AS bigint)",
+        now=u.now(),
+        user_id=user_id,
+        keep=except_session_id,
     )
     # Lock every family's first token, as refresh() does, so a refresh in flight finishes
     # first and the revocation then sees (and revokes) the token it issued.
@@ -31,7 +34,8 @@ def revoke_credentials(
     )
     u.defer(
         "UPDATE refresh_tokens SET revoked_at = :now WHERE user_id = :user_id"
-        " AND revoked_at IS NULL",
+        " AND revoked_at IS NULL AND family_id IS DISTINCT FROM CAST(:family AS uuid)",
         now=u.now(),
         user_id=user_id,
+        family=except_family_id,
     )

@@ -41,6 +41,10 @@ from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 
 MAX_SEARCH = 254
+#: The longest email address (RFC 5321's path limit), as typed and in its canonical form.
+MAX_EMAIL_LENGTH = 254
+#: A first or last name: 1 to 100 printable characters, after trimming.
+MAX_NAME_LENGTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +164,8 @@ def clean_email(email: str, param: str = "email") -> str:
     if (
         not local
         or "." not in domain
-        or len(email) > 254
-        or len(canonical_email(email)) > 254
+        or len(email) > MAX_EMAIL_LENGTH
+        or len(canonical_email(email)) > MAX_EMAIL_LENGTH
         or any(c.isspace() for c in email)
         or not is_printable(email)
     ):
@@ -176,8 +180,8 @@ def clean_email(email: str, param: str = "email") -> str:
 
 def _check_name(value: str, param: str, label: str) -> str:
     name = value.strip() if isinstance(value, str) else ""
-    if not 1 <= len(name) <= 100 or not is_printable(name):
-        raise InvalidInput(f"{label} is 1 to 100 printable characters", param=param)
+    if not 1 <= len(name) <= MAX_NAME_LENGTH or not is_printable(name):
+        raise InvalidInput(f"{label} is 1 to {MAX_NAME_LENGTH} printable characters", param=param)
     if _invisible(name):
         raise InvalidInput(
             f"{label} cannot hold invisible or text-direction characters", param=param

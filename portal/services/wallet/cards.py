@@ -26,6 +26,9 @@ from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 
+#: The longest card name (after trimming), as ``activity.rename_card`` allows too.
+MAX_CARD_NAME = 64
+
 PAN_PURPOSE = "card.pan"
 VALID_YEARS = 4
 
@@ -131,8 +134,8 @@ def issue_card(
     except MoneyError as exc:
         raise InvalidInput(str(exc), param="currency") from exc
     name = name.strip()
-    if len(name) > 64:
-        raise InvalidInput("card name is at most 64 characters", param="name")
+    if len(name) > MAX_CARD_NAME:
+        raise InvalidInput(f"card name is at most {MAX_CARD_NAME} characters", param="name")
     vault = Vault.from_settings(uow.settings)
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     params = {"user_id": user_id, "card_type": card_type, "brand": brand, "currency": currency,
