@@ -1,14 +1,15 @@
 """CSRF on every state-changing page route, generated from ``app.url_map``.
 
-Every rule outside ``/api/`` that takes POST, PUT, PATCH or DELETE is posted to as each persona
-the access table (``test_authorization_matrix.EXPECTED``) lets use it (anonymous when allowed
-and the first signed-in persona allowed; every persona for a rule the table does not know yet), with CSRF protection on, four ways: no token, no token as htmx,
-another session's token in the form, and another session's token in ``X-CSRFToken``. Each must be
-the 400 refusal and write nothing (counted from ``pg_stat_xact_user_tables`` on the test's own
-connection, where every request's statements run). The same request with the session's own token
-must not be refused for CSRF: that proves the refusal is about the token. A route added later is
-covered without touching this file; a route that is legitimately exempt (a signed webhook
-receiver, say) must be named in ``CSRF_EXEMPT`` with the reason.
+Every rule outside ``/api/`` that takes POST, PUT, PATCH or DELETE is posted to, with CSRF
+protection on, as the personas the access table (``test_authorization_matrix.EXPECTED``) lets use
+it: anonymous when allowed and the first signed-in persona allowed (every persona for a rule the
+table does not know yet). Four ways: no token, no token as htmx, another session's token in the
+form, and another session's token in ``X-CSRFToken``. Each must be the 400 refusal and write
+nothing (counted from ``pg_stat_xact_user_tables`` on the test's own connection, where every
+request's statements run). The same request with the session's own token must not be refused for
+CSRF: that proves the refusal is about the token. A route added later is covered without touching
+this file; a route that is legitimately exempt (a signed webhook receiver, say) must be named in
+``CSRF_EXEMPT`` with the reason.
 """
 
 from __future__ import annotations
@@ -206,7 +207,10 @@ def _savepoints(connection: sa.Connection) -> Callable[[Callable[[], object]], t
 
 
 def test_every_state_changing_page_route_needs_the_csrf_token(
-    app: Flask, connection: sa.Connection, personas: dict[str, Persona], csrf_on: None
+    app: Flask,
+    connection: sa.Connection,
+    personas: dict[str, Persona],  # noqa: F811 (the matrix's fixture)
+    csrf_on: None,
 ) -> None:
     routes = state_changing_page_routes(app)
     assert len(routes) > 30  # the generator found the page forms (sign-in, wallet, merchant...)
