@@ -308,7 +308,7 @@ def issue_enrolment_code(
 
     def work(u: UnitOfWork) -> EnrolmentCode:
         row = u.execute(
-            f"SELECT id, public_id, email, archived_at, mfa_enabled_at FROM users"
+            f"SELECT id, public_id, email, archived_at, mfa_enabled_at FROM users"  # nosec B608: the column is id or public_id (user_key); values bound
             f" WHERE {column} = :v FOR NO KEY UPDATE",
             {"v": value},
         ).first()

@@ -96,12 +96,13 @@ def _find(u: UnitOfWork, role: int | str, *, lock: bool = False) -> RoleView:
     # holders) what a transaction we waited for committed.
     if lock:
         found = u.execute(
-            f"SELECT id FROM roles WHERE {column} = :v FOR NO KEY UPDATE", {"v": value}
+            f"SELECT id FROM roles WHERE {column} = :v FOR NO KEY UPDATE",  # nosec B608: the column is id, public_id or name (_role_key); values bound
+            {"v": value},
         ).first()
         if found is None:
             raise NotFound("no such role", param="role")
         column, value = "id", found.id
-    row = u.execute(f"SELECT {_ROLE_COLUMNS} FROM roles r WHERE r.{column} = :v", {"v": value})
+    row = u.execute(f"SELECT {_ROLE_COLUMNS} FROM roles r WHERE r.{column} = :v", {"v": value})  # nosec B608: a constant column list; the column from _role_key; values bound
     found_row = row.first()
     if found_row is None:
         raise NotFound("no such role", param="role")
@@ -147,7 +148,7 @@ def list_roles(
     return uow.run(
         lambda u: tuple(
             _view(r)
-            for r in u.execute(f"SELECT {_ROLE_COLUMNS} FROM roles r{where} ORDER BY r.name")
+            for r in u.execute(f"SELECT {_ROLE_COLUMNS} FROM roles r{where} ORDER BY r.name")  # nosec B608: a constant column list and condition
         )
     )
 
@@ -246,10 +247,16 @@ def rename_role(
             changes["description"] = new_description
         if not changes:
             return current
-        sets = ", ".join(f"{column} = :{column}" for column in changes)
         try:
             with u.session.begin_nested():
-                u.execute(f"UPDATE roles SET {sets} WHERE id = :id", {**changes, "id": current.id})
+                # One constant statement: a field not changed is bound as NULL and kept.
+                u.execute(
+                    "UPDATE roles SET name = COALESCE(CAST(:name AS text), name),"
+                    " description = COALESCE(CAST(:description AS text), description)"
+                    " WHERE id = :id",
+                    {"name": changes.get("name"), "description": changes.get("description"),
+                     "id": current.id},
+                )  # fmt: skip
         except IntegrityError as exc:
             raise Conflict(
                 "a role with this name exists already", param="name", code="role_exists"
@@ -382,7 +389,8 @@ def _lock_user(u: UnitOfWork, actor: Actor, user_id: Ref) -> int:
     named by an id form the actor does not carry)."""
     column, value = user_key(user_id)
     found = u.execute(
-        f"SELECT id FROM users WHERE {column} = :v FOR NO KEY UPDATE", {"v": value}
+        f"SELECT id FROM users WHERE {column} = :v FOR NO KEY UPDATE",  # nosec B608: the column is id or public_id (user_key); values bound
+        {"v": value},
     ).first()
     if found is None:
         raise NotFound("no such user", param="user_id")

@@ -129,7 +129,7 @@ def resolve_web_session(uow: UnitOfWork, *, token: str) -> SessionInfo | None:
 
     def work(u: UnitOfWork) -> SessionInfo | None:
         row = u.execute(
-            "SELECT s.id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"
+            "SELECT s.id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"  # nosec B608: a constant column list; values bound
             f" s.mfa_verified_at, {USER_VIEW_COLUMNS}"
             " FROM web_sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = :hash",
             {"hash": digest},
@@ -201,19 +201,19 @@ def list_sessions(
     ``user_id``), most recently used first; the caller names its own session or family to mark
     it current. Raises Unauthenticated, NotFound (also for a ``user_id`` naming nobody)."""
     column, target = _target_user(actor, user_id, "users:read")
-    owner = f"user_id = (SELECT id FROM users WHERE {column} = :user_id)"
+    owner = f"user_id = (SELECT id FROM users WHERE {column} = :user_id)"  # nosec B608: the column is id or public_id (ref_key); values bound
 
     def work(u: UnitOfWork) -> list[SessionView]:
         now = u.now()
         idle_since = now - timedelta(minutes=u.settings.session_idle_minutes)
         web = u.execute(
-            "SELECT id, public_id, created_at, last_seen_at, absolute_expires_at, user_agent, ip"
+            "SELECT id, public_id, created_at, last_seen_at, absolute_expires_at, user_agent, ip"  # nosec B608: owner is the constant fragment above; values bound
             f" FROM web_sessions WHERE {owner} AND revoked_at IS NULL"
             " AND absolute_expires_at > :now AND last_seen_at >= :idle_since",
             {"user_id": target, "now": now, "idle_since": idle_since},
         ).all()
         api = u.execute(
-            "SELECT family_id, min(issued_at) AS created_at, max(issued_at) AS last_seen_at,"
+            "SELECT family_id, min(issued_at) AS created_at, max(issued_at) AS last_seen_at,"  # nosec B608: owner is the constant fragment above; values bound
             " max(expires_at) AS expires_at,"
             " (array_agg(user_agent ORDER BY id))[1] AS user_agent"
             f" FROM refresh_tokens WHERE {owner} GROUP BY family_id"
@@ -222,7 +222,7 @@ def list_sessions(
         ).all()
         if not web and not api and user_id is not None:  # nothing, or nobody? (rare path)
             exists = u.execute(
-                f"SELECT EXISTS (SELECT 1 FROM users WHERE {column} = :user_id)",
+                f"SELECT EXISTS (SELECT 1 FROM users WHERE {column} = :user_id)",  # nosec B608: the column is id or public_id (ref_key); values bound
                 {"user_id": target},
             ).scalar_one()
             if not exists:
@@ -255,7 +255,8 @@ def revoke_session(uow: UnitOfWork, *, actor: Actor, session_id: Ref) -> int:
 
     def work(u: UnitOfWork) -> int:
         found = u.execute(
-            f"SELECT id, user_id FROM web_sessions WHERE {column} = :v", {"v": value}
+            f"SELECT id, user_id FROM web_sessions WHERE {column} = :v",  # nosec B608: the column is id or public_id (ref_key); values bound
+            {"v": value},
         ).one_or_none()
         if found is None:
             raise NotFound("no such session", param="session_id")

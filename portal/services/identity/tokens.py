@@ -357,7 +357,7 @@ def actor_for_access(uow: UnitOfWork, claims: AccessClaims) -> tuple[Actor, User
 
     def work(u: UnitOfWork) -> Any:
         return u.execute(
-            f"SELECT {USER_VIEW_COLUMNS} FROM users u WHERE u.id = :user_id"
+            f"SELECT {USER_VIEW_COLUMNS} FROM users u WHERE u.id = :user_id"  # nosec B608: a constant column list; values bound
             " AND u.archived_at IS NULL AND EXISTS (SELECT 1 FROM refresh_tokens t"
             " WHERE t.family_id = :family AND t.user_id = u.id AND t.revoked_at IS NULL"
             " AND t.expires_at > :now)",

@@ -407,7 +407,7 @@ _SUMMARY_COLUMNS = (
     " u.archived_at IS NOT NULL AS archived, u.created_at"
 )
 _DETAIL_COLUMNS = (
-    _SUMMARY_COLUMNS + ", ARRAY(SELECT DISTINCT p.name FROM user_roles ur"
+    _SUMMARY_COLUMNS + ", ARRAY(SELECT DISTINCT p.name FROM user_roles ur"  # nosec B608: constant column fragments
     " JOIN roles r ON r.id = ur.role_id AND r.archived_at IS NULL"
     " JOIN role_permissions rp ON rp.role_id = r.id"
     " JOIN permissions p ON p.id = rp.permission_id"
@@ -433,7 +433,7 @@ def load_user(u: UnitOfWork, user_id: Ref) -> UserDetail | None:
     if key is None:
         return None
     column, value = key
-    row = u.execute(f"SELECT {_DETAIL_COLUMNS} FROM users u WHERE u.{column} = :v", {"v": value})
+    row = u.execute(f"SELECT {_DETAIL_COLUMNS} FROM users u WHERE u.{column} = :v", {"v": value})  # nosec B608: a constant column list; the column from ref_key; values bound
     found = row.first()
     if found is None:
         return None
@@ -452,7 +452,7 @@ def _lock_user(u: UnitOfWork, user_id: Ref, *, for_delete: bool = False) -> sa.R
     mode = "FOR UPDATE" if for_delete else "FOR NO KEY UPDATE"
     column, value = user_key(user_id)
     row = u.execute(
-        f"SELECT id, public_id, email, first_name, last_name, archived_at FROM users"
+        f"SELECT id, public_id, email, first_name, last_name, archived_at FROM users"  # nosec B608: the column from user_key, a constant lock mode; values bound
         f" WHERE {column} = :v {mode}",
         {"v": value},
     ).first()
@@ -515,7 +515,7 @@ def list_users(
             )
             bound["role_id"] = role_id
         return newest_first(
-            u, select=f"SELECT {_SUMMARY_COLUMNS} FROM users u", table="users", alias="u",
+            u, select=f"SELECT {_SUMMARY_COLUMNS} FROM users u", table="users", alias="u",  # nosec B608: a constant column list
             convert=_summary, limit=size, starting_after=after, kind="user", where=filters,
             params=bound,
         )  # fmt: skip
@@ -617,17 +617,23 @@ def update_user(
             changes["email"] = new_email
         if not changes:
             return _reload(u, uid)
-        sets = ", ".join(f"{column} = :{column}" for column in changes)
-        extra: dict[str, Any] = {}
-        if "email" in changes:
-            sets += ", email_canonical = :email_canonical, email_verified_at = NULL"
-            extra["email_canonical"] = canonical_email(changes["email"])
+        email = changes.get("email")
         try:
             with u.session.begin_nested():
+                # One constant statement: a field not changed is bound as NULL and kept; a new
+                # email is unverified.
                 u.execute(
-                    f"UPDATE users SET {sets}, updated_at = :now WHERE id = :id",
-                    {**changes, **extra, "now": u.now(), "id": uid},
-                )
+                    "UPDATE users SET first_name = COALESCE(CAST(:first AS text), first_name),"
+                    " last_name = COALESCE(CAST(:last AS text), last_name),"
+                    " email = COALESCE(CAST(:email AS text), email),"
+                    " email_canonical = COALESCE(CAST(:canonical AS text), email_canonical),"
+                    " email_verified_at = CASE WHEN CAST(:email AS text) IS NULL"
+                    "   THEN email_verified_at END,"
+                    " updated_at = :now WHERE id = :id",
+                    {"first": changes.get("first_name"), "last": changes.get("last_name"),
+                     "email": email, "canonical": None if email is None else canonical_email(email),
+                     "now": u.now(), "id": uid},
+                )  # fmt: skip
         except IntegrityError as exc:
             raise Conflict(
                 "an account with this email already exists", param="email", code="email_taken"
