@@ -213,6 +213,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             idempotency_ttl_hours=max(24, int(get("PORTAL_IDEMPOTENCY_TTL_HOURS", "24") or 24)),
             withdrawal_hold_hours=int(get("PORTAL_WITHDRAWAL_HOLD_HOURS", "72") or 72),
             payout_delay_seconds=float(get("PORTAL_PAYOUT_DELAY_SECONDS", "3") or 3),
+            funding_delay_seconds=float(get("PORTAL_FUNDING_DELAY_SECONDS", "2") or 2),
             max_cards_per_user=int(get("PORTAL_MAX_CARDS_PER_USER", "5") or 5),
             jwt_key=jwt_key,
             jwt_issuer=get("PORTAL_JWT_ISSUER", "portal") or "portal",

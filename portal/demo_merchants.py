@@ -25,7 +25,7 @@ from portal.domain.types import Actor, IssuedCard
 from portal.services.identity import users
 from portal.services.merchants import checkout, keys, merchants, payments, payouts, settlements
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import cards, wallet
+from portal.services.wallet import cards, funding, wallet
 
 DAYS = 28
 MakeUow = Callable[[Callable[[], datetime]], UnitOfWork]
@@ -152,11 +152,12 @@ def seed_merchants(make_uow: MakeUow, *, now: datetime, seed: int = 2026) -> Mer
                 uow, actor=holder, user_id=holder.id, card_type="debit", brand="visa",
                 currency=currency, name="Shopping",
             )  # fmt: skip
-            wallet.top_up(
+            top_up = wallet.top_up(
                 uow, actor=holder, card_id=card.card_id,
                 amount=Money.of_major(SHOPPING_FUNDS[currency], currency),
                 method="bank_transfer", idempotency_key=key(),
             )  # fmt: skip
+            funding.settle(uow, top_up.id)  # the funding processor answers at once here
             wallets.setdefault(currency, []).append(card)
             holders[card.card_id] = holder
 

@@ -38,7 +38,7 @@ from portal.services.merchants import checkout, events, payments, settlements, w
 from portal.services.merchants import payouts as merchant_payouts
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import payouts, wallet
+from portal.services.wallet import funding, payouts, wallet
 from portal.telemetry import job_span
 
 log = logging.getLogger("portal.worker")
@@ -135,6 +135,7 @@ class Worker:
         #: time.monotonic() when the loop last turned (see healthy()).
         self.last_loop = time.monotonic()
         payouts.register()
+        funding.register()
         merchant_payouts.register()
         webhooks.register()
 

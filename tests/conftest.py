@@ -23,11 +23,11 @@ from sqlalchemy.orm import sessionmaker
 from portal import create_app
 from portal.config import database_url
 from portal.domain.money import Money
-from portal.domain.types import Actor, IssuedCard
+from portal.domain.types import Actor, IssuedCard, MovementResult
 from portal.extensions import db
 from portal.services.identity import users
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import cards, wallet
+from portal.services.wallet import cards, funding, wallet
 
 os.environ.setdefault("PORTAL_ENV", "test")
 
@@ -62,7 +62,9 @@ def app() -> Iterator[Flask]:
         }
     )
     settings = application.config["SERVICE_SETTINGS"]
-    application.config["SERVICE_SETTINGS"] = replace(settings, payout_delay_seconds=0)
+    application.config["SERVICE_SETTINGS"] = replace(
+        settings, payout_delay_seconds=0, funding_delay_seconds=0
+    )
     if (client := application.extensions.get("portal.redis")) is not None:
         client.flushdb()  # a new database reuses ids: nothing cached for the old one may stay
     with application.app_context():
@@ -165,12 +167,41 @@ class Factory:
             self.fund(card, balance)
         return card
 
-    def fund(self, card: IssuedCard, major: str) -> None:
-        wallet.top_up(
+    def fund(self, card: IssuedCard, major: str) -> MovementResult:
+        """Top up and settle it with the funding processor's answer at once, as the funding
+        job would (a top-up alone is only pending)."""
+        result = wallet.top_up(
             self.uow, actor=SYSTEM, card_id=card.card_id,
             amount=Money.of_major(major, card.currency), method="bank_transfer",
             idempotency_key=new_key(),
         )  # fmt: skip
+        return run_funding_job(self.uow, result.id) or result
+
+
+def run_funding_job(uow: UnitOfWork, top_up_id: int) -> MovementResult | None:
+    """Do a top-up's funding job now, as the worker would once it is due (the job's handler,
+    then the job marked done): returns the settled top-up (None if it was refused)."""
+    settled = funding.settle(uow, top_up_id)
+    uow.run(
+        lambda u: u.execute(
+            "UPDATE jobs SET status = 'succeeded', finished_at = :now, updated_at = :now,"
+            " dedupe_key = NULL WHERE dedupe_key = :key AND status = 'queued'",
+            {"now": u.now(), "key": f"funding:{top_up_id}"},
+        )
+    )
+    return settled
+
+
+def confirm_top_ups(uow: UnitOfWork) -> int:
+    """Run the funding job of every pending top-up; returns how many were asked."""
+    pending = uow.run(
+        lambda u: u.execute("SELECT id FROM top_ups WHERE status = 'pending' ORDER BY id")
+        .scalars()
+        .all()
+    )
+    for top_up_id in pending:
+        run_funding_job(uow, top_up_id)
+    return len(pending)
 
 
 @pytest.fixture

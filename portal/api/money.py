@@ -117,7 +117,8 @@ class Movement(ApiModel):
 
 
 class TopUp(Movement):
-    """Money added to a card from outside."""
+    """Money added to a card from outside: `pending` until the funding processor confirms it
+    (`processing` while it is asked), then `succeeded` or `failed`."""
 
     id: TopUpId
     object: Literal["top_up"] = "top_up"
@@ -355,8 +356,14 @@ def _list(model: type[M], listing: type[ListResponse[M]], kind: str, query: Move
     errors=(400, *_CREATE_ERRORS),
     operation_id="create_top_up",
     idempotency="required",
-    description="Add money to one of the caller's cards from an outside method. 422"
-    " `limit_exceeded` outside the currency's limits or past the daily cap.",
+    description="Ask for money to be added to one of the caller's cards from an outside method."
+    " The top-up is `pending` (nothing posted, nothing to spend) until the funding processor"
+    " confirms the money arrived, a few seconds later (`PORTAL_FUNDING_DELAY_SECONDS`): then it"
+    " is `succeeded` and the money is on the card, or `failed` with `failure_code`"
+    " `funding_declined` and nothing moved. Follow it with GET /top_ups/{top_up_id}. The demo"
+    " processor declines an amount whose minor units end in 13 (e.g. 1013). Pending top-ups"
+    " count toward the daily cap. 422 `limit_exceeded` outside the currency's limits or past the"
+    " daily cap.",
 )
 def create_top_up(body: NewTopUp, actor: Actor, idempotency_key: str) -> TopUp:
     result = _named(

@@ -528,8 +528,24 @@ def _check_card(form: MoneyForm, card: CardSummary | None) -> bool:
 
 
 def _receipt(kind: str, result: MovementResult, review: Review) -> dict[str, Any]:
-    return {"kind": kind, "result": result, "review": review,
+    return {"kind": kind, "result": result, "review": review, "poll_ms": POLL_MS,
             "title": MOVEMENT_TITLES[kind], "status_labels": STATUS_LABELS}  # fmt: skip
+
+
+@bp.route("/movements/<public_id>/status")
+@login_required("wallet:use")
+def movement_status(public_id: str) -> Response:
+    """A receipt's status block, asked for again while the movement waits for the bank (a
+    top-up for the funding processor, a withdrawal for its payout). Not one's own: 404."""
+    if not is_public_id("top_up", public_id) and not is_public_id("withdrawal", public_id):
+        abort(404)
+    item = activity.get_activity_item(_uow(), actor=current_actor(), item_id=public_id)
+    balance = wallet.get_balance(_uow(), actor=current_actor(), card_id=item.card_public_id)
+    kind = "top_up" if item.kind == "top_up" else "withdraw"
+    return _fragments(("cardholder/_receipt_status.html", {
+        "kind": kind, "status": item.status, "failure_code": item.failure_code,
+        "public_id": item.id, "available": balance.available, "poll_ms": POLL_MS,
+    }))  # fmt: skip
 
 
 def _money_flow(
@@ -595,7 +611,10 @@ def _money_flow(
 
 def _flash_text(kind: str, result: MovementResult, review: Review) -> str:
     if kind == "top_up":
-        return f"Added {result.amount} to {review.destination}."
+        return (
+            f"Top-up of {result.amount} to {review.destination} requested. It shows as pending "
+            "until your bank or card provider confirms it, usually within seconds."
+        )
     if kind == "transfer":
         return f"Sent {result.amount} to {review.destination}."
     return (

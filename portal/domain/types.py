@@ -53,8 +53,9 @@ class Actor:
 
 class MovementStatus(enum.StrEnum):
     PENDING = "pending"
-    #: A withdrawal whose payout is with the processor now (only withdrawals take it): it
-    #: settles when the processor answers, and nobody may settle it by hand meanwhile.
+    #: A top-up or withdrawal that is with the processor now (the funding processor is asked
+    #: whether the money arrived; the payout is being paid): it settles when the processor
+    #: answers, and nobody may settle it by hand meanwhile.
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

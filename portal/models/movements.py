@@ -1,7 +1,8 @@
 """Business records of cardholders' money movements: top-ups, transfers, withdrawals.
 
-Each carries a status (pending, succeeded, failed; a withdrawal also ``processing`` while its
-payout is with the processor) and, once money moved, its journal entry.
+Each carries a status (pending, succeeded, failed; a top-up also ``processing`` while the
+funding processor is asked whether its money arrived, a withdrawal while its payout is with the
+processor) and, once money moved, its journal entry.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _movement_args(table: str, statuses: tuple[str, ...] = _STATUSES) -> tuple[S
 class TopUp(Base):
     __tablename__ = "top_ups"
     __table_args__ = (
-        *_movement_args("top_ups"),
+        *_movement_args("top_ups", ("pending", "processing", "succeeded", "failed")),
         sa.CheckConstraint(
             "method IN ('bank_transfer', 'credit_card', 'debit_card', 'e_wallet', 'cash')",
             name="method",
@@ -45,6 +46,10 @@ class TopUp(Base):
         sa.Index("ix_top_ups_user_currency_created_at", "user_id", "currency", "created_at"),
         # The activity feed pages each card's movements newest first (migration 0005).
         sa.Index("ix_top_ups_card_id_created_at_id", "card_id", "created_at", "id"),
+        sa.Index(
+            "ix_top_ups_unsettled", "created_at",
+            postgresql_where=sa.text("status IN ('pending', 'processing')"),
+        ),
     )
 
     id: Mapped[int] = pk_column()
@@ -60,9 +65,15 @@ class TopUp(Base):
     journal_entry_id: Mapped[int | None] = mapped_column(
         sa.BigInteger, sa.ForeignKey("journal_entries.id")
     )
+    #: The funding processor's reference for the money received (the demo's ``fund_...``).
+    funding_reference: Mapped[str | None] = mapped_column(sa.String(64))
+    #: When the funding job marked it ``processing`` (committed before it called the processor).
+    processing_started_at: Mapped[datetime | None]
     created_by_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     created_by_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = now_column()
+    #: When the processor's answer settled it.
+    completed_at: Mapped[datetime | None]
     archived_at: Mapped[datetime | None]
 
 

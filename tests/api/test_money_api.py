@@ -18,7 +18,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards, wallet
 from tests.api import test_cards_api as shared
 from tests.api.test_auth_api import API, error_of
-from tests.conftest import SYSTEM, Factory
+from tests.conftest import SYSTEM, Factory, confirm_top_ups
 
 # Fixtures shared with the cards API tests.
 _fresh_limits = shared._fresh_limits
@@ -45,7 +45,7 @@ def ok(response: Any, status: int = 200) -> Any:
 
 # -- idempotency --------------------------------------------------------------------------------
 def test_top_up_needs_a_key_and_replays_the_first_response(
-    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str]
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str], uow: UnitOfWork
 ) -> None:
     card = make.card(alice)
     body = {"card": card.public_id, "amount": 2500, "currency": "USD", "method": "e_wallet"}
@@ -64,7 +64,7 @@ def test_top_up_needs_a_key_and_replays_the_first_response(
     assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
     created = first.get_json()
     assert (created["object"], created["amount"], created["currency"], created["status"]) == (
-        "top_up", 2500, "usd", "succeeded"
+        "top_up", 2500, "usd", "pending"
     )  # fmt: skip
     assert (created["card"], created["direction"], created["method"]) == (
         card.public_id, "in", "e_wallet"
@@ -75,7 +75,27 @@ def test_top_up_needs_a_key_and_replays_the_first_response(
     assert replay.get_json() == created
     assert (reused["type"], reused["code"]) == ("idempotency_error", "idempotency_key_reused")
     balance = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
-    assert balance["posted"] == 2500  # once, not twice
+    assert balance["posted"] == 0  # pending: nothing is posted until the funding processor says
+    assert confirm_top_ups(uow) == 1  # one top-up, not two
+    balance = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
+    assert balance["posted"] == 2500
+    settled = ok(api.get(f"{API}/top_ups/{created['id']}", headers=as_alice))
+    assert (settled["status"], settled["failure_code"]) == ("succeeded", None)
+
+
+def test_a_declined_top_up_shows_as_failed_and_moves_nothing(
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str], uow: UnitOfWork
+) -> None:
+    card = make.card(alice)
+    body = {"card": card.public_id, "amount": 2513, "currency": "usd", "method": "debit_card"}
+    created = ok(post(api, "/top_ups", body, as_alice), 201)
+    listed = ok(api.get(f"{API}/top_ups?status=pending", headers=as_alice))["data"]
+    assert [t["id"] for t in listed] == [created["id"]]
+    confirm_top_ups(uow)
+    failed = ok(api.get(f"{API}/top_ups/{created['id']}", headers=as_alice))
+    assert (failed["status"], failed["failure_code"]) == ("failed", "funding_declined")
+    balance = ok(api.get(f"{API}/cards/{card.public_id}/balance", headers=as_alice))
+    assert (balance["posted"], balance["available"]) == (0, 0)
 
 
 @pytest.mark.parametrize(

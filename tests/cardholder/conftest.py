@@ -7,11 +7,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.domain.money import Money
 from portal.domain.types import IssuedCard
 from portal.services.identity import users
-from portal.services.wallet import cards, wallet
-from tests.conftest import SYSTEM, new_key
+from portal.services.wallet import cards
+from tests.conftest import Factory
 from tests.pages import conftest as pages
 from tests.pages.conftest import PageClient, People, Person, sign_in
 
@@ -40,11 +39,7 @@ class Wallets:
         return issued
 
     def fund(self, card: IssuedCard, major: str) -> None:
-        wallet.top_up(
-            self.people.uow(), actor=SYSTEM, card_id=card.card_id,
-            amount=Money.of_major(major, card.currency), method="bank_transfer",
-            idempotency_key=new_key(),
-        )  # fmt: skip
+        Factory(self.people.uow()).fund(card, major)
 
     def balance(self, card: IssuedCard) -> tuple[int, int]:
         """(posted, pending) in minor units, read straight from the wallet account."""

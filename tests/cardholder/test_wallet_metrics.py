@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from portal.web.metrics import business_metrics
 from tests.cardholder.conftest import Wallets
 from tests.cardholder.test_wallet_pages import _key
+from tests.conftest import confirm_top_ups
 from tests.pages.conftest import PageClient, Person, htmx
 
 
@@ -33,6 +34,10 @@ def test_a_top_up_on_the_pages_is_counted(
             "amount": "25.50", "step": "confirm"}  # fmt: skip
     assert client.post("/wallet/top-up", data=data, headers=htmx()).status_code == 200
     assert client.post("/wallet/top-up", data=data, headers=htmx()).status_code == 200  # again
+    pending = {**labels, "outcome": "pending"}
+    assert sample(app, "portal_money_movements_total", **labels) - count_before == 0
+    assert sample(app, "portal_money_movements_total", **pending) >= 1
+    assert confirm_top_ups(wallets.people.uow()) == 1
     assert sample(app, "portal_money_moved_minor_units_total", **labels) - moved_before == 2550
     assert sample(app, "portal_money_movements_total", **labels) - count_before == 1
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from portal.domain.ids import is_public_id, new_public_id
 from portal.services.wallet import wallet
 from tests.cardholder.conftest import Wallets
+from tests.conftest import confirm_top_ups, new_key
 from tests.pages.conftest import PageClient, Person, htmx, new_client, page_text, sign_in
 
 
@@ -236,8 +237,8 @@ def test_top_up_review_then_confirm(client: PageClient, alice: Person, wallets: 
     assert wallets.balance(card) == (0, 0)  # nothing happened yet
     done = client.post("/wallet/top-up", data={**data, "step": "confirm"}, headers=htmx())
     assert done.status_code == 200
-    assert "Money added" in page_text(done)
-    assert wallets.balance(card) == (2550, 0)
+    assert "Top-up requested" in page_text(done) and "Pending" in page_text(done)
+    assert wallets.balance(card) == (0, 0)  # not before the funding processor confirms it
     # The receipt's reference is the top-up's public id, never its internal number.
     reference = re.search(r"<dt>Reference</dt><dd><code>([^<]+)</code>", done.get_data(True))
     stored = wallets.people.connection.execute(
@@ -246,6 +247,39 @@ def test_top_up_review_then_confirm(client: PageClient, alice: Person, wallets: 
     assert reference is not None and reference.group(1) == stored.public_id
     assert is_public_id("top_up", reference.group(1))
     assert f"top_up_{stored.id}" not in done.get_data(as_text=True)
+
+
+def test_a_pending_top_up_receipt_updates_itself(
+    client: PageClient, another_client: PageClient, alice: Person, bob: Person,
+    wallets: Wallets,
+) -> None:  # fmt: skip
+    card = wallets.card(alice, balance="10")
+    key = _key(client.get(f"/wallet/top-up?card={card.public_id}"))
+    data = {"idempotency_key": key, "card_id": card.public_id, "method": "debit_card",
+            "step": "confirm"}  # fmt: skip
+    done = client.post("/wallet/top-up", data={**data, "amount": "25"}, headers=htmx())
+    status_url = re.search(r'hx-get="(/wallet/movements/tu_\w+/status)"', done.get_data(True))
+    assert status_url is not None, "a pending receipt asks for its status"
+    waiting = client.get(status_url.group(1), headers=htmx())
+    assert "Pending" in page_text(waiting) and "10.00 USD" in page_text(waiting)
+    assert 'hx-trigger="every' in waiting.get_data(as_text=True)
+    assert confirm_top_ups(wallets.people.uow()) == 1
+    settled = client.get(status_url.group(1), headers=htmx())
+    assert "Succeeded" in page_text(settled) and "35.00 USD" in page_text(settled)
+    assert "hx-get" not in settled.get_data(as_text=True)  # settled: it stops asking
+    # Someone else's receipt is not found.
+    sign_in(another_client, bob)
+    assert another_client.get(status_url.group(1), headers=htmx()).status_code == 404
+
+    declined = client.post(
+        "/wallet/top-up", data={**data, "idempotency_key": new_key(), "amount": "5.13"},
+        headers=htmx(),
+    )  # fmt: skip
+    url = re.search(r'hx-get="(/wallet/movements/tu_\w+/status)"', declined.get_data(True))
+    assert url is not None
+    confirm_top_ups(wallets.people.uow())
+    failed = page_text(client.get(url.group(1), headers=htmx()))
+    assert "Failed" in failed and "declined the payment" in failed and "35.00 USD" in failed
 
 
 def test_double_submit_moves_money_once(

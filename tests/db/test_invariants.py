@@ -142,7 +142,7 @@ def test_amounts_are_positive(connection, funded, table, statement):
     assert isinstance(error, IntegrityError), table
 
 
-def test_only_withdrawals_take_the_processing_state(connection, funded, uow):
+def test_only_withdrawals_and_top_ups_take_the_processing_state(connection, funded, uow):
     card, _, transfer = funded
     owner = run(connection, "SELECT user_id FROM cards WHERE id = :c", c=card.card_id).scalar()
     made = wallet.withdraw(
@@ -159,6 +159,12 @@ def test_only_withdrawals_take_the_processing_state(connection, funded, uow):
         connection, "UPDATE transfers SET status = 'processing' WHERE id = :id", id=transfer.id
     )
     assert "ck_transfers_status" in str(error)
+    top_up = run(connection, "SELECT id FROM top_ups WHERE card_id = :c", c=card.card_id).scalar()
+    run(connection, "UPDATE top_ups SET status = 'processing' WHERE id = :id", id=top_up)
+    error = savepoint_error(
+        connection, "UPDATE top_ups SET status = 'queued' WHERE id = :id", id=top_up
+    )
+    assert "ck_top_ups_status" in str(error)
 
 
 def test_posting_currency_must_match_its_account(connection, funded):

@@ -15,9 +15,10 @@ from flask import Flask
 from portal import create_app
 from portal.extensions import db, limiter
 from portal.services.shared.uow import UnitOfWork
+from portal.web.uow import make_uow
 from tests.api.test_auth_api import API, client_for, new_email, person, sign_in
 from tests.api.test_cards_api import token_of
-from tests.conftest import Factory
+from tests.conftest import Factory, confirm_top_ups
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -111,6 +112,7 @@ def test_business_counters_move_by_exactly_what_moved(
     assert post("/top_ups", top_up, same).status_code == 201
     assert post("/top_ups", top_up, same).headers["Idempotent-Replayed"] == "true"
     assert post("/top_ups", {**top_up, "amount": 1700}).status_code == 201
+    assert confirm_top_ups(make_uow(scraped_app)) == 2  # the funding jobs, counted by the app
     transfer = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": 350,
                 "currency": "usd"}  # fmt: skip
     assert post("/transfers", transfer).status_code == 201

@@ -20,8 +20,9 @@ from portal.domain.errors import (
 from portal.domain.money import Money
 from portal.domain.types import MovementStatus
 from portal.services.ledger import reconciliation
+from portal.services.shared import processor
 from portal.services.shared.settings import parse_limits
-from portal.services.wallet import cards, wallet
+from portal.services.wallet import cards, funding, wallet
 from portal.services.wallet.wallet import BankAccount
 from tests.conftest import SYSTEM, new_key
 
@@ -62,13 +63,30 @@ def assert_clean(uow) -> None:
 
 # -- top-up ----------------------------------------------------------------------------------
 class TestTopUp:
-    def test_credits_wallet_with_journal_entry_and_audit(self, uow, make, alice):
+    def test_a_top_up_is_pending_until_the_funding_processor_confirms_it(self, uow, make, alice):
         card = make.card(alice, currency="IDR")
-        result = wallet.top_up(
+        pending = wallet.top_up(
             uow, actor=alice, card_id=card.card_id, amount=idr("50000"), method="e_wallet",
             idempotency_key=new_key(),
         )  # fmt: skip
-        assert result.status == MovementStatus.SUCCEEDED
+        # Issue 11 A1: nothing is posted, so nothing can be spent or withdrawn yet.
+        assert pending.status == MovementStatus.PENDING and pending.journal_entry_id is None
+        assert pending.balance.available == idr("0")
+        assert balances(uow, card) == (0, 0)
+        with pytest.raises(InsufficientFunds):
+            wallet.withdraw(uow, actor=alice, card_id=card.card_id, amount=idr("50000"),
+                            bank=BANK, idempotency_key=new_key())  # fmt: skip
+        job = uow.run(
+            lambda u: u.execute(
+                "SELECT kind, payload->>'top_up_id' AS top_up FROM jobs WHERE dedupe_key = :k",
+                {"k": f"funding:{pending.id}"},
+            ).one()
+        )
+        assert (job.kind, job.top_up) == (wallet.FUNDING_JOB, str(pending.id))
+        assert_clean(uow)
+
+        result = funding.settle(uow, pending.id)
+        assert result is not None and result.status == MovementStatus.SUCCEEDED
         assert result.balance.available == idr("50000")
         assert balances(uow, card) == (5_000_000, 0)
         legs = uow.run(
@@ -81,14 +99,112 @@ class TestTopUp:
         )
         assert [(r.kind, r.amount_minor) for r in legs] == [("funding", -5_000_000),
                                                              ("wallet", 5_000_000)]  # fmt: skip
-        action = uow.run(
+        row = uow.run(
+            lambda u: u.execute(
+                "SELECT status, funding_reference, completed_at IS NOT NULL AS done,"
+                " processing_started_at IS NOT NULL AS asked FROM top_ups WHERE id = :id",
+                {"id": pending.id},
+            ).one()
+        )
+        assert row.status == "succeeded" and row.funding_reference.startswith("fund_")
+        assert row.done and row.asked
+        actions = uow.run(
             lambda u: u.execute(
                 "SELECT action, outcome FROM audit_events WHERE subject_type = 'top_up'"
-                " AND subject_id = :id", {"id": result.id},
+                " AND subject_id = :id ORDER BY id", {"id": pending.id},
+            ).all()
+        )  # fmt: skip
+        assert [tuple(a) for a in actions] == [("top_up.create", "success"),
+                                               ("top_up.confirm", "success")]  # fmt: skip
+        # Settling again (a retried job) changes nothing and asks nobody.
+        assert funding.settle(uow, pending.id) is None
+        assert balances(uow, card) == (5_000_000, 0)
+        assert_clean(uow)
+
+    def test_a_declined_top_up_fails_and_moves_nothing(self, uow, make, alice):
+        card = make.card(alice, balance="20")
+        entries = count(uow, "journal_entries")
+        pending = wallet.top_up(
+            uow, actor=alice, card_id=card.card_id, amount=usd("10.13"), method="debit_card",
+            idempotency_key=new_key(),
+        )  # fmt: skip
+        failed = funding.settle(uow, pending.id)
+        assert failed is not None and failed.status == MovementStatus.FAILED
+        assert failed.journal_entry_id is None and failed.balance.available == usd("20")
+        row = uow.run(
+            lambda u: u.execute(
+                "SELECT status, failure_code, journal_entry_id, funding_reference FROM top_ups"
+                " WHERE id = :id", {"id": pending.id},
             ).one()
         )  # fmt: skip
-        assert tuple(action) == ("top_up.create", "success")
+        assert tuple(row) == ("failed", "funding_declined", None, None)
+        assert count(uow, "journal_entries") == entries
+        assert balances(uow, card) == (2000, 0)
         assert_clean(uow)
+
+    def test_a_processing_top_up_is_asked_again_with_the_same_key_and_posts_once(
+        self, uow, make, alice
+    ):
+        """A worker that died after marking the top-up ``processing`` (or after the processor
+        answered) leaves it to the next attempt, which asks again with the same key."""
+        card = make.card(alice)
+        pending = wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("30"),
+                                method="bank_transfer", idempotency_key=new_key())  # fmt: skip
+        order = wallet.begin_funding(uow, top_up_id=pending.id)
+        assert order is not None and order.public_id == pending.public_id
+        processor.funding_processor(uow).collect(
+            uow,
+            idempotency_key=order.public_id,
+            method=order.method,
+            amount_minor=order.amount.amount_minor,
+            currency="USD",
+        )  # fmt: skip  (the answer is lost with the worker)
+        settled = funding.settle(uow, pending.id)
+        assert settled is not None and settled.status == MovementStatus.SUCCEEDED
+        asked = uow.run(
+            lambda u: u.execute(
+                "SELECT count(*) FROM demo_processor_requests WHERE idempotency_key = :k",
+                {"k": pending.public_id},
+            ).scalar_one()
+        )
+        assert asked == 1 and balances(uow, card) == (3000, 0)
+        with pytest.raises(processor.KeyReused):
+            processor.funding_processor(uow).collect(
+                uow, idempotency_key=pending.public_id, method="bank_transfer",
+                amount_minor=3001, currency="USD",
+            )  # fmt: skip
+        assert_clean(uow)
+
+    def test_the_ledger_check_catches_top_up_money_that_was_not_confirmed(self, uow, make, alice):
+        card = make.card(alice)
+        settled = make.fund(card, "40")
+        pending = wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("5"),
+                                method="cash", idempotency_key=new_key())  # fmt: skip
+        assert_clean(uow)
+
+        def violations(sql: str, **params) -> list[tuple[str, str, int, int]]:
+            uow.run(lambda u: u.execute(sql, params))
+            report = reconciliation.reconcile(uow)
+            return [(v.check, v.subject, v.expected, v.actual) for v in report.violations]
+
+        # A confirmed top-up shown as failed: its money came from nowhere.
+        assert violations("UPDATE top_ups SET status = 'failed' WHERE id = :id", id=settled.id) == [
+            ("top_up_posted", settled.public_id, 0, 4000)
+        ]
+        # A pending top-up pointing at that entry instead: the same money, never confirmed.
+        assert ("top_up_posted", pending.public_id, 0, 4000) in violations(
+            "UPDATE top_ups SET journal_entry_id = (SELECT journal_entry_id FROM top_ups"
+            " WHERE id = :a), status = 'pending' WHERE id = :b", a=settled.id, b=pending.id
+        )  # fmt: skip
+
+    def test_only_the_funding_side_may_settle_a_top_up(self, uow, make, alice):
+        card = make.card(alice)
+        pending = wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("30"),
+                                method="cash", idempotency_key=new_key())  # fmt: skip
+        wallet.begin_funding(uow, top_up_id=pending.id)
+        with pytest.raises(Forbidden):
+            wallet.settle_funding(uow, actor=alice, top_up_id=pending.id, funding_reference="x")
+        assert balances(uow, card) == (0, 0)
 
     @pytest.mark.parametrize(
         ("amount", "message"),
@@ -114,7 +230,9 @@ class TestTopUp:
                 uow, actor=alice, card_id=card.card_id, amount=idr(amount), method="cash",
                 idempotency_key=new_key(),
             )  # fmt: skip
-            assert result.status == MovementStatus.SUCCEEDED
+            assert result.status == MovementStatus.PENDING
+            settled = funding.settle(uow, result.id)
+            assert settled is not None and settled.status == MovementStatus.SUCCEEDED
         assert balances(uow, card) == (10_005_000_000, 0)
 
     def test_unknown_method_and_unsupported_currency_are_invalid(self, uow, make, alice):
@@ -135,6 +253,7 @@ class TestTopUp:
             limits=parse_limits({"USD": {"top_up": {"min": "1", "max": "100", "daily": "150"}}}),
         )
         a, b = make.card(alice), make.card(alice)
+        # Still pending, it counts toward the cap all the same.
         wallet.top_up(uow, actor=alice, card_id=a.card_id, amount=usd("100"), method="cash",
                       idempotency_key=new_key())  # fmt: skip
         with pytest.raises(LimitExceeded) as exc:
@@ -150,12 +269,27 @@ class TestTopUp:
         )
         assert tuple(failed) == ("failed", "daily_limit_exceeded", None)
         assert balances(uow, b) == (0, 0)
-        wallet.top_up(uow, actor=alice, card_id=b.card_id, amount=usd("50"), method="cash",
-                      idempotency_key=new_key())  # fmt: skip
+        fifty = wallet.top_up(uow, actor=alice, card_id=b.card_id, amount=usd("50"),
+                              method="cash", idempotency_key=new_key())  # fmt: skip
         clock.advance(days=1)
-        wallet.top_up(uow, actor=alice, card_id=b.card_id, amount=usd("100"), method="cash",
-                      idempotency_key=new_key())  # fmt: skip
+        hundred = wallet.top_up(uow, actor=alice, card_id=b.card_id, amount=usd("100"),
+                                method="cash", idempotency_key=new_key())  # fmt: skip
+        for pending in (fifty, hundred):
+            funding.settle(uow, pending.id)
         assert balances(uow, b) == (15_000, 0)
+
+    def test_a_declined_top_up_frees_its_part_of_the_daily_cap(self, uow, make, alice):
+        uow.settings = replace(
+            uow.settings,
+            limits=parse_limits({"USD": {"top_up": {"min": "1", "max": "100", "daily": "150"}}}),
+        )
+        card = make.card(alice)
+        declined = wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("99.13"),
+                                 method="cash", idempotency_key=new_key())  # fmt: skip
+        funding.settle(uow, declined.id)
+        accepted = wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("100"),
+                                 method="cash", idempotency_key=new_key())  # fmt: skip
+        assert accepted.status == MovementStatus.PENDING
 
 
 # -- cards that cannot move money -----------------------------------------------------------
@@ -178,8 +312,7 @@ class TestUnavailableCards:
         )
         assert outcome == "failure"
         cards.set_frozen(uow, actor=alice, card_id=card.card_id, frozen=False)
-        wallet.top_up(uow, actor=alice, card_id=card.card_id, amount=usd("10"), method="cash",
-                      idempotency_key=new_key())  # fmt: skip
+        make.fund(card, "10")
         assert balances(uow, card) == (2000, 0)
 
     def test_frozen_destination_refuses_transfer(self, uow, make, alice, bob):
@@ -600,6 +733,7 @@ class TestEmailVerification:
         uow.settings = replace(uow.settings, require_verified_email=False)
         newcomer = make.user(verified="no")
         card = make.card(newcomer)
-        wallet.top_up(uow, actor=newcomer, card_id=card.card_id, amount=usd("10"),
-                      method="cash", idempotency_key=new_key())  # fmt: skip
+        pending = wallet.top_up(uow, actor=newcomer, card_id=card.card_id, amount=usd("10"),
+                                method="cash", idempotency_key=new_key())  # fmt: skip
+        funding.settle(uow, pending.id)
         assert balances(uow, card) == (1000, 0)

@@ -8,8 +8,10 @@ and that its succeeded refunds add up to ``amount_refunded``. For merchant balan
 balance transaction's net is its entry's posting on the account and every such posting has
 one, so the balance's history equals the ledger's; and for every payout, that the transactions
 it paid out sum to its amount, its own transaction takes exactly that, and its opening balance
-is the account's ledger balance before its entry. System account balances (funding, payouts,
-fees) are reported as derived from postings.
+is the account's ledger balance before its entry. For top-ups, that each succeeded one's entry
+put exactly its amount on its card's wallet, an unsettled or failed one posted nothing, and no
+top-up entry exists without its succeeded top-up (money from nothing). System account balances
+(funding, payouts, fees) are reported as derived from postings.
 """
 
 from __future__ import annotations
@@ -110,6 +112,18 @@ WITH per_account AS (
 ), payouts_wrong AS (
     SELECT * FROM payouts_off
     WHERE rows_net <> amount OR own_net <> -amount OR opening <> ledger_opening
+), top_up_money AS (
+    -- Each top-up entry with its top-up (either may be missing): what its card's wallet got.
+    SELECT COALESCE(t.public_id, 'entry ' || e.id) AS subject,
+           CASE WHEN t.status = 'succeeded' THEN t.amount_minor ELSE 0 END AS expected,
+           COALESCE((SELECT SUM(p.amount_minor) FROM postings p JOIN accounts a
+                     ON a.id = p.account_id WHERE p.journal_entry_id = e.id
+                     AND a.kind = 'wallet' AND (t.id IS NULL OR a.card_id = t.card_id)), 0)
+             AS posted
+    FROM (SELECT id FROM journal_entries WHERE kind = 'top_up') e
+    FULL JOIN top_ups t ON t.journal_entry_id = e.id
+), top_ups_off AS (
+    SELECT * FROM top_up_money WHERE expected <> posted
 )
 SELECT
     (SELECT count(*) FROM per_account) AS accounts,
@@ -120,6 +134,7 @@ SELECT
     (SELECT COALESCE(jsonb_agg(to_jsonb(o)), '[]') FROM payments_off o) AS payments_off,
     (SELECT COALESCE(jsonb_agg(to_jsonb(h)), '[]') FROM history_off h) AS history_off,
     (SELECT COALESCE(jsonb_agg(to_jsonb(w)), '[]') FROM payouts_wrong w) AS payouts_wrong,
+    (SELECT COALESCE(jsonb_agg(to_jsonb(t)), '[]') FROM top_ups_off t) AS top_ups_off,
     (SELECT COALESCE(jsonb_object_agg(currency, total), '{}')
        FROM (SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency) t)
        AS totals,
@@ -179,6 +194,10 @@ def reconcile(uow: UnitOfWork) -> ReconciliationReport:
             ):
                 if expected != actual:
                     violations.append(Violation(check, subject, expected, actual))
+        violations += [
+            Violation("top_up_posted", t["subject"], t["expected"], t["posted"])
+            for t in row.top_ups_off
+        ]
         return ReconciliationReport(
             accounts_checked=row.accounts,
             entries_checked=row.entries,

@@ -114,6 +114,9 @@ class ServiceSettings:
     idempotency_ttl_hours: int = 24
     withdrawal_hold_hours: int = 72
     payout_delay_seconds: float = 3.0
+    #: Seconds before the funding job asks the funding processor whether a top-up's money
+    #: arrived (the demo processor answers at once, so this is the demo's confirmation delay).
+    funding_delay_seconds: float = 2.0
     max_cards_per_user: int = 5
     #: HS256 key (at least 32 bytes) for access tokens; issuer and audience they carry.
     jwt_key: bytes = b""

@@ -50,6 +50,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 
 PAYOUT_JOB = "withdrawal.payout"
+FUNDING_JOB = "top_up.funding"
 
 #: Movement kind -> its table.
 TABLES = {"top_up": "top_ups", "transfer": "transfers", "withdrawal": "withdrawals"}
@@ -220,8 +221,11 @@ def top_up(
     method: str,
     idempotency_key: str,
 ) -> MovementResult:
-    """Add money to a card's wallet from an outside method. Raises InvalidInput,
-    LimitExceeded, NotFound, CurrencyMismatch, CardUnavailable, IdempotencyConflict."""
+    """Ask for money to be added to a card's wallet from an outside method: a ``pending``
+    top-up that moves no money until the funding processor confirms it arrived (the funding
+    job, ``portal.services.wallet.funding``, then posts it, or fails it on a decline). Pending
+    and processing top-ups count toward the daily cap. Raises InvalidInput, LimitExceeded,
+    NotFound, CurrencyMismatch, CardUnavailable, IdempotencyConflict."""
     _require(actor, "wallet:use")
     key = idempotency.check_key(idempotency_key)
     _check_card(card_id, "card_id")
@@ -248,7 +252,8 @@ def top_up(
         if refusal is None and limits is not None and limits.daily is not None:
             today = uow.execute(
                 "SELECT COALESCE(SUM(amount_minor), 0)::bigint FROM top_ups WHERE user_id = :user"
-                " AND currency = :cur AND status = 'succeeded' AND created_at >= :since",
+                " AND currency = :cur AND status IN ('pending', 'processing', 'succeeded')"
+                " AND created_at >= :since",
                 {"user": wallet.user_id, "cur": amount.currency, "since": _day_start(now)},
             ).scalar_one()
             if today + amount.amount_minor > limits.daily:
@@ -259,40 +264,140 @@ def top_up(
                     param="amount",
                     code="daily_limit_exceeded",
                 )
-
-        writes = LedgerWrites(uow)
-        if refusal is None:
-            funding = system_account_id(uow, "funding", amount.currency)
-            writes.entry(
-                kind="top_up",
-                currency=amount.currency,
-                legs=[(funding, -amount.amount_minor), (wallet.account_id, amount.amount_minor)],
-                customer_accounts=[wallet.account_id],
-                description=f"top-up via {method}",
-            )
-            writes.apply()
-        status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
-        posted = 0 if refusal else amount.amount_minor
-        return _record(
+        status = MovementStatus.FAILED if refusal else MovementStatus.PENDING
+        result = _record(
             uow, claim, actor,
             insert="INSERT INTO top_ups (public_id, card_id, user_id, amount_minor, currency,"
-            " method, status, failure_code, journal_entry_id, created_by_kind, created_by_id,"
-            " created_at) VALUES (:public_id, :card, :user, :amount, :cur, :method, :status,"
-            f" :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
+            " method, status, failure_code, created_by_kind, created_by_id, created_at,"
+            " completed_at) VALUES (:public_id, :card, :user, :amount, :cur, :method, :status,"
+            " :failure, :actor_kind, :actor_id, :now, :completed)",
             params={"card": wallet.card_id, "user": wallet.user_id,
                     "amount": amount.amount_minor, "cur": amount.currency, "method": method,
                     "status": status, "failure": refusal.code if refusal else None,
-                    "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
+                    "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now,
+                    "completed": now if refusal else None},
             audit_data={"card_id": wallet.card_id, "amount_minor": amount.amount_minor,
                         "currency": amount.currency, "method": method},
             result=MovementResult(
                 kind="top_up", id=0, public_id=new_public_id("top_up"), status=status,
                 amount=amount, card_id=wallet.card_id, card_public_id=wallet.card_public_id,
-                balance=wallet.balance(posted=posted), created_at=now, method=method,
+                balance=wallet.balance(), created_at=now, method=method,
             ),
             refusal=refusal,
-            with_entry=writes.has_entry,
+            with_entry=False,
         )  # fmt: skip
+        if refusal is None:
+            jobs.enqueue(
+                uow,
+                FUNDING_JOB,
+                {"top_up_id": result.id},
+                run_at=now + timedelta(seconds=uow.settings.funding_delay_seconds),
+                dedupe_key=f"funding:{result.id}",
+            )
+        return result
+
+    return uow.run(work)
+
+
+# -- the funding job's side (portal.services.wallet.funding) --------------------------------
+@dataclass(frozen=True, slots=True)
+class FundingOrder:
+    """A processing top-up as the funding job asks the processor about it."""
+
+    top_up_id: int
+    public_id: str
+    amount: Money
+    method: str
+
+
+def _lock_top_up(u: UnitOfWork, top_up_id: int) -> tuple[LockedWallet, Any]:
+    """The top-up's wallet, then the top-up's row, locked in that order (as every movement
+    locks accounts before records)."""
+    card_id = u.execute(
+        "SELECT card_id FROM top_ups WHERE id = :id", {"id": top_up_id}
+    ).scalar_one()
+    wallet = lock_wallets(u, [card_id])[card_id]
+    row = u.execute(
+        "SELECT id, public_id, amount_minor, currency, method, status, created_at"
+        " FROM top_ups WHERE id = :id FOR UPDATE",
+        {"id": top_up_id},
+    ).one()
+    return wallet, row
+
+
+def begin_funding(uow: UnitOfWork, *, top_up_id: int) -> FundingOrder | None:
+    """Mark a pending top-up ``processing`` under its row lock and commit, before anyone asks
+    the processor; a ``processing`` one (an earlier attempt died or lost its lease) is answered
+    as it is, to be asked again with the same key. None when it is settled already."""
+
+    def work(u: UnitOfWork) -> FundingOrder | None:
+        _, t = _lock_top_up(u, top_up_id)
+        if t.status == MovementStatus.PENDING:
+            u.execute(
+                "UPDATE top_ups SET status = 'processing', processing_started_at = :now"
+                " WHERE id = :id",
+                {"now": u.now(), "id": top_up_id},
+            )
+        elif t.status != MovementStatus.PROCESSING:
+            return None
+        return FundingOrder(top_up_id, t.public_id, Money(t.amount_minor, t.currency), t.method)
+
+    return uow.run(work)
+
+
+def settle_funding(
+    uow: UnitOfWork, *, actor: Actor, top_up_id: int, funding_reference: str | None = None,
+    failure_code: str | None = None,
+) -> MovementResult:  # fmt: skip
+    """Settle a ``processing`` top-up with the funding processor's answer: posted from the
+    funding account with its reference, or, with ``failure_code`` (a decline), failed with
+    nothing posted. The money is posted whatever the card's state now (it arrived for its
+    holder; a frozen card still cannot spend it). A top-up in any other state is returned
+    unchanged (another attempt settled it with the same answer). Raises Forbidden."""
+    if not actor.can("money:manage"):
+        raise Forbidden("missing permission money:manage")
+
+    def work(uow: UnitOfWork) -> MovementResult:
+        wallet, t = _lock_top_up(uow, top_up_id)
+        result = MovementResult(
+            kind="top_up", id=t.id, public_id=t.public_id, status=MovementStatus(t.status),
+            amount=Money(t.amount_minor, t.currency), card_id=wallet.card_id,
+            card_public_id=wallet.card_public_id, balance=wallet.balance(),
+            created_at=t.created_at, method=t.method,
+        )  # fmt: skip
+        if t.status != MovementStatus.PROCESSING:
+            return result  # settled already: settling is idempotent
+        succeeded = failure_code is None
+        writes = LedgerWrites(uow)
+        if succeeded:
+            writes.entry(
+                kind="top_up",
+                currency=t.currency,
+                legs=[(system_account_id(uow, "funding", t.currency), -t.amount_minor),
+                      (wallet.account_id, t.amount_minor)],
+                customer_accounts=[wallet.account_id],
+                description=f"top-up via {t.method} {funding_reference or ''}".strip(),
+            )  # fmt: skip
+            writes.apply()
+        status = MovementStatus.SUCCEEDED if succeeded else MovementStatus.FAILED
+        uow.defer(
+            "UPDATE top_ups SET status = :status, failure_code = :failure,"
+            f" journal_entry_id = {_entry(writes)}, funding_reference = :ref,"
+            " completed_at = :now WHERE id = :id",
+            status=status, failure=failure_code, ref=funding_reference, now=uow.now(), id=t.id,
+        )  # fmt: skip
+        audit.record(
+            uow, actor, "top_up.confirm" if succeeded else "top_up.fail", "top_up", t.id,
+            data={"failure_code": failure_code, "funding_reference": funding_reference},
+        )  # fmt: skip
+        entry = "(SELECT id FROM entry)" if writes.has_entry else "NULL::bigint"
+        entry_id = uow.flush(f"SELECT {entry} AS entry_id").entry_id  # nosec B608: constant SQL
+        settled = replace(
+            result, status=status, journal_entry_id=entry_id,
+            balance=wallet.balance(posted=t.amount_minor if succeeded else 0),
+        )  # fmt: skip
+        _observe(uow, settled)
+        return settled
 
     return uow.run(work)
 
