@@ -36,7 +36,10 @@ class Tally:
     sent: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     retries: int = 0
-    replayed_after_failure: int = 0  # a 201 replay whose earlier attempt failed: it had committed
+    #: 201s after failed attempts: a replay (the first attempt had committed unseen), or a
+    #: movement made by the retry (nothing had committed).
+    replayed_after_failure: int = 0
+    made_by_retry: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attempt(self, outcome: str, *, retry: bool) -> None:
@@ -51,6 +54,7 @@ class Tally:
             "statuses": dict(sorted(self.statuses.items())),
             "retries": self.retries,
             "replayed_after_failure": self.replayed_after_failure,
+            "made_by_retry": self.made_by_retry,
         }
 
 
@@ -98,6 +102,10 @@ class Client:
                 time.sleep(self._backoff(n, None))
                 continue
             outcome = str(got.status_code)
+            if got.status_code >= 400:  # "503 outcome_unknown", "503 try_again", ...
+                outcome += f" {_json(got).get('error', {}).get('code', '?')}"
+                if got.status_code == 503 and "Retry-After" not in got.headers:
+                    outcome += " (no Retry-After)"
             retry = got.status_code in RETRIED_STATUSES
             attempts.append(outcome)
             self.tally.attempt(outcome, retry=retry)
@@ -105,9 +113,12 @@ class Client:
                 time.sleep(self._backoff(n, got.headers.get("Retry-After")))
                 continue
             answer = Answer(got.status_code, _json(got), dict(got.headers), attempts)
-            if answer.replayed and len(attempts) > 1:
+            if len(attempts) > 1 and got.status_code == 201:
                 with self.tally.lock:
-                    self.tally.replayed_after_failure += 1
+                    if answer.replayed:  # it had committed: only its answer was lost
+                        self.tally.replayed_after_failure += 1
+                    else:  # nothing had committed: the retry made it
+                        self.tally.made_by_retry += 1
             return answer
         raise AssertionError(f"{method} {path}: no answer in {MAX_ATTEMPTS} attempts: {attempts}")
 
