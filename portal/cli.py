@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import sqlalchemy as sa
 from flask import Flask
 from flask.cli import FlaskGroup
+from sqlalchemy.pool import NullPool
+
+
+class MigrationDatabase:
+    """What Alembic's ``env.py`` reads as ``db``: the models' metadata, and an engine connected
+    as the schema owner (``MIGRATION_DATABASE_URI``) rather than the app's runtime role. Every
+    ``portal db ...`` command and ``flask_migrate.upgrade()`` go through it."""
+
+    def __init__(self, app: Flask, db: Any) -> None:
+        self._app = app
+        self._db = db
+        self._engine: sa.Engine | None = None
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        return self._db.metadata
+
+    @property
+    def engine(self) -> sa.Engine:
+        url = self._app.config.get("MIGRATION_DATABASE_URI")
+        if not url or url == self._app.config["SQLALCHEMY_DATABASE_URI"]:
+            return self._db.engine
+        if self._engine is None or self._engine.url != sa.make_url(url):
+            # No pool: migrations run rarely, and no owner connection should stay open.
+            options = self._app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+            self._engine = sa.create_engine(
+                url, poolclass=NullPool, connect_args=options.get("connect_args", {})
+            )
+        return self._engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
 
 
 def init_app(app: Flask) -> None:
     from portal import commands
 
+    migrate = app.extensions.get("migrate")
+    if migrate is not None:  # Flask-Migrate's per-app config: its ``db`` is what env.py uses
+        migrate.db = MigrationDatabase(app, migrate.db)
     commands.register(app)
 
 

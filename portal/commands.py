@@ -1,5 +1,6 @@
 """CLI commands: ``portal worker``, ``portal ledger verify``, ``portal create-admin``,
-``portal mfa-enrolment-code``, ``portal seed-demo`` (refused in production)."""
+``portal mfa-enrolment-code``, ``portal runtime-role``, ``portal seed-demo`` (refused in
+production)."""
 
 from __future__ import annotations
 
@@ -150,7 +151,105 @@ def vault_rotate() -> None:
     click.echo(f"re-encrypted {done} record(s) under key {uow.settings.vault_active_key}")
 
 
+#: The NOLOGIN group role migration 0018 grants the app's privileges to (roles are cluster-wide).
+RUNTIME_GROUP = "portal_runtime"
+_CREATE_GROUP = f"""
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{RUNTIME_GROUP}') THEN
+        CREATE ROLE {RUNTIME_GROUP} NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- made meanwhile elsewhere
+END $$
+"""
+
+
+class RuntimeRoleError(click.ClickException):
+    """The runtime role cannot be set up as asked."""
+
+
+def _libpq(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL (``postgresql+psycopg://...``)."""
+    import sqlalchemy as sa
+
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def ensure_runtime_role(owner_url: str, runtime_url: str) -> str:
+    """Make the login role ``runtime_url`` names (with its password, when it has one) a member
+    of ``portal_runtime``, connected as the schema owner ``owner_url``; returns what was done.
+    Idempotent. Raises RuntimeRoleError for no user, the owner itself, a superuser, or a role
+    that owns the ledger: the app would keep the power this role exists to take away."""
+    import psycopg
+    import sqlalchemy as sa
+    from psycopg import errors, sql
+
+    target = sa.make_url(runtime_url)
+    name, password = target.username, target.password
+    if not name:
+        raise RuntimeRoleError("DATABASE_URL names no user: the app's role must be explicit")
+    role = sql.Identifier(name)
+    with psycopg.connect(_libpq(owner_url), autocommit=True) as conn:
+        owner = conn.execute("SELECT current_user").fetchone()
+        if owner is not None and owner[0] == name:
+            raise RuntimeRoleError(
+                f"DATABASE_URL connects as {name}, the role MIGRATION_DATABASE_URL runs the"
+                " migrations as: give the app a role of its own"
+            )
+        conn.execute(_CREATE_GROUP)
+        found = conn.execute(
+            "SELECT rolsuper, rolcanlogin, pg_has_role(oid, %s, 'MEMBER') AS member,"
+            " EXISTS (SELECT FROM pg_tables WHERE tableowner = rolname"
+            "         AND tablename = 'postings') AS owns"
+            " FROM pg_roles WHERE rolname = %s",
+            (RUNTIME_GROUP, name),
+        ).fetchone()
+        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("")
+        done = []
+        if found is None:
+            try:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS{}"
+                        " IN ROLE {}"
+                    ).format(role, secret, sql.Identifier(RUNTIME_GROUP))
+                )
+                return f"created login role {name} in {RUNTIME_GROUP}"
+            except (errors.DuplicateObject, errors.UniqueViolation):
+                return ensure_runtime_role(owner_url, runtime_url)  # made meanwhile: check it
+        superuser, can_login, member, owns_ledger = found
+        if superuser:
+            raise RuntimeRoleError(f"{name} is a superuser: the app must run as an ordinary role")
+        if owns_ledger:
+            raise RuntimeRoleError(f"{name} owns the ledger's tables: the app needs its own role")
+        if password or not can_login:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN{}").format(role, secret))
+            done.append("password set" if password else "login allowed")
+        if not member:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_GROUP), role))
+            done.append(f"made a member of {RUNTIME_GROUP}")
+        return f"login role {name}: " + (", ".join(done) or f"already a member of {RUNTIME_GROUP}")
+
+
+@click.command("runtime-role")
+@with_appcontext
+def runtime_role_command() -> None:
+    """Create or update the database role the app connects as (DATABASE_URL's user and
+    password) as a member of portal_runtime, connected as the schema owner
+    (MIGRATION_DATABASE_URL), which needs CREATEROLE. Run it with `portal db upgrade`; a
+    database administrator may make the role by hand instead."""
+    owner_url = current_app.config.get("MIGRATION_DATABASE_URI")
+    runtime_url = current_app.config.get("SQLALCHEMY_DATABASE_URI")
+    if not owner_url or not runtime_url or owner_url == runtime_url:
+        raise RuntimeRoleError(
+            "MIGRATION_DATABASE_URL is not set: it names the schema owner, DATABASE_URL the"
+            " role the app runs as (see README.md)"
+        )
+    click.echo(ensure_runtime_role(owner_url, runtime_url))
+
+
 def register(app: Flask) -> None:
+    app.cli.add_command(runtime_role_command)
     app.cli.add_command(ledger)
     app.cli.add_command(vault)
     app.cli.add_command(worker_command)

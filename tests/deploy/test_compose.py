@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -125,7 +126,9 @@ def test_mounted_files_exist_and_volumes_are_declared(compose: dict[str, Any]) -
 
 
 def test_migrations_run_once_before_web_and_worker(services: dict[str, dict[str, Any]]) -> None:
-    assert services["migrate"]["command"] == ["portal", "db", "upgrade"]
+    assert services["migrate"]["command"] == [
+        "sh", "-c", "portal db upgrade && portal runtime-role"
+    ]  # fmt: skip
     for name in ("portal", "worker"):
         command = " ".join(services[name]["command"])
         assert "upgrade" not in command
@@ -161,6 +164,29 @@ def test_portal_services_get_every_required_setting_with_dev_placeholders(
         assert "//redis:" in env["REDIS_URL"]
     assert services["portal"]["environment"]["PORTAL_BIND"] == "0.0.0.0:8000"
     assert "8000:8000" in services["portal"]["ports"]
+
+
+def test_migrations_run_as_the_owner_and_the_app_as_another_role(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Two database roles (issue 11 A9): only ``migrate`` knows the schema owner (the image's
+    superuser); web and worker connect as the runtime role ``migrate`` sets up."""
+    postgres = services["postgres"]["environment"]
+    owner = urlsplit(services["migrate"]["environment"]["MIGRATION_DATABASE_URL"])
+    assert (owner.username, owner.password) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]
+    )  # fmt: skip
+    assert (owner.hostname, owner.path) == ("postgres", "/" + postgres["POSTGRES_DB"])
+    for name in ("portal", "worker", "migrate"):
+        app = urlsplit(services[name]["environment"]["DATABASE_URL"])
+        assert app.username and app.username != owner.username, name
+        assert app.password and app.password != owner.password, name
+        assert "dev-only" in app.password
+        assert (app.hostname, app.path) == (owner.hostname, owner.path)
+    for name in ("portal", "worker"):
+        assert "MIGRATION_DATABASE_URL" not in services[name]["environment"], name
+    steps = services["migrate"]["command"][2].split(" && ")
+    assert steps == ["portal db upgrade", "portal runtime-role"]
 
 
 def test_header_says_the_secrets_are_development_only() -> None:

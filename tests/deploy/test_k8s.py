@@ -106,7 +106,9 @@ def test_pods_are_non_root_with_requests_and_limits() -> None:
                 assert {"cpu", "memory"} <= set(container["resources"][section])
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
-            assert refs == {"portal-config", "portal-secrets"}
+            # Only the migration Job sees the schema owner's credentials.
+            extra = {"portal-migration-secrets"} if resource["kind"] == "Job" else set()
+            assert refs == {"portal-config", "portal-secrets"} | extra
 
 
 def test_web_probes_healthz_and_runs_gunicorn_without_migrations() -> None:
@@ -120,7 +122,7 @@ def test_web_probes_healthz_and_runs_gunicorn_without_migrations() -> None:
     assert worker["command"] == ["portal", "worker"]
     assert "readinessProbe" in worker and "livenessProbe" in worker
     (migrate,) = containers(named("Job", "portal-migrate"))
-    assert migrate["command"] == ["portal", "db", "upgrade"]
+    assert migrate["command"] == ["sh", "-c", "portal db upgrade && portal runtime-role"]
     assert named("Job", "portal-migrate")["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
@@ -155,8 +157,7 @@ def test_selectors_match_their_pods() -> None:
 
 
 def test_secret_template_has_every_required_key_and_no_real_value() -> None:
-    (secret,) = by_kind("Secret")
-    data = secret["stringData"]
+    data = named("Secret", "portal-secrets")["stringData"]
     assert set(REQUIRED_SECRETS) <= set(data)
     for key in REQUIRED_SECRETS:
         assert "REPLACE_ME" in data[key], key
@@ -164,6 +165,29 @@ def test_secret_template_has_every_required_key_and_no_real_value() -> None:
     assert config["data"]["PORTAL_ENV"] == "production"
     assert config["data"]["PORTAL_BIND"] == "0.0.0.0:8000"
     assert not set(REQUIRED_SECRETS) & set(config["data"]), "secrets belong in the Secret"
+
+
+def test_migrations_run_as_the_owner_and_the_pods_as_the_runtime_role() -> None:
+    """Two database roles (issue 11 A9): the owner's URL is in a Secret of its own that only the
+    migration Job mounts; web and worker connect as another role, which the Job sets up."""
+    from urllib.parse import urlsplit
+
+    (secret,) = [s for s in by_kind("Secret") if s["metadata"]["name"] != "portal-secrets"]
+    assert secret["metadata"]["name"] == "portal-migration-secrets"
+    assert set(secret["stringData"]) == {"MIGRATION_DATABASE_URL"}
+    owner = urlsplit(secret["stringData"]["MIGRATION_DATABASE_URL"])
+    app = urlsplit(named("Secret", "portal-secrets")["stringData"]["DATABASE_URL"])
+    assert owner.password == app.password == "REPLACE_ME"
+    assert owner.username and app.username and owner.username != app.username
+    assert (owner.hostname, owner.path) == (app.hostname, app.path)
+    assert "MIGRATION_DATABASE_URL" not in named("Secret", "portal-secrets")["stringData"]
+    for name in ("portal-web", "portal-worker"):
+        for container in containers(named("Deployment", name)):
+            refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+            assert "portal-migration-secrets" not in refs, name
+            assert "MIGRATION_DATABASE_URL" not in str(container.get("env", "")), name
+    (migrate,) = containers(named("Job", "portal-migrate"))
+    assert migrate["command"][2].split(" && ") == ["portal db upgrade", "portal runtime-role"]
 
 
 def test_worker_serves_healthz_for_its_probes_and_metrics_for_prometheus() -> None:

@@ -35,7 +35,9 @@ def test_kubernetes_sets_every_production_setting_and_smtp_as_a_secret() -> None
     docs = [doc for path in sorted((ROOT / "k8s").glob("*.yaml"))
             for doc in load_yaml_documents(path)]  # fmt: skip
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    (secret,) = [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "portal-secrets"
+    ]
     env = {**config["data"], **secret["stringData"]}
     missing = [key for key in REQUIRED_IN_PRODUCTION if not env.get(key)]
     assert not missing, f"k8s sets no {missing}"
