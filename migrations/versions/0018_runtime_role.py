@@ -4,8 +4,8 @@ append to the ledger and the audit trail (``postings``, ``journal_entries``, ``a
 SELECT and INSERT), may not TRUNCATE anything, and may only read ``alembic_version``. Tables
 and sequences later migrations create get the same read-write grants by default privileges: a
 later append-only table must REVOKE UPDATE, DELETE itself. ``BEFORE TRUNCATE`` triggers on the
-three tables refuse even the owner (the test suite's wipe, as a superuser, turns triggers off
-with ``session_replication_role = replica``).
+three tables refuse even the owner (the test suite's wipe, as the owner, disables them for its
+own transaction with ``ALTER TABLE ... DISABLE TRIGGER``).
 
 Roles are cluster-wide: the group role is created here when missing (which needs CREATEROLE or
 a superuser; otherwise an administrator creates it first, as the error says) and kept on

@@ -344,3 +344,29 @@ def test_migrations_run_as_the_owner_and_the_app_as_the_runtime_role(app: Flask)
     assert as_app == sa.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).username
     assert as_app != as_migrations
     assert migrate.metadata is db.metadata
+
+
+# -- configuration and make run -----------------------------------------------------------------
+def test_the_migration_url_defaults_to_the_app_url() -> None:
+    from portal.config import load_config
+
+    base = {"PORTAL_ENV": "test", "DATABASE_URL": "postgres://portal_app:pw@db/portal"}
+    one = load_config(base)
+    assert one["MIGRATION_DATABASE_URI"] == one["SQLALCHEMY_DATABASE_URI"]
+    assert one["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://portal_app:pw@db/portal"
+    two = load_config({**base, "MIGRATION_DATABASE_URL": "postgresql://portal:pw2@db/portal"})
+    assert two["MIGRATION_DATABASE_URI"] == "postgresql+psycopg://portal:pw2@db/portal"
+    assert two["SQLALCHEMY_DATABASE_URI"] == one["SQLALCHEMY_DATABASE_URI"]
+
+
+def test_make_run_migrates_and_sets_the_role_up_before_anything_runs_as_it() -> None:
+    from portal.supervise import commands
+
+    def steps(env: dict[str, str]) -> list[list[str]]:
+        setup, _ = commands("run", [], env)
+        return [argv[1:] for argv in setup]
+
+    two_roles = {"MIGRATION_DATABASE_URL": "postgresql://postgres@/portal"}
+    assert steps(two_roles) == [["db", "upgrade"], ["runtime-role"], ["seed-demo", "--if-empty"]]
+    assert steps({**two_roles, "PORTAL_ENV": "production"}) == [["db", "upgrade"], ["runtime-role"]]
+    assert steps({}) == [["db", "upgrade"], ["seed-demo", "--if-empty"]]  # one role, as given
