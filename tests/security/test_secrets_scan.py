@@ -418,7 +418,7 @@ def api_part(run: Run, email: str, totp_key: str) -> None:
             f"{API}/transfers",
             json={
                 "from_card": mine["id"],
-                "to_card": found["card"],
+                "to_card": found.get("recipient") or found["card"],
                 "amount": 1500,
                 "currency": "usd",
                 "memo": "lunch",
