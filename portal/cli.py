@@ -37,6 +37,10 @@ class MigrationDatabase:
             )
         return self._engine
 
+    def get_engine(self, *_args: Any, **_kwargs: Any) -> sa.Engine:
+        """What Flask-Migrate's stock ``env.py`` calls first: the same owner engine."""
+        return self.engine
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
 

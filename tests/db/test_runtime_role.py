@@ -344,6 +344,8 @@ def test_migrations_run_as_the_owner_and_the_app_as_the_runtime_role(app: Flask)
     assert as_app == sa.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).username
     assert as_app != as_migrations
     assert migrate.metadata is db.metadata
+    with app.app_context():  # Flask-Migrate's stock env.py asks get_engine() first
+        assert migrate.db.get_engine() is migrate.db.engine
 
 
 # -- configuration and make run -----------------------------------------------------------------
