@@ -176,6 +176,23 @@ class Stack:
         assert row is not None
         return int(row[0])
 
+    def terminate_at_commit(self, within: float, application_name: str = WEB_APP_NAME) -> int:
+        """Watch ``pg_stat_activity`` for up to ``within`` seconds for sessions of
+        ``application_name`` running COMMIT, and end them there: the commit may have happened
+        or not, and the app cannot tell which. How many were ended (0 if none was seen)."""
+        until = time.monotonic() + within
+        with self.connect(autocommit=True) as conn:
+            while time.monotonic() < until:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = %s AND state = 'active' AND query = 'COMMIT'",
+                    (application_name,),
+                ).fetchone()
+                if row is not None and row[0]:
+                    return int(row[0])
+        return 0
+
     # -- the app -------------------------------------------------------------------------------
     def migrate(self) -> None:
         setup, _ = commands("run", [])
@@ -282,9 +299,14 @@ def stack() -> Iterator[Stack]:
         "PORTAL_PAYOUT_DELAY_SECONDS": "0",
         "PORTAL_FUNDING_DELAY_SECONDS": "0",
         "PORTAL_WORKER_LEASE_SECONDS": "2",
+        "PORTAL_SETTLEMENT_DELAY_DAYS": "0",  # captured today, available today: paid out now
         "PORTAL_WORKER_POLL_SECONDS": "0.2",
         "PORTAL_LEDGER_CHECK_SECONDS": "3600",
         "PORTAL_METRICS_ENABLED": "false",
+        # Each person here sends 30 to 40 transfers (and their retries) in a few seconds: more
+        # than the default per-user limit allows a minute. The limiter still counts every one
+        # (in Redis, or PostgreSQL while Redis is down).
+        "PORTAL_TRANSFER_LIMITS": "1000 per minute",
     })  # fmt: skip
     running = Stack(pgdata=pgdata, server=server, where=where, redis_port=redis_port,
                     web_port=web_port, env=env, logs=logs)  # fmt: skip

@@ -7,6 +7,8 @@ time is injected, a fixed number of times, at fixed points of the traffic's prog
 - ``redis_restart``: Redis stopped and started again, three times;
 - ``backends_killed``: every database session of the web app ended with ``pg_terminate_backend``,
   thirty times;
+- ``backends_killed_at_commit``: web sessions ended while their COMMIT is in flight, fifteen
+  times;
 - ``postgres_restart``: PostgreSQL stopped (fast shutdown) and started with ``pg_ctl``, twice;
 - ``lock_timeout``: the wallet rows of two people's cards locked for longer than the app's
   ``lock_timeout`` (3 s), twice;
@@ -332,6 +334,27 @@ def test_database_backends_killed_repeatedly_during_transfers(stack: Stack) -> N
     assert figures["statuses"].get("503 outcome_unknown", 0) > 0, "no request lost its connection"
 
 
+def test_database_backends_killed_at_commit_during_transfers(stack: Stack) -> None:
+    """The worst moment to lose a connection: while COMMIT is in flight, so the outcome is
+    unknown to the app too. A retry must replay a commit that happened and make one that did
+    not, never both."""
+    rounds = 15
+
+    def inject(progress: Progress) -> dict[str, Any]:
+        killed = seen = 0
+        for k in range(rounds):
+            if not progress.wait_for((k + 1) / (rounds + 1)):
+                break
+            ended = stack.terminate_at_commit(within=1.0)
+            killed += ended
+            seen += ended > 0
+        return {"rounds": rounds, "rounds_that_caught_a_commit": seen,
+                "backends_terminated_in_commit": killed}  # fmt: skip
+
+    figures = run_transfer_scenario(stack, "backends_killed_at_commit", inject)
+    assert figures["faults"]["backends_terminated_in_commit"] > 0, "no COMMIT was caught"
+
+
 def test_postgres_stopped_and_started_during_transfers(stack: Stack) -> None:
     restarts = 2
 
@@ -391,7 +414,7 @@ BANK = {"bank_name": "Fault Bank", "account_number": "000123456789",
 
 
 def test_worker_killed_repeatedly_during_payouts(stack: Stack) -> None:
-    name, count, per_person, kills = "worker_killed", 6, 10, 6
+    name, count, per_person, kills = "worker_killed", 6, 8, 6
     everyone = make_people(stack, name, count=count, cards=1, funding=50_000)
     tally = share(everyone)
     progress = Progress(count * per_person)
@@ -411,7 +434,7 @@ def test_worker_killed_repeatedly_during_payouts(stack: Stack) -> None:
                     key=item.key,
                 )  # fmt: skip
                 progress.tick()
-                time.sleep(0.8)  # spread over the kills (a worker takes a second to start)
+                time.sleep(0.6)  # spread over the kills (a worker takes a second to start)
 
         work.append(send)
     assert stack.gunicorn is not None

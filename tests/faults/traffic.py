@@ -14,11 +14,15 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from flask import Flask
+
+from portal.domain.types import Actor
 
 API = "/api/v1"
 #: Attempts per request before the client gives up (bounded: the suite is bounded).
@@ -27,6 +31,7 @@ MAX_ATTEMPTS = 60
 REQUEST_TIMEOUT = 20.0
 PASSWORD = "fault-suite correct horse battery"  # noqa: S105 (a test account's)
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+SUITE = Actor.system("fault-suite")
 
 
 @dataclass
@@ -75,12 +80,13 @@ class Answer:
 class Client:
     """One person's API client (one HTTP session, one bearer token)."""
 
-    def __init__(self, base: str, tally: Tally, rng: random.Random) -> None:
+    def __init__(self, base: str, tally: Tally, rng: random.Random, token: str | None = None
+                 ) -> None:  # fmt: skip
         self.base = base
         self.tally = tally
         self.rng = rng
         self.http = requests.Session()
-        self.token: str | None = None
+        self.token = token  # a bearer token, or a merchant's secret key
 
     def new_key(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -143,27 +149,35 @@ class Person:
     email: str
     cards: list[str]  # card public ids
     funded: dict[str, int]  # minor units each card was topped up with
+    issued: list[dict[str, Any]]  # POST /cards answers: number, exp_month, exp_year, cvc
 
 
-def create_accounts(database_url: str, redis_url: str, emails: list[str]) -> None:
-    """Users made through the identity service (the API has no staff-free way to make verified
-    accounts), in one process of our own against the suite's database."""
+@contextmanager
+def service_app(database_url: str, redis_url: str) -> Iterator[Flask]:
+    """An app of our own against the suite's database, for what the API cannot do without
+    staff: verified accounts, approved merchants."""
     from portal import create_app
-    from portal.domain.types import Actor
     from portal.extensions import db
-    from portal.services.identity import users
-    from portal.web.uow import make_uow
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url,
                       "PORTAL_ENV": "test", "METRICS_ENABLED": False})  # fmt: skip
     try:
-        for n, email in enumerate(emails):
-            users.create_user(make_uow(app), actor=Actor.system("fault-suite"), email=email,
-                              first_name="Fault", last_name=f"Tester{n}", password=PASSWORD,
-                              verified=True)  # fmt: skip
+        yield app
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def create_accounts(database_url: str, redis_url: str, emails: list[str]) -> None:
+    """Verified users made through the identity service (the API has no staff-free way)."""
+    from portal.services.identity import users
+    from portal.web.uow import make_uow
+
+    with service_app(database_url, redis_url) as app:
+        for n, email in enumerate(emails):
+            users.create_user(make_uow(app), actor=SUITE, email=email, first_name="Fault",
+                              last_name=f"Tester{n}", password=PASSWORD,
+                              verified=True)  # fmt: skip
 
 
 def sign_in(client: Client, email: str) -> None:
@@ -172,11 +186,12 @@ def sign_in(client: Client, email: str) -> None:
     client.token = answer.body["access_token"]
 
 
-def open_card(client: Client) -> str:
+def open_card(client: Client) -> dict[str, Any]:
+    """A new USD card: its id, and (shown once) its number, expiry and security code."""
     body = {"card_type": "debit", "brand": "visa", "currency": "usd"}
     answer = client.call("POST", "/cards", body, key=client.new_key())
-    assert answer.status == 201, answer
-    return str(answer.body["id"])
+    assert answer.status == 201 and answer.body["number"], answer
+    return answer.body
 
 
 def fund(client: Client, cards: list[str], amount: int, *, deadline: float = 60.0) -> None:
@@ -214,10 +229,11 @@ def people(base: str, database_url: str, redis_url: str, *, count: int, cards: i
     def setup(n: int) -> None:
         client = Client(base, Tally(), random.Random(seed * 1000 + n))
         sign_in(client, emails[n])
-        own = [open_card(client) for _ in range(cards)]
+        issued = [open_card(client) for _ in range(cards)]
+        own = [card["id"] for card in issued]
         fund(client, own, funding)
         client.tally = Tally()  # the traffic's figures start from zero
-        made[n] = Person(client, emails[n], own, dict.fromkeys(own, funding))
+        made[n] = Person(client, emails[n], own, dict.fromkeys(own, funding), issued)
 
     run_threads([lambda n=n: setup(n) for n in range(count)], timeout=120.0)
     return [person for person in made if person is not None]
