@@ -14,7 +14,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from portal.api.operation import IDEMPOTENCY_HEADER, REPLAYED_HEADER, Operation
 from portal.api.schemas import Error, example_id, id_description, id_pattern
 from portal.api.security import schemes
-from portal.domain.ids import MAX_LENGTH
+from portal.domain.ids import MAX_LENGTH, PREFIXES
 
 REF = "#/components/schemas/{model}"
 TITLE = "Portal API"
@@ -217,7 +217,13 @@ def _operation(
     statuses = set(ALWAYS) | set(spec.errors)
     if spec.auth:
         statuses.add(401)
-    if path_params:
+    body_fields = (
+        components[_ref_name(schema_of(spec.body, "validation"))].get("properties", {})
+        if spec.body is not None
+        else {}
+    )
+    query_fields = {p["name"]: p["schema"] for p in parameters if p.get("in") == "query"}
+    if path_params or _names_an_object(query_fields) or _names_an_object(body_fields):
         statuses.add(404)
     if spec.body is not None:
         statuses.add(413)
@@ -249,6 +255,23 @@ def _idempotency_parameter(*, required: bool) -> dict[str, Any]:
 
 def _ref_name(schema: dict[str, Any]) -> str:
     return str(schema["$ref"]).rsplit("/", 1)[-1]
+
+
+#: The page cursor holds an id too, but an unknown one is a 422 naming it, not a 404.
+_CURSORS = ("starting_after", "ending_before")
+
+
+def _names_an_object(fields: dict[str, Any]) -> bool:
+    """Whether a query parameter or body field (besides the page cursor) holds a public id: an
+    id that names no object the caller may see is a 404, as in a path."""
+    patterns = {id_pattern(kind) for kind in PREFIXES}
+
+    def holds_id(schema: dict[str, Any]) -> bool:
+        return schema.get("pattern") in patterns or any(
+            holds_id(option) for option in schema.get("anyOf", ()) if isinstance(option, dict)
+        )
+
+    return any(holds_id(schema) for name, schema in fields.items() if name not in _CURSORS)
 
 
 def _query_parameters(ref: dict[str, Any], components: dict[str, Any]) -> list[dict[str, Any]]:
