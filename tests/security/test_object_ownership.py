@@ -62,7 +62,7 @@ OBJECTS = {
     "user_id", "session_id", "family_id", "ident", "card_id", "top_up_id", "transfer_id",
     "withdrawal_id", "merchant_id", "mid", "key_id", "kid", "payment_id", "pid", "refund_id",
     "member_id", "member", "iid", "event_id", "endpoint_id", "delivery_id", "payout_id", "po",
-    "transaction_id", "public_id",
+    "transaction_id", "public_id", "movement_id",
 }  # fmt: skip
 
 
@@ -91,7 +91,9 @@ def contents(connection: sa.Connection, skip: set[str]) -> dict[str, str]:
 
 def _fill(rule: str, persona: Persona) -> str:
     """The matrix's URL for the rule, also filling a movement's ``<public_id>`` (A's top-up)."""
-    return _url(rule.replace("<public_id>", persona.top_up_id or ""), persona)
+    for name in ("<public_id>", "<movement_id>"):
+        rule = rule.replace(name, persona.top_up_id or "")
+    return _url(rule, persona)
 
 
 #: Valid page forms, so a refusal is about whose object it is and not about the input (a
@@ -204,21 +206,44 @@ def _fresh_baseline() -> None:
     _UNCHANGED.clear()  # one test's state is not the next one's
 
 
-def _in_savepoint(
-    connection: sa.Connection, send: Callable[[], Any], *, keep: set[str] = BOOKKEEPING
+def _counters(connection: sa.Connection) -> tuple[int, ...]:
+    return tuple(
+        connection.execute(
+            sa.text(
+                "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0),"
+                " coalesce(sum(n_tup_del), 0) FROM pg_stat_xact_user_tables"
+            )
+        ).one()
+    )
+
+
+def changed_by(
+    connection: sa.Connection,
+    send: Callable[[], Any],
+    *,
+    keep: set[str] = BOOKKEEPING,
+    fresh_limits: bool = True,
 ) -> tuple[Any, list[str]]:
-    """The response, and the tables (but ``keep``) whose rows it changed. Every request runs
-    in a savepoint rolled back afterwards, so the state before each is the same one."""
-    limiter.reset()
+    """Send in a savepoint rolled back afterwards: the response, and the tables (but ``keep``)
+    whose rows it changed. Every request starts from the same state, so the tables are digested
+    once per test, and again only after a request that wrote (or tried to write) something."""
+    if fresh_limits:
+        limiter.reset()
     key = (id(connection), frozenset(keep))
     before = _UNCHANGED.get(key) or _UNCHANGED.setdefault(key, contents(connection, keep))
+    counted = _counters(connection)
     savepoint = connection.begin_nested()
     try:
         response = send()
+        if _counters(connection) == counted:
+            return response, []
         after = contents(connection, keep)
         return response, sorted(t for t, digest in after.items() if digest != before.get(t))
     finally:
         savepoint.rollback()
+
+
+_in_savepoint = changed_by
 
 
 def test_another_callers_objects_are_not_found_on_every_route(
