@@ -11,7 +11,7 @@ Nothing here touches the machine's PostgreSQL (127.0.0.1:5432) or Redis (127.0.0
   ``portal worker``: the commands ``make run`` uses (``portal.supervise.commands``). Web and
   worker connect with their own ``application_name`` so faults can aim at one of them.
 
-One stack serves every scenario of the session: each one checks the app recovers from its
+One stack serves every scenario of the package: each one checks the app recovers from its
 faults without being restarted, and the next scenario starts on what the last one left.
 Logs go to ``test-artifacts/faults/*.log``; each scenario's figures to
 ``test-artifacts/faults/<scenario>.json``.
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import psycopg
 import pytest
 import requests
@@ -223,6 +224,12 @@ class Stack:
     def gunicorn_alive(self) -> bool:
         return self.gunicorn is not None and self.gunicorn.poll() is None
 
+    def web_processes(self) -> tuple[int, frozenset[int]]:
+        """The gunicorn master's pid and its workers' (a replaced worker is a restart too)."""
+        assert self.gunicorn is not None
+        children = psutil.Process(self.gunicorn.pid).children()
+        return self.gunicorn.pid, frozenset(child.pid for child in children)
+
     def ledger_verify(self) -> subprocess.CompletedProcess[str]:
         """``portal ledger verify``, the CLI, against the suite's database."""
         portal = str(Path(sys.executable).parent / "portal")
@@ -269,7 +276,7 @@ def _embedded_postgres(pgdata: Path) -> tuple[Any, str]:
     return server, where
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/faults/ is done, not at the session's end
 def stack() -> Iterator[Stack]:
     require_redis_server()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -209,13 +209,14 @@ def a_new_transfer(person: Person) -> Answer:
 
 
 def check_after(stack: Stack, everyone: list[Person], tally: Tally, name: str,
-                faults: dict[str, Any], gunicorn_pid: int,
+                faults: dict[str, Any], web: tuple[int, frozenset[int]],
                 after: Callable[[Person], Answer] = a_new_transfer) -> dict[str, Any]:  # fmt: skip
-    """Ledger, statuses and recovery; then the figures, printed and written as JSON."""
+    """Ledger, statuses and recovery; then the figures, printed and written as JSON. ``web``
+    is ``stack.web_processes()`` from before the faults."""
     verify = stack.ledger_verify()
-    # The app answers normally afterwards, on the same processes: a new movement goes through
-    # at the first attempt.
-    stack_healthy = stack.gunicorn_alive() and stack.gunicorn.pid == gunicorn_pid  # type: ignore[union-attr]
+    # The app answers normally afterwards, on the same processes (the same gunicorn master and
+    # workers): a new movement goes through at the first attempt.
+    stack_healthy = stack.gunicorn_alive() and stack.web_processes() == web
     person = everyone[0]
     client, tally_of_traffic = person.client, person.client.tally
     client.tally = Tally()
@@ -230,7 +231,7 @@ def check_after(stack: Stack, everyone: list[Person], tally: Tally, name: str,
         **tally.as_dict(),
         "faults": faults,
         "ledger_verify_exit": verify.returncode,
-        "gunicorn_restarted": not stack_healthy,
+        "web_processes_restarted": not stack_healthy,
         "first_request_after": {"status": fresh.status, "attempts": fresh.attempts},
     }
     write_figures(figures)
@@ -270,8 +271,7 @@ def run_transfer_scenario(stack: Stack, name: str, inject: Callable[[Progress], 
     tally = share(everyone)
     progress = Progress(count * per_person)
     work, intended = transfer_traffic(everyone, per_person, progress, between)
-    assert stack.gunicorn is not None
-    pid = stack.gunicorn.pid
+    web = stack.web_processes()
     injected: dict[str, Any] = {}
 
     def faults() -> None:
@@ -281,7 +281,7 @@ def run_transfer_scenario(stack: Stack, name: str, inject: Callable[[Progress], 
     with_faults(work, progress, faults)
     injected["traffic_seconds"] = round(time.monotonic() - started, 1)
     check_transfers(stack, everyone, intended)
-    return check_after(stack, everyone, tally, name, injected, pid)
+    return check_after(stack, everyone, tally, name, injected, web)
 
 
 def test_redis_stopped_and_restarted_during_transfers(stack: Stack) -> None:
@@ -437,8 +437,7 @@ def test_worker_killed_repeatedly_during_payouts(stack: Stack) -> None:
                 time.sleep(0.6)  # spread over the kills (a worker takes a second to start)
 
         work.append(send)
-    assert stack.gunicorn is not None
-    pid = stack.gunicorn.pid
+    web = stack.web_processes()
     injected: dict[str, Any] = {}
 
     def faults() -> None:
@@ -542,7 +541,7 @@ def test_worker_killed_repeatedly_during_payouts(stack: Stack) -> None:
         assert status == "succeeded", made.body
         return made
 
-    figures = check_after(stack, everyone, tally, name, injected, pid,
+    figures = check_after(stack, everyone, tally, name, injected, web,
                           after=a_new_withdrawal_paid_out)  # fmt: skip
     assert figures["faults"]["worker_sigkills"] == kills
     assert kills - figures["faults"]["kills_idle"] > 0, "no kill came during a payout"

@@ -241,8 +241,7 @@ def test_worker_killed_repeatedly_during_merchant_payouts_and_webhooks(
                          "kills_mid_webhook_delivery": mid_delivery,
                          "kills_elsewhere": idle})  # fmt: skip
 
-    assert stack.gunicorn is not None
-    pid = stack.gunicorn.pid
+    web = stack.web_processes()
     with_faults([lambda s=s, n=n: trade(s, n) for n, s in enumerate(shops)], progress, faults)
 
     refused = [(a.status, a.body) for _, _, a in paid if a.status != 201]
@@ -337,7 +336,7 @@ def test_worker_killed_repeatedly_during_merchant_payouts_and_webhooks(
         "webhook_deliveries_locked_by_a_dead_worker": int(stuck[0]) if stuck else 0,
         "seconds_until_that_lock_expires": round(float(stuck[1]), 1) if stuck else 0,
     })  # fmt: skip
-    figures = check_after(stack, payers, tally, name, injected, pid,
+    figures = check_after(stack, payers, tally, name, injected, web,
                           after=lambda person: a_payment(shops[0]))  # fmt: skip
     assert figures["faults"]["worker_sigkills"] == KILLS
 
