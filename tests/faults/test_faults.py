@@ -5,8 +5,8 @@ Idempotency-Keys and retry 503s and lost connections with the same key, while on
 time is injected, a fixed number of times, at fixed points of the traffic's progress:
 
 - ``redis_restart``: Redis stopped and started again, three times;
-- ``backends_killed``: every database session of the web app ended with ``pg_terminate_backend``,
-  thirty times;
+- ``backends_killed``: every database session of the web app and the worker ended with
+  ``pg_terminate_backend``, thirty times;
 - ``backends_killed_at_commit``: web sessions ended while their COMMIT is in flight, fifteen
   times;
 - ``postgres_restart``: PostgreSQL stopped (fast shutdown) and started with ``pg_ctl``, twice;
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.faults.conftest import ARTIFACTS, WEB_APP_NAME, Stack
-from tests.faults.traffic import Answer, Person, Tally, people, run_threads, sign_in
+from tests.faults.conftest import ARTIFACTS, WEB_APP_NAME, WORKER_APP_NAME, Stack
+from tests.faults.traffic import Answer, Person, Tally, fund, people, run_threads, sign_in
 
 SEED = 11  # issue 11
 
@@ -264,9 +264,17 @@ def share(everyone: list[Person]) -> Tally:
 
 
 # -- scenarios ---------------------------------------------------------------------------------
+def transfer_then_top_up(person: Person) -> Answer:
+    """A new transfer at the first attempt, then a top-up the worker confirms."""
+    made = a_new_transfer(person)
+    fund(person.client, [person.cards[0]], 500, deadline=30.0)
+    return made
+
+
 def run_transfer_scenario(stack: Stack, name: str, inject: Callable[[Progress], dict[str, Any]],
-                          *, count: int = 6, per_person: int = 30,
-                          between: Between | None = None) -> dict[str, Any]:  # fmt: skip
+                          *, count: int = 6, per_person: int = 30, between: Between | None = None,
+                          after: Callable[[Person], Answer] = a_new_transfer,
+                          ) -> dict[str, Any]:  # fmt: skip
     everyone = make_people(stack, name, count=count, cards=2, funding=50_000)
     tally = share(everyone)
     progress = Progress(count * per_person)
@@ -281,7 +289,7 @@ def run_transfer_scenario(stack: Stack, name: str, inject: Callable[[Progress], 
     with_faults(work, progress, faults)
     injected["traffic_seconds"] = round(time.monotonic() - started, 1)
     check_transfers(stack, everyone, intended)
-    return check_after(stack, everyone, tally, name, injected, web)
+    return check_after(stack, everyone, tally, name, injected, web, after=after)
 
 
 def test_redis_stopped_and_restarted_during_transfers(stack: Stack) -> None:
@@ -320,16 +328,23 @@ def test_redis_stopped_and_restarted_during_transfers(stack: Stack) -> None:
 
 
 def test_database_backends_killed_repeatedly_during_transfers(stack: Stack) -> None:
+    """The web app's sessions, and the worker's (it polls for jobs meanwhile): afterwards the
+    worker, not restarted, still confirms a top-up."""
     rounds = 30
 
     def inject(progress: Progress) -> dict[str, Any]:
-        killed = 0
+        killed = worker = 0
         for k in range(rounds):
             progress.wait_for((k + 1) / (rounds + 1))
             killed += stack.terminate_backends(WEB_APP_NAME)
-        return {"kill_rounds": rounds, "backends_terminated": killed}
+            worker += stack.terminate_backends(WORKER_APP_NAME)
+        return {"kill_rounds": rounds, "backends_terminated": killed,
+                "worker_backends_terminated": worker}  # fmt: skip
 
-    figures = run_transfer_scenario(stack, "backends_killed", inject, per_person=40)
+    worker = stack.worker
+    figures = run_transfer_scenario(stack, "backends_killed", inject, per_person=40,
+                                    after=transfer_then_top_up)  # fmt: skip
+    assert stack.worker is worker and worker is not None and worker.poll() is None
     assert figures["faults"]["backends_terminated"] >= rounds  # each round ended sessions
     assert figures["statuses"].get("503 outcome_unknown", 0) > 0, "no request lost its connection"
 
