@@ -4,9 +4,10 @@ Every movement kind that exists runs in random order against a model of what eac
 should hold: top-ups, transfers (between a cardholder's own cards and to another person's),
 withdrawals (confirmed or failed by staff, paid or declined by their payout job, a job that dies
 after marking one ``processing``, holds that expire), merchant payments (automatic, or held and
-then captured in full or in part, or cancelled; declines), refunds (full and partial, to a
-closed card), merchant payouts and their job (paid, or declined and returned), the settlement
-day that makes captured funds available, and cards frozen or closed. Each money-moving request
+then captured in full or in part, or cancelled; declines; paid by a signed-in cardholder at a
+hosted checkout, once), refunds (full and partial, to a closed card), merchant payouts on request
+or by the daily schedule and their job (paid, or declined and returned), the settlement day that
+makes captured funds available, and cards frozen or closed. Each money-moving request
 may be replayed with its idempotency key (the same answer, nothing moves again) or its key reused
 for another request (refused), and invalid requests are sent (refused with the field named,
 nothing changes).
@@ -65,7 +66,7 @@ from portal.domain.ids import new_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard, MovementStatus
 from portal.services.ledger import reconciliation
-from portal.services.merchants import payments, payouts, settlements
+from portal.services.merchants import checkout, payments, payouts, settlements
 from portal.services.merchants.payments import CardDetails
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import activity, cards, funding, wallet
@@ -290,6 +291,8 @@ class MoneyMachine(RuleBasedStateMachine):
         self.payments: list[PaymentModel] = []
         self.txns: list[Txn] = []
         self.payouts: list[PayoutModel] = []
+        #: (currency, day) the daily schedule paid out (once a day, whatever the amount).
+        self.scheduled_days: set[tuple[str, Any]] = set()
         self.keyed: list[Keyed] = []
         self.top_ups: list[TopUpModel] = []
         self.guesses: list[tuple[int | None, datetime]] = []  # wrong codes/numbers: card, at
@@ -690,6 +693,74 @@ class MoneyMachine(RuleBasedStateMachine):
             Keyed("payment", self.clock.now, call, check, lambda: call(amount=amount + 1))
         )
 
+    @rule(i=CARD, amount=st.integers(min_value=50, max_value=15_000), manual=st.booleans(),
+          other_currency=st.sampled_from([False, False, False, True]))  # fmt: skip
+    def pay_at_checkout(self, i: int, amount: int, manual: bool, other_currency: bool) -> None:
+        """The merchant opens a hosted checkout session; the cardholder pays it from their own
+        card (signed in: no card details), once."""
+        card = self.cards[i]
+        currency = ("EUR" if card.currency == "USD" else "USD") if other_currency else card.currency
+        session = checkout.create_checkout_session(
+            self.uow, actor=self.shop.api, merchant=self.shop.merchant.id,
+            amount=Money(amount, currency), success_url="https://shop.example/thanks",
+            cancel_url="https://shop.example/cart", idempotency_key=key(),
+            capture_method="manual" if manual else "automatic",
+        )  # fmt: skip
+        k = key()
+
+        def call(session_id: str = session.id) -> Any:
+            return checkout.pay_checkout_session(
+                self.uow, actor=card.owner, session=session_id, card=card.ref, idempotency_key=k
+            )
+
+        outcome = attempt(call)
+        self.merchant_accounts.add(currency)
+        decline = card.refusal() or (
+            "currency_not_supported" if currency != card.currency
+            else "insufficient_funds" if card.available < amount else None
+        )  # fmt: skip
+        if decline is not None:
+            refused(outcome, CardDeclined)
+            assert outcome.details["decline_code"] == decline, outcome.details
+            made = outcome.details["payment"]
+            failed = PaymentModel(
+                made["id"], card, amount, currency, "requires_payment_method", self.clock.now
+            )
+            self.payments.append(failed)
+            check = same_error(outcome)
+        else:
+            assert not isinstance(outcome, PortalError), outcome
+            paid = outcome.payment
+            assert (outcome.session.status, paid.amount) == ("complete", amount)
+            p = PaymentModel(paid.id, card, amount, currency, paid.status, self.clock.now)
+            self.payments.append(p)
+            if manual:
+                assert paid.status == "requires_capture", paid
+                card.pending += amount
+            else:
+                assert paid.status == "succeeded", paid
+                self._captured(p, amount, release=0)
+
+            def check(again: Any, first: Any = outcome) -> None:
+                assert not isinstance(again, PortalError), again
+                assert again.replayed and again.payment.to_dict() == first.payment.to_dict()
+
+            # A paid session is paid once: another confirmation is refused, nothing moves.
+            again = self._unchanged(
+                lambda: checkout.pay_checkout_session(
+                    self.uow,
+                    actor=card.owner,
+                    session=session.id,
+                    card=card.ref,
+                    idempotency_key=key(),
+                )  # fmt: skip
+            )
+            refused(again, UnexpectedState, "checkout_session_completed")
+        other = new_public_id("checkout_session")
+        self.keyed.append(
+            Keyed("checkout", self.clock.now, call, check, lambda: call(session_id=other))
+        )
+
     def _fee(self, amount: int, currency: str) -> int:
         m = self.shop.merchant
         return fee_for(m.fee_bps, m.fee_fixed, amount, currency)
@@ -812,16 +883,21 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # -- merchant payouts -------------------------------------------------------------------
     @rule(currency=st.sampled_from(["USD", "USD", "EUR"]),
-          bank=st.sampled_from([None, None, "good", "closed"]))  # fmt: skip
-    def merchant_payout(self, currency: str, bank: str | None) -> None:
+          bank=st.sampled_from([None, None, "good", "closed"]),
+          scheduled=st.sampled_from([False, False, True]))  # fmt: skip
+    def merchant_payout(self, currency: str, bank: str | None, scheduled: bool) -> None:
         """The owner pays out the available balance (after setting another bank account: a
-        closed one declines the payout when its job runs)."""
+        closed one declines the payout when its job runs); or the daily schedule runs, paying
+        out every currency's available balance once a day after ``payout_time``."""
         if bank is not None:
             payouts.set_bank_account(
                 self.uow, actor=self.shop.owner, merchant=self.shop.merchant.id,
                 bank=CLOSED_BANK if bank == "closed" else GOOD_BANK,
             )  # fmt: skip
             self.bank_closed = bank == "closed"
+        if scheduled:
+            self._daily_payouts()
+            return
         k = key()
 
         def call(currency: str = currency) -> Any:
@@ -830,9 +906,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 idempotency_key=k, currency=currency,
             )  # fmt: skip
 
-        now = self.clock.now
-        due = [t for t in self.txns if t.currency == currency and t.payout is None
-               and (t.status == "available" or t.available_on <= now)]  # fmt: skip
+        due = self._due(currency)
         total = sum(t.net for t in due)
         if currency not in self.merchant_accounts:
             refused(self._unchanged(call), InvalidInput)
@@ -842,21 +916,58 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         outcome = attempt(call)
         assert not isinstance(outcome, PortalError), outcome
-        assert (outcome.amount, outcome.status) == (total, "pending")
-        (pk,) = self._rows("SELECT id FROM payouts WHERE public_id = :p", p=outcome.id)
-        self.payouts.append(PayoutModel(outcome.id, pk.id, total, currency, self.bank_closed))
+        assert (outcome.amount, outcome.status, outcome.automatic) == (total, "pending", False)
+        self._paid_out(outcome.id, due)
+        other = "EUR" if currency == "USD" else "USD"
+        self.keyed.append(Keyed("payout", self.clock.now, call, same_object(outcome),
+                                lambda: call(currency=other)))  # fmt: skip
+
+    def _due(self, currency: str) -> list[Txn]:
+        """The balance transactions a payout in ``currency`` would take now."""
+        now = self.clock.now
+        return [t for t in self.txns if t.currency == currency and t.payout is None
+                and (t.status == "available" or t.available_on <= now)]  # fmt: skip
+
+    def _paid_out(self, payout_id: str, due: list[Txn]) -> None:
+        (row,) = self._rows(
+            "SELECT id, amount_minor, currency FROM payouts WHERE public_id = :p", p=payout_id
+        )
+        total, currency = sum(t.net for t in due), row.currency
+        assert row.amount_minor == total
+        self.payouts.append(PayoutModel(payout_id, row.id, total, currency, self.bank_closed))
         for t in due:
-            t.payout, t.status = outcome.id, "available"
-        self.txns.append(Txn(-total, currency, now, "available", payout=outcome.id))
+            t.payout, t.status = payout_id, "available"
+        self.txns.append(Txn(-total, currency, self.clock.now, "available", payout=payout_id))
         self.merchant[currency] -= total
         self.system["payouts", currency] += total
         (queued,) = self._rows(
-            "SELECT count(*) FROM jobs WHERE dedupe_key = :k", k=f"{payouts.PAY_JOB}:{pk.id}"
+            "SELECT count(*) FROM jobs WHERE dedupe_key = :k", k=f"{payouts.PAY_JOB}:{row.id}"
         )
         assert queued[0] == 1
-        other = "EUR" if currency == "USD" else "USD"
-        self.keyed.append(Keyed("payout", now, call, same_object(outcome),
-                                lambda: call(currency=other)))  # fmt: skip
+
+    def _daily_payouts(self) -> None:
+        now = self.clock.now
+        at = self.uow.settings.payout_time
+        today = now.date()
+        expected = []
+        if at is not None and (now.hour, now.minute) >= at:
+            for currency in sorted(self.merchant_accounts):
+                due = self._due(currency)
+                if (currency, today) in self.scheduled_days:
+                    continue
+                if sum(t.net for t in due) >= payouts.minimum(self.uow, currency):
+                    expected.append((currency, due))
+        assert payouts.run_schedule(self.uow) == len(expected)
+        made = self._rows(
+            "SELECT public_id, currency FROM payouts WHERE merchant_id = :m AND automatic"
+            " AND scheduled_for = :day ORDER BY currency",
+            m=self.shop.merchant.id, day=today,
+        )  # fmt: skip
+        made = [r for r in made if (r.currency, today) not in self.scheduled_days]
+        assert [r.currency for r in made] == [cur for cur, _ in expected]
+        for row, (currency, due) in zip(made, expected, strict=True):
+            self._paid_out(row.public_id, due)
+            self.scheduled_days.add((currency, today))
 
     @precondition(lambda self: self.payouts)
     @rule(n=PICK)
