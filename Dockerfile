@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Portal image: build stage (Python venv + vendored npm assets), slim non-root runtime stage.
 #   docker build -t portal .
-#   docker run --rm portal portal db upgrade      # migrations: a separate command, never at start-up
+#   docker run --rm -e MIGRATION_DATABASE_URL=... -e DATABASE_URL=... portal \
+#       sh -c "portal db upgrade && portal runtime-role"   # migrations as the owner, never at start-up
 #   docker run -p 8000:8000 portal                 # web (gunicorn)
 #   docker run --rm portal portal worker           # background worker
 

@@ -1,5 +1,12 @@
 """Test fixtures: a real PostgreSQL (TEST_DATABASE_URL), migrated once per session.
 
+Two roles, as in production: TEST_DATABASE_URL is the schema owner (it builds the schema with
+the migrations and wipes committed data); the app, its workers and every test's connection run
+as the runtime role (TEST_RUNTIME_DATABASE_URL, by default the owner's URL with the user
+``portal_test_app``, made a member of ``portal_runtime`` here), so a missing grant fails a
+test. A test that tampers on purpose with what that role may not touch steps out of it for a
+moment with ``as_owner(connection)``.
+
 Per-test isolation: each test runs inside an outer transaction on one connection; the unit of
 work's sessions join it with ``join_transaction_mode="create_savepoint"`` so their commits only
 release savepoints, and teardown rolls everything back. Concurrency tests (marked
@@ -12,6 +19,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -19,8 +27,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import NullPool
 
 from portal import create_app
+from portal.commands import ensure_runtime_role
 from portal.config import database_url
 from portal.domain.money import Money
 from portal.domain.types import Actor, IssuedCard, MovementResult
@@ -45,21 +55,41 @@ def _test_url() -> str:
     return database_url(url)
 
 
+#: The login role the tests' app runs as when TEST_RUNTIME_DATABASE_URL is not set.
+TEST_RUNTIME_USER = "portal_test_app"
+
+
+def _runtime_url(owner_url: str) -> str:
+    if url := os.environ.get("TEST_RUNTIME_DATABASE_URL"):
+        return database_url(url)
+    owner = sa.make_url(owner_url)
+    runtime = sa.URL.create(owner.drivername, TEST_RUNTIME_USER, None, owner.host, owner.port,
+                            owner.database, owner.query)  # fmt: skip
+    return runtime.render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def app() -> Iterator[Flask]:
     url = _test_url()
-    engine = sa.create_engine(url)
+    runtime_url = _runtime_url(url)
+    engine = sa.create_engine(url, poolclass=NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
+    ensure_runtime_role(url, runtime_url)
     application = create_app(
         # CSRF is proven by its own test (tests/pages); the others post without tokens.
         {
             "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": url,
+            "SQLALCHEMY_DATABASE_URI": runtime_url,
+            "MIGRATION_DATABASE_URI": url,
             "PORTAL_ENV": "test",
             "WTF_CSRF_ENABLED": False,
         }
+    )
+    # The test's connection (``connection``): the owner's, switched to the runtime role.
+    application.extensions["tests.owner_engine"] = sa.create_engine(
+        url, connect_args=application.config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"]
     )
     settings = application.config["SERVICE_SETTINGS"]
     application.config["SERVICE_SETTINGS"] = replace(
@@ -72,6 +102,7 @@ def app() -> Iterator[Flask]:
 
         upgrade()
     yield application
+    application.extensions["tests.owner_engine"].dispose()
     with application.app_context():
         db.engine.dispose()
 
@@ -96,12 +127,14 @@ def clock() -> Clock:
 
 @pytest.fixture
 def connection(app: Flask) -> Iterator[sa.Connection]:
-    """An outer transaction every session of the test joins; rolled back at teardown."""
+    """An outer transaction every session of the test joins, as the runtime role (an owner's
+    connection under SET ROLE, so ``as_owner`` can step out of it); rolled back at teardown."""
     with app.app_context():
-        engine = db.engine
         engines = db._app_engines[app]  # flask-sqlalchemy's per-app engine map
-    conn = engine.connect()
+    conn = app.extensions["tests.owner_engine"].connect()
     outer = conn.begin()
+    runtime = sa.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).username
+    conn.execute(sa.text(f'SET ROLE "{runtime}"'))  # until the outer transaction ends
     original = engines[None]
     engines[None] = conn  # type: ignore[assignment]
     app.extensions["portal.session_factory"] = sessionmaker(
@@ -114,6 +147,18 @@ def connection(app: Flask) -> Iterator[sa.Connection]:
         app.extensions["portal.session_factory"] = None
         outer.rollback()
         conn.close()
+
+
+@contextmanager
+def as_owner(connection: sa.Connection) -> Iterator[sa.Connection]:
+    """Within the test's transaction, act as the schema owner (the migrations' role, a
+    superuser in CI) for a moment: for tampering no code path of the app's role can do."""
+    role = connection.execute(sa.text("SELECT current_user")).scalar_one()
+    connection.execute(sa.text("RESET ROLE"))
+    try:
+        yield connection
+    finally:
+        connection.execute(sa.text(f'SET ROLE "{role}"'))
 
 
 @pytest.fixture
@@ -232,6 +277,23 @@ TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints,
 DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
 DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
 """
+#: Tables whose BEFORE TRUNCATE trigger (migration 0018) the wipe turns off, in its transaction.
+APPEND_ONLY = ("postings", "journal_entries", "audit_events")
+
+
+def wipe(owner_url: str) -> None:
+    """Delete what committing tests wrote, as the schema owner (the runtime role may not
+    TRUNCATE); the append-only tables' TRUNCATE triggers are off for this transaction only."""
+    engine = sa.create_engine(owner_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            for table in APPEND_ONLY:
+                conn.execute(sa.text(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate"))
+            conn.execute(sa.text(WIPE))
+            for table in APPEND_ONLY:
+                conn.execute(sa.text(f"ALTER TABLE {table} ENABLE TRIGGER {table}_no_truncate"))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -248,9 +310,8 @@ def committing_engine(app: Flask) -> Iterator[sa.Engine]:
     try:
         yield engine
     finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(WIPE))
         engine.dispose()
+        wipe(app.config["MIGRATION_DATABASE_URI"])
 
 
 @pytest.fixture

@@ -115,15 +115,24 @@ class CardList(ListResponse[Card]):
 
 
 class Recipient(ApiModel):
-    """What a sender may see of a card before paying it."""
+    """What a sender may see of a card before paying it (never its id)."""
 
     object: Literal["card_recipient"] = "card_recipient"
-    card: CardId = Field(description="The card's id (`card_...`): pass it as `to_card` when"
-                         " creating the transfer.")  # fmt: skip
+    recipient: str = Field(
+        description="Pass it as `to_card` when creating the transfer: an opaque reference"
+        " (`rcp_...`) for the caller only, valid until `expires_at`.",
+        examples=["rcp_AAE3q0J1Zt..."],
+    )
+    expires_at: Timestamp
     brand: str
     last4: str
     currency: str
     holder: str = Field(description="First name and last initial.", examples=["Budi S."])
+    email: str = Field(
+        description="The holder's email address, masked: a look-alike name is told apart by it"
+        " and the card.",
+        examples=["b•••@example.com"],
+    )
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -369,17 +378,18 @@ def get_card_balance(card_id: str, actor: Actor) -> CardBalance:
 
 
 # -- the recipient look-up ----------------------------------------------------------------------
-def _lookup_user() -> str:
-    """The calling user's id from the access token, or "-". Never raises: a key function that
-    raised would make flask-limiter think its storage died."""
+def caller_key() -> str:
+    """A per-user rate limit's key: the calling user's id from the access token, or "-" (each
+    limited route counts its own). Never raises: a key function that raised would make
+    flask-limiter think its storage died."""
     try:
         credential = bearer_credential(request)
         if credential is None:
-            return "card-lookup-user:-"
+            return "user:-"
         claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
-        return f"card-lookup-user:{claims.user_id}"
+        return f"user:{claims.user_id}"
     except Exception:
-        return "card-lookup-user:-"
+        return "user:-"
 
 
 def _lookup_address() -> str:
@@ -387,7 +397,7 @@ def _lookup_address() -> str:
 
 
 def _lookup_limits(view: Callable[..., Any]) -> Callable[..., Any]:
-    view = limiter.limit(LOOKUPS_PER_USER, key_func=_lookup_user)(view)
+    view = limiter.limit(LOOKUPS_PER_USER, key_func=caller_key)(view)
     return limiter.limit(LOOKUPS_PER_ADDRESS, key_func=_lookup_address)(view)
 
 
@@ -406,11 +416,12 @@ def _lookup_limits(view: Callable[..., Any]) -> Callable[..., Any]:
 )
 def lookup_card(body: Lookup, actor: Actor) -> Recipient:
     """The card with this number, masked (brand, last four, currency, the holder's first name
-    and last initial), to confirm before a transfer; its `card` is the transfer's `to_card`.
+    and last initial, their masked email), to confirm before a transfer, and the `recipient`
+    reference to pay it by: the transfer's `to_card`, for the caller only, for 15 minutes.
     404 when no active card has this number; 422 `invalid_card_number`. Limited to 20 a
     minute and 100 an hour per user and per client address (429 with Retry-After)."""
     found = activity.find_recipient(make_uow(), actor=actor, number=body.number)
     return Recipient(
-        card=found.card_public_id, brand=found.brand, last4=found.last4,
-        currency=found.currency.lower(), holder=found.holder,
+        recipient=found.reference, expires_at=found.reference_expires_at, brand=found.brand,
+        last4=found.last4, currency=found.currency.lower(), holder=found.holder, email=found.email,
     )  # fmt: skip

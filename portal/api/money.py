@@ -21,11 +21,12 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Literal, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from portal.api import bp
 from portal.api.auth import Timestamp
+from portal.api.cards import caller_key
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
 from portal.api.schemas import (
@@ -46,13 +47,16 @@ from portal.domain.errors import (
     InsufficientFunds,
     NotFound,
     PortalError,
+    RateLimited,
     TemporarilyUnavailable,
     UnexpectedState,
 )
+from portal.domain.ids import RANDOM_LENGTH
 from portal.domain.money import Money
 from portal.domain.types import Actor, MovementResult
+from portal.extensions import limiter
 from portal.services.shared.pagination import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, Page
-from portal.services.wallet import activity, wallet
+from portal.services.wallet import activity, recipients, wallet
 from portal.web.uow import make_uow
 
 T = TypeVar("T")
@@ -225,8 +229,13 @@ class NewTopUp(Amount):
 
 class NewTransfer(Amount):
     from_card: CardId = Field(description="One of the caller's cards (`card_...`).")
-    to_card: CardId = Field(
-        description="One's own card, or the `card` of POST /cards/lookup (`card_...`)."
+    to_card: str = Field(
+        pattern=rf"^(?:card_[0-9A-Za-z]{{{RANDOM_LENGTH}}}|rcp_[0-9A-Za-z_-]{{20,190}})$",
+        max_length=recipients.MAX_LENGTH,
+        description="One of the caller's own cards (`card_...`), or someone else's by the"
+        " `recipient` reference POST /cards/lookup gave the caller (`rcp_...`, valid 15"
+        " minutes). Another person's card id is not found, as a card that does not exist.",
+        examples=["card_4kT9qL2mXw8ZpR3vN7sB1cYd"],
     )
     memo: str = Field("", max_length=140)
 
@@ -407,6 +416,10 @@ def list_top_ups(query: TopUpListQuery, actor: Actor) -> TopUpList:
 
 
 # -- transfers ----------------------------------------------------------------------------------
+def _transfer_limits() -> str:
+    return str(current_app.config["PORTAL_TRANSFER_LIMITS"])
+
+
 @operation(
     bp,
     "POST",
@@ -417,11 +430,15 @@ def list_top_ups(query: TopUpListQuery, actor: Actor) -> TopUpList:
     body=NewTransfer,
     response=Transfer,
     status=201,
-    errors=(400, *_CREATE_ERRORS),
+    errors=(400, *_CREATE_ERRORS, RateLimited),
     operation_id="create_transfer",
     idempotency="required",
     description="Move money from one of the caller's cards to another card of the same"
-    " currency: one of their own, or someone else's found with POST /cards/lookup.",
+    " currency: one of their own, or someone else's by the `recipient` reference of POST"
+    " /cards/lookup. An unknown card, another person's card id and an expired or foreign"
+    " reference all answer the same 404 on `to_card`. Limited per user (`PORTAL_TRANSFER_LIMITS`,"
+    " by default 30 a minute and 1000 a day; 429 with Retry-After).",
+    rate_limit=lambda view: limiter.limit(_transfer_limits, key_func=caller_key)(view),
 )
 def create_transfer(body: NewTransfer, actor: Actor, idempotency_key: str) -> Transfer:
     result = _named(

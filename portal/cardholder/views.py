@@ -68,7 +68,6 @@ from portal.domain.ids import is_public_id
 from portal.domain.money import Money, MoneyError, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
-from portal.services.identity import users
 from portal.services.wallet import activity, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
@@ -532,14 +531,14 @@ def _receipt(kind: str, result: MovementResult, review: Review) -> dict[str, Any
             "title": MOVEMENT_TITLES[kind], "status_labels": STATUS_LABELS}  # fmt: skip
 
 
-@bp.route("/movements/<public_id>/status")
+@bp.route("/movements/<movement_id>/status")
 @login_required("wallet:use")
-def movement_status(public_id: str) -> Response:
+def movement_status(movement_id: str) -> Response:
     """A receipt's status block, asked for again while the movement waits for the bank (a
     top-up for the funding processor, a withdrawal for its payout). Not one's own: 404."""
-    if not is_public_id("top_up", public_id) and not is_public_id("withdrawal", public_id):
+    if not is_public_id("top_up", movement_id) and not is_public_id("withdrawal", movement_id):
         abort(404)
-    item = activity.get_activity_item(_uow(), actor=current_actor(), item_id=public_id)
+    item = activity.get_activity_item(_uow(), actor=current_actor(), item_id=movement_id)
     balance = wallet.get_balance(_uow(), actor=current_actor(), card_id=item.card_public_id)
     kind = "top_up" if item.kind == "top_up" else "withdraw"
     return _fragments(("cardholder/_receipt_status.html", {
@@ -754,7 +753,7 @@ def transfer() -> Response:
             destination = (
                 f"{recipient.holder} · {brand_name(recipient.brand)} •••• {recipient.last4}"
             )
-            to_id = recipient.card_public_id
+            to_id = recipient.reference  # another's card is paid by the look-up's reference
         else:
             assert to_card is not None
             destination = f"Your {card_label(to_card, balance=False)}"
@@ -763,16 +762,7 @@ def transfer() -> Response:
         if recipient is not None:
             # A name can be spoofed (look-alike letters); the card and the address tell apart.
             details.append(("Their card", f"{brand_name(recipient.brand)} •••• {recipient.last4}"))
-            try:
-                email = users.card_holder_email(
-                    _uow(), actor=current_actor(), card_public_id=recipient.card_public_id
-                )
-            except NotFound:
-                form.to_number.errors = [*form.to_number.errors,
-                                         "No card with that number. Check the number and try "
-                                         "again."]  # fmt: skip
-                return None
-            details.append(("Their email", email))
+            details.append(("Their email", recipient.email))
         if form.memo.data:
             details.append(("Note", form.memo.data))
         return Review("transfer", card, amount, destination, tuple(details), to_card_id=to_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -18,6 +19,7 @@ from portal.domain.ids import is_public_id, new_public_id
 from portal.domain.types import Actor, IssuedCard
 from portal.extensions import limiter
 from portal.services.identity import tokens
+from portal.services.identity.users import mask_email
 from portal.services.shared.uow import UnitOfWork
 from tests.api.test_auth_api import API, bearer, client_for, error_of, person, token_for
 from tests.conftest import Factory
@@ -272,8 +274,20 @@ def test_balance(
 
 
 # -- recipient look-up --------------------------------------------------------------------------
+def budi_email(uow: UnitOfWork, who: Actor) -> str:
+    return str(uow.run(lambda u: u.execute(
+        "SELECT email FROM users WHERE id = :id", {"id": who.id}).scalar_one()))  # fmt: skip
+
+
+def recipient_for(api: FlaskClient, headers: dict[str, str], card: IssuedCard) -> str:
+    """The `to_card` that pays someone else's card: the look-up's reference for this caller."""
+    found = api.post(f"{API}/cards/lookup", json={"number": card.number}, headers=headers)
+    assert found.status_code == 200, found.get_data(as_text=True)
+    return str(found.get_json()["recipient"])
+
+
 def test_lookup_shows_only_the_masked_recipient(
-    api: FlaskClient, make: Factory, budi: Actor, as_alice: dict[str, str]
+    api: FlaskClient, make: Factory, budi: Actor, as_alice: dict[str, str], uow: UnitOfWork
 ) -> None:
     theirs = make.card(budi, currency="IDR", brand="discover")
     spaced = "-".join(theirs.number[i : i + 4] for i in range(0, len(theirs.number), 4))
@@ -281,10 +295,19 @@ def test_lookup_shows_only_the_masked_recipient(
     response = api.post(f"{API}/cards/lookup", json={"number": spaced}, headers=as_alice)
 
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.get_json() == {
-        "object": "card_recipient", "card": theirs.public_id, "brand": "discover",
-        "last4": theirs.number[-4:], "currency": "idr", "holder": "Budi S.",
+    found = response.get_json()
+    reference, expires_at = found.pop("recipient"), found.pop("expires_at")
+    assert found == {
+        "object": "card_recipient", "brand": "discover", "last4": theirs.number[-4:],
+        "currency": "idr", "holder": "Budi S.", "email": mask_email(budi_email(uow, budi)),
     }  # fmt: skip
+    # The card's id is never shown: only a reference for this caller, for a quarter of an hour.
+    assert reference.startswith("rcp_") and theirs.public_id not in response.get_data(True)
+    assert (
+        14 * 60
+        <= (datetime.fromisoformat(expires_at) - datetime.now(UTC)).total_seconds()
+        <= 15 * 60
+    )
     assert theirs.number not in response.get_data(as_text=True)
     assert "Santoso" not in response.get_data(as_text=True)
     unknown = error_of(

@@ -18,6 +18,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards, wallet
 from tests.api import test_cards_api as shared
 from tests.api.test_auth_api import API, error_of
+from tests.api.test_cards_api import recipient_for
 from tests.conftest import SYSTEM, Factory, confirm_top_ups
 
 # Fixtures shared with the cards API tests.
@@ -135,7 +136,7 @@ def test_transfer_to_someone_else_and_its_refusals(
     theirs = make.card(budi)
     recipient = ok(api.post(f"{API}/cards/lookup", json={"number": theirs.number},
                             headers=as_alice))  # fmt: skip
-    body = {"from_card": mine.public_id, "to_card": recipient["card"], "amount": 350,
+    body = {"from_card": mine.public_id, "to_card": recipient["recipient"], "amount": 350,
             "currency": "usd", "memo": "coffee"}  # fmt: skip
 
     sent = ok(post(api, "/transfers", body, as_alice), 201)
@@ -161,12 +162,68 @@ def test_transfer_to_someone_else_and_its_refusals(
     assert [(a["id"], a["direction"]) for a in feed] == [(sent["id"], "in")]
     assert is_public_id("transfer", sent["id"]) and sent["card"] == mine.public_id
     assert ok(api.get(f"{API}/cards/{theirs.public_id}/balance", headers=as_budi))["posted"] == 350
-    # The refused one is in the sender's history, failed, and nowhere in the recipient's.
+    # The refused one is in the sender's history, failed, showing nothing of the other card,
+    # and nowhere in the recipient's.
     failed = ok(api.get(f"{API}/transfers?status=failed", headers=as_alice))["data"]
     assert [(t["status"], t["failure_code"]) for t in failed] == [("failed", "insufficient_funds")]
+    assert failed[0]["counterparty"] == "Card transfer"
+    assert ok(api.get(f"{API}/activity?q=Budi&status=failed", headers=as_alice))["data"] == []
     error_of(api.get(f"{API}/transfers/{failed[0]['id']}", headers=as_budi), 404)
     no_secrets(api.get(f"{API}/transfers", headers=as_alice), mine, theirs)
     no_secrets(api.get(f"{API}/activity", headers=as_budi), mine, theirs)
+
+
+def tampered(reference: str) -> str:
+    """The reference with one character in its middle changed (not in the padding bits)."""
+    i = len(reference) // 2
+    return reference[:i] + ("A" if reference[i] != "A" else "B") + reference[i + 1 :]
+
+
+def test_cards_cannot_be_enumerated_through_transfers(
+    api: FlaskClient, make: Factory, alice: Actor, budi: Actor, as_alice: dict[str, str],
+    as_budi: dict[str, str],
+) -> None:  # fmt: skip
+    """Issue 11 A5: another person's card id, a card that does not exist, a reference issued
+    to someone else and a tampered one all answer the same 404 on `to_card` (no currency, no
+    402), and move nothing."""
+    mine = make.card(alice, balance="10.00")
+    theirs_usd, theirs_idr = make.card(budi), make.card(budi, currency="IDR")
+    body = {"from_card": mine.public_id, "amount": 100, "currency": "usd"}
+    budi_ref = ok(api.post(f"{API}/cards/lookup", json={"number": make.card(alice).number},
+                           headers=as_budi))["recipient"]  # fmt: skip
+    alice_ref = ok(api.post(f"{API}/cards/lookup", json={"number": theirs_usd.number},
+                            headers=as_alice))["recipient"]  # fmt: skip
+    answers = [
+        error_of(post(api, "/transfers", {**body, "to_card": to}, as_alice), 404)
+        for to in (theirs_usd.public_id, theirs_idr.public_id, "card_" + "0" * 24, budi_ref,
+                   tampered(alice_ref))
+    ]  # fmt: skip
+    assert {(a["code"], a["param"], a["message"]) for a in answers} == {
+        ("not_found", "to_card", "no such card")
+    }
+    big = {**body, "amount": 999_999, "to_card": theirs_idr.public_id}
+    assert error_of(post(api, "/transfers", big, as_alice), 404)["param"] == "to_card"
+    assert ok(api.get(f"{API}/transfers", headers=as_alice))["data"] == []
+    # (Expiry is the service tests' part: this app's clock is the real one.) The reference
+    # itself pays the card.
+    sent = ok(post(api, "/transfers", {**body, "to_card": alice_ref}, as_alice), 201)
+    assert sent["status"] == "succeeded" and sent["counterparty"].endswith("(Budi S.)")
+    assert ok(api.get(f"{API}/cards/{mine.public_id}/balance", headers=as_alice))["posted"] == 900
+
+
+def test_transfers_are_rate_limited_per_sender(
+    app: Any, api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setitem(app.config, "PORTAL_TRANSFER_LIMITS", "3 per minute")
+    mine, other = make.card(alice, balance="10.00"), make.card(alice)
+    body = {"from_card": mine.public_id, "to_card": other.public_id, "amount": 100,
+            "currency": "usd"}  # fmt: skip
+    statuses = [post(api, "/transfers", body, as_alice).status_code for _ in range(4)]
+    assert statuses == [201, 201, 201, 429]
+    limited = post(api, "/transfers", body, as_alice)
+    assert limited.status_code == 429 and "Retry-After" in limited.headers
+    assert ok(api.get(f"{API}/cards/{mine.public_id}/balance", headers=as_alice))["posted"] == 700
 
 
 def test_frozen_card_is_a_card_error(
@@ -287,8 +344,9 @@ def test_lists_filter_and_walk_the_cursor(
     for amount in (500, 600, 700):
         ok(post(api, "/top_ups", {"card": mine.public_id, "amount": amount, "currency": "usd",
                                   "method": "cash"}, as_alice), 201)  # fmt: skip
+    to_budi = recipient_for(api, as_alice, theirs)
     for amount in (101, 102):
-        body = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": amount,
+        body = {"from_card": mine.public_id, "to_card": to_budi, "amount": amount,
                 "currency": "usd"}  # fmt: skip
         ok(post(api, "/transfers", body, as_alice), 201)
     ok(post(api, "/transfers", {"from_card": mine.public_id, "to_card": spare.public_id,

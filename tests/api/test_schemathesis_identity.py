@@ -159,6 +159,6 @@ def test_identity_api_answers_only_what_it_documents(
         run()
         tested.append(op_id)
 
-    assert len(tested) == 33, sorted(tested)
+    assert len(tested) == 35, sorted(tested)
     # The run kept its credentials to the end: every operation ran authenticated.
     assert client.get(f"{API}/auth/me", headers=bearer(token)).status_code == 200

@@ -483,7 +483,7 @@ def test_changes_answers_204_then_fragments_after_a_movement(
     from tests.conftest import new_key
 
     wallet.transfer(wallets.people.uow(), actor=users.actor_for(wallets.people.uow(), bob.id),
-                    from_card_id=theirs.public_id, to_card_id=card.public_id,
+                    from_card_id=theirs.public_id, to_card_id=card.card_id,
                     amount=Money.of_major("15", "USD"), idempotency_key=new_key())  # fmt: skip
     changed = client.get(f"/wallet/changes?v={version}&view=dashboard", headers=htmx())
     assert changed.status_code == 200

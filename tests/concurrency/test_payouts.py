@@ -112,7 +112,7 @@ def race_refund_and_payout(now_uow, engine: sa.Engine) -> None:
 
 def processor_rows(engine: sa.Engine) -> list[sa.Row]:
     return fetch(engine, "SELECT idempotency_key, amount_minor, outcome"
-                 " FROM demo_processor_requests")  # fmt: skip
+                 " FROM demo_processor_requests WHERE operation = 'payout'")  # fmt: skip
 
 
 def settled_once(now_uow, engine: sa.Engine, shop, payout: payouts.PayoutView) -> None:

@@ -73,7 +73,8 @@ def requests(engine: sa.Engine) -> list[tuple[Any, ...]]:
     """What the bank (the demo processor) was asked to do."""
     rows = fetch_all(
         engine,
-        "SELECT idempotency_key, operation, amount_minor, outcome FROM demo_processor_requests",
+        "SELECT idempotency_key, operation, amount_minor, outcome FROM demo_processor_requests"
+        " WHERE operation = 'payout'",
     )
     return [tuple(r) for r in rows]
 
@@ -89,7 +90,9 @@ def assert_paid_once(real_uow: Callable[[], UnitOfWork], engine: sa.Engine, s: S
     30 USD from the wallet to the payouts account, one confirm in the audit trail."""
     w = s.withdrawal
     assert requests(engine) == [(w.public_id, "payout", AMOUNT.amount_minor, "paid")]
-    (bank_ref,) = fetch_all(engine, "SELECT reference FROM demo_processor_requests")
+    (bank_ref,) = fetch_all(
+        engine, "SELECT reference FROM demo_processor_requests WHERE operation = 'payout'"
+    )
     row = fetch_one(
         engine,
         "SELECT w.status, w.payout_reference, w.failure_code, w.processing_started_at,"

@@ -21,7 +21,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.web.uow import make_uow
 from portal.worker import Worker, WorkerMetrics, serve_http
 from tests.api.test_auth_api import API, PASSWORD, client_for, person
-from tests.api.test_cards_api import token_of
+from tests.api.test_cards_api import recipient_for, token_of
 from tests.conftest import Factory, confirm_top_ups
 from tests.deploy.promql import (
     dashboard_exprs,
@@ -70,8 +70,8 @@ def scripted_traffic(app: Flask, make: Factory, uow: UnitOfWork) -> None:
     assert post("/top_ups", top_up, key).status_code == 201
     assert post("/top_ups", top_up, key).headers["Idempotent-Replayed"] == "true"
     assert confirm_top_ups(uow) == 1  # the funding job's work, done here
-    transfer = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": 350,
-                "currency": "USD"}  # fmt: skip
+    transfer = {"from_card": mine.public_id, "amount": 350,
+                "to_card": recipient_for(client, as_alice, theirs), "currency": "USD"}  # fmt: skip
     assert post("/transfers", transfer).status_code == 201
     assert post("/transfers", {**transfer, "amount": 999_999}).status_code == 402
     assert client.get("/no/such/page").status_code == 404

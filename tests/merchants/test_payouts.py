@@ -192,6 +192,7 @@ def test_the_job_pays_a_payout_once_and_a_decline_returns_the_money(uow, make, s
     asked = uow.run(
         lambda u: u.execute(
             "SELECT idempotency_key, amount_minor, outcome FROM demo_processor_requests"
+            " WHERE operation = 'payout'"
         ).all()
     )
     assert [tuple(r) for r in asked] == [(paid.id, paid.amount, "paid")]

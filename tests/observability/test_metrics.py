@@ -17,8 +17,8 @@ from portal.extensions import db, limiter
 from portal.services.shared.uow import UnitOfWork
 from portal.web.uow import make_uow
 from tests.api.test_auth_api import API, client_for, new_email, person, sign_in
-from tests.api.test_cards_api import token_of
-from tests.conftest import Factory, confirm_top_ups
+from tests.api.test_cards_api import recipient_for, token_of
+from tests.conftest import Factory, as_owner, confirm_top_ups
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -113,8 +113,8 @@ def test_business_counters_move_by_exactly_what_moved(
     assert post("/top_ups", top_up, same).headers["Idempotent-Replayed"] == "true"
     assert post("/top_ups", {**top_up, "amount": 1700}).status_code == 201
     assert confirm_top_ups(make_uow(scraped_app)) == 2  # the funding jobs, counted by the app
-    transfer = {"from_card": mine.public_id, "to_card": theirs.public_id, "amount": 350,
-                "currency": "usd"}  # fmt: skip
+    transfer = {"from_card": mine.public_id, "amount": 350,
+                "to_card": recipient_for(client, as_alice, theirs), "currency": "usd"}  # fmt: skip
     assert post("/transfers", transfer).status_code == 201
     assert post("/transfers", {**transfer, "amount": 999_999}).status_code == 402
     person_ = person(uow, "cardholder")
@@ -211,20 +211,22 @@ def test_ledger_gauges_come_from_the_last_recorded_check(
     checked = float(re.search(r"^portal_ledger_last_check_timestamp_seconds (\S+)$", text, re.M)[1])
     assert checked > 0
 
-    # Corruption no code path can make: triggers off for this (rolled back) transaction only.
-    connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
-    entry = connection.execute(
-        sa.text("INSERT INTO journal_entries (kind) VALUES ('test') RETURNING id")
-    ).scalar_one()
-    account = connection.execute(
-        sa.text("SELECT id FROM accounts WHERE card_id = :c"), {"c": card.card_id}
-    ).scalar_one()
-    connection.execute(
-        sa.text("INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
-                " VALUES (:e, :a, 7, 'USD')"),
-        {"e": entry, "a": account},
-    )  # fmt: skip
-    connection.execute(sa.text("SET LOCAL session_replication_role = origin"))
+    # Corruption no code path can make: as the schema owner (the app's role may not turn
+    # triggers off), triggers off for this (rolled back) transaction only.
+    with as_owner(connection):
+        connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        entry = connection.execute(
+            sa.text("INSERT INTO journal_entries (kind) VALUES ('test') RETURNING id")
+        ).scalar_one()
+        account = connection.execute(
+            sa.text("SELECT id FROM accounts WHERE card_id = :c"), {"c": card.card_id}
+        ).scalar_one()
+        connection.execute(
+            sa.text("INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
+                    " VALUES (:e, :a, 7, 'USD')"),
+            {"e": entry, "a": account},
+        )  # fmt: skip
+        connection.execute(sa.text("SET LOCAL session_replication_role = origin"))
     before_second_check = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert value(before_second_check, "portal_ledger_imbalance_minor_units", currency="USD") == 0
     reconciliation.record_check(uow)

@@ -157,12 +157,12 @@ def test_a_transfer_request_is_one_trace_with_its_database_queries(
     traced_app: Flask, traced_uow: UnitOfWork, spans: InMemorySpanExporter
 ) -> None:
     make = Factory(traced_uow)
-    alice, budi = make.user(), make.user()
-    mine, theirs = make.card(alice, balance="10.00"), make.card(budi)
+    alice = make.user()
+    mine, theirs = make.card(alice, balance="10.00"), make.card(alice)
     headers = {**token_of(traced_uow, alice), "Idempotency-Key": uuid.uuid4().hex}
     body = {
         "from_card": mine.public_id,
-        "to_card": theirs.public_id,
+        "to_card": theirs.public_id,  # one's own: the trace is of the transfer alone
         "amount": 350,
         "currency": "usd",
     }

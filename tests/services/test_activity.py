@@ -373,8 +373,11 @@ def test_find_recipient_reveals_only_the_masked_card(uow, make, alice, budi):
 
     assert found == activity.Recipient(
         card_id=theirs.card_id, card_public_id=theirs.public_id, brand="mastercard",
-        last4=theirs.number[-4:], currency="IDR", holder="Budi S.",
+        last4=theirs.number[-4:], currency="IDR", holder="Budi S.", email=found.email,
+        reference=found.reference, reference_expires_at=uow.now() + timedelta(minutes=15),
     )  # fmt: skip
+    assert found.email.endswith("@example.test") and "\u2022" in found.email
+    assert found.reference.startswith("rcp_") and theirs.public_id not in found.reference
     assert theirs.number not in repr(found) and "Santoso" not in repr(found)
     with pytest.raises(InvalidInput) as bad:
         activity.find_recipient(uow, actor=alice, number="4111 1111 1111 1112")

@@ -22,7 +22,7 @@ from portal.domain.types import MovementStatus
 from portal.services.ledger import reconciliation
 from portal.services.shared import processor
 from portal.services.shared.settings import parse_limits
-from portal.services.wallet import cards, funding, wallet
+from portal.services.wallet import activity, cards, funding, wallet
 from portal.services.wallet.wallet import BankAccount
 from tests.conftest import SYSTEM, new_key
 
@@ -441,6 +441,65 @@ class TestTransfer:
                 wallet.transfer(uow, actor=alice, from_card_id=src.card_id,
                                 to_card_id=dst.card_id, amount=Money(minor, "USD"),
                                 idempotency_key=new_key())  # fmt: skip
+
+
+class TestRecipientReferences:
+    """Issue 11 A5: another person's card is paid only by the look-up's reference."""
+
+    def test_another_persons_card_id_is_not_found_like_no_card(self, uow, make, alice, bob):
+        mine, theirs = make.card(alice, balance="50"), make.card(bob, currency="IDR")
+        answers = []
+        for to in (theirs.public_id, "card_" + "0" * 24):
+            with pytest.raises(NotFound) as exc:
+                wallet.transfer(uow, actor=alice, from_card_id=mine.public_id, to_card_id=to,
+                                amount=usd("5"), idempotency_key=new_key())  # fmt: skip
+            answers.append((exc.value.code, exc.value.param, exc.value.message))
+        assert answers[0] == answers[1] == ("not_found", "to_card_id", "no such card")
+        assert count(uow, "transfers") == 0 and balances(uow, mine) == (5000, 0)
+
+    def test_the_lookups_reference_pays_the_card_for_its_sender_until_it_expires(
+        self, uow, make, alice, bob, clock
+    ):
+        mine, theirs = make.card(alice, balance="50"), make.card(bob)
+        found = activity.find_recipient(uow, actor=alice, number=theirs.number)
+        key = new_key()
+        sent = wallet.transfer(uow, actor=alice, from_card_id=mine.public_id,
+                               to_card_id=found.reference, amount=usd("5"),
+                               idempotency_key=key)  # fmt: skip
+        assert sent.status == MovementStatus.SUCCEEDED and balances(uow, theirs) == (500, 0)
+        # A retry after a fresh look-up names the same card: it replays.
+        again = activity.find_recipient(uow, actor=alice, number=theirs.number)
+        assert again.reference != found.reference
+        replay = wallet.transfer(uow, actor=alice, from_card_id=mine.public_id,
+                                 to_card_id=again.reference, amount=usd("5"),
+                                 idempotency_key=key)  # fmt: skip
+        assert replay.replayed and replay.public_id == sent.public_id
+        # Someone else's reference, a forged one and an expired one name nothing.
+        carol = make.user()
+        carols = make.card(carol, balance="50")
+        middle = len(found.reference) // 2
+        forged = (found.reference[:middle] + ("A" if found.reference[middle] != "A" else "B")
+                  + found.reference[middle + 1 :])  # fmt: skip
+        for actor, source, ref in ((carol, carols, found.reference), (alice, mine, forged)):
+            with pytest.raises(NotFound) as exc:
+                wallet.transfer(uow, actor=actor, from_card_id=source.public_id, to_card_id=ref,
+                                amount=usd("1"), idempotency_key=new_key())  # fmt: skip
+            assert (exc.value.param, exc.value.message) == ("to_card_id", "no such card")
+        clock.advance(minutes=15)
+        with pytest.raises(NotFound):
+            wallet.transfer(uow, actor=alice, from_card_id=mine.public_id,
+                            to_card_id=again.reference, amount=usd("1"),
+                            idempotency_key=new_key())  # fmt: skip
+        assert balances(uow, theirs) == (500, 0)
+        assert_clean(uow)
+
+    def test_staff_may_name_any_card(self, uow, make, alice, bob):
+        mine, theirs = make.card(alice, balance="50"), make.card(bob)
+        staff = make.user(roles=("admin",))
+        moved = wallet.transfer(uow, actor=staff, from_card_id=mine.public_id,
+                                to_card_id=theirs.public_id, amount=usd("5"),
+                                idempotency_key=new_key())  # fmt: skip
+        assert moved.status == MovementStatus.SUCCEEDED
 
 
 # -- idempotency -----------------------------------------------------------------------------

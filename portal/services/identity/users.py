@@ -554,26 +554,6 @@ def mask_email(email: str) -> str:
     return f"{shown}@{domain}"
 
 
-def card_holder_email(uow: UnitOfWork, *, actor: Actor, card_public_id: str) -> str:
-    """The masked email of the holder of a live card, for a sender to confirm a transfer
-    recipient found by card number (so look-alike names are told apart). Needs wallet:use (or
-    money:manage). Raises Forbidden, NotFound."""
-    if not actor.can("wallet:use") and not actor.can("money:manage"):
-        raise Forbidden("missing permission wallet:use")
-
-    def work(u: UnitOfWork) -> str:
-        email = u.execute(
-            "SELECT usr.email FROM cards c JOIN users usr ON usr.id = c.user_id"
-            " WHERE c.public_id = :card AND c.archived_at IS NULL AND usr.archived_at IS NULL",
-            {"card": card_public_id},
-        ).scalar_one_or_none()
-        if email is None:
-            raise NotFound("no such card", param="to_card")
-        return mask_email(email)
-
-    return uow.run(work)
-
-
 # -- changes ---------------------------------------------------------------------------------
 def update_user(
     uow: UnitOfWork,

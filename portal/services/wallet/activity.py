@@ -36,12 +36,13 @@ from portal.domain.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from portal.domain.ids import PREFIXES, is_public_id
 from portal.domain.money import Money
 from portal.domain.types import Actor, ActorKind, MovementStatus
-from portal.services.identity.users import is_printable, is_self
+from portal.services.identity.users import is_printable, is_self, mask_email
 from portal.services.shared import audit
 from portal.services.shared.pagination import Page, check_limit, like_pattern
 from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
+from portal.services.wallet import recipients
 from portal.services.wallet.cards import update_card
 
 KINDS = ("top_up", "transfer", "withdrawal", "payment", "refund")
@@ -129,6 +130,11 @@ class Recipient:
     last4: str
     currency: str
     holder: str  # masked name, e.g. "Budi S."
+    email: str  # masked, e.g. "b•••@example.com": look-alike names are told apart by it
+    #: What the sender passes as the transfer's destination (``rcp_...``, for this sender only,
+    #: until ``reference_expires_at``): see ``portal.services.wallet.recipients``.
+    reference: str
+    reference_expires_at: datetime
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -312,6 +318,9 @@ _TOPUP = (
 )
 
 
+_SHOWN = "CASE WHEN t.status <> 'failed' THEN "
+
+
 def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
     mine, other = (
         ("from_card_id", "to_card_id") if direction == "out" else ("to_card_id", "from_card_id")
@@ -326,17 +335,19 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
         " t.status::text AS status, t.amount_minor, t.currency::text AS currency,"
         f" '{direction}'::text AS direction, t.{mine} AS card_id,"
         " c.public_id::text AS card_public_id, c.last4::text AS card_last4,"
-        " o.brand::text AS cp_brand,"
-        " o.last4::text AS cp_last4, ou.first_name::text AS cp_first,"
-        " ou.last_name::text AS cp_last, NULL::text AS method,"
+        # A refused transfer shows nothing of the other card (issue 11 A5): it may never have
+        # been the sender's to see.
+        f" {_SHOWN}o.brand END::text AS cp_brand, {_SHOWN}o.last4 END::text AS cp_last4,"
+        f" {_SHOWN}ou.first_name END::text AS cp_first,"
+        f" {_SHOWN}ou.last_name END::text AS cp_last, NULL::text AS method,"
         " t.failure_code::text AS failure_code, NULL::text AS bank_name,"
         " NULL::text AS bank_last4, t.memo::text AS memo, NULL::text AS merchant_name",
         f"transfers t JOIN cards c ON c.id = t.{mine} JOIN cards o ON o.id = t.{other}"
         " JOIN users ou ON ou.id = o.user_id",
         base,
         # Only what is shown: the holder's first name and last initial (never the last name).
-        f"concat_ws(' ', {_BRAND_NAME_SQL}, o.last4, ou.first_name,"
-        " left(ou.last_name, 1), t.memo, c.last4, c.name)",
+        f"concat_ws(' ', {_SHOWN}concat_ws(' ', {_BRAND_NAME_SQL}, o.last4, ou.first_name,"
+        " left(ou.last_name, 1)) END, t.memo, c.last4, c.name)",
     )
 
 
@@ -419,6 +430,8 @@ def _counterparty(row: sa.Row[Any]) -> str:
     if row.kind == "top_up":
         return METHOD_LABELS.get(row.method, row.method or "")
     if row.kind == "transfer":
+        if row.cp_last4 is None:
+            return "Card transfer"  # refused: nothing of the other card is shown
         card = card_numbers.mask(row.cp_last4, row.cp_brand)
         return f"{card} ({masked_name(row.cp_first, row.cp_last)})"
     bank = row.bank_name or "bank"
@@ -721,10 +734,10 @@ def change_version(uow: UnitOfWork, *, actor: Actor) -> int:
 
 
 def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
-    """The card with this full number, masked, for a sender to confirm before paying it.
-    Needs wallet:use (or money:manage). Raises InvalidInput (``invalid_card_number``),
-    NotFound (no such card, or archived, or its holder archived), Forbidden. Callers must
-    rate-limit it: it is an oracle for card numbers."""
+    """The card with this full number, masked, for a sender to confirm before paying it, with
+    the recipient reference the sender pays it by. Needs wallet:use (or money:manage). Raises
+    InvalidInput (``invalid_card_number``), NotFound (no such card, or archived, or its holder
+    archived), Forbidden. Callers must rate-limit it: it is an oracle for card numbers."""
     if not actor.can("wallet:use") and not actor.can("money:manage"):
         raise Forbidden("missing permission wallet:use")
     if not isinstance(number, str):
@@ -735,19 +748,24 @@ def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
         )
     digits, _brand = card_numbers.validate_number(number)
     fingerprint = Vault.from_settings(uow.settings).fingerprint(digits)
+    sender = actor.id if actor.id is not None else 0  # the system's references name nobody
 
     def work(u: UnitOfWork) -> Recipient:
         row = u.execute(
-            "SELECT c.id, c.public_id, c.brand, c.last4, c.currency, u.first_name, u.last_name"
-            " FROM cards c JOIN users u ON u.id = c.user_id WHERE c.fingerprint = :fp"
+            "SELECT c.id, c.public_id, c.brand, c.last4, c.currency, u.first_name, u.last_name,"
+            " u.email FROM cards c JOIN users u ON u.id = c.user_id WHERE c.fingerprint = :fp"
             " AND c.archived_at IS NULL AND u.archived_at IS NULL",
             {"fp": fingerprint},
         ).first()
         if row is None:
             raise NotFound("no card with this number", param="number")
+        now = u.now()
         return Recipient(
             card_id=row.id, card_public_id=row.public_id, brand=row.brand, last4=row.last4,
             currency=row.currency, holder=masked_name(row.first_name, row.last_name),
+            email=mask_email(row.email),
+            reference=recipients.issue(u.settings, sender_id=sender, card_id=row.id, now=now),
+            reference_expires_at=now + timedelta(minutes=recipients.REFERENCE_MINUTES),
         )  # fmt: skip
 
     return uow.run(work)

@@ -48,6 +48,7 @@ from portal.services.shared import audit, idempotency, jobs
 from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
+from portal.services.wallet import recipients
 
 PAYOUT_JOB = "withdrawal.payout"
 FUNDING_JOB = "top_up.funding"
@@ -413,36 +414,52 @@ def transfer(
     idempotency_key: str,
     memo: str = "",
 ) -> MovementResult:
-    """Move money between two cards of one currency. Raises InvalidInput, LimitExceeded,
-    NotFound, CurrencyMismatch, CardUnavailable, InsufficientFunds, IdempotencyConflict."""
+    """Move money between two cards of one currency. ``to_card_id`` names one of the actor's
+    own cards, or someone else's through the recipient reference (``rcp_...``) the look-up by
+    card number issued to this actor (``portal.services.wallet.recipients``); another person's
+    card named by its public id is not found, exactly as a card that does not exist (staff with
+    money:manage and internal ids from inside the system may name any card). Raises
+    InvalidInput, LimitExceeded, NotFound, CurrencyMismatch, CardUnavailable, InsufficientFunds,
+    IdempotencyConflict."""
     _require(actor, "wallet:use")
     key = idempotency.check_key(idempotency_key)
     _check_card(from_card_id, "from_card_id")
-    _check_card(to_card_id, "to_card_id")
-    if from_card_id == to_card_id:
+    sealed: recipients.Sealed | None = None
+    if recipients.is_reference(to_card_id):
+        sealed = recipients.open_reference(uow.settings, str(to_card_id), "to_card_id")
+        to_card: Ref = sealed.card_id
+    else:
+        _check_card(to_card_id, "to_card_id")
+        to_card = to_card_id
+    if from_card_id == to_card:
         raise InvalidInput("cannot transfer to the same card", param="to_card_id")
     memo = (memo or "").strip()
     if len(memo) > 140:
         raise InvalidInput("memo is at most 140 characters", param="memo")
     check_amount(uow, amount, "transfer", "transfer")
-    params = {"from": from_card_id, "to": to_card_id, "amount": amount.amount_minor,
+    # The card a reference names, not the reference: a retry after a fresh look-up replays.
+    params = {"from": from_card_id, "to": to_card, "amount": amount.amount_minor,
               "currency": amount.currency, "memo": memo}  # fmt: skip
 
     def work(uow: UnitOfWork) -> MovementResult:
         claim = idempotency.claim(uow, actor, key, "transfer", params)
         if claim.replay is not None:
             return _replay(uow, "transfer", claim.replay)
-        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card_id])
+        now = uow.now()
+        if sealed is not None:
+            recipients.check(sealed, sender_id=actor.id, now=now, param="to_card_id")
+        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card])
         source = wallet_for(
             wallets, from_card_id, actor, "from_card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
-        dest = wallet_for(wallets, to_card_id, None, "to_card_id")
+        # A public card id names only one's own cards; another's needs a reference.
+        by_id = None if sealed is not None or isinstance(to_card, int) else actor
+        dest = wallet_for(wallets, to_card, by_id, "to_card_id")
         if source.card_id == dest.card_id:  # one card named once by each kind of id
             raise InvalidInput("cannot transfer to the same card", param="to_card_id")
         _check_currency(source, amount, "currency")
         _check_currency(dest, amount, "to_card_id")
-        now = uow.now()
         refusal: PortalError | None = (
             card_refusal(source, now) or card_refusal(dest, now) or _insufficient(source, amount)
         )
