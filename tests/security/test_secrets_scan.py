@@ -52,10 +52,11 @@ from sqlalchemy.engine import make_url
 
 from portal.domain.types import IssuedCard
 from portal.extensions import limiter
+from portal.services.identity import users
 from portal.services.merchants import keys, merchants
 from portal.web import logging as log_setup
 from portal.web.auth import SESSION_KEY
-from tests.conftest import Factory
+from tests.conftest import SYSTEM, Factory
 
 pytestmark = pytest.mark.concurrency  # commits for real (wiped afterwards)
 
@@ -358,7 +359,7 @@ def pages_part(run: Run) -> tuple[str, str]:
     return email, key
 
 
-def api_part(run: Run, email: str, totp_key: str) -> None:
+def api_part(run: Run, email: str, totp_key: str) -> tuple[str, IssuedCard]:
     """Tokens, cards, money and a merchant through the JSON API."""
     app, make = run.app, run.make
     api = run.client("198.51.100.20")
@@ -482,6 +483,16 @@ def api_part(run: Run, email: str, totp_key: str) -> None:
         201,
     )
     run.keep("API key", made["secret"], api.last)
+    invited = ok(
+        api.post(
+            f"{API}/merchants/{applied['id']}/invitations",
+            json={"email": f"invitee-{uuid.uuid4().hex[:6]}@example.test", "role": "viewer"},
+            headers=me,
+        ),
+        201,
+    )
+    if invited.get("token"):  # the invitation link's token, shown to the inviter once
+        run.keep("invitation token", invited["token"], api.last)
     rolled = ok(
         api.post(
             f"{API}/merchants/{applied['id']}/api_keys/{made['id']}/roll",
@@ -573,10 +584,12 @@ def api_part(run: Run, email: str, totp_key: str) -> None:
         ok(api.get(f"{API}{path}", headers=me))
     out = api.post(f"{API}/auth/logout", json={"refresh_token": rotated["refresh_token"]})
     assert out.status_code in (200, 204), out.get_data(as_text=True)
+    return mine["id"], theirs
 
 
-def wallet_pages_part(run: Run, email: str, totp_key: str) -> None:
-    """The cardholder's pages after the API part: a card issued on a page, the wallet read."""
+def wallet_pages_part(run: Run, email: str, totp_key: str, mine: str, theirs: IssuedCard) -> None:
+    """The cardholder's pages after the API part: a card issued on a page (shown once), a
+    transfer to another person's card typed by its number, the wallet read."""
     page = run.client("198.51.100.30")
     ok(page.post("/auth/login", data={"email": email, "password": PASSWORDS["after reset"]}), 302)
     code = pyotp.TOTP(totp_key).at(time.time(), counter_offset=1)
@@ -599,6 +612,30 @@ def wallet_pages_part(run: Run, email: str, totp_key: str) -> None:
     number = re.search(r"\b(\d{4}(?: \d{4}){3})\b", text)
     assert number, text[:3000]
     run.keep("card number", number.group(1).replace(" ", ""), page.last)
+    cvv = re.search(r'id="card-cvv">(\d{3,4})<', text)
+    assert cvv, text[:3000]
+    run.keep("security code", cvv.group(1), page.last)
+
+    # A transfer to another person's card by its number: a review step, then the confirmation.
+    form = ok(page.get("/wallet/transfer"))
+    once = re.search(r'name="idempotency_key" type="hidden" value="([^"]+)"', form)
+    assert once, form
+    spaced = " ".join(theirs.number[i : i + 4] for i in range(0, len(theirs.number), 4))
+    data = {"card_id": mine, "destination": "other", "to_number": spaced, "amount": "3.00",
+            "memo": "page transfer", "idempotency_key": once.group(1),
+            "step": "review"}  # fmt: skip
+    review = page.post("/wallet/transfer", data=data)
+    assert review.status_code == 200, review.get_data(as_text=True)[:3000]
+    confirm = {**data, "step": "confirm"}
+    for name, value in re.findall(
+        r'<input type="hidden" name="([^"]+)" value="([^"]*)"', review.get_data(as_text=True)
+    ):
+        if name != "step":
+            confirm[name] = value
+    done = page.post("/wallet/transfer", data=confirm)
+    done_text = done.get_data(as_text=True)
+    assert done.status_code in (200, 201, 302), done_text[:3000]
+    assert 'name="to_number"' not in done_text, done_text[:3000]  # sent: a receipt, no form
     for path in ("/wallet", "/wallet/activity", "/wallet/activity.csv", "/auth/account"):
         ok(page.get(path))
 
@@ -705,6 +742,19 @@ def redis_contents(app: Flask) -> str:
     return "\n".join(parts)
 
 
+#: Secrets a page sends back to the person who just typed them, each a known defect with its
+#: own strict expected failure: (method, path, kind) -> that test.
+KNOWN_ECHOES = {
+    ("POST", "/wallet/transfer", "card number"): "test_the_transfer_review_does_not_carry_"
+    "the_recipients_card_number",
+}
+
+
+def known_echo(finding: Finding) -> bool:
+    found = re.match(r"response \d+ \((\w+) ([^? ]+)", finding.where)
+    return bool(found) and (found.group(1), found.group(2), finding.kind) in KNOWN_ECHOES
+
+
 def every_finding(run: Run, logs: Logs, dumped: str, cached: str) -> list[Finding]:
     secrets = run.secrets
     found: list[Finding] = []
@@ -743,8 +793,8 @@ def run(app: Flask, real_uow, committing_engine: sa.Engine) -> Iterator[Run]:
 
 def test_no_secret_in_the_dump_the_logs_or_the_responses(app: Flask, run: Run, logs: Logs):
     email, totp_key = pages_part(run)
-    api_part(run, email, totp_key)
-    wallet_pages_part(run, email, totp_key)
+    mine, theirs = api_part(run, email, totp_key)
+    wallet_pages_part(run, email, totp_key, mine, theirs)
     kinds = {s.kind for s in run.secrets}
     assert kinds >= {
         "card number",
@@ -765,7 +815,8 @@ def test_no_secret_in_the_dump_the_logs_or_the_responses(app: Flask, run: Run, l
 
     found = every_finding(run, logs, database_dump(app), redis_contents(app))
 
-    assert not found, "\n".join(map(str, found[:40]))
+    unexpected = [f for f in found if not known_echo(f)]
+    assert not unexpected, "\n".join(map(str, unexpected[:40]))
 
 
 def test_the_scanner_finds_what_is_planted(app: Flask, run: Run, logs: Logs) -> None:
@@ -831,3 +882,36 @@ def test_a_link_token_is_not_echoed_into_its_page(app: Flask, connection: sa.Con
 
     assert verify not in opened.get_data(as_text=True) + opened.headers.get("Location", "")
     assert reset not in form
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the transfer review page carries the recipient's full card number, as typed, in a"
+    " hidden to_number field of its confirm and edit forms (portal/templates/cardholder/"
+    "_review.html, hidden_fields); it could carry the look-up's recipient reference instead",
+)
+def test_the_transfer_review_does_not_carry_the_recipients_card_number(
+    app: Flask, connection: sa.Connection, make: Factory
+) -> None:
+    limiter.reset()
+    password = PASSWORDS["page sign-up"]
+    sender = users.create_user(
+        make.uow, actor=SYSTEM, email=f"review-{uuid.uuid4().hex[:6]}@example.test",
+        first_name="Sekar", last_name="Ayu", password=password, roles=("cardholder",),
+        verified=True,
+    )  # fmt: skip
+    mine = make.card(users.actor_for(make.uow, sender.id), balance="20.00")
+    theirs = make.card(make.user(first_name="Tari"))
+    page = RecordingClient(app, app.response_class, use_cookies=True)
+    page.seen = []
+    ok(page.post("/auth/login", data={"email": sender.email, "password": password}), 302)
+    form = ok(page.get("/wallet/transfer"))
+    once = re.search(r'name="idempotency_key" type="hidden" value="([^"]+)"', form)
+    assert once, form
+    review = page.post("/wallet/transfer", data={
+        "card_id": mine.public_id, "destination": "other", "to_number": theirs.number,
+        "amount": "3.00", "idempotency_key": once.group(1), "step": "review"})  # fmt: skip
+    text = review.get_data(as_text=True)
+    assert review.status_code == 200 and "Check and confirm" in text, text[:2000]
+
+    assert not list(scan([Secret("card number", theirs.number)], "the review", text))
