@@ -6,11 +6,11 @@ withdrawals (confirmed or failed by staff, paid or declined by their payout job,
 after marking one ``processing``, holds that expire), merchant payments (automatic, or held and
 then captured in full or in part, or cancelled; declines; paid by a signed-in cardholder at a
 hosted checkout, once), refunds (full and partial, to a closed card), merchant payouts on request
-or by the daily schedule and their job (paid, or declined and returned), the settlement day that
-makes captured funds available, and cards frozen or closed. Each money-moving request
-may be replayed with its idempotency key (the same answer, nothing moves again) or its key reused
-for another request (refused), and invalid requests are sent (refused with the field named,
-nothing changes).
+or by the daily schedule and their job (paid, or declined and returned; its lease lost after it
+marked the payout ``processing``), the settlement day that makes captured funds available, and
+cards frozen or closed. Each money-moving request may be replayed with its idempotency key (the
+same answer, nothing moves again) or its key reused for another request (refused), and invalid
+requests are sent (refused with the field named, nothing changes).
 
 After every step: each wallet's posted balance, pending debits and available balance equal the
 model and available is never negative; each merchant balance (ledger and available/pending)
@@ -68,6 +68,7 @@ from portal.domain.types import Actor, IssuedCard, MovementStatus
 from portal.services.ledger import reconciliation
 from portal.services.merchants import checkout, payments, payouts, settlements
 from portal.services.merchants.payments import CardDetails
+from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import activity, cards, funding, wallet
 from portal.services.wallet.payouts import pay_out
@@ -112,6 +113,14 @@ def attempt(call: Callable[[], Any]) -> Any:
         return call()
     except PortalError as error:
         return error
+
+
+def attempt_lease(call: Callable[[], Any]) -> Any:
+    """The call's result, or the LeaseLost it raised."""
+    try:
+        return call()
+    except jobs.LeaseLost as lost:
+        return lost
 
 
 def refused(outcome: Any, cls: type[PortalError], code: str | None = None) -> None:
@@ -970,22 +979,43 @@ class MoneyMachine(RuleBasedStateMachine):
             self.scheduled_days.add((currency, today))
 
     @precondition(lambda self: self.payouts)
-    @rule(n=PICK)
-    def merchant_payout_job(self, n: int) -> None:
-        po = self._pick(self.payouts, n, lambda po: po.status == "pending")
-        payouts.pay(self.uow, {"payout_id": po.pk})
-        if po.status == "pending":
-            if po.closed_bank:  # declined: the money returns to the balance, available at once
-                po.status = "failed"
-                self.system["payouts", po.currency] -= po.amount
-                self.merchant[po.currency] += po.amount
-                self.txns.append(Txn(po.amount, po.currency, self.clock.now, "available"))
-            else:
-                po.status = "paid"
+    @rule(n=PICK, lease_lost=st.sampled_from([False, False, True]))
+    def merchant_payout_job(self, n: int, lease_lost: bool) -> None:
+        """The payout's job runs: paid, or declined for a closed account (the money returns to
+        the balance, available at once). Or another worker holds the job now: this one marks
+        the payout ``processing``, finds its lease lost and stops before calling the bank."""
+        po = self._pick(self.payouts, n, lambda po: po.status in ("pending", "processing"))
+        if lease_lost:
+            (job,) = self._rows(
+                "SELECT id FROM jobs WHERE dedupe_key = :k OR payload->>'payout_id' = :pk"
+                " ORDER BY id LIMIT 1",
+                k=f"{payouts.PAY_JOB}:{po.pk}", pk=str(po.pk),
+            )  # fmt: skip
+            before = self._counts()
+            with jobs.running(job.id, "a-worker-that-lost-the-lease", lease_seconds=60):
+                outcome = attempt_lease(lambda: payouts.pay(self.uow, {"payout_id": po.pk}))
+            assert self._counts() == before  # nothing moved, the bank was not asked
+            if po.status in ("pending", "processing"):
+                assert isinstance(outcome, jobs.LeaseLost), outcome
+                po.status = "processing"
+        else:
+            payouts.pay(self.uow, {"payout_id": po.pk})
+            if po.status in ("pending", "processing"):
+                if po.closed_bank:
+                    po.status = "failed"
+                    self.system["payouts", po.currency] -= po.amount
+                    self.merchant[po.currency] += po.amount
+                    self.txns.append(Txn(po.amount, po.currency, self.clock.now, "available"))
+                else:
+                    po.status = "paid"
         got = payouts.get_payout(
             self.uow, actor=self.shop.api, merchant=self.shop.merchant.id, payout=po.id
         )
         assert got.status == po.status
+        (asked,) = self._rows(
+            "SELECT count(*) FROM demo_processor_requests WHERE idempotency_key = :k", k=po.id
+        )
+        assert asked[0] == (po.status in ("paid", "failed"))  # the bank was asked once, if at all
 
     # -- replays, reused keys and invalid requests ------------------------------------------
     @precondition(lambda self: self.keyed)
