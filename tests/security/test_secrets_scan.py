@@ -359,7 +359,7 @@ def pages_part(run: Run) -> tuple[str, str]:
     return email, key
 
 
-def api_part(run: Run, email: str, totp_key: str) -> tuple[str, IssuedCard]:
+def api_part(run: Run, email: str, totp_key: str) -> tuple[str, IssuedCard, str]:
     """Tokens, cards, money and a merchant through the JSON API."""
     app, make = run.app, run.make
     api = run.client("198.51.100.20")
@@ -584,7 +584,7 @@ def api_part(run: Run, email: str, totp_key: str) -> tuple[str, IssuedCard]:
         ok(api.get(f"{API}{path}", headers=me))
     out = api.post(f"{API}/auth/logout", json={"refresh_token": rotated["refresh_token"]})
     assert out.status_code in (200, 204), out.get_data(as_text=True)
-    return mine["id"], theirs
+    return mine["id"], theirs, applied["id"]
 
 
 def wallet_pages_part(run: Run, email: str, totp_key: str, mine: str, theirs: IssuedCard) -> None:
@@ -637,6 +637,28 @@ def wallet_pages_part(run: Run, email: str, totp_key: str, mine: str, theirs: Is
     assert done.status_code in (200, 201, 302), done_text[:3000]
     assert 'name="to_number"' not in done_text, done_text[:3000]  # sent: a receipt, no form
     for path in ("/wallet", "/wallet/activity", "/wallet/activity.csv", "/auth/account"):
+        ok(page.get(path))
+    return page
+
+
+def merchant_pages_part(run: Run, page: RecordingClient, mid: str) -> None:
+    """The merchant dashboard: a key and a webhook endpoint made on the pages (each secret
+    shown once), then the pages that list them."""
+    form = {"name": "dashboard", "scopes": ["payments:read"], "form_token": uuid.uuid4().hex}
+    made = page.post(f"/merchant/{mid}/keys", data=form)
+    text = made.get_data(as_text=True)
+    key = re.search(r"\b(sk_live_[A-Za-z0-9]{20,})", text)
+    assert made.status_code in (200, 201) and key, text[:3000]
+    run.keep("API key", key.group(1), page.last)
+    hook = page.post(f"/merchant/{mid}/webhooks", data={
+        "url": "https://hooks.warung-scan.example/pages", "events": ["*"],
+        "description": "from the dashboard", "form_token": uuid.uuid4().hex})  # fmt: skip
+    text = hook.get_data(as_text=True)
+    secret = re.search(r"\b(whsec_[A-Za-z0-9+/=_-]{20,})", text)
+    assert hook.status_code in (200, 201) and secret, text[:3000]
+    run.keep("webhook secret", secret.group(1), page.last)
+    for path in (f"/merchant/{mid}", f"/merchant/{mid}/keys", f"/merchant/{mid}/webhooks",
+                 f"/merchant/{mid}/payments", f"/merchant/{mid}/team"):  # fmt: skip
         ok(page.get(path))
 
 
@@ -793,8 +815,9 @@ def run(app: Flask, real_uow, committing_engine: sa.Engine) -> Iterator[Run]:
 
 def test_no_secret_in_the_dump_the_logs_or_the_responses(app: Flask, run: Run, logs: Logs):
     email, totp_key = pages_part(run)
-    mine, theirs = api_part(run, email, totp_key)
-    wallet_pages_part(run, email, totp_key, mine, theirs)
+    mine, theirs, merchant = api_part(run, email, totp_key)
+    page = wallet_pages_part(run, email, totp_key, mine, theirs)
+    merchant_pages_part(run, page, merchant)
     kinds = {s.kind for s in run.secrets}
     assert kinds >= {
         "card number",
