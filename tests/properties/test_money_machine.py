@@ -70,16 +70,11 @@ from portal.services.merchants import checkout, payments, payouts, settlements
 from portal.services.merchants.payments import CardDetails
 from portal.services.shared import jobs
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import activity, cards, funding, wallet
+from portal.services.wallet import activity, cards, funding, recipients, wallet
 from portal.services.wallet.payouts import pay_out
 from portal.services.wallet.wallet import BankAccount
 from tests.conftest import Clock, Factory
 from tests.merchants.conftest import open_shop
-
-try:  # a transfer to another person's card names it by a recipient reference (issue 11 A5)
-    from portal.services.wallet import recipients
-except ImportError:  # before that, by its card id
-    recipients = None  # type: ignore[assignment]
 
 START = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 GOOD_BANK = BankAccount("Bank Central Asia", "1234 5678 90", "Account Holder")
@@ -92,8 +87,6 @@ COUNTED = (
     "journal_entries", "postings", "holds", "balance_transactions", "top_ups", "transfers",
     "withdrawals", "payments", "refunds", "payouts", "jobs",
 )  # fmt: skip
-#: Whether another person's card is named by a recipient reference (``rcp_``, issue 11 A5).
-RECIPIENT_REFERENCES = recipients is not None and hasattr(activity, "find_recipient")
 #: What each card holds when an example starts (minor units).
 STARTING_BALANCE = "300"
 #: Replays and key reuse only within the idempotency keys' retention (24 h by default).
@@ -452,8 +445,9 @@ class MoneyMachine(RuleBasedStateMachine):
         d = alike[dst % len(alike)] if dst % 4 else others[dst % len(others)]
         k = key()
         to = d.ref
-        if d.owner.id != s.owner.id and RECIPIENT_REFERENCES:
-            # Another person's card is named by the reference its look-up by number issues.
+        if d.owner.id != s.owner.id:
+            # Another person's card is named by the reference (``rcp_``) its look-up by number
+            # issues to this sender (issue 11 A5), never by its card id.
             found = attempt(
                 lambda: activity.find_recipient(self.uow, actor=s.owner, number=d.issued.number)
             )
@@ -1038,9 +1032,8 @@ class MoneyMachine(RuleBasedStateMachine):
          "transfer_no_key", "withdraw_bad_account", "withdraw_over_max", "top_up_bad_method",
          "confirm_by_cardholder", "confirm_no_withdrawal", "pay_bad_number",
          "pay_bad_capture_method", "pay_bad_expiry", "capture_zero", "capture_no_payment",
-         "refund_negative", "refund_bad_reason", "payout_bad_currency", "payout_by_cardholder"]
-        + (["transfer_to_others_card_by_id", "transfer_stale_reference",
-            "transfer_others_reference"] if RECIPIENT_REFERENCES else [])
+         "refund_negative", "refund_bad_reason", "payout_bad_currency", "payout_by_cardholder",
+         "transfer_to_others_card_by_id", "transfer_stale_reference", "transfer_others_reference"]
     )), i=CARD)  # fmt: skip
     def invalid_request(self, kind: str, i: int) -> None:
         card = self.cards[i]
@@ -1058,7 +1051,6 @@ class MoneyMachine(RuleBasedStateMachine):
         payment = self.payments[0].id if self.payments else new_public_id("payment")
 
         def reference(sender: Actor, minutes_ago: int = 0) -> str:
-            assert recipients is not None
             return recipients.issue(
                 uow.settings, sender_id=sender.id, card_id=other.issued.card_id,
                 now=self.clock.now - timedelta(minutes=minutes_ago),
