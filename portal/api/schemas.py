@@ -5,10 +5,11 @@ The same models validate requests, serialise responses and generate the OpenAPI 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portal.domain.errors import InvalidInput
 from portal.domain.ids import MAX_LENGTH, PREFIXES, RANDOM_LENGTH
@@ -39,6 +40,18 @@ class RequestBody(ApiModel):
     ``Field(strict=False)``."""
 
     model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """No text field takes control characters (tab, newline and carriage return aside):
+        PostgreSQL cannot store NUL, and the others only hide what a text says."""
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class QueryModel(ApiModel):

@@ -243,14 +243,6 @@ def test_every_api_body_refuses_hostile_input_with_a_4xx_and_changes_nothing(
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a NUL character in a free-text API field reaches PostgreSQL, which cannot store it:"
-    " a 500 for a withdrawal's bank_name, a withdrawal confirmation's payout_reference, a"
-    " webhook endpoint's description and a merchant bank account's bank_name (an"
-    " account_holder, sealed before storing, is taken with the NUL); RequestBody strings"
-    " should refuse control characters with a 422 naming the field",
-)
 def test_a_nul_character_in_any_api_text_field_is_a_4xx(
     app: Flask,
     connection: sa.Connection,
@@ -318,12 +310,6 @@ def test_every_page_form_refuses_hostile_fields_without_a_5xx(
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /api/v1/users with an empty roles list runs an INSERT with an empty parameter"
-    " list (portal/services/identity/users.py, insert_user: user_roles), which SQLAlchemy"
-    " deprecates and will refuse; under warnings-as-errors it is a 500 today",
-)
 def test_an_empty_list_field_is_taken_or_refused_never_a_5xx(
     app: Flask,
     connection: sa.Connection,

@@ -246,10 +246,11 @@ def insert_user(
             "an account with this email already exists", param="email", code="email_taken"
         ) from exc
     user_id = inserted.id
-    u.execute(
-        sa.text("INSERT INTO user_roles (user_id, role_id, created_at) VALUES (:u, :r, :now)"),
-        [{"u": user_id, "r": r.id, "now": u.now()} for r in found],
-    )
+    if found:  # a user may start with no role at all
+        u.execute(
+            sa.text("INSERT INTO user_roles (user_id, role_id, created_at) VALUES (:u, :r, :now)"),
+            [{"u": user_id, "r": r.id, "now": u.now()} for r in found],
+        )
     audit.record(u, actor, "user.create", "user", user_id, data={"roles": sorted(roles)})
     return UserCreated(user_id, inserted.public_id, email, tuple(sorted(roles)))
 
