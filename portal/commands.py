@@ -153,15 +153,16 @@ def vault_rotate() -> None:
 
 #: The NOLOGIN group role migration 0018 grants the app's privileges to (roles are cluster-wide).
 RUNTIME_GROUP = "portal_runtime"
-_CREATE_GROUP = f"""
+_CREATE_GROUP = """
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{RUNTIME_GROUP}') THEN
-        CREATE ROLE {RUNTIME_GROUP} NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'portal_runtime') THEN
+        CREATE ROLE portal_runtime NOLOGIN;
     END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- made meanwhile elsewhere
 END $$
 """
+assert RUNTIME_GROUP in _CREATE_GROUP  # written out: a DO block takes no bound parameters
 
 
 class RuntimeRoleError(click.ClickException):

@@ -47,7 +47,8 @@ class TopUp(Base):
         # The activity feed pages each card's movements newest first (migration 0005).
         sa.Index("ix_top_ups_card_id_created_at_id", "card_id", "created_at", "id"),
         sa.Index(
-            "ix_top_ups_unsettled", "created_at",
+            "ix_top_ups_unsettled",
+            "created_at",
             postgresql_where=sa.text("status IN ('pending', 'processing')"),
         ),
     )

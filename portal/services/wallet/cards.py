@@ -148,7 +148,7 @@ def issue_card(
             return _reissued(u, int(claim.replay["result"]["card_id"]))
         # Lock the owner so two concurrent issues cannot both pass the per-user cap.
         owner = u.execute(
-            f"SELECT id FROM users WHERE {user_column} = :ref AND archived_at IS NULL"
+            f"SELECT id FROM users WHERE {user_column} = :ref AND archived_at IS NULL"  # nosec B608: user_column is id or public_id (ref_key)
             " FOR NO KEY UPDATE",
             {"ref": user_value},
         ).first()
@@ -244,7 +244,7 @@ def _card_key(card_id: Ref) -> tuple[str, int | str]:
 def _load_for_change(u: UnitOfWork, actor: Actor, card_id: Ref, permission: str) -> CardView:
     column, value = _card_key(card_id)
     row = u.execute(
-        f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE {column} = :ref FOR NO KEY UPDATE",
+        f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE {column} = :ref FOR NO KEY UPDATE",  # nosec B608: constant columns; column from ref_key
         {"ref": value},
     ).first()
     if row is None or not _may_manage(actor, row.user_id, permission):
@@ -256,7 +256,7 @@ def update_card(u: UnitOfWork, card_id: int, assignments: str, **params: Any) ->
     """Change a card and mark its owner's pages as changed (live updates poll
     ``users.change_version``), in one statement."""
     u.execute(
-        f"WITH changed AS (UPDATE cards SET {assignments}, updated_at = :now WHERE id = :id"
+        f"WITH changed AS (UPDATE cards SET {assignments}, updated_at = :now WHERE id = :id"  # nosec B608: assignments are this module's constant SET clauses
         " RETURNING user_id) UPDATE users SET change_version = change_version + 1"
         " WHERE id IN (SELECT user_id FROM changed)",
         {**params, "now": u.now(), "id": card_id},
@@ -298,7 +298,7 @@ def set_archived(uow: UnitOfWork, *, actor: Actor, card_id: Ref, archived: bool)
 
 
 def _reload(u: UnitOfWork, card_id: int) -> CardView:
-    row = u.execute(f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE id = :id", {"id": card_id}).one()
+    row = u.execute(f"SELECT {_CARD_VIEW_COLUMNS} FROM cards WHERE id = :id", {"id": card_id}).one()  # nosec B608: constant column list
     return CardView(**row._mapping)
 
 
@@ -321,14 +321,14 @@ def rotate_vault_keys(uow: UnitOfWork, *, actor: Actor, batch: int = 500) -> int
         def work(u: UnitOfWork, table: str = table, column: str = column,
                  version_col: str = version_col, purpose: str = purpose) -> int:  # fmt: skip
             rows = u.execute(
-                f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"
+                f"SELECT id, {column} AS blob, {version_col} AS version FROM {table}"  # nosec B608: table and columns from the constant VAULT_COLUMNS list
                 f" WHERE {version_col} <> :active LIMIT :n FOR NO KEY UPDATE SKIP LOCKED",
                 {"active": vault.active_version, "n": batch},
             ).all()
             for row in rows:
                 blob, version = vault.reencrypt(bytes(row.blob), row.version, purpose=purpose)
                 u.execute(
-                    f"UPDATE {table} SET {column} = :blob, {version_col} = :v WHERE id = :id",
+                    f"UPDATE {table} SET {column} = :blob, {version_col} = :v WHERE id = :id",  # nosec B608: table and columns from the constant VAULT_COLUMNS list
                     {"blob": blob, "v": version, "id": row.id},
                 )
             if rows:
