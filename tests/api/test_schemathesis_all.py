@@ -76,7 +76,8 @@ EXAMPLES = {True: {"positive": 8, "negative": 4}, False: {"positive": 2, "negati
 WHOLE_BODIES = {
     "create_token", "refresh_token", "logout", "register", "create_payment", "capture_payment",
     "create_refund", "create_checkout_session", "create_top_up", "create_transfer",
-    "create_withdrawal", "issue_card", "set_bank_account",
+    "create_withdrawal", "issue_card", "set_bank_account", "create_webhook_endpoint",
+    "apply_for_merchant", "create_api_key", "create_payout",
 }  # fmt: skip
 #: Operations that would end the caller's own authentication.
 EXCLUDED = {"revoke_all_sessions"}
@@ -158,6 +159,17 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
         uow, actor=api, merchant=shop.id, url="https://hooks.fuzz.example/portal",
         enabled_events=["*"],
     )  # fmt: skip
+    spare_hook = webhooks.create_endpoint(
+        uow, actor=holder, merchant=shop.id, url="https://hooks.fuzz.example/spare",
+        enabled_events=["*"],
+    )  # fmt: skip
+    pending = [
+        merchants.apply(
+            uow, actor=target, name=f"Pending {n}", website="https://pending.example",
+            contact_email="owner@pending.example", settlement_currency="USD",
+        ).public_id
+        for n in range(2)
+    ]  # fmt: skip
     captured = payments.create_payment(
         uow, actor=api, merchant=shop.id, amount=Money(5000, "USD"), card=card_details(theirs),
         idempotency_key=new_key(),
@@ -192,6 +204,14 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
         bank=BankAccount("Bank Mandiri", "1234 5678 9012", "Fuzz Coffee"),
     )  # fmt: skip
     payout = payouts.create_payout(uow, actor=holder, merchant=shop.id, idempotency_key=new_key())
+    uow.clock = lambda: now() - timedelta(days=3)  # more available money, for a payout on request
+    try:
+        payments.create_payment(
+            uow, actor=api, merchant=shop.id, amount=Money(6000, "USD"),
+            card=card_details(theirs), idempotency_key=new_key(),
+        )  # fmt: skip
+    finally:
+        uow.clock = now
     session = checkout.create_checkout_session(
         uow, actor=api, merchant=shop.id, amount=Money(2000, "USD"),
         success_url="https://fuzz.example/ok", cancel_url="https://fuzz.example/no",
@@ -242,10 +262,21 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
         "issue_card": {"currency": "usd", "brand": "visa", "card_type": "debit"},
         "set_bank_account": {"bank_name": "Bank Mandiri", "account_number": "123456789012",
                              "account_holder": "Fuzz Coffee"},
+        "create_webhook_endpoint": {"enabled_events": ["*"]},
+        "apply_for_merchant": {"website": "https://applied.example",
+                               "contact_email": "owner@applied.example",
+                               "settlement_currency": "usd"},
+        "create_api_key": {},
+        "create_payout": {"currency": "usd"},
     }  # fmt: skip
     # Held payments for the operations that capture or cancel one (each can be done once).
-    by_operation = {op: {"payment_id": [h.id for h in held]}
-                    for op in ("capture_payment", "cancel_payment")}  # fmt: skip
+    by_operation: dict[str, dict[str, list[Any]]] = {
+        op: {"payment_id": [h.id for h in held]} for op in ("capture_payment", "cancel_payment")
+    }
+    # The known endpoint stays for the operations after its deletion; applications to decide.
+    by_operation["delete_webhook_endpoint"] = {"endpoint_id": [spare_hook.id]}
+    by_operation["approve_merchant"] = {"merchant_id": [pending[0]]}
+    by_operation["reject_merchant"] = {"merchant_id": [pending[1]]}
     bodies["capture_payment"] = {"amount_to_capture": 1000}
     return World(
         by_operation=by_operation,
@@ -281,6 +312,9 @@ def swap_in_known_values(case: Any, world: World, uow: UnitOfWork, data: Any, n:
         "create_top_up": {"amount": 1000 + n},
         "create_transfer": {"amount": 1 + n},
         "create_withdrawal": {"amount": 500 + n},
+        "create_webhook_endpoint": {"url": f"https://hooks.fuzz.example/{n}"},
+        "apply_for_merchant": {"name": f"Applied {n}"},
+        "create_api_key": {"name": f"fuzz {n}"},
     }  # fmt: skip
     body = {**world.bodies.get(op_id, {}), **fresh.get(op_id, {})}
     if op_id in ("change_password", "change_email"):
@@ -387,14 +421,18 @@ def test_the_whole_api_answers_only_what_it_documents(
                               ("create_withdrawal", 201), ("get_card", 200),
                               ("change_password", 204), ("change_password", 422),
                               ("change_email", 202), ("change_email", 422),
-                              ("set_bank_account", 200)):  # fmt: skip
+                              ("set_bank_account", 200), ("apply_for_merchant", 201),
+                              ("create_api_key", 201)):  # fmt: skip
             assert status in statuses[op_id], (op_id, statuses[op_id])
     if persona == "merchant":
         for op_id, status in (("create_payment", 201), ("capture_payment", 200),
                               ("create_refund", 201), ("get_payout", 200),
-                              ("create_checkout_session", 201)):  # fmt: skip
+                              ("create_payout", 201), ("create_checkout_session", 201),
+                              ("create_webhook_endpoint", 201),
+                              ("list_webhook_deliveries", 200)):  # fmt: skip
             assert status in statuses[op_id], (op_id, statuses[op_id])
     if persona == "staff":
         for op_id, status in (("get_user", 200), ("create_user", 201), ("list_users", 200),
-                              ("create_role", 201), ("get_merchant", 200)):  # fmt: skip
+                              ("create_role", 201), ("get_merchant", 200),
+                              ("approve_merchant", 200)):  # fmt: skip
             assert status in statuses[op_id], (op_id, statuses[op_id])
