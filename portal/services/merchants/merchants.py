@@ -24,7 +24,7 @@ from portal.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Un
 from portal.domain.ids import is_public_id
 from portal.domain.money import Money, MoneyError
 from portal.domain.types import Actor, ActorKind
-from portal.services.identity.users import clean_email, is_printable
+from portal.services.identity.users import canonical_email, clean_email, is_printable
 from portal.services.shared import audit
 from portal.services.shared.pagination import Page, like_pattern, page_of
 from portal.services.shared.uow import UnitOfWork
@@ -482,7 +482,8 @@ def invite_member(
 ) -> Invitation:
     """Invite someone by email (owners only); the result carries the link's token, to be mailed
     and never shown again. Raises NotFound, Forbidden, InvalidInput, Conflict."""
-    address = clean_email(email).lower()
+    # Invitations name the account's canonical address (as sign-in and accepting compare it).
+    address = canonical_email(clean_email(email))
     if role not in ROLES:
         raise InvalidInput("role must be owner, developer or viewer", param="role")
 
@@ -490,7 +491,7 @@ def invite_member(
         m = access(u, actor, merchant, "team").merchant
         member = u.execute(
             "SELECT 1 FROM merchant_members mm JOIN users us ON us.id = mm.user_id"
-            " WHERE mm.merchant_id = :m AND lower(us.email) = :email",
+            " WHERE mm.merchant_id = :m AND us.email_canonical = :email",
             {"m": m.id, "email": address},
         ).first()
         if member is not None:
