@@ -21,12 +21,11 @@ import sqlalchemy as sa
 from flask import Flask
 from playwright.sync_api import expect
 
-from portal.domain.money import Money
 from portal.services.identity import mfa, users
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import cards, wallet
+from portal.services.wallet import cards
 from tests.browser.test_sign_in_flow import Watch
-from tests.conftest import SYSTEM
+from tests.conftest import SYSTEM, Factory
 
 PASSWORD = "correct horse battery staple"
 
@@ -82,9 +81,7 @@ def test_apply_approve_key_live_payment_and_refund(
     holder = users.actor_for(real_uow(), users_id(committing_engine, holder_email))
     card = cards.issue_card(real_uow(), actor=holder, user_id=holder.id, card_type="debit",
                             brand="visa", currency="USD")  # fmt: skip
-    wallet.top_up(real_uow(), actor=SYSTEM, card_id=card.card_id,
-                  amount=Money.of_major("500", "USD"), method="bank_transfer",
-                  idempotency_key=uuid.uuid4().hex)  # fmt: skip
+    Factory(real_uow()).fund(card, "500")
 
     # The owner applies.
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server)

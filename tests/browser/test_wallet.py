@@ -120,7 +120,13 @@ def test_wallet_flow_with_live_updates(
     page.get_by_role("button", name="Review top-up").click()
     expect(page.get_by_role("heading", name="Check and confirm")).to_be_visible()
     page.get_by_role("button", name="Top up 250.00 USD").click()
-    expect(page.get_by_role("heading", name="Money added")).to_be_visible()
+    # Pending until the funding processor confirms it; the receipt updates itself when it does.
+    expect(page.get_by_role("heading", name="Top-up requested")).to_be_visible()
+    expect(page.locator("#receipt-status").get_by_text("Pending")).to_be_visible()
+    page.screenshot(path=str(artifacts / "wallet-top-up-pending-1280.png"), full_page=True)
+    assert Worker(real_uow).run_once() == 1  # the funding job
+    expect(page.locator("#receipt-status").get_by_text("Succeeded")).to_be_visible(timeout=5000)
+    expect(page.locator("#receipt-status")).to_contain_text("250.00 USD")
     watch.check("top-up")
 
     # Send money to Bob's card by number: his name is shown masked before sending.
@@ -130,6 +136,12 @@ def test_wallet_flow_with_live_updates(
     page.get_by_label("Amount").fill("40")
     page.get_by_role("button", name="Review transfer").click()
     expect(page.get_by_text("Bob S. · Mastercard")).to_be_visible()
+    expect(page.get_by_text(f"Mastercard •••• {bobs_card.number[-4:]}", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^b•+\w@example\.test$"))).to_be_visible()
+    page.screenshot(path=str(artifacts / "wallet-transfer-confirm-1280.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(artifacts / "wallet-transfer-confirm-390.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.get_by_role("button", name="Send 40.00 USD").click()
     expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
 
