@@ -84,15 +84,7 @@ EXCLUDED = {"revoke_all_sessions"}
 #: Known defects: operation id -> (the personas whose run finds it, what its failure says, why).
 #: Each such run expects the operation to fail so (strictly, as xfail(strict=True) would) and
 #: every other one to pass.
-KNOWN_FAILURES: dict[str, tuple[set[str], str, str]] = {
-    "list_merchants": (
-        {"staff"},
-        '"message": "no such merchant", "param": "merchant"',
-        "GET /merchants?all=true&starting_after=<not a merchant id> answers an undocumented 404"
-        " 'no such merchant' (param merchant): services/merchants/merchants.list_merchants looks"
-        " the cursor up with merchant_ref; every other list answers 422 naming starting_after",
-    ),
-}
+KNOWN_FAILURES: dict[str, tuple[set[str], str, str]] = {}
 
 
 @dataclass

@@ -790,8 +790,8 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(n=PICK, portion=st.sampled_from([None, 1.0, 0.5, 0.01, 1.01]))
     def capture(self, n: int, portion: float | None) -> None:
         p = self._pick(self.payments, n, lambda p: p.status == "requires_capture")
-        # Not below the payment minimum: a capture the fee takes whole fails reconciliation
-        # (test_a_capture_the_fee_takes_whole_reconciles, below, a known defect).
+        # Below the payment minimum a capture is refused (amount_too_small; the fee could take
+        # it whole): test_a_capture_the_fee_would_take_whole_is_refused, below.
         least = payments_minimum(self.uow, p.currency)
         part = None if portion is None else max(least, int(p.amount * portion))
         k = key()
@@ -1194,15 +1194,10 @@ def test_money_rules_hold_over_every_movement(money_machine: type[MoneyMachine])
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect (found by the machine above): capturing an amount the fee takes whole"
-    " (0.26 USD of a held payment: fee 0.01 + 0.30, capped at the capture) writes a balance"
-    " transaction of net 0 but no posting on the merchant's balance (the zero leg is dropped),"
-    " so reconciliation reports a balance_transaction violation; amount_to_capture below the"
-    " payment minimum should be refused, or no zero-net transaction written",
-)
-def test_a_capture_the_fee_takes_whole_reconciles(uow: UnitOfWork, make: Factory) -> None:
+def test_a_capture_the_fee_would_take_whole_is_refused(uow: UnitOfWork, make: Factory) -> None:
+    """Found by the machine above: capturing 0.26 USD of a held payment (the fee, 0.01 + 0.30,
+    capped at the capture, took all of it) wrote a zero-net balance transaction with no posting,
+    which reconciliation flagged. A capture below the payment minimum is refused now."""
     staff = make.user(roles=("admin",))
     shop = open_shop(uow, make, staff)
     card = make.card(make.user(), balance="100")
@@ -1218,8 +1213,12 @@ def test_a_capture_the_fee_takes_whole_reconciles(uow: UnitOfWork, make: Factory
             merchant=shop.merchant.id,
             payment=held.id,
             idempotency_key=key(),
-            amount_to_capture=26,
+            amount_to_capture=payments_minimum(uow, "USD") - 1,
         )  # fmt: skip
     )
+    assert isinstance(captured, InvalidInput), captured
+    assert (captured.code, captured.param) == ("amount_too_small", "amount_to_capture")
+    again = payments.get_payment(uow, actor=shop.api, merchant=shop.merchant.id, payment=held.id)
+    assert again.status == "requires_capture"
     report = reconciliation.reconcile(uow)
-    assert report.ok, (captured, report.violations)
+    assert report.ok, report.violations

@@ -266,7 +266,12 @@ def list_merchants(
             where.append("(m.name ILIKE :q OR m.contact_email ILIKE :q OR m.website ILIKE :q)")
             params["q"] = like_pattern(search.strip()[:100])
         if starting_after is not None:
-            cursor = merchant_ref(u, starting_after)
+            try:
+                cursor = merchant_ref(u, starting_after)
+            except NotFound:
+                raise InvalidInput(
+                    "starting_after is not a known object id", param="starting_after"
+                ) from None
             where.append("(m.created_at, m.id) < (:after_at, :after_id)")
             params.update(after_at=cursor.created_at, after_id=cursor.id)
         clause = (" WHERE " + " AND ".join(where)) if where else ""

@@ -686,6 +686,14 @@ def capture_payment(
                     f"amount_to_capture is at most amount_capturable ({row.amount_minor})",
                     param="amount_to_capture", code="amount_too_large",
                 )  # fmt: skip
+            limits = u.settings.limits_for(row.currency, "payment")
+            if limits is not None and amount < limits.minimum:
+                # As a payment's own minimum: below it the fee could take the whole capture.
+                least = Money(limits.minimum, row.currency)
+                raise InvalidInput(
+                    f"amount_to_capture is at least the payment minimum of {least}",
+                    param="amount_to_capture", code="amount_too_small",
+                )  # fmt: skip
             wallet = locked.wallet
             assert wallet is not None
             fee = fee_for(m, amount, row.currency)
