@@ -146,6 +146,9 @@ class TransferForm(MoneyForm):
         render_kw={"inputmode": "numeric", "autocomplete": "off", "maxlength": 23,
                    "spellcheck": "false", "placeholder": "1234 5678 9012 3456"},
     )  # fmt: skip
+    #: The look-up's recipient reference, carried from the review to the confirm step in place of
+    #: the card number (which never goes back to the browser).
+    recipient = HiddenField()
     amount = _amount()
     memo = StringField(
         "Note for the recipient (optional)",
@@ -156,7 +159,7 @@ class TransferForm(MoneyForm):
     def validate(self, extra_validators: object = None) -> bool:
         ok = super().validate(extra_validators)
         if self.destination.data == "other":
-            if not (self.to_number.data or "").strip():
+            if not (self.to_number.data or "").strip() and not self.recipient.data:
                 self.to_number.errors = [*self.to_number.errors, "Enter the card number."]
                 ok = False
         elif self.destination.data == "own" and not self.to_card_id.data:

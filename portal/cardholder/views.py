@@ -671,6 +671,35 @@ def top_up() -> Response:
 
 
 # -- transfer ------------------------------------------------------------------------------------
+def _recipient(form: TransferForm) -> Recipient | None:
+    """The other person's card the form names: looked up by the number typed (rate limited),
+    or, on the confirm step, by the reference that look-up gave (the review carries it instead
+    of the number, so the number never goes back to the browser)."""
+    if form.recipient.data and not (form.to_number.data or "").strip():
+        try:
+            return activity.recipient_by_reference(
+                _uow(), actor=current_actor(), reference=form.recipient.data
+            )
+        except NotFound:
+            form.recipient.data = ""
+            form.to_number.errors = [*form.to_number.errors, "This check has expired. Enter the"
+                                     " card number again."]  # fmt: skip
+            return None
+    g.recipient_lookup = True
+    try:
+        found = activity.find_recipient(
+            _uow(), actor=current_actor(), number=form.to_number.data or ""
+        )
+    except (NotFound, InvalidInput) as error:
+        message = error.message if isinstance(error, InvalidInput) else (
+            "No card with that number. Check the number and try again")  # fmt: skip
+        form.to_number.errors = [*form.to_number.errors,
+                                 message[:1].upper() + message[1:] + "."]  # fmt: skip
+        return None
+    form.recipient.data = found.reference
+    return found
+
+
 def _recipient_lookups_limit() -> str:
     return "20 per minute; 200 per day"
 
@@ -708,16 +737,8 @@ def transfer() -> Response:
         recipient: Recipient | None = None
         to_card: CardSummary | None = None
         if form.destination.data == "other":
-            g.recipient_lookup = True
-            try:
-                recipient = activity.find_recipient(
-                    _uow(), actor=current_actor(), number=form.to_number.data or ""
-                )
-            except (NotFound, InvalidInput) as error:
-                message = error.message if isinstance(error, InvalidInput) else (
-                    "No card with that number. Check the number and try again")  # fmt: skip
-                form.to_number.errors = [*form.to_number.errors,
-                                         message[:1].upper() + message[1:] + "."]  # fmt: skip
+            recipient = _recipient(form)
+            if recipient is None:
                 return None
             if recipient.card_public_id == card.public_id:
                 form.to_number.errors = [*form.to_number.errors,
@@ -765,6 +786,7 @@ def transfer() -> Response:
             details.append(("Their email", recipient.email))
         if form.memo.data:
             details.append(("Note", form.memo.data))
+        form.to_number.data = ""  # the review and the receipt carry the reference instead
         return Review("transfer", card, amount, destination, tuple(details), to_card_id=to_id)
 
     def execute(review: Review, key: str) -> MovementResult:

@@ -70,7 +70,4 @@ Secrets
 
 Known failures, each ``xfail(strict=True)`` with its reason until fixed:
   test_secrets_scan.py::test_a_link_token_is_not_echoed_into_its_page
-  test_secrets_scan.py::test_the_transfer_review_does_not_carry_the_recipients_card_number
-  test_hostile_bodies.py::test_a_nul_character_in_any_api_text_field_is_a_4xx
-  test_hostile_bodies.py::test_an_empty_list_field_is_taken_or_refused_never_a_5xx
 """

@@ -25,7 +25,7 @@ cards out (they are neither money in nor money out).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -733,6 +733,26 @@ def change_version(uow: UnitOfWork, *, actor: Actor) -> int:
     return uow.run(work)
 
 
+_RECIPIENT_SQL = (
+    "SELECT c.id, c.public_id, c.brand, c.last4, c.currency, u.first_name, u.last_name,"
+    " u.email FROM cards c JOIN users u ON u.id = c.user_id WHERE {which}"
+    " AND c.archived_at IS NULL AND u.archived_at IS NULL"
+)
+
+
+def _recipient(
+    u: UnitOfWork, row: Any, sender: int, now: datetime, reference: str = ""
+) -> Recipient:
+    return Recipient(
+        card_id=row.id, card_public_id=row.public_id, brand=row.brand, last4=row.last4,
+        currency=row.currency, holder=masked_name(row.first_name, row.last_name),
+        email=mask_email(row.email),
+        reference=reference
+        or recipients.issue(u.settings, sender_id=sender, card_id=row.id, now=now),
+        reference_expires_at=now + timedelta(minutes=recipients.REFERENCE_MINUTES),
+    )  # fmt: skip
+
+
 def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
     """The card with this full number, masked, for a sender to confirm before paying it, with
     the recipient reference the sender pays it by. Needs wallet:use (or money:manage). Raises
@@ -752,21 +772,32 @@ def find_recipient(uow: UnitOfWork, *, actor: Actor, number: str) -> Recipient:
 
     def work(u: UnitOfWork) -> Recipient:
         row = u.execute(
-            "SELECT c.id, c.public_id, c.brand, c.last4, c.currency, u.first_name, u.last_name,"
-            " u.email FROM cards c JOIN users u ON u.id = c.user_id WHERE c.fingerprint = :fp"
-            " AND c.archived_at IS NULL AND u.archived_at IS NULL",
+            _RECIPIENT_SQL.format(which="c.fingerprint = :fp"),  # nosec B608: constant SQL
             {"fp": fingerprint},
         ).first()
         if row is None:
             raise NotFound("no card with this number", param="number")
+        return _recipient(u, row, sender, u.now())
+
+    return uow.run(work)
+
+
+def recipient_by_reference(uow: UnitOfWork, *, actor: Actor, reference: str) -> Recipient:
+    """What :func:`find_recipient` showed for this reference, again (a page's confirm step),
+    while the reference is this sender's and has not expired. Raises NotFound (``reference``)."""
+    sealed = recipients.open_reference(uow.settings, reference, "reference")
+
+    def work(u: UnitOfWork) -> Recipient:
         now = u.now()
-        return Recipient(
-            card_id=row.id, card_public_id=row.public_id, brand=row.brand, last4=row.last4,
-            currency=row.currency, holder=masked_name(row.first_name, row.last_name),
-            email=mask_email(row.email),
-            reference=recipients.issue(u.settings, sender_id=sender, card_id=row.id, now=now),
-            reference_expires_at=now + timedelta(minutes=recipients.REFERENCE_MINUTES),
-        )  # fmt: skip
+        card_id = recipients.check(sealed, sender_id=actor.id, now=now, param="reference")
+        row = u.execute(
+            _RECIPIENT_SQL.format(which="c.id = :id"),
+            {"id": card_id},  # nosec B608: constant SQL
+        ).first()
+        if row is None:
+            raise NotFound("no such card", param="reference")
+        return replace(_recipient(u, row, sealed.sender_id, now, reference),
+                       reference_expires_at=sealed.expires_at)  # fmt: skip
 
     return uow.run(work)
 
@@ -780,6 +811,7 @@ __all__ = [
     "Recipient",
     "change_version",
     "find_recipient",
+    "recipient_by_reference",
     "get_activity_item",
     "get_card",
     "item_kind",
