@@ -68,6 +68,5 @@ Secrets
   tests/observability/test_mail_logs.py, test_logging.py   mail bodies never logged; the mask
   tests/merchants/test_payments_api.py::test_a_key_never_reaches_a_log_line_or_a_stored_row
 
-Known failures, each ``xfail(strict=True)`` with its reason until fixed:
-  test_secrets_scan.py::test_a_link_token_is_not_echoed_into_its_page
+Known failures: none (each one found was fixed, and its test kept).
 """

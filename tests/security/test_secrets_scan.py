@@ -875,12 +875,6 @@ def test_the_scanner_finds_what_is_planted(app: Flask, run: Run, logs: Logs) -> 
     assert not any("JSON" in w or "text log" in w for w in kinds_at), kinds_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reset page's form repeats the link's token in its action"
-    ' (portal/templates/auth/reset.html: action="/auth/reset/<token>"); a form without an'
-    " action posts to the page's own URL just the same",
-)
 def test_a_link_token_is_not_echoed_into_its_page(app: Flask, connection: sa.Connection) -> None:
     """The page a reset or verification link opens does not write the link's token into its
     HTML (where caches, saved pages and the browser's developer tools keep it)."""
