@@ -59,6 +59,7 @@ from portal.domain.errors import (
     InvalidInput,
     InvalidState,
     NotFound,
+    PortalError,
     Unauthenticated,
 )
 from portal.domain.ids import is_public_id
@@ -706,8 +707,18 @@ def resend_verification() -> Response:
     return redirect(_account_url())
 
 
+def _count_wrong_password(error: PortalError) -> None:
+    """A wrong current password on an account form counts as a failed sign-in (the sign-in
+    limits per address, account and device apply): a stolen session cannot guess it freely."""
+    if error.code == "wrong_password":
+        throttle.record_failure()
+
+
 @bp.post("/account/password")
 @login_required()
+@throttle.per_address
+@throttle.per_account
+@throttle.per_device
 def change_password() -> Response:
     form = ChangePasswordForm(prefix=PREFIX["password"])
     if form.validate_on_submit():
@@ -721,6 +732,7 @@ def change_password() -> Response:
                 keep_session_id=current_user.session_id,
             )
         except (InvalidInput, Conflict) as error:
+            _count_wrong_password(error)
             add_service_error(form, error)
         else:
             user = _fresh_user()
@@ -748,6 +760,9 @@ def change_password() -> Response:
 @bp.post("/account/email")
 @login_required()
 @throttle.email_per_address
+@throttle.per_address
+@throttle.per_account
+@throttle.per_device
 def change_email() -> Response:
     form = ChangeEmailForm(prefix=PREFIX["email"])
     if form.validate_on_submit():
@@ -760,6 +775,7 @@ def change_email() -> Response:
                 new_email=new_email,
             )
         except (InvalidInput, Conflict) as error:
+            _count_wrong_password(error)
             add_service_error(form, error, default="new_email")
         else:
             user = _fresh_user()
@@ -788,6 +804,9 @@ def change_email() -> Response:
 
 @bp.post("/mfa/recovery-codes")
 @login_required()
+@throttle.per_address
+@throttle.per_account
+@throttle.per_device
 def regenerate_recovery_codes() -> Response:
     form = PasswordCheckForm(prefix=PREFIX["codes"])
     user = _fresh_user()
@@ -797,6 +816,7 @@ def regenerate_recovery_codes() -> Response:
                 make_uow(), actor=current_actor(), password=form.password.data or ""
             )
         except (InvalidInput, InvalidState) as error:
+            _count_wrong_password(error)
             add_service_error(form, error, default="password")
         else:
             if _is_htmx():
@@ -817,12 +837,16 @@ def regenerate_recovery_codes() -> Response:
 
 @bp.post("/mfa/disable")
 @login_required()
+@throttle.per_address
+@throttle.per_account
+@throttle.per_device
 def disable_mfa() -> Response:
     form = PasswordCheckForm(prefix=PREFIX["disable"])
     if form.validate_on_submit():
         try:
             mfa.disable_totp(make_uow(), actor=current_actor(), password=form.password.data or "")
         except (InvalidInput, InvalidState) as error:
+            _count_wrong_password(error)
             add_service_error(form, error, default="password")
         else:
             user = _fresh_user()

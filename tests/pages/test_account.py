@@ -90,6 +90,32 @@ def test_change_password_needs_the_current_one(client: PageClient, people: Peopl
     assert "<html" in response.get_data(as_text=True)  # the whole page without htmx
 
 
+def test_wrong_current_passwords_on_account_forms_count_as_failed_sign_ins(
+    client: PageClient, people: People
+) -> None:
+    """A stolen session cannot guess the password through the account page: a wrong current
+    password on the password and email forms (and the recovery-code and second-factor ones)
+    counts against the sign-in limits (10 per 15 minutes per account by default), then 429
+    with Retry-After."""
+    person = people.make()
+    sign_in(client, person)
+    wrong = [
+        ("/auth/account/password", {"pw-current_password": "not it at all",
+                                    "pw-password": NEW_PASSWORD,
+                                    "pw-password_confirmation": NEW_PASSWORD}),
+        ("/auth/account/email", {"em-password": "not it at all",
+                                 "em-new_email": "other-address@example.test"}),
+    ]  # fmt: skip
+    statuses = [client.post(wrong[i % 2][0], data=wrong[i % 2][1]).status_code for i in range(11)]
+    assert statuses == [422] * 10 + [429], statuses
+    limited = client.post(wrong[0][0], data=wrong[0][1])
+    assert limited.status_code == 429 and "Retry-After" in limited.headers
+    # The right password is still refused while the limit lasts (nothing to guess with).
+    right = {"pw-current_password": person.password, "pw-password": NEW_PASSWORD,
+             "pw-password_confirmation": NEW_PASSWORD}  # fmt: skip
+    assert client.post("/auth/account/password", data=right).status_code == 429
+
+
 def test_change_password_signs_out_every_other_session(
     app: Flask, client: PageClient, people: People, outbox: deque[EmailMessage]
 ) -> None:
