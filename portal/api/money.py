@@ -29,6 +29,12 @@ from portal.api.auth import Timestamp
 from portal.api.cards import caller_key
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
+from portal.api.payouts import (
+    ACCOUNT_NUMBER_MAX,
+    ACCOUNT_NUMBER_MIN,
+    ACCOUNT_NUMBER_PATTERN,
+    NewBankAccount,
+)
 from portal.api.schemas import (
     ApiModel,
     CardId,
@@ -242,9 +248,17 @@ class NewTransfer(Amount):
 
 class NewWithdrawal(Amount):
     card: CardId = Field(description="One of the caller's cards (`card_...`).")
-    bank_name: str = Field(max_length=100, examples=["Bank Central Asia"])
-    account_number: str = Field(max_length=64, description="Stored encrypted; never shown again.")
-    account_holder: str = Field(max_length=100)
+    # The bank account's rules are the merchant bank account's (and the service's).
+    bank_name: str = NewBankAccount.model_fields["bank_name"]
+    account_number: str = Field(
+        min_length=ACCOUNT_NUMBER_MIN,
+        max_length=2 * ACCOUNT_NUMBER_MAX,
+        pattern=ACCOUNT_NUMBER_PATTERN,
+        examples=["1234 5678 9012"],
+        description=f"{ACCOUNT_NUMBER_MIN} to {ACCOUNT_NUMBER_MAX} letters or digits; spaces"
+        " and dashes are ignored. Stored encrypted; shown again as the last four only.",
+    )
+    account_holder: str = NewBankAccount.model_fields["account_holder"]
 
 
 class Settlement(RequestBody):
