@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "faults"
 DATABASE = "portal_faults"
 WEB_APP_NAME = "portal-web"
+#: The login role the app runs as (portal runtime-role makes it a member of portal_runtime).
+RUNTIME_USER = "portal_app"
 WORKER_APP_NAME = "portal-worker"
 BOOT_SECONDS = 90.0  # a loaded 2-core machine boots slowly
 
@@ -112,9 +114,11 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def database_url(self, application_name: str) -> str:
+    def database_url(self, application_name: str, user: str = "postgres") -> str:
+        """The suite's database as ``user``: the owner (``postgres``, the cluster's superuser:
+        migrations, the checks, the faults, test setup) or the app's runtime role."""
         return (
-            f"postgresql+psycopg://postgres@/{DATABASE}?{self.where}"
+            f"postgresql+psycopg://{user}@/{DATABASE}?{self.where}"
             f"&application_name={application_name}"
         )
 
@@ -124,7 +128,10 @@ class Stack:
         return psycopg.connect(url, **kwargs)
 
     def _env(self, application_name: str) -> dict[str, str]:
-        return {**self.env, "DATABASE_URL": self.database_url(application_name)}
+        """The app's environment, as production runs it: the runtime role (which may not
+        rewrite or erase the ledger) for the app, the owner for its migrations only."""
+        return {**self.env, "DATABASE_URL": self.database_url(application_name, RUNTIME_USER),
+                "MIGRATION_DATABASE_URL": self.database_url("portal-migrate")}  # fmt: skip
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         sink = (self.logs / f"{name}.log").open("ab")
@@ -196,12 +203,16 @@ class Stack:
 
     # -- the app -------------------------------------------------------------------------------
     def migrate(self) -> None:
-        setup, _ = commands("run", [])
-        upgrade = setup[0]  # `portal db upgrade` (the demo data step is not wanted here)
-        assert upgrade[1:] == ["db", "upgrade"], upgrade
-        done = subprocess.run(upgrade, cwd=ROOT, env=self._env("portal-migrate"),
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        """`portal db upgrade` as the owner, then `portal runtime-role` (the app's login role),
+        as `make run` sets them up (its demo data step is not wanted here)."""
+        env = self._env("portal-migrate")
+        setup, _ = commands("run", [], env=env)
+        steps = [step for step in setup if step[1:] != ["seed-demo", "--if-empty"]]
+        assert [step[1:] for step in steps] == [["db", "upgrade"], ["runtime-role"]], setup
+        for step in steps:
+            done = subprocess.run(step, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
 
     def start_web(self) -> None:
         _, (web, _worker) = commands("run", [])
