@@ -46,6 +46,8 @@ class Card(Base):
     #: AES-GCM(nonce || ciphertext) of the full number under vault key ``key_version``.
     pan_ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary, nullable=False)
     key_version: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)
+    #: Sealed bound to this row's public id (false: a legacy blob bound to its purpose only).
+    pan_bound: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     #: Keyed HMAC-SHA256 of the number, for look-ups without decrypting.
     fingerprint: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False, unique=True)
     expiry_month: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)

@@ -61,6 +61,8 @@ class Merchant(Base):
     #: four shown. NULL until the merchant sets it; no payout is made without one.
     bank_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     bank_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    #: Sealed bound to this row's public id (false: a legacy blob bound to its purpose only).
+    bank_bound: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     bank_name: Mapped[str | None] = mapped_column(sa.String(100))
     bank_account_last4: Mapped[str | None] = mapped_column(sa.String(4))
     #: Whether the daily payout schedule pays this merchant out (on-demand payouts always work).
@@ -393,6 +395,13 @@ class WebhookEndpoint(Base):
     secret_key_version: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     previous_secret_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     previous_secret_key_version: Mapped[int | None] = mapped_column(sa.Integer)
+    #: Each secret sealed bound to this row's public id (false: legacy, bound to the purpose).
+    secret_bound: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, server_default=sa.false()
+    )
+    previous_secret_bound: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, server_default=sa.false()
+    )
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()

@@ -126,6 +126,8 @@ class Withdrawal(Base):
     #: Payout destination, encrypted by the vault like card numbers (JSON inside).
     bank_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     bank_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    #: Sealed bound to this row's public id (false: a legacy blob bound to its purpose only).
+    bank_bound: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     bank_name: Mapped[str] = mapped_column(sa.String(100), nullable=False, server_default="")
     bank_account_last4: Mapped[str] = mapped_column(sa.String(4), nullable=False, server_default="")
     #: The processor's reference for the payout (the demo processor's ``bank_...``).

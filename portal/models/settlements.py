@@ -74,6 +74,8 @@ class Payout(Base):
     opening_balance_minor: Mapped[int] = money_column()
     bank_ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary, nullable=False)
     bank_key_version: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    #: Sealed bound to this row's public id (false: a legacy blob bound to its purpose only).
+    bank_bound: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     bank_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     bank_account_last4: Mapped[str] = mapped_column(sa.String(4), nullable=False)
     journal_entry_id: Mapped[int] = _fk("journal_entries.id", nullable=False)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portal.domain import cards
 from portal.services.shared.settings import ServiceSettings
-from portal.services.shared.vault import Vault, VaultError
+from portal.services.shared.vault import Vault, VaultError, binding
 
 KEY_1 = bytes(range(32))
 KEY_2 = bytes(range(100, 132))
@@ -216,6 +216,97 @@ def test_reencrypt_of_current_blob_is_a_checked_no_op(rotated: Vault) -> None:
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
     with pytest.raises(VaultError):
         rotated.reencrypt(tampered, version, purpose="card.pan")
+
+
+# -- record binding --------------------------------------------------------------------------
+CARD_A = "card_" + "A" * 24
+CARD_B = "card_" + "B" * 24
+
+
+def test_record_is_bound_as_documented_associated_data(vault: Vault) -> None:
+    blob, version = vault.encrypt(PAN, purpose="card.pan", record=CARD_A)
+    aad = b"portal.vault.record.v1\x00card.pan\x00" + CARD_A.encode()
+    assert AESGCM(KEY_1).decrypt(blob[:12], blob[12:], aad) == PAN
+    assert len(blob) == 12 + len(PAN) + 16  # the layout of the blob is unchanged
+    assert vault.decrypt(blob, version, purpose="card.pan", record=CARD_A) == PAN
+
+
+def test_a_bound_blob_opens_for_no_other_record(vault: Vault) -> None:
+    blob, version = vault.encrypt(PAN, purpose="card.pan", record=CARD_A)
+    for record in (CARD_B, CARD_A + " ", CARD_A[:-1], CARD_A.lower(), "wd_" + "A" * 24):
+        with pytest.raises(VaultError):
+            vault.decrypt(blob, version, purpose="card.pan", record=record)
+    with pytest.raises(VaultError):  # nor as a legacy blob (purpose only)
+        vault.decrypt(blob, version, purpose="card.pan")
+    with pytest.raises(VaultError):  # nor for another purpose of the same record
+        vault.decrypt(blob, version, purpose="withdrawal.bank", record=CARD_A)
+
+
+def test_a_legacy_blob_opens_only_as_legacy(vault: Vault) -> None:
+    blob, version = vault.encrypt(PAN, purpose="card.pan")
+    assert vault.decrypt(blob, version, purpose="card.pan") == PAN
+    with pytest.raises(VaultError):
+        vault.decrypt(blob, version, purpose="card.pan", record=CARD_A)
+
+
+def test_purpose_and_record_cannot_be_shifted_into_each_other(vault: Vault) -> None:
+    """NUL separates purpose and record and neither may hold one, so no other split of the
+    same bytes is accepted."""
+    blob, version = vault.encrypt(PAN, purpose="a.b", record="c")
+    with pytest.raises(VaultError):
+        vault.decrypt(blob, version, purpose="a", record=".bc")
+    for bad in ("card\x00pan", "\x00"):
+        with pytest.raises(ValueError, match="NUL"):
+            vault.encrypt(PAN, purpose=bad)
+        with pytest.raises(ValueError, match="NUL"):
+            vault.encrypt(PAN, purpose="card.pan", record=bad)
+    with pytest.raises(ValueError, match="record"):
+        vault.encrypt(PAN, purpose="card.pan", record="")
+    with pytest.raises(ValueError, match="record"):
+        vault.decrypt(blob, version, purpose="card.pan", record="")
+
+
+def test_binding_names_the_record_of_bound_rows_only() -> None:
+    assert binding(CARD_A, True) == CARD_A
+    assert binding(CARD_A, False) is None
+
+
+def test_needs_rotation_of_a_legacy_blob_under_the_active_key(rotated: Vault) -> None:
+    assert rotated.needs_rotation(2, bound=False)
+    assert rotated.needs_rotation(1, bound=True)
+    assert not rotated.needs_rotation(2, bound=True)
+
+
+def test_reencrypt_binds_a_legacy_blob_to_its_record(vault: Vault, rotated: Vault) -> None:
+    for sealer in (vault, rotated):  # under an old key or under the active one
+        legacy, version = sealer.encrypt(PAN, purpose="card.pan")
+        bound, new_version = rotated.reencrypt(
+            legacy, version, purpose="card.pan", record=CARD_A, sealed_for=None
+        )
+        assert new_version == 2 and bound != legacy
+        assert rotated.decrypt(bound, 2, purpose="card.pan", record=CARD_A) == PAN
+        with pytest.raises(VaultError):
+            rotated.decrypt(bound, 2, purpose="card.pan")
+        with pytest.raises(VaultError):
+            rotated.decrypt(bound, 2, purpose="card.pan", record=CARD_B)
+
+
+def test_reencrypt_of_a_bound_blob_checks_the_record_it_was_sealed_for(
+    vault: Vault, rotated: Vault
+) -> None:
+    blob, version = vault.encrypt(PAN, purpose="card.pan", record=CARD_A)
+    with pytest.raises(VaultError):  # B's row holding A's blob does not move to B
+        rotated.reencrypt(blob, version, purpose="card.pan", record=CARD_B, sealed_for=CARD_B)
+    with pytest.raises(VaultError):  # nor when claimed to be a legacy blob
+        rotated.reencrypt(blob, version, purpose="card.pan", record=CARD_B, sealed_for=None)
+    moved, new_version = rotated.reencrypt(
+        blob, version, purpose="card.pan", record=CARD_A, sealed_for=CARD_A
+    )
+    assert rotated.decrypt(moved, new_version, purpose="card.pan", record=CARD_A) == PAN
+    # Bound and under the active key: authenticated and returned unchanged.
+    assert rotated.reencrypt(
+        moved, new_version, purpose="card.pan", record=CARD_A, sealed_for=CARD_A
+    ) == (moved, new_version)
 
 
 # -- fingerprint -----------------------------------------------------------------------------

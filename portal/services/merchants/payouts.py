@@ -4,8 +4,9 @@
 merchant's balance account, gathers the available balance transactions no payout has taken yet,
 and, if their sum reaches the currency's minimum (the ``payout`` limit), moves that sum from the
 balance to the payouts clearing account in one journal entry, with the payout's own ``payout``
-transaction, and queues the job that pays it. The bank details are copied, sealed, onto the
-payout, so a later change of account does not redirect money already on its way.
+transaction, and queues the job that pays it. The bank details are re-sealed onto the payout
+(opened for the merchant's row, sealed bound to the payout's), so a later change of account does
+not redirect money already on its way, and neither sealed copy opens in another row.
 
 The job (``pay``) follows the rule for every call to a processor: mark the payout
 ``processing`` under its row lock and commit, renew the job's lease, call the processor with the
@@ -42,7 +43,7 @@ from portal.services.merchants.objects import Stored, unix
 from portal.services.shared import audit, idempotency, jobs, processor
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.uow import UnitOfWork
-from portal.services.shared.vault import Vault
+from portal.services.shared.vault import Vault, binding
 from portal.services.wallet.wallet import BankAccount
 
 PAY_JOB = "merchant_payout"
@@ -123,11 +124,12 @@ def set_bank_account(
     def work(u: UnitOfWork) -> BankAccountView:
         m = access(u, actor, merchant, "bank").merchant
         blob, version = Vault.from_settings(u.settings).encrypt(
-            json.dumps(asdict(clean)).encode(), purpose=BANK_PURPOSE
+            json.dumps(asdict(clean)).encode(), purpose=BANK_PURPOSE, record=m.public_id
         )
         u.execute(
             "UPDATE merchants SET bank_ciphertext = :blob, bank_key_version = :version,"
-            " bank_name = :name, bank_account_last4 = :last4, updated_at = :now WHERE id = :m",
+            " bank_bound = true, bank_name = :name, bank_account_last4 = :last4,"
+            " updated_at = :now WHERE id = :m",
             {"blob": blob, "version": version, "name": clean.bank_name,
              "last4": clean.account_number[-4:], "now": u.now(), "m": m.id},
         )  # fmt: skip
@@ -190,8 +192,8 @@ def _create(
     ):
         return None
     bank = u.execute(
-        "SELECT bank_ciphertext, bank_key_version, bank_name, bank_account_last4 FROM merchants"
-        " WHERE id = :m",
+        "SELECT bank_ciphertext, bank_key_version, bank_bound, bank_name, bank_account_last4"
+        " FROM merchants WHERE id = :m",
         {"m": m.id},
     ).one()
     if bank.bank_ciphertext is None:
@@ -219,6 +221,12 @@ def _create(
     if account.posted_minor - account.pending_debits_minor < total:  # the ledger says otherwise
         raise RuntimeError(f"merchant account {account.id} cannot cover its available balance")
     public_id = new_public_id("payout")
+    vault = Vault.from_settings(u.settings)
+    details = vault.decrypt(
+        bytes(bank.bank_ciphertext), bank.bank_key_version, purpose=BANK_PURPOSE,
+        record=binding(m.public_id, bank.bank_bound),
+    )  # fmt: skip
+    blob, version = vault.encrypt(details, purpose=BANK_PURPOSE, record=public_id)
     writes = LedgerWrites(u)
     writes.entry(
         kind="payout", currency=currency,
@@ -230,15 +238,15 @@ def _create(
     u.defer(
         "INSERT INTO payouts (public_id, merchant_id, account_id, currency, amount_minor, status,"
         " automatic, scheduled_for, opening_balance_minor, bank_ciphertext, bank_key_version,"
-        " bank_name, bank_account_last4, journal_entry_id, description, created_by_kind,"
-        " created_by_id, created_at, updated_at)"
+        " bank_bound, bank_name, bank_account_last4, journal_entry_id, description,"
+        " created_by_kind, created_by_id, created_at, updated_at)"
         " VALUES (:pid, :m, :account, :cur, :amount, 'pending', :automatic, :day, :opening,"
-        " :blob, :version, :bank_name, :last4, (SELECT id FROM entry), :description, :kind,"
+        " :blob, :version, true, :bank_name, :last4, (SELECT id FROM entry), :description, :kind,"
         " :by, :now, :now) RETURNING id",
         name="payout", pid=public_id, m=m.id, account=account.id, cur=currency, amount=total,
         automatic=automatic, day=scheduled_for, opening=account.posted_minor,
-        blob=bytes(bank.bank_ciphertext), version=bank.bank_key_version,
-        bank_name=bank.bank_name, last4=bank.bank_account_last4, description=description,
+        blob=blob, version=version, bank_name=bank.bank_name, last4=bank.bank_account_last4,
+        description=description,
         kind=str(actor.kind), by=actor.id, now=now,
     )  # fmt: skip
     settlements.record(
@@ -342,8 +350,8 @@ def pay(uow: UnitOfWork, payload: dict[str, Any]) -> None:
 
     def start(u: UnitOfWork) -> Any:
         row = u.execute(
-            "SELECT public_id, status, amount_minor, currency, bank_ciphertext, bank_key_version"
-            " FROM payouts WHERE id = :id FOR UPDATE",
+            "SELECT public_id, status, amount_minor, currency, bank_ciphertext, bank_key_version,"
+            " bank_bound FROM payouts WHERE id = :id FOR UPDATE",
             {"id": payout_id},
         ).one()
         if row.status == "pending":
@@ -358,9 +366,13 @@ def pay(uow: UnitOfWork, payload: dict[str, Any]) -> None:
     if row.status in ("paid", "failed"):
         return  # settled by an earlier attempt of this job
     jobs.renew_lease(uow)
+    sealed_for = binding(row.public_id, row.bank_bound)
     bank = json.loads(
         Vault.from_settings(uow.settings).decrypt(
-            bytes(row.bank_ciphertext), row.bank_key_version, purpose=BANK_PURPOSE
+            bytes(row.bank_ciphertext),
+            row.bank_key_version,
+            purpose=BANK_PURPOSE,
+            record=sealed_for,
         )
     )
     try:

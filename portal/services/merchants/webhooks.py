@@ -66,7 +66,7 @@ from portal.services.shared import audit, jobs
 from portal.services.shared.pagination import Page, check_limit, page_of
 from portal.services.shared.settings import ServiceSettings
 from portal.services.shared.uow import UnitOfWork
-from portal.services.shared.vault import Vault
+from portal.services.shared.vault import Vault, binding
 
 JOB_KIND = "webhook.deliver"
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
@@ -407,8 +407,9 @@ def create_endpoint(
     chosen = _check_events(enabled_events)
     text = _check_description(description)
     secret = new_secret()
+    public_id = new_public_id("webhook_endpoint")  # made here: the secret is sealed bound to it
     sealed, version = Vault.from_settings(uow.settings).encrypt(
-        secret.encode(), purpose=SECRET_PURPOSE
+        secret.encode(), purpose=SECRET_PURPOSE, record=public_id
     )
 
     def work(u: UnitOfWork) -> WebhookEndpointView:
@@ -422,11 +423,11 @@ def create_endpoint(
             raise LimitExceeded(f"a merchant has at most {MAX_ENDPOINTS} webhook endpoints",
                                 param="url")  # fmt: skip
         row = u.execute(
-            "INSERT INTO webhook_endpoints (merchant_id, url, description, enabled_events,"  # nosec B608
-            " secret_ciphertext, secret_key_version, created_at, updated_at)"
-            " VALUES (:m, :url, :description, :events, :sealed, :version, :now, :now)"
-            f" RETURNING {_COLUMNS}",
-            {"m": m.id, "url": checked, "description": text, "events": chosen,
+            "INSERT INTO webhook_endpoints (public_id, merchant_id, url, description,"  # nosec B608
+            " enabled_events, secret_ciphertext, secret_key_version, secret_bound, created_at,"
+            " updated_at) VALUES (:pid, :m, :url, :description, :events, :sealed, :version,"
+            f" true, :now, :now) RETURNING {_COLUMNS}",
+            {"pid": public_id, "m": m.id, "url": checked, "description": text, "events": chosen,
              "sealed": sealed, "version": version, "now": u.now()},
         ).one()  # fmt: skip
         audit.record(u, actor, "webhook_endpoint.create", "webhook_endpoint", row.id,
@@ -547,20 +548,23 @@ def rotate_secret(
         raise InvalidInput(f"overlap_hours is from 0 to {MAX_OVERLAP_HOURS}",
                            param="overlap_hours")  # fmt: skip
     secret = new_secret()
-    sealed, version = Vault.from_settings(uow.settings).encrypt(
-        secret.encode(), purpose=SECRET_PURPOSE
-    )
+    vault = Vault.from_settings(uow.settings)
 
     def work(u: UnitOfWork) -> WebhookEndpointView:
         m = _manage(u, actor, merchant).merchant
         before = _endpoint_row(u, m.id, endpoint, lock=True)
+        sealed, version = vault.encrypt(
+            secret.encode(), purpose=SECRET_PURPOSE, record=before.public_id
+        )
         keep = overlap_hours > 0
         row = u.execute(
             "UPDATE webhook_endpoints SET"  # nosec B608
             " previous_secret_ciphertext = CASE WHEN :keep THEN secret_ciphertext END,"
             " previous_secret_key_version = CASE WHEN :keep THEN secret_key_version END,"
+            " previous_secret_bound = :keep AND secret_bound,"
             " previous_secret_expires_at = CASE WHEN :keep THEN CAST(:until AS timestamptz) END,"
-            " secret_ciphertext = :sealed, secret_key_version = :version, updated_at = :now"
+            " secret_ciphertext = :sealed, secret_key_version = :version, secret_bound = true,"
+            " updated_at = :now"
             f" WHERE id = :id RETURNING {_COLUMNS}",
             {"keep": keep, "until": u.now() + timedelta(hours=overlap_hours), "sealed": sealed,
              "version": version, "now": u.now(), "id": before.id},
@@ -880,9 +884,9 @@ def _claim(
     # The endpoint's row serialises the claims of its deliveries: two workers never both find
     # it idle, so at most one attempt to it is in flight.
     endpoint = u.execute(
-        "SELECT id, url, status, secret_ciphertext, secret_key_version,"
-        " previous_secret_ciphertext, previous_secret_key_version, previous_secret_expires_at"
-        " FROM webhook_endpoints WHERE id = :id FOR UPDATE",
+        "SELECT id, public_id, url, status, secret_ciphertext, secret_key_version, secret_bound,"
+        " previous_secret_ciphertext, previous_secret_key_version, previous_secret_bound,"
+        " previous_secret_expires_at FROM webhook_endpoints WHERE id = :id FOR UPDATE",
         {"id": target.endpoint_id},
     ).first()
     if endpoint is None:
@@ -925,9 +929,11 @@ def _claim(
         {"id": row.event_id},
     ).one()
     vault = Vault.from_settings(u.settings)
+    # Each secret opens for this endpoint's row only (or its purpose alone, a legacy secret).
     signing = [
         vault.decrypt(endpoint.secret_ciphertext, endpoint.secret_key_version,
-                      purpose=SECRET_PURPOSE).decode()
+                      purpose=SECRET_PURPOSE,
+                      record=binding(endpoint.public_id, endpoint.secret_bound)).decode()
     ]  # fmt: skip
     if endpoint.previous_secret_ciphertext is not None and (
         endpoint.previous_secret_expires_at is not None
@@ -935,7 +941,9 @@ def _claim(
     ):
         signing.append(
             vault.decrypt(endpoint.previous_secret_ciphertext,
-                          endpoint.previous_secret_key_version, purpose=SECRET_PURPOSE).decode()
+                          endpoint.previous_secret_key_version, purpose=SECRET_PURPOSE,
+                          record=binding(endpoint.public_id, endpoint.previous_secret_bound),
+                          ).decode()
         )  # fmt: skip
     return _Claimed(delivery_id, endpoint.id, endpoint.url, event.public_id, event_body(event),
                     tuple(signing))  # fmt: skip

@@ -3,6 +3,31 @@
 Pure cryptography, no database. Keys live outside the database (settings); each ciphertext
 records the key version that sealed it so keys can be rotated. The security code is derived
 from the card data under a secret key whenever it is needed and is never stored (PCI DSS 3.3.1).
+
+What a ciphertext is bound to (its associated data, authenticated but not stored in the blob):
+
+* A ciphertext stored in a row is sealed with ``record=`` the row's public id (``card_...``,
+  ``wd_...``, ``po_...``, ``mch_...``, ``we_...``, made in Python before the row is written).
+  Its associated data is ``portal.vault.record.v1 NUL purpose NUL record``, so it opens only
+  for the same purpose *and* the same row: a ciphertext copied into another row (by anyone who
+  can write to the database but does not hold the key) fails with VaultError wherever the app
+  reads it, instead of paying out to, or showing, another row's secret.
+* With ``record=None`` the associated data is the purpose alone. That is how every stored
+  ciphertext was sealed before records were bound ("legacy" rows), and what values that are not
+  stored rows use (transfer recipient references, which carry the sender inside them, and the
+  TOTP secrets of ``portal.services.identity.mfa`` for now).
+
+The two cannot be confused: a purpose contains no NUL, so a purpose-only associated data never
+equals a bound one, and each blob authenticates under exactly one of them. Which one a stored
+blob was sealed with is recorded next to it, in a boolean ``<column>_bound`` column (migration
+0019; false for the rows that existed before it), not in the blob: a legacy blob starts with a
+random nonce, so no marker byte inside it could tell the two forms apart for certain, and the
+re-sealing must find every legacy row by a query. A reader passes the row's public id when the
+flag is set and None when not (:func:`binding`). Forging the flag gains nothing: a bound blob
+does not open without its record, and a legacy blob opens for its purpose only, as it always
+did, until ``portal vault rotate`` re-seals it bound to its row (and then sets the flag), which
+it does for every legacy row whatever its key version. Until then a legacy blob copied into
+another row still opens there: that is the old exposure, closed row by row by the rotation.
 """
 
 from __future__ import annotations
@@ -41,10 +66,29 @@ def _is_digits(text: str) -> bool:
     return bool(text) and all(ch in _DIGITS for ch in text)
 
 
-def _aad(purpose: str) -> bytes:
+_RECORD_DOMAIN = b"portal.vault.record.v1"
+
+
+def _aad(purpose: str, record: str | None) -> bytes:
+    """The associated data: the purpose alone, or domain, purpose and record joined by NUL
+    (neither may contain NUL, so the encoding is unambiguous; see the module docstring)."""
     if not purpose:
         raise ValueError("purpose must name what the ciphertext holds, e.g. 'card.pan'")
-    return purpose.encode("utf-8")
+    if "\x00" in purpose:
+        raise ValueError("purpose must not contain NUL")
+    if record is None:
+        return purpose.encode("utf-8")
+    if not isinstance(record, str) or not record:
+        raise ValueError("record must be the public id of the row the ciphertext belongs to")
+    if "\x00" in record:
+        raise ValueError("record must not contain NUL")
+    return b"\x00".join((_RECORD_DOMAIN, purpose.encode("utf-8"), record.encode("utf-8")))
+
+
+def binding(public_id: str, bound: bool) -> str | None:
+    """The ``record`` to open a stored blob with: its row's public id if the row's
+    ``<column>_bound`` flag is set, None for a legacy row sealed to its purpose only."""
+    return public_id if bound else None
 
 
 class Vault:
@@ -95,19 +139,26 @@ class Vault:
 
     # -- encryption ------------------------------------------------------------------------
 
-    def encrypt(self, plaintext: bytes, *, purpose: str) -> tuple[bytes, int]:
+    def encrypt(
+        self, plaintext: bytes, *, purpose: str, record: str | None = None
+    ) -> tuple[bytes, int]:
         """Seal under the active key; returns (nonce || ciphertext+tag, key version).
 
-        ``purpose`` is bound as associated data, so the blob opens only for the same purpose.
+        ``purpose`` and ``record`` (the public id of the row the blob is stored in, or None for
+        a value that is no stored row) are bound as associated data, so the blob opens only for
+        the same purpose and record (see the module docstring).
         """
+        aad = _aad(purpose, record)
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[self._active_version].encrypt(nonce, plaintext, _aad(purpose))
+        sealed = self._ciphers[self._active_version].encrypt(nonce, plaintext, aad)
         return nonce + sealed, self._active_version
 
-    def decrypt(self, blob: bytes, key_version: int, *, purpose: str) -> bytes:
+    def decrypt(
+        self, blob: bytes, key_version: int, *, purpose: str, record: str | None = None
+    ) -> bytes:
         """Open a blob from ``encrypt``. Raises VaultError on an unknown key version, a
-        truncated or altered blob, or a different purpose."""
-        aad = _aad(purpose)
+        truncated or altered blob, or a different purpose or record."""
+        aad = _aad(purpose, record)
         cipher = self._ciphers.get(key_version)
         if cipher is None:
             raise VaultError(f"no vault key with version {key_version}")
@@ -119,20 +170,30 @@ class Vault:
         except InvalidTag:
             raise VaultError("ciphertext failed authentication") from None
 
-    def needs_rotation(self, key_version: int) -> bool:
-        """True if a blob sealed under ``key_version`` should be re-encrypted."""
-        return key_version != self._active_version
+    def needs_rotation(self, key_version: int, *, bound: bool = True) -> bool:
+        """True if a blob sealed under ``key_version`` should be re-encrypted: an old key, or a
+        stored blob not yet bound to its record (``bound=False``)."""
+        return key_version != self._active_version or not bound
 
-    def reencrypt(self, blob: bytes, key_version: int, *, purpose: str) -> tuple[bytes, int]:
-        """Move a blob to the active key. Raises VaultError as ``decrypt``.
+    def reencrypt(
+        self,
+        blob: bytes,
+        key_version: int,
+        *,
+        purpose: str,
+        record: str | None = None,
+        sealed_for: str | None = None,
+    ) -> tuple[bytes, int]:
+        """Move a blob to the active key, bound to ``record``. ``sealed_for`` is the record it
+        is bound to now (None: purpose only, a legacy row). Raises VaultError as ``decrypt``.
 
-        A blob already under the active key is authenticated and returned unchanged, so a
-        caller can skip the write when the version did not change.
+        A blob already under the active key and bound to ``record`` is authenticated and
+        returned unchanged, so a caller can skip the write when nothing changed.
         """
-        plaintext = self.decrypt(blob, key_version, purpose=purpose)
-        if not self.needs_rotation(key_version):
+        plaintext = self.decrypt(blob, key_version, purpose=purpose, record=sealed_for)
+        if sealed_for == record and not self.needs_rotation(key_version):
             return bytes(blob), key_version
-        return self.encrypt(plaintext, purpose=purpose)
+        return self.encrypt(plaintext, purpose=purpose, record=record)
 
     # -- keyed digests -----------------------------------------------------------------------
 

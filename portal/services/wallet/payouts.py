@@ -20,7 +20,7 @@ from typing import Any
 from portal.domain.types import Actor
 from portal.services.shared import jobs, processor
 from portal.services.shared.uow import UnitOfWork
-from portal.services.shared.vault import Vault
+from portal.services.shared.vault import Vault, binding
 from portal.services.wallet.wallet import PAYOUT_JOB, begin_payout, settle_payout
 
 ACTOR = Actor.system("payout-processor")
@@ -34,11 +34,7 @@ def pay_out(uow: UnitOfWork, payload: dict[str, Any]) -> None:
     if order is None:
         return  # settled by hand before it went out, or by an earlier attempt of this job
     jobs.renew_lease(uow)
-    bank = json.loads(
-        Vault.from_settings(uow.settings).decrypt(
-            order.bank_ciphertext, order.bank_key_version, purpose="withdrawal.bank"
-        )
-    )
+    bank = json.loads(_open_bank(uow, withdrawal_id))
     try:
         reference = processor.payout_processor(uow).pay_out(
             uow, idempotency_key=order.public_id, bank=bank,
@@ -48,6 +44,25 @@ def pay_out(uow: UnitOfWork, payload: dict[str, Any]) -> None:
         settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, failure_code=declined.code)
         return
     settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, payout_reference=reference)
+
+
+def _open_bank(uow: UnitOfWork, withdrawal_id: int) -> bytes:
+    """The withdrawal's bank details, opened for this withdrawal's row only (sealed bound to its
+    public id, or to the purpose alone for a legacy row). Blob, key version and flag are read in
+    one statement, so a concurrent ``portal vault rotate`` cannot pair a blob with another
+    state's flag. Raises VaultError (the job fails loudly) for details copied from another row.
+    """
+    row = uow.run(
+        lambda u: u.execute(
+            "SELECT public_id, bank_ciphertext, bank_key_version, bank_bound FROM withdrawals"
+            " WHERE id = :id",
+            {"id": withdrawal_id},
+        ).one()
+    )
+    return Vault.from_settings(uow.settings).decrypt(
+        bytes(row.bank_ciphertext), row.bank_key_version, purpose="withdrawal.bank",
+        record=binding(row.public_id, row.bank_bound),
+    )  # fmt: skip
 
 
 def register() -> None:

@@ -566,18 +566,20 @@ def withdraw(
                 expires_at=now + timedelta(hours=uow.settings.withdrawal_hold_hours),
             )
             writes.apply()
+        # Sealed bound to the withdrawal's row, so it cannot be copied into another's.
+        public_id = new_public_id("withdrawal")
         blob, version = Vault.from_settings(uow.settings).encrypt(
-            json.dumps(asdict(bank)).encode(), purpose="withdrawal.bank"
+            json.dumps(asdict(bank)).encode(), purpose="withdrawal.bank", record=public_id
         )
         status = MovementStatus.FAILED if refusal else MovementStatus.PENDING
         hold = "NULL" if refusal else "(SELECT id FROM hold)"
         result = _record(
             uow, claim, actor,
             insert="INSERT INTO withdrawals (public_id, card_id, amount_minor, currency, status,"  # nosec B608: hold is a constant fragment
-            " failure_code, hold_id, bank_ciphertext, bank_key_version, bank_name,"
+            " failure_code, hold_id, bank_ciphertext, bank_key_version, bank_bound, bank_name,"
             " bank_account_last4, created_by_kind, created_by_id, created_at, completed_at)"
             f" VALUES (:public_id, :card, :amount, :cur, :status, :failure, {hold}, :blob,"
-            " :version, :bank_name, :last4, :actor_kind, :actor_id, :now, :completed)",
+            " :version, true, :bank_name, :last4, :actor_kind, :actor_id, :now, :completed)",
             params={"card": wallet.card_id, "amount": amount.amount_minor,
                     "cur": amount.currency,
                     "status": status, "failure": refusal.code if refusal else None,
@@ -587,7 +589,7 @@ def withdraw(
             audit_data={"card_id": wallet.card_id, "amount_minor": amount.amount_minor,
                         "currency": amount.currency},
             result=MovementResult(
-                kind="withdrawal", id=0, public_id=new_public_id("withdrawal"), status=status,
+                kind="withdrawal", id=0, public_id=public_id, status=status,
                 amount=amount, card_id=wallet.card_id, card_public_id=wallet.card_public_id,
                 balance=wallet.balance(pending=0 if refusal else amount.amount_minor),
                 created_at=now,
