@@ -32,6 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from portal.domain.errors import TemporarilyUnavailable
 from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
 from portal.services.merchants import checkout, events, payments, settlements, webhooks
@@ -198,6 +199,12 @@ class Worker:
             self.beat()
             try:
                 busy = self.run_once()
+            except TemporarilyUnavailable as exc:
+                # The database is away (lost connection, restart, lock timeout): the claim is
+                # rolled back or its lease runs out, and the next loop tries again.
+                log.warning("claiming jobs failed, the database is unavailable (%s): trying"
+                            " again in %.1f s", exc.code, self.poll_seconds)  # fmt: skip
+                busy = 0
             except Exception:
                 log.exception("claiming jobs failed")
                 busy = 0

@@ -188,3 +188,23 @@ def test_a_long_periodic_task_holds_up_neither_jobs_nor_the_heartbeat(real_uow, 
         release.set()
         serving.join(10)
     assert not serving.is_alive()
+
+
+def test_a_database_that_is_away_is_a_warning_and_the_loop_goes_on(app, caplog) -> None:
+    """Claiming jobs while the database is unreachable is logged as a warning naming the state
+    (no traceback, no advice meant for API clients), and the loop carries on until stopped."""
+    import sqlalchemy as sa
+
+    nowhere = sa.create_engine("postgresql+psycopg://portal@127.0.0.1:1/none")
+    factory = sessionmaker(bind=nowhere, expire_on_commit=False, autoflush=False)
+    worker = Worker(lambda: UnitOfWork(factory, app.config["SERVICE_SETTINGS"]),
+                    poll_seconds=0.05, metrics=WorkerMetrics(CollectorRegistry()))  # fmt: skip
+    worker.periodic = []  # only the claiming loop
+    threading.Timer(0.5, worker.stopping.set).start()
+    with caplog.at_level("WARNING", logger="portal.worker"):
+        worker.serve()
+    claims = [r for r in caplog.records if "claiming jobs failed" in r.getMessage()]
+    assert len(claims) >= 2  # it went on trying
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in claims)
+    assert all("database is unavailable" in r.getMessage() for r in claims)
+    assert not any("idempotency key" in r.getMessage() for r in claims)
