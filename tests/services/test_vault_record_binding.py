@@ -555,3 +555,19 @@ def test_a_rotated_secret_keeps_each_binding_and_a_legacy_one_still_signs(
         assert secret is not None
         one = webhooks.sign([secret], event_id, timestamp, body)["Portal-Signature"]
         assert one.split(",v1=")[1] in signed  # signed with both, each opened for this row
+
+
+def test_the_rotate_command_re_seals_a_legacy_card_bound_to_its_row(app, connection, make, vault):
+    card = make.card(make.user())
+    make_legacy(connection, vault, "cards", "pan_ciphertext", "key_version", "pan_bound",
+                "card.pan", card.public_id, card.number.encode())  # fmt: skip
+    result = app.test_cli_runner().invoke(args=["vault", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 1 record(s) under key 1" in result.output
+    row = column(connection, "cards", "pan_ciphertext, key_version, pan_bound", card.public_id)
+    assert row.pan_bound is True
+    opened = vault.decrypt(bytes(row.pan_ciphertext), row.key_version, purpose="card.pan",
+                           record=card.public_id)  # fmt: skip
+    assert opened.decode() == card.number
+    again = app.test_cli_runner().invoke(args=["vault", "rotate"])
+    assert "re-encrypted 0 record(s)" in again.output
