@@ -50,6 +50,13 @@ control_socket_disable = True
 # prometheus-flask-exporter's multiprocess mode, when PROMETHEUS_MULTIPROC_DIR is set: start each
 # run with an empty directory and drop the files of workers that exit.
 def on_starting(server: Any) -> None:
+    # In production, never serve as a role that could erase the ledger (a superuser or the
+    # tables' owner): README, Database roles. The worker checks the same at its start.
+    if os.environ.get("PORTAL_ENV") == "production":
+        from portal.commands import refuse_powerful_role
+        from portal.config import load_config
+
+        refuse_powerful_role(load_config())
     if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         Path(directory).mkdir(parents=True, exist_ok=True)
         for stale in Path(directory).glob("*.db"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -49,6 +51,7 @@ def worker_command(once: bool) -> None:
     from portal.worker import Worker, serve_http
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    refuse_powerful_role(app.config)
     from portal.telemetry import WORKER_SERVICE, setup_tracing
 
     setup_tracing(WORKER_SERVICE, app=app)  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -174,6 +177,38 @@ def _libpq(url: str) -> str:
     import sqlalchemy as sa
 
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def role_refusal(url: str) -> str | None:
+    """Why the app must not run as the role ``url`` connects as, if it must not: a superuser,
+    or the owner of the ledger's tables (either could rewrite or erase it)."""
+    import psycopg
+
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_user, rolsuper, EXISTS (SELECT FROM pg_tables"
+            " WHERE tablename = 'postings' AND tableowner = current_user) AS owns"
+            " FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    assert row is not None
+    name, superuser, owns = row
+    if superuser:
+        return f"DATABASE_URL connects as {name}, a superuser"
+    if owns:
+        return f"DATABASE_URL connects as {name}, the owner of the ledger's tables"
+    return None
+
+
+def refuse_powerful_role(config: Mapping[str, Any]) -> None:
+    """In production, refuse to serve (web or worker) as a role that could erase the ledger:
+    the runtime role exists to take that power away (README: Database roles)."""
+    if config.get("PORTAL_ENV") != "production" or not config.get("SQLALCHEMY_DATABASE_URI"):
+        return
+    if why := role_refusal(str(config["SQLALCHEMY_DATABASE_URI"])):
+        raise SystemExit(
+            f"refusing to start: {why}. Connect as the runtime role (`portal runtime-role`"
+            " makes it) and keep the owner's URL in MIGRATION_DATABASE_URL for migrations."
+        )
 
 
 def ensure_runtime_role(owner_url: str, runtime_url: str) -> str:

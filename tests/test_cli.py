@@ -131,9 +131,10 @@ def test_vault_rotate_reencrypts_every_record_under_the_active_key(app, connecti
         ).one()
         assert row.key_version == 2
         vault = Vault.from_settings(app.config["SERVICE_SETTINGS"])
-        assert vault.decrypt(bytes(row.pan_ciphertext), 2, purpose="card.pan").decode() == (
-            card.number
-        )
+        opened = vault.decrypt(
+            bytes(row.pan_ciphertext), 2, purpose="card.pan", record=card.public_id
+        )  # bound to its row now (issue 11 A10)
+        assert opened.decode() == card.number
         versions = connection.execute(
             sa.text("SELECT DISTINCT bank_key_version FROM withdrawals")
         ).scalars()

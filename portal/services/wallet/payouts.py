@@ -34,7 +34,14 @@ def pay_out(uow: UnitOfWork, payload: dict[str, Any]) -> None:
     if order is None:
         return  # settled by hand before it went out, or by an earlier attempt of this job
     jobs.renew_lease(uow)
-    bank = json.loads(_open_bank(uow, withdrawal_id))
+    # Opened for this withdrawal's row only (bound to its public id, or to the purpose alone
+    # for a legacy row): details copied from another row raise VaultError, and the job fails.
+    bank = json.loads(
+        Vault.from_settings(uow.settings).decrypt(
+            order.bank_ciphertext, order.bank_key_version, purpose="withdrawal.bank",
+            record=binding(order.public_id, order.bank_bound),
+        )
+    )  # fmt: skip
     try:
         reference = processor.payout_processor(uow).pay_out(
             uow, idempotency_key=order.public_id, bank=bank,
@@ -44,25 +51,6 @@ def pay_out(uow: UnitOfWork, payload: dict[str, Any]) -> None:
         settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, failure_code=declined.code)
         return
     settle_payout(uow, actor=ACTOR, withdrawal_id=withdrawal_id, payout_reference=reference)
-
-
-def _open_bank(uow: UnitOfWork, withdrawal_id: int) -> bytes:
-    """The withdrawal's bank details, opened for this withdrawal's row only (sealed bound to its
-    public id, or to the purpose alone for a legacy row). Blob, key version and flag are read in
-    one statement, so a concurrent ``portal vault rotate`` cannot pair a blob with another
-    state's flag. Raises VaultError (the job fails loudly) for details copied from another row.
-    """
-    row = uow.run(
-        lambda u: u.execute(
-            "SELECT public_id, bank_ciphertext, bank_key_version, bank_bound FROM withdrawals"
-            " WHERE id = :id",
-            {"id": withdrawal_id},
-        ).one()
-    )
-    return Vault.from_settings(uow.settings).decrypt(
-        bytes(row.bank_ciphertext), row.bank_key_version, purpose="withdrawal.bank",
-        record=binding(row.public_id, row.bank_bound),
-    )  # fmt: skip
 
 
 def register() -> None:

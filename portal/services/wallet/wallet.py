@@ -741,6 +741,8 @@ class PayoutOrder:
     amount: Money
     bank_ciphertext: bytes
     bank_key_version: int
+    #: Sealed bound to the withdrawal's public id (false: a legacy, purpose-only ciphertext).
+    bank_bound: bool
 
 
 def begin_payout(uow: UnitOfWork, *, withdrawal_id: int) -> PayoutOrder | None:
@@ -754,8 +756,8 @@ def begin_payout(uow: UnitOfWork, *, withdrawal_id: int) -> PayoutOrder | None:
         ).scalar_one()
         lock_wallets(u, [card_id])  # accounts first, then the record (as settling does)
         w = u.execute(
-            "SELECT public_id, status, amount_minor, currency, bank_ciphertext, bank_key_version"
-            " FROM withdrawals WHERE id = :id FOR UPDATE",
+            "SELECT public_id, status, amount_minor, currency, bank_ciphertext, bank_key_version,"
+            " bank_bound FROM withdrawals WHERE id = :id FOR UPDATE",
             {"id": withdrawal_id},
         ).one()
         if w.status == MovementStatus.PENDING:
@@ -768,7 +770,7 @@ def begin_payout(uow: UnitOfWork, *, withdrawal_id: int) -> PayoutOrder | None:
             return None
         return PayoutOrder(
             withdrawal_id, w.public_id, Money(w.amount_minor, w.currency),
-            bytes(w.bank_ciphertext), w.bank_key_version,
+            bytes(w.bank_ciphertext), w.bank_key_version, w.bank_bound,
         )  # fmt: skip
 
     return uow.run(work)
