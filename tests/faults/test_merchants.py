@@ -10,9 +10,10 @@ every payout was paid exactly once (one request at the processor, one ``payout.p
 ledger verifies, no 500; every event is delivered or still due (never dropped), every delivery
 the receiver got is signed with the endpoint's secret.
 
-The delivery the worker died in keeps its 60 s lease (``webhooks.LEASE_SECONDS``, not the
-worker's lease) and the endpoint's later deliveries wait behind it: the suite does not wait that
-long; it checks each is still due (a queued job) and reports how many wait and for how long.
+The delivery the worker died in keeps its lease (``webhooks.LEASE_SECONDS``, the bound of one
+attempt, 40 s; not the worker's lease) and the endpoint's later deliveries wait behind it: the
+suite does not wait that long; it checks each is still due (a queued job) and reports how many
+wait and for how long.
 """
 
 from __future__ import annotations

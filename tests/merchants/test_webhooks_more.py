@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
@@ -215,6 +216,48 @@ def test_a_receiver_that_hangs_gets_the_event_on_a_later_attempt(uow, hooks_shop
     verify_both(we.secret, later)
     (done,) = deliveries(uow, shop, we)
     assert (done.status, [a.status_code for a in done.log]) == ("delivered", [None, 200])
+
+
+def test_a_receiver_that_drips_its_answer_cannot_hold_the_attempt_past_its_deadline(
+    uow, hooks_shop, monkeypatch
+):
+    """Found by the fault suite: a dead worker's delivery kept its endpoint waiting a fixed
+    60 s. The lease is now the attempt's bound, and the bound holds: an answer whose body comes
+    a byte at a time is read until the deadline (connect + two reads), not to its end."""
+    monkeypatch.setattr(webhooks, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(webhooks, "READ_TIMEOUT", 0.5)
+    assert webhooks.LEASE_SECONDS < 60
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            for _ in range(40):  # 40 bytes over about 12 s, each within a read's timeout
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.3)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        shop = hooks_shop
+        url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+        we = endpoint(uow, shop, url)
+        webhooks.send_test_event(uow, actor=shop.api, merchant=shop.merchant.id, endpoint=we.id)
+        started = time.monotonic()
+        run_worker(lambda: uow)
+        assert time.monotonic() - started < 8.0  # the 1.5 s deadline and one read, not 12 s
+        (done,) = deliveries(uow, shop, we)
+        assert done.status == "delivered" and done.log[0].status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- one attempt in flight per endpoint, and a worker killed mid-batch ---------------------------

@@ -78,8 +78,11 @@ MAX_OVERLAP_HOURS = 7 * 24
 #: Seconds to connect, and to wait for each read of the answer.
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
-#: How long a claimed attempt is the worker's alone (longer than an attempt can take).
-LEASE_SECONDS = 60.0
+#: How long a claimed attempt is the worker's alone: longer than an attempt can take (connect,
+#: the answer's head within a read, its body read until a deadline one read later: see
+#: ``_post``) plus a margin to record it. A worker that dies mid-attempt holds the endpoint's
+#: later deliveries back this long, so it is kept to that bound.
+LEASE_SECONDS = CONNECT_TIMEOUT + 3 * READ_TIMEOUT + 5.0
 #: How much of an answer's body the log keeps.
 RESPONSE_LIMIT = 1024
 #: Seconds before the next attempt after attempt 1, 2, ...: 1 min, 5 min, 30 min, 2 h, 5 h,
@@ -949,6 +952,19 @@ def _claim(
                     tuple(signing))  # fmt: skip
 
 
+def _read_some(raw: Any, deadline: float) -> str:
+    """Up to RESPONSE_LIMIT bytes of the answer's body, read until the deadline: each read
+    returns what has arrived (at most one READ_TIMEOUT's wait), so a receiver that drips its
+    answer cannot hold the attempt past the deadline by more than one read."""
+    body = bytearray()
+    while len(body) < RESPONSE_LIMIT and time.monotonic() < deadline:
+        chunk = raw.read1(RESPONSE_LIMIT - len(body), decode_content=True)
+        if not chunk:
+            break
+        body += chunk
+    return body[:RESPONSE_LIMIT].decode("utf-8", errors="replace")
+
+
 def _post(claimed: _Claimed, settings: ServiceSettings, timestamp: int) -> _Answer:
     headers = {
         "Content-Type": "application/json",
@@ -966,8 +982,7 @@ def _post(claimed: _Claimed, settings: ServiceSettings, timestamp: int) -> _Answ
             )  # fmt: skip
             with response:
                 status = response.status_code
-                raw = response.raw.read(RESPONSE_LIMIT, decode_content=True) or b""
-                text = raw.decode("utf-8", errors="replace")[:RESPONSE_LIMIT]
+                text = _read_some(response.raw, started + CONNECT_TIMEOUT + 2 * READ_TIMEOUT)
         if status is not None and 300 <= status < 400:
             error = "redirect not followed"
         elif status is not None and not 200 <= status < 300:
