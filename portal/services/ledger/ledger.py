@@ -92,10 +92,14 @@ def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWa
     return {wallet.card_id: wallet for wallet in locked}
 
 
-def lock_wallets_by_ref(uow: UnitOfWork, cards: Iterable[Ref]) -> dict[Ref, LockedWallet]:
+def lock_wallets_by_ref(
+    uow: UnitOfWork, cards: Iterable[Ref], *, owner: Actor | None = None
+) -> dict[Ref, LockedWallet]:
     """:func:`lock_wallets` for cards named by public id (``card_...``, as requests name them)
     or internal id, resolved inside the same single locking statement. Each wallet is keyed by
-    both its card's internal and public id; a ref that names no card locks nothing."""
+    both its card's internal and public id; a ref that names no card locks nothing. With
+    ``owner`` (an actor who may not manage money), a public id names only that actor's own cards:
+    someone else's card is neither found nor locked, so naming it cannot hold its wallet up."""
     ids: set[int] = set()
     public_ids: set[str] = set()
     for ref in cards:
@@ -111,9 +115,12 @@ def lock_wallets_by_ref(uow: UnitOfWork, cards: Iterable[Ref]) -> dict[Ref, Lock
     conditions = []
     if ids:
         conditions.append("c.id = ANY(:ids)")
-    if public_ids:
+    params: dict[str, Any] = {"ids": sorted(ids), "public_ids": sorted(public_ids)}
+    if public_ids and owner is not None and not owner.can("money:manage"):
+        conditions.append("(c.public_id = ANY(:public_ids) AND c.user_id = :owner)")
+        params["owner"] = owner.id if owner.kind == "user" else None
+    elif public_ids:
         conditions.append("c.public_id = ANY(:public_ids)")
-    params = {"ids": sorted(ids), "public_ids": sorted(public_ids)}
     found: dict[Ref, LockedWallet] = {}
     for wallet in _lock(uow, " OR ".join(conditions), params):
         found[wallet.card_id] = found[wallet.card_public_id] = wallet

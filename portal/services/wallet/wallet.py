@@ -243,7 +243,7 @@ def top_up(
             return _replay(uow, "top_up", claim.replay)
         # Locking the wallet also locks its owner's row, which serialises the daily cap.
         wallet = wallet_for(
-            lock_wallets_by_ref(uow, [card_id]), card_id, actor, "card_id",
+            lock_wallets_by_ref(uow, [card_id], owner=actor), card_id, actor, "card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
         _check_currency(wallet, amount, "currency")
@@ -448,7 +448,7 @@ def transfer(
         now = uow.now()
         if sealed is not None:
             recipients.check(sealed, sender_id=actor.id, now=now, param="to_card_id")
-        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card])
+        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card], owner=actor)
         source = wallet_for(
             wallets, from_card_id, actor, "from_card_id",
             require_verified=uow.settings.require_verified_email,
@@ -551,7 +551,7 @@ def withdraw(
         if claim.replay is not None:
             return _replay(uow, "withdrawal", claim.replay)
         wallet = wallet_for(
-            lock_wallets_by_ref(uow, [card_id]), card_id, actor, "card_id",
+            lock_wallets_by_ref(uow, [card_id], owner=actor), card_id, actor, "card_id",
             require_verified=uow.settings.require_verified_email,
         )  # fmt: skip
         _check_currency(wallet, amount, "currency")
