@@ -10,7 +10,7 @@ SWAGGER_UI := portal/static/vendor/swagger-ui
 CHARTJS := portal/static/vendor/chartjs
 ARGS ?=
 
-.PHONY: venv assets run dev test lint audit fmt clean
+.PHONY: venv assets run dev test lint audit fmt clean bench
 
 # Python dependencies: reinstalled only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -67,6 +67,12 @@ lint: venv
 audit: venv
 	$(BIN)/bandit -q -r portal -ll
 	$(BIN)/python .ci/pip_audit.py
+
+# Benchmarks (bench/run.py): Portal under wrk beside its own baselines (pgbench, a bare Flask
+# app) in one bounded run, on its own embedded PostgreSQL and Redis; appends to bench/RESULTS.md.
+# Needs wrk and redis-server (Debian packages). Quick: make bench ARGS="--quick".
+bench: venv
+	$(BIN)/python bench/run.py --record $(ARGS)
 
 fmt: venv
 	$(BIN)/ruff check --select I --fix .

@@ -1,0 +1,175 @@
+"""bench/run.py's cheap parts: its arguments, its reading of wrk's summary, and the Lua scenarios
+run by the real wrk against a loopback server here (which records what each request carried).
+Nothing is timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load_run()
+
+
+def test_quick_sets_short_interleaved_runs() -> None:
+    args = run.parse_args(["--quick"])
+    assert (args.seconds, args.warmup, args.rounds) == (5.0, 1.0, 3)
+    assert args.scenario_list == ["transfer", "balance", "activity"]
+    assert args.accounts == 2000  # the baselines get as many accounts as Portal has cards
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--rounds", "2"], ["--scenarios", "payments"], ["--connections", "1"], ["--size", "huge"]],
+)
+def test_bad_arguments_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(argv)
+    assert exited.value.code == 2
+
+
+def test_large_size_says_it_is_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--size", "large"]) == 2
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_wrk_summary_is_read() -> None:
+    result = run.Run("transfer", 1)
+    run.parse_wrk(
+        "noise\nBENCH summary 1000 5000000 0 1 0 0 2 3\nBENCH latency 50 1500\n"
+        "BENCH latency 99 9000\nBENCH status 201 990\nBENCH status 402 10\n"
+        'BENCH sample 402 {"error": 1}\n',
+        result,
+    )
+    assert (result.requests, result.seconds, result.socket_errors, result.in_flight) == (
+        1000,
+        5.0,
+        3,
+        3,
+    )
+    assert result.ok_count == 990 and result.non_2xx == 10 and result.rps == 198.0
+    assert result.latency_ms == {"50": 1.5, "99": 9.0}
+    assert result.samples == {402: '{"error": 1}'}
+
+
+# -- the Lua scripts under the real wrk -----------------------------------------------------------
+class Recorder(BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]] = []
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        Recorder.seen.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "body": body,
+                "auth": self.headers.get("Authorization"),
+                "key": self.headers.get("Idempotency-Key"),
+            }
+        )
+        status = 201 if self.command == "POST" else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (Debian's wrk package)")
+    Recorder.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _wrk(script: str, url: str, data: Path) -> run.Run:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BENCH_LUA_DIR": str(ROOT / "bench" / "lua"),
+        "BENCH_DATA": str(data),
+    }
+    done = subprocess.run(
+        ["wrk", "-t1", "-c2", "-d1s", "-s", str(ROOT / "bench" / "lua" / script), url, "--", "7"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = run.Run(script, 1)
+    run.parse_wrk(done.stdout, result)
+    return result
+
+
+def test_portal_scripts_send_what_the_api_expects(server: str, tmp_path: Path) -> None:
+    data = tmp_path / "people.lua"
+    people = [("tok-a", "card_a1", "card_a2"), ("tok-b", "card_b1", "card_b2")]
+    run.write_lua_data(data, people, 0)
+
+    result = _wrk("transfer.lua", server, data)
+    assert result.ok_count > 0 and result.statuses.keys() == {201}
+    posts = [s for s in Recorder.seen if s["method"] == "POST"]
+    assert {s["path"] for s in posts} == {"/api/v1/transfers"}
+    keys = [s["key"] for s in posts]
+    assert len(set(keys)) == len(keys) and all(keys), "one unique Idempotency-Key per request"
+    owners = {f"Bearer {t}": {a, b} for t, a, b in people}
+    for sent in posts:
+        body = json.loads(sent["body"])
+        # always between the token owner's own two cards, never someone else's
+        assert {body["from_card"], body["to_card"]} == owners[sent["auth"]]
+        assert 1 <= body["amount"] <= 500 and body["currency"] == "usd"
+
+    Recorder.seen = []
+    assert _wrk("balance.lua", server, data).statuses.keys() == {200}
+    for sent in Recorder.seen:
+        card = sent["path"].removeprefix("/api/v1/cards/").removesuffix("/balance")
+        assert card in owners[sent["auth"]]
+    Recorder.seen = []
+    assert _wrk("activity.lua", server, data).statuses.keys() == {200}
+    assert {s["path"] for s in Recorder.seen} == {"/api/v1/activity"}
+
+
+def test_baseline_scripts_pick_two_distinct_accounts(server: str, tmp_path: Path) -> None:
+    data = tmp_path / "accounts.lua"
+    run.write_lua_data(data, None, 3)
+    assert _wrk("baseline_transfer.lua", server, data).statuses.keys() == {201}
+    for sent in Recorder.seen:
+        body = json.loads(sent["body"])
+        assert body["from"] != body["to"] and {body["from"], body["to"]} <= {1, 2, 3}
+    Recorder.seen = []
+    assert _wrk("baseline_balance.lua", server, data).statuses.keys() == {200}
+    assert {s["path"] for s in Recorder.seen} <= {"/balance/1", "/balance/2", "/balance/3"}
