@@ -187,6 +187,16 @@ def test_expired_refused(uow, user, clock):
     assert tokens.verify_access_token(uow.settings, token, now=clock.now + timedelta(seconds=899))
 
 
+def test_a_lifetime_longer_than_portal_issues_is_refused(uow):
+    """Even signed with our key: an access token lasting longer than PORTAL_ACCESS_TOKEN_SECONDS
+    was not made by Portal (a forged one would outlive the key's rotation)."""
+    now = int(__import__("time").time())
+    longest = uow.settings.access_token_seconds + tokens.LEEWAY
+    assert tokens.verify_access_token(uow.settings, forge(uow.settings, iat=now, exp=now + longest))
+    refuse(uow.settings, forge(uow.settings, iat=now, exp=now + longest + 1))
+    refuse(uow.settings, forge(uow.settings, iat=now, exp=now + 10 * 365 * 86400))
+
+
 def test_issued_in_the_future_refused(uow):
     now = int(__import__("time").time())
     refuse(uow.settings, forge(uow.settings, iat=now + 600, exp=now + 1500))

@@ -321,8 +321,8 @@ def verify_access_token(
     settings: ServiceSettings, token: str, *, now: datetime | None = None
 ) -> AccessClaims:
     """Check an access token: HS256 signature under our key (no other algorithm), header typ
-    at+jwt, iss, aud, typ "access", exp, iat, jti, sub and fam. Pure (no database). Raises
-    Unauthenticated on any defect."""
+    at+jwt, iss, aud, typ "access", exp, iat, jti, sub and fam, and a lifetime no longer than
+    the configured one. Pure (no database). Raises Unauthenticated on any defect."""
     refused = Unauthenticated("the access token is not valid", code="invalid_token")
     if not isinstance(token, str) or not token or len(token) > 4096 or token.count(".") != 2:
         raise refused
@@ -338,6 +338,10 @@ def verify_access_token(
         if not isinstance(claims["sub"], str) or not claims["sub"].isdigit():
             raise refused
         if not isinstance(claims["fam"], str) or not isinstance(claims["jti"], str):
+            raise refused
+        # Never longer-lived than Portal issues them: a token minted with a stolen key and a
+        # far expiry would otherwise outlive the key's rotation by as long as it says.
+        if claims["exp"] - claims["iat"] > settings.access_token_seconds + LEEWAY:
             raise refused
         return AccessClaims(
             user_id=int(claims["sub"]),
