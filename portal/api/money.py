@@ -29,12 +29,7 @@ from portal.api.auth import Timestamp
 from portal.api.cards import caller_key
 from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
-from portal.api.payouts import (
-    ACCOUNT_NUMBER_MAX,
-    ACCOUNT_NUMBER_MIN,
-    ACCOUNT_NUMBER_PATTERN,
-    NewBankAccount,
-)
+from portal.api.payouts import NewBankAccount
 from portal.api.schemas import (
     ApiModel,
     CardId,
@@ -250,14 +245,7 @@ class NewWithdrawal(Amount):
     card: CardId = Field(description="One of the caller's cards (`card_...`).")
     # The bank account's rules are the merchant bank account's (and the service's).
     bank_name: str = NewBankAccount.model_fields["bank_name"]
-    account_number: str = Field(
-        min_length=ACCOUNT_NUMBER_MIN,
-        max_length=2 * ACCOUNT_NUMBER_MAX,
-        pattern=ACCOUNT_NUMBER_PATTERN,
-        examples=["1234 5678 9012"],
-        description=f"{ACCOUNT_NUMBER_MIN} to {ACCOUNT_NUMBER_MAX} letters or digits; spaces"
-        " and dashes are ignored. Stored encrypted; shown again as the last four only.",
-    )
+    account_number: str = NewBankAccount.model_fields["account_number"]
     account_holder: str = NewBankAccount.model_fields["account_holder"]
 
 

@@ -208,6 +208,18 @@ def _entry(writes: LedgerWrites) -> str:
     return "(SELECT id FROM entry)" if writes.has_entry else "NULL"
 
 
+def _queue_processor_job(
+    uow: UnitOfWork, kind: str, field: str, record_id: int, delay_seconds: float
+) -> None:
+    """The job that takes a movement to its processor, ``delay_seconds`` from now (one per
+    record: its dedupe key is ``<kind's prefix>:<id>``, as tests and staff find it)."""
+    prefix = {FUNDING_JOB: "funding", PAYOUT_JOB: "payout"}[kind]
+    jobs.enqueue(
+        uow, kind, {field: record_id}, run_at=uow.now() + timedelta(seconds=delay_seconds),
+        dedupe_key=f"{prefix}:{record_id}",
+    )  # fmt: skip
+
+
 def _day_start(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -288,13 +300,8 @@ def top_up(
             with_entry=False,
         )  # fmt: skip
         if refusal is None:
-            jobs.enqueue(
-                uow,
-                FUNDING_JOB,
-                {"top_up_id": result.id},
-                run_at=now + timedelta(seconds=uow.settings.funding_delay_seconds),
-                dedupe_key=f"funding:{result.id}",
-            )
+            _queue_processor_job(uow, FUNDING_JOB, "top_up_id", result.id,
+                                 uow.settings.funding_delay_seconds)  # fmt: skip
         return result
 
     return uow.run(work)
@@ -598,13 +605,8 @@ def withdraw(
             with_entry=False,
         )  # fmt: skip
         if refusal is None:
-            jobs.enqueue(
-                uow,
-                PAYOUT_JOB,
-                {"withdrawal_id": result.id},
-                run_at=now + timedelta(seconds=uow.settings.payout_delay_seconds),
-                dedupe_key=f"payout:{result.id}",
-            )
+            _queue_processor_job(uow, PAYOUT_JOB, "withdrawal_id", result.id,
+                                 uow.settings.payout_delay_seconds)  # fmt: skip
         return result
 
     return uow.run(work)
