@@ -51,18 +51,31 @@ def test_every_sign_in_failure_gets_the_same_answer(client: PageClient, people: 
     assert not signed_in(client)
 
 
-def test_sign_in_lands_on_the_account_page(client: PageClient, people: People) -> None:
+def test_sign_in_lands_a_cardholder_on_the_wallet(client: PageClient, people: People) -> None:
     person = people.make()
 
     response = sign_in(client, person)
 
     assert response.status_code == 302
-    assert response.headers["Location"] == "/auth/account"
-    page = client.get("/auth/account")
+    assert response.headers["Location"] == "/wallet"
+    page = client.get("/wallet")
     assert page.status_code == 200
     text = page_text(page)
     assert "Ada Lovelace" in text
     assert 'action="/auth/logout"' in page.get_data(as_text=True)
+    # Signed in already: the sign-in page sends a cardholder to the wallet too.
+    assert client.get("/auth/login").headers["Location"] == "/wallet"
+
+
+def test_sign_in_lands_staff_where_they_did(client: PageClient, people: People) -> None:
+    """Staff have no console page yet: they keep landing on the account page."""
+    support = people.make(roles=("support",))
+
+    response = sign_in(client, support)
+
+    assert response.status_code == 302
+    assert response.headers["Location"] != "/wallet"
+    assert response.headers["Location"] in ("/auth/account", "/auth/mfa/setup")
 
 
 def test_empty_fields_are_named_and_not_counted_as_failures(client: PageClient) -> None:
@@ -107,11 +120,12 @@ def test_session_cookie_is_httponly_lax_and_new_at_every_sign_in(
     ("target", "expected"),
     [
         ("/auth/account?tab=sessions", "/auth/account?tab=sessions"),
-        ("//evil.example/steal", "/auth/account"),
-        ("https://evil.example/steal", "/auth/account"),
-        ("/\\evil.example", "/auth/account"),
-        ("javascript:alert(1)", "/auth/account"),
-        ("/auth/logout", "/auth/account"),
+        ("/wallet/activity?kind=transfer", "/wallet/activity?kind=transfer"),
+        ("//evil.example/steal", "/wallet"),
+        ("https://evil.example/steal", "/wallet"),
+        ("/\\evil.example", "/wallet"),
+        ("javascript:alert(1)", "/wallet"),
+        ("/auth/logout", "/wallet"),
     ],
 )
 def test_next_is_honoured_only_for_same_site_paths(
@@ -123,7 +137,7 @@ def test_next_is_honoured_only_for_same_site_paths(
     response = sign_in(client, person, next=target)
 
     assert response.headers["Location"] == expected
-    if expected != "/auth/account":
+    if expected != "/wallet":
         assert f'value="{target}"' in page.get_data(as_text=True)
 
 
@@ -173,7 +187,7 @@ def test_a_recovery_code_works_once(
 
     sign_in(client, person)
     response = client.post("/auth/mfa", data={"code": code}, follow_redirects=True)
-    assert response.request.path == "/auth/account"
+    assert response.request.path == "/wallet"
     assert "You signed in with a recovery code; 9 left." in page_text(response)
 
     sign_in(another_client, person)
