@@ -71,11 +71,21 @@ RUNTIME_USER = "portal_app"  # portal.supervise's: the embedded cluster's runtim
 METRICS_TOKEN = "bench-metrics-token-0123456789"  # noqa: S105 (a throwaway scrape token)
 SIZES = {"small": 1000, "large": 100_000}
 CARD_FUNDS = 1_000_000  # cents per card: $10,000, the USD top-up maximum
-SCENARIOS = ("transfer", "balance", "activity")
+SCENARIOS = ("transfer", "payment", "balance", "activity")
 #: scenario -> (baseline, lua script); the baselines' own scripts.
-BASELINE_OF = {"transfer": "app_transfer", "balance": "app_balance", "activity": "app_balance"}
+BASELINE_OF = {
+    "transfer": "app_transfer",
+    "payment": "app_transfer",
+    "balance": "app_balance",
+    "activity": "app_balance",
+}
+#: scenario -> its business table, whose rows with status 'succeeded' are its 2xx answers.
+WRITES = {"transfer": "transfers", "payment": "payments"}
+#: Bump when the cached dataset's shape changes (its name then changes).
+CACHE_VERSION = "v3"
 LUA_OF = {
     "transfer": "transfer.lua",
+    "payment": "payment.lua",
     "balance": "balance.lua",
     "activity": "activity.lua",
     "app_transfer": "baseline_transfer.lua",
@@ -83,6 +93,7 @@ LUA_OF = {
 }
 LABEL = {
     "transfer": "Portal POST /api/v1/transfers",
+    "payment": "Portal POST /api/v1/payments (auto capture)",
     "balance": "Portal GET /api/v1/cards/<id>/balance",
     "activity": "Portal GET /api/v1/activity",
     "app_transfer": "(b) bare Flask POST /transfer (6 statements)",
@@ -313,6 +324,9 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
     new_uow, engine = service_uow(cluster.url(build, RUNTIME_USER))
     system = Actor.system("bench")
     failures: list[BaseException] = []
+    #: [public id, number, exp month, exp year, security code] per card, for payments: the
+    #: service shows them once, at issue (test data under the suite's public test keys).
+    credentials: list[list[Any]] = []
 
     def fund(uow: Any, card_id: Any) -> None:
         topped = wallet.top_up(
@@ -355,6 +369,9 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
                         currency="USD",
                     )
                     fund(uow, card.card_id)
+                    credentials.append(
+                        [card.public_id, card.number, card.expiry_month, card.expiry_year, card.cvv]
+                    )
         except BaseException as exc:  # noqa: BLE001 (reported by the caller)
             failures.append(exc)
 
@@ -412,7 +429,9 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
     if not ok:
         raise RuntimeError(f"portal ledger verify failed on the generated dataset:\n{output}")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    (CACHE_DIR / f"{cache_db}.json").write_text(json.dumps({"merchant_secrets": secrets}))
+    (CACHE_DIR / f"{cache_db}.json").write_text(
+        json.dumps({"merchant_secrets": secrets, "cards": credentials})
+    )
     cluster.run_sql(
         "postgres",
         f'ALTER DATABASE "{build}" RENAME TO "{cache_db}"',
@@ -465,12 +484,24 @@ def people_with_tokens(cluster: Cluster) -> list[tuple[str, str, str]]:
     return people
 
 
-def write_lua_data(path: Path, people: list[tuple[str, str, str]] | None, accounts: int) -> None:
+def write_lua_data(
+    path: Path,
+    people: list[tuple[str, str, str]] | None,
+    accounts: int,
+    cards: list[list[Any]] | None = None,
+    secrets: list[str] | None = None,
+) -> None:
+    """The table bench/lua/common.lua loads as ``data``: Portal's people (token, card, card),
+    cards ({number, exp_month, exp_year, cvc}) and merchant keys, or the baselines' accounts."""
     if people is None:
         path.write_text(f"return {{accounts = {accounts}}}\n")
         return
     rows = ",\n".join(f'  {{"{t}", "{a}", "{b}"}}' for t, a, b in people)
-    path.write_text(f"return {{people = {{\n{rows}\n}}}}\n")
+    card_rows = ",\n".join(f'  {{"{n}", {m}, {y}, "{c}"}}' for n, m, y, c in cards or [])
+    keys = ", ".join(f'"{k}"' for k in secrets or [])
+    path.write_text(
+        f"return {{people = {{\n{rows}\n}},\ncards = {{\n{card_rows}\n}},\nsecrets = {{{keys}}}}}\n"
+    )
 
 
 # -- one measured run -----------------------------------------------------------------------------
@@ -509,7 +540,8 @@ def parse_wrk(text: str, run: Run) -> None:
         if parts[1] == "summary":
             nums = [int(x) for x in line.split()[2:]]
             run.requests, run.seconds = nums[0], nums[1] / 1e6
-            run.socket_errors, run.in_flight = sum(nums[2:7]), nums[7]
+            # connect, read, write, (status: wrk's count of non-2xx/3xx, kept apart), timeout
+            run.socket_errors, run.in_flight = sum(nums[2:5]) + nums[6], nums[7]
         elif parts[1] == "latency":
             run.latency_ms[parts[2]] = int(parts[3]) / 1000
         elif parts[1] == "status":
@@ -553,19 +585,19 @@ class Bench:
             raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
-    def transfers_recorded(self) -> int:
+    def recorded(self, table: str) -> int:
         with self.cluster.connect(DATABASE) as conn:
             return int(
                 conn.execute(
-                    "SELECT count(*) FROM transfers WHERE status = 'succeeded'"
+                    f"SELECT count(*) FROM {table} WHERE status = 'succeeded'"  # noqa: S608 (constant)
                 ).fetchone()[0]
             )
 
-    def settled_transfers(self) -> int:
-        last = self.transfers_recorded()
+    def settled(self, table: str) -> int:
+        last = self.recorded(table)
         while True:
             time.sleep(0.3)
-            now = self.transfers_recorded()
+            now = self.recorded(table)
             if now == last:
                 return now
             last = now
@@ -592,7 +624,8 @@ class Bench:
             return self.pgbench(run)
         if self.args.warmup > 0:
             self.wrk(name, self.args.warmup)
-        before = self.settled_transfers() if name == "transfer" else 0
+        table = WRITES.get(name)
+        before = self.settled(table) if table else 0
         if name in SCENARIOS:
             self.stat_reset()
         parse_wrk(self.wrk(name, self.args.seconds), run)
@@ -600,8 +633,8 @@ class Bench:
             run.statements_per_request = sum(c for c, _ in calls) / run.requests
             if name == "transfer" and rnd == 1:
                 self.transfer_statements = calls
-        if name == "transfer":
-            run.rows_written = self.settled_transfers() - before
+        if table:
+            run.rows_written = self.settled(table) - before
         return run
 
     def pgbench(self, run: Run) -> Run:
@@ -850,13 +883,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_for("redis-server", lambda: redis_ping(redis_port), None, workdir / "redis.log")
 
-        cache_db = f"bench_cache_{args.size}_{migration_head()}"[:63]
-        if args.rebuild_cache and cluster.database_exists(cache_db):
-            cluster.run_sql(
-                "postgres",
-                f'ALTER DATABASE "{cache_db}" WITH IS_TEMPLATE false',
-                f'DROP DATABASE "{cache_db}" WITH (FORCE)',
-            )
+        cache_db = f"bench_cache_{CACHE_VERSION}_{args.size}_{migration_head()}"[:63]
+        meta = CACHE_DIR / f"{cache_db}.json"
+        with cluster.connect() as conn:
+            cached = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_cache\\_%'"
+                )
+            ]
+        for name in cached:
+            if name == cache_db:
+                stale = args.rebuild_cache or not meta.exists()
+            else:  # this size at another shape or migration head, or a build left unfinished
+                stale = f"_{args.size}_" in name and not name.endswith("_build")
+            if stale:
+                log(f"dropping the cached dataset {name}")
+                cluster.run_sql(
+                    "postgres",
+                    f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false',
+                    f'DROP DATABASE "{name}" WITH (FORCE)',
+                )
         if cluster.database_exists(cache_db):
             log(f"dataset from cache ({cache_db})")
         else:
@@ -888,7 +935,14 @@ def main(argv: list[str] | None = None) -> int:
         log("issuing one access token per cardholder")
         people = people_with_tokens(cluster)
         data = {"portal": workdir / "portal-data.lua", "baseline": workdir / "baseline-data.lua"}
-        write_lua_data(data["portal"], people, args.accounts)
+        saved = json.loads(meta.read_text())
+        # The first half of the cardholders transfer and read; the other half's cards pay the
+        # merchants, so payments never change what the balance and activity scenarios read
+        # (and GET /api/v1/activity answers 500 for a card that paid a merchant: see RESULTS.md).
+        people = people[: len(people) // 2]
+        readers = {card for _, a, b in people for card in (a, b)}
+        payers = [c[1:] for c in saved["cards"] if c[0] not in readers]
+        write_lua_data(data["portal"], people, args.accounts, payers, saved["merchant_secrets"])
         write_lua_data(data["baseline"], None, args.accounts)
 
         # Portal as make run starts it, and the baseline app with the same gunicorn sizes.
@@ -954,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
             order.append(name)
             if name == "transfer":
                 order += ["app_transfer", "pgbench"]
+            if name == "payment" and "transfer" not in args.scenario_list:
+                order.append("app_transfer")
         if {"balance", "activity"} & set(args.scenario_list):
             order.append("app_balance")
         bench = Bench(args, cluster, workdir, urls, data)
@@ -979,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
                     0 <= run.rows_written - run.ok_count <= run.in_flight
                 ):
                     failures.append(
-                        f"round {rnd}: {run.rows_written} transfers recorded, wrk"
+                        f"round {rnd}: {run.rows_written} {WRITES[name]} recorded, wrk"
                         f" counted {run.ok_count} 2xx ({run.in_flight} in flight)"
                     )
                 if run.non_2xx or run.socket_errors:
@@ -995,7 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         statements = statements_text(getattr(bench, "transfer_statements", []), runs)
         checks = (
             f"`portal ledger verify` after the runs: {'OK' if ok else 'FAILED'};"
-            f" transfers recorded = wrk's 2xx (+ in flight) in every round:"
+            f" transfers and payments recorded = wrk's 2xx (+ in flight) in every round:"
             f" {'yes' if not any('recorded' in f for f in failures) else 'NO'};"
             f" non-2xx and socket errors: {sum(r.non_2xx + r.socket_errors for r in runs)}"
         )
@@ -1061,10 +1117,12 @@ def record(
 {command}
 ```
 
-Machine: {machine(cluster)}. `--size {args.size}` ({SIZES[args.size]:,} cardholders, 2 cards each),
-{args.rounds} interleaved rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up),
-{args.connections} connections, {args.wrk_threads} wrk threads, gunicorn {args.workers} x
-{args.threads} (gthread) for Portal and for the baseline app. Finished in {elapsed:.0f} s.
+Machine: {machine(cluster)}.
+
+`--size {args.size}` ({SIZES[args.size]:,} cardholders, 2 cards each), {args.rounds} interleaved
+rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up), {args.connections} connections,
+{args.wrk_threads} wrk threads, gunicorn {args.workers} x {args.threads} (gthread) for Portal and
+for the baseline app. Finished in {elapsed:.0f} s.
 
 {table}
 

@@ -36,7 +36,7 @@ run = _load_run()
 def test_quick_sets_short_interleaved_runs() -> None:
     args = run.parse_args(["--quick"])
     assert (args.seconds, args.warmup, args.rounds) == (5.0, 1.0, 3)
-    assert args.scenario_list == ["transfer", "balance", "activity"]
+    assert args.scenario_list == ["transfer", "payment", "balance", "activity"]
     assert args.accounts == 2000  # the baselines get as many accounts as Portal has cards
 
 
@@ -138,7 +138,8 @@ def _wrk(script: str, url: str, data: Path) -> run.Run:
 def test_portal_scripts_send_what_the_api_expects(server: str, tmp_path: Path) -> None:
     data = tmp_path / "people.lua"
     people = [("tok-a", "card_a1", "card_a2"), ("tok-b", "card_b1", "card_b2")]
-    run.write_lua_data(data, people, 0)
+    cards = [["4000001234567899", 12, 2030, "123"], ["4000009876543210", 1, 2031, "456"]]
+    run.write_lua_data(data, people, 0, cards, ["sk_live_one", "sk_live_two"])
 
     result = _wrk("transfer.lua", server, data)
     assert result.ok_count > 0 and result.statuses.keys() == {201}
@@ -152,6 +153,18 @@ def test_portal_scripts_send_what_the_api_expects(server: str, tmp_path: Path) -
         # always between the token owner's own two cards, never someone else's
         assert {body["from_card"], body["to_card"]} == owners[sent["auth"]]
         assert 1 <= body["amount"] <= 500 and body["currency"] == "usd"
+
+    Recorder.seen = []
+    assert _wrk("payment.lua", server, data).statuses.keys() == {201}
+    keys = [s["key"] for s in Recorder.seen]
+    assert len(set(keys)) == len(keys) and all(keys)
+    for sent in Recorder.seen:
+        assert sent["path"] == "/api/v1/payments"
+        assert sent["auth"] in ("Bearer sk_live_one", "Bearer sk_live_two")
+        body = json.loads(sent["body"])
+        card = body["card"]
+        assert [card["number"], card["exp_month"], card["exp_year"], card["cvc"]] in cards
+        assert 50 <= body["amount"] <= 500 and body["currency"] == "usd"
 
     Recorder.seen = []
     assert _wrk("balance.lua", server, data).statuses.keys() == {200}
