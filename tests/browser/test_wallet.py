@@ -21,7 +21,7 @@ from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards
 from portal.worker import Worker
 from tests.browser.test_sign_in_flow import Watch
-from tests.conftest import SYSTEM
+from tests.conftest import SYSTEM, Factory
 
 PASSWORD = "correct horse battery staple"
 
@@ -42,6 +42,48 @@ def _sign_in(context: Any, email: str) -> Any:
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/wallet")
     return page
+
+
+PHONE_HEIGHT = 844
+TAB_BAR_ROOM = 90  # the tab bar (56 px) and a margin
+
+
+def _tab(page: Any, name: str) -> Any:
+    return page.get_by_role("navigation", name="Sections").get_by_role("link", name=name)
+
+
+def _check_phone_layout(page: Any, *, current: str) -> None:
+    """At 390 px: a one-line header, the totals and the first card's balance on the first
+    screen above the tab bar, the tab bar with 44 px targets marking the current tab, the
+    cards as a strip that snaps."""
+    header = page.locator(".site-header").bounding_box()
+    assert header is not None and header["height"] <= 64, header
+    limit = PHONE_HEIGHT - TAB_BAR_ROOM
+    for where in ("#wallet-totals .wallet-totals__amount", "#cards [data-balance=available]"):
+        box = page.locator(where).first.bounding_box()
+        assert box is not None and box["y"] + box["height"] < limit, (where, box)
+    tabs = page.get_by_role("navigation", name="Sections")
+    expect(tabs).to_be_visible()
+    bar = tabs.bounding_box()
+    assert bar is not None and abs(bar["y"] + bar["height"] - PHONE_HEIGHT) <= 1, bar
+    for name in ("Wallet", "Activity", "Pay", "Account"):
+        box = _tab(page, name).bounding_box()
+        assert box is not None and box["height"] >= 44 and box["width"] >= 44, (name, box)
+    expect(_tab(page, current)).to_have_attribute("aria-current", "page")
+    expect(page.locator(".tab-bar [aria-current]")).to_have_count(1)
+    # The header's copies of those links give way to the tab bar.
+    expect(page.locator(".site-header").get_by_role("link", name="Activity")).to_be_hidden()
+    strip = page.locator("#cards .card-strip")
+    assert "x" in strip.evaluate("e => getComputedStyle(e).scrollSnapType")
+    assert strip.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+
+
+def _check_desktop_layout(page: Any) -> None:
+    expect(page.locator(".tab-bar")).to_be_hidden()
+    nav = page.get_by_role("navigation", name="Main")
+    for name in ("Wallet", "Activity", "Account"):
+        expect(nav.get_by_role("link", name=name)).to_be_visible()
+    expect(nav.get_by_role("link", name="Wallet")).to_have_attribute("aria-current", "page")
 
 
 @pytest.fixture
@@ -149,6 +191,19 @@ def test_wallet_flow_with_live_updates(
     bob_tile = bob_page.locator(f"#card-{bobs_card.public_id} [data-balance=available]")
     expect(bob_tile).to_have_text("40.00 USD", timeout=5000)  # within ~2 s
     expect(bob_page.locator("#latest-activity").get_by_text("Alice W.")).to_be_visible()
+    # The money that came in is highlighted for a moment and announced (aria-live).
+    arrived = bob_page.locator("#latest-activity .activity__item--in", has_text="Alice W.")
+    expect(arrived).to_have_class(re.compile(r"\bis-new\b"))
+    expect(bob_page.locator(f"#card-{bobs_card.public_id}")).to_have_class(
+        re.compile(r"\bis-new\b")
+    )
+    announcer = bob_page.locator("#live-announcer")
+    assert announcer.get_attribute("aria-live") == "polite"
+    expect(announcer).to_contain_text("40.00 USD received from")
+    expect(announcer).to_contain_text("Alice W.")
+    expect(bob_page.locator("#wallet-totals [data-total=USD]")).to_contain_text("40.00 USD")
+    bob_page.screenshot(path=str(artifacts / "wallet-dashboard-money-in-390.png"))
+    expect(arrived).not_to_have_class(re.compile(r"\bis-new\b"), timeout=8000)  # brief
     bob_page.screenshot(path=str(artifacts / "wallet-dashboard-live-390.png"), full_page=True)
     bob_watch.check("bob's live dashboard")
 
@@ -187,14 +242,76 @@ def test_wallet_flow_with_live_updates(
     # Screenshots of the dashboard with data, at a desktop's and a phone's width.
     page.wait_for_timeout(600)  # the chart's first animation
     page.screenshot(path=str(artifacts / "wallet-dashboard-1280.png"), full_page=True)
+    _check_desktop_layout(page)
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
     page.wait_for_timeout(600)
     page.screenshot(path=str(artifacts / "wallet-dashboard-390.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "wallet-dashboard-390-first-screen.png"))
+    _check_phone_layout(page, current="Wallet")
     watch.check("dashboard at 390")
     page.goto("/wallet/activity")
     page.screenshot(path=str(artifacts / "wallet-activity-390.png"), full_page=True)
+    expect(_tab(page, "Activity")).to_have_attribute("aria-current", "page")
     watch.check("activity at 390")
     context.close()
     bob_context.close()
     # Money: 250 in, 50 to Bob, 100 withdrawn.
+
+
+def test_sign_in_lands_on_the_wallet_and_it_works_without_javascript(
+    browser: Any,
+    live_server: str,
+    artifacts: Path,
+    real_uow: Callable[[], UnitOfWork],
+) -> None:
+    """Sign-in without a next lands on the wallet; with JavaScript off the chart's table is
+    shown instead of empty chart boxes, and no icon is a symbol character."""
+    person_id, email = _person(real_uow, "Carla", "Mendes")
+    actor = users.actor_for(real_uow(), person_id)
+    usd = cards.issue_card(real_uow(), actor=actor, user_id=person_id, card_type="debit",
+                           brand="visa", currency="USD", name="Daily")  # fmt: skip
+    cards.issue_card(real_uow(), actor=actor, user_id=person_id, card_type="prepaid",
+                     brand="mastercard", currency="EUR", name="Travel")  # fmt: skip
+    Factory(real_uow()).fund(usd, "75")
+
+    for width, height in ((1280, 900), (390, 844)):
+        context = browser.new_context(viewport={"width": width, "height": height},
+                                      base_url=live_server, java_script_enabled=False)  # fmt: skip
+        page = context.new_page()
+        watch = Watch(page)
+        page.goto("/auth/login")
+        page.get_by_label("Email address").fill(email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/wallet")  # not the account page
+        expect(page.get_by_role("heading", name="Your wallet")).to_be_visible()
+        chart = page.locator("#charts figure").first
+        expect(chart.locator(".chart__canvas")).to_be_hidden()
+        expect(chart.get_by_text("Show as a table")).to_be_hidden()
+        table = chart.get_by_role("table")
+        expect(table).to_be_visible()
+        expect(table.get_by_role("cell", name="75.00 USD")).to_be_visible()
+        watch.check(f"no-JS wallet at {width} (no sideways scroll, with a strip of cards)")
+        page.screenshot(path=str(artifacts / f"wallet-no-js-{width}.png"), full_page=True)
+        # Icons are drawn (SVG), with the page's fonts or without them.
+        icons = page.locator(".quick-action__icon, .activity__icon")
+        assert icons.count() >= 5
+        for i in range(icons.count()):
+            assert icons.nth(i).locator("svg").count() == 1
+            assert icons.nth(i).inner_text().strip() == ""
+        text = page.locator("body").inner_text()
+        assert not re.search("[\u2196-\u2199\u2300-\u2bff\U0001f000-\U0001faff]", text), text
+        totals = page.locator("#wallet-totals")
+        expect(totals.locator("[data-total=USD]")).to_contain_text("75.00 USD")
+        expect(totals.locator("[data-total=EUR]")).to_contain_text("0.00 EUR")
+        if width == 390:
+            _check_phone_layout(page, current="Wallet")
+            page.get_by_role("navigation", name="Sections").get_by_role("link", name="Pay").click()
+            page.wait_for_url("**/wallet/transfer")
+            expect(_tab(page, "Pay")).to_have_attribute("aria-current", "page")
+            page.screenshot(path=str(artifacts / "wallet-pay-no-js-390.png"), full_page=True)
+        else:
+            _check_desktop_layout(page)
+        watch.check(f"no-JS wallet at {width}")
+        context.close()

@@ -154,6 +154,83 @@
     drawCharts(document, false);
   });
 
+  /* Money that has just arrived through a live update: the activity row (new, or a top-up
+     that settled) and the card whose available balance went up get a brief highlight, and
+     the page's aria-live region (#live-announcer) says what came in. What the page showed
+     before is remembered here, so only real changes count. */
+  var seenItems = null;
+  var seenBalances = null;
+  var HIGHLIGHT_MS = 4000;
+
+  function snapshot() {
+    var items = {};
+    document.querySelectorAll(".activity__item[data-item-status]").forEach(function (item) {
+      items[item.id] = item.dataset.itemStatus;
+    });
+    var balances = {};
+    document.querySelectorAll("[data-balance=available][data-minor]").forEach(function (dd) {
+      var tile = dd.closest(".card-tile");
+      if (tile) {
+        balances[tile.id] = Number(dd.dataset.minor);
+      }
+    });
+    return { items: items, balances: balances };
+  }
+
+  function highlight(element) {
+    element.classList.add("is-new");
+    window.setTimeout(function () {
+      element.classList.remove("is-new");
+    }, HIGHLIGHT_MS);
+  }
+
+  function announceIncoming(live) {
+    var now = snapshot();
+    if (seenItems === null || !live) {
+      seenItems = now.items;
+      seenBalances = now.balances;
+      return;
+    }
+    var messages = [];
+    document.querySelectorAll(".activity__item[data-announce]").forEach(function (item) {
+      var before = seenItems[item.id];
+      if (item.dataset.itemStatus === "succeeded" && before !== "succeeded") {
+        highlight(item);
+        messages.push(item.dataset.announce);
+      }
+    });
+    Object.keys(now.balances).forEach(function (id) {
+      var before = seenBalances[id];
+      if (before !== undefined && now.balances[id] > before) {
+        var tile = document.getElementById(id);
+        if (tile) {
+          highlight(tile);
+        }
+      }
+    });
+    seenItems = now.items;
+    seenBalances = now.balances;
+    var region = document.getElementById("live-announcer");
+    if (region && messages.length) {
+      /* Cleared first, so the same words said twice are announced twice. */
+      region.textContent = "";
+      window.setTimeout(function () {
+        region.textContent = "Money in: " + messages.join(". ") + ".";
+      }, 100);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    announceIncoming(false);
+  });
+
+  /* Only answers of the live poller announce; other swaps (more rows, a frozen card) just
+     update what the page is known to show. */
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var xhr = (event.detail || {}).xhr;
+    announceIncoming(Boolean(xhr && /\/wallet\/changes\b/.test(xhr.responseURL || "")));
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     var detail = event.detail || {};
     var target = detail.target;
