@@ -18,16 +18,20 @@ PostgreSQL (5432) and Redis (6379) are never touched:
   ``PORTAL_ENV=production`` with the test suite's fixed public keys, Prometheus on in
   multiprocess mode, JSON logs to a file, no tracing.
 - Baselines, same wrk settings, same accounts count: (a) pgbench running the 6-statement
-  transfer of ``perf-baselines.md`` (``bench/pgbench_transfer.sql``); (b) ``bench/baseline_app.py``
+  transfer of ``perf-baselines.md`` (``bench/pgbench_transfer.sql``); (a') pgbench replaying
+  exactly the statements Portal sent for one transfer, captured from the PostgreSQL log just
+  before the rounds (``bench/replay.py``), on a clone of the dataset; (b) ``bench/baseline_app.py``
   ``POST /transfer``, the same statements through psycopg under gunicorn with Portal's worker
   and thread counts; (c) its ``GET /balance/<id>``: one balance row and one Redis key.
 
 Scenarios (wrk, ``bench/lua/``): ``transfer`` (POST /api/v1/transfers between a cardholder's own
-two cards, unique Idempotency-Key), ``balance`` (GET /api/v1/cards/<id>/balance) and
+two cards, unique Idempotency-Key), ``payment`` (POST /api/v1/payments with a merchant's key and
+a card's credentials, automatic capture), ``balance`` (GET /api/v1/cards/<id>/balance) and
 ``activity`` (GET /api/v1/activity), each with bearer tokens issued before the runs. Rounds are
 interleaved (every scenario and baseline once, then again); medians are reported with the
-ratio to the baseline. Afterwards ``portal ledger verify`` must pass and the transfers recorded
-must equal wrk's 2xx count (plus at most the requests in flight when wrk stopped). The exit
+ratio to the baseline. Afterwards ``portal ledger verify`` must pass (on Portal's database and
+on the clone (a') replayed on) and the transfers and payments recorded must equal wrk's 2xx
+count (plus at most the requests in flight when wrk stopped). The exit
 status is 1 when a check fails. With ``--record`` (``make bench`` passes it) a dated section
 goes to ``bench/RESULTS.md``.
 """
@@ -67,6 +71,8 @@ CACHE_DIR = INSTANCE / "bench-cache"
 BIN = Path(sys.executable).parent
 DATABASE = "portal_bench"
 BASELINE_DB = "bench_baseline"
+REPLAY_DB = "portal_bench_replay"  # a second clone of the dataset, for baseline (a')
+WEB_APP_NAME = "portal-web"  # application_name of the web workers' sessions
 RUNTIME_USER = "portal_app"  # portal.supervise's: the embedded cluster's runtime login role
 METRICS_TOKEN = "bench-metrics-token-0123456789"  # noqa: S105 (a throwaway scrape token)
 SIZES = {"small": 1000, "large": 100_000}
@@ -99,6 +105,7 @@ LABEL = {
     "app_transfer": "(b) bare Flask POST /transfer (6 statements)",
     "app_balance": "(c) bare Flask GET /balance (1 row + 1 Redis key)",
     "pgbench": "(a) pgbench 6-statement transfer",
+    "pgbench_portal": "(a') pgbench replaying Portal's transfer statements",
 }
 
 
@@ -620,7 +627,7 @@ class Bench:
 
     def run(self, name: str, rnd: int) -> Run:
         run = Run(name, rnd)
-        if name == "pgbench":
+        if name.startswith("pgbench"):
             return self.pgbench(run)
         if self.args.warmup > 0:
             self.wrk(name, self.args.warmup)
@@ -638,7 +645,9 @@ class Bench:
         return run
 
     def pgbench(self, run: Run) -> Run:
-        prefix = self.workdir / f"pgbench-{run.round}"
+        prefix = self.workdir / f"{run.name}-{run.round}"
+        replay = run.name == "pgbench_portal"
+        script = self.workdir / "portal_transfer.sql" if replay else BENCH / "pgbench_transfer.sql"
         argv = [
             self.cluster.pg_bin("pgbench"),
             "-n",
@@ -653,7 +662,7 @@ class Bench:
             "-D",
             f"accounts={self.args.accounts}",
             "-f",
-            str(BENCH / "pgbench_transfer.sql"),
+            str(script),
             "-l",
             "--log-prefix",
             str(prefix),
@@ -663,7 +672,7 @@ class Bench:
             str(self.cluster.port),
             "-U",
             "postgres",
-            BASELINE_DB,
+            REPLAY_DB if replay else BASELINE_DB,
         ]
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=self.args.seconds + 60, cwd=self.workdir
@@ -718,6 +727,9 @@ def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
             if name == "transfer" and "pgbench" in rps:
                 ratios["transfer/pgbench"] = rps[name] / rps["pgbench"]
                 ratio += f"; {rps[name] / rps['pgbench']:.2f} of (a)"
+            if name == "transfer" and "pgbench_portal" in rps:
+                ratios["transfer/pgbench_portal"] = rps[name] / rps["pgbench_portal"]
+                ratio += f"; {rps[name] / rps['pgbench_portal']:.2f} of (a')"
         low, high = min(r.rps for r in rs), max(r.rps for r in rs)
         statements = f"{median(spr):.1f}" if spr else "not measured"
         lines.append(
@@ -957,8 +969,9 @@ def main(argv: list[str] | None = None) -> int:
             PORTAL_DB_MAX_OVERFLOW="2",
         )
         _, (web, worker) = commands("run", [], web_env)
-        gunicorn = procs.spawn("gunicorn", web, web_env)
-        procs.spawn("worker", worker, web_env)
+        named = f"{web_env['DATABASE_URL']}&application_name="
+        gunicorn = procs.spawn("gunicorn", web, dict(web_env, DATABASE_URL=named + WEB_APP_NAME))
+        procs.spawn("worker", worker, dict(web_env, DATABASE_URL=named + "portal-worker"))
         app_env = dict(
             base_env,
             BASELINE_DATABASE_URL=cluster.url(BASELINE_DB, driver="postgresql"),
@@ -1003,11 +1016,19 @@ def main(argv: list[str] | None = None) -> int:
             workdir / "baseline.log",
         )
 
+        replay_ready = False
+        if "transfer" in args.scenario_list:
+            try:
+                replay_ready = capture_replay(cluster, workdir, urls["portal"], people, cache_db)
+            except Exception as exc:  # noqa: BLE001 (the other baselines still run)
+                log(f"baseline (a') not available: {exc!r}")
         order: list[str] = []
         for name in args.scenario_list:
             order.append(name)
             if name == "transfer":
                 order += ["app_transfer", "pgbench"]
+                if replay_ready:
+                    order.append("pgbench_portal")
             if name == "payment" and "transfer" not in args.scenario_list:
                 order.append("app_transfer")
         if {"balance", "activity"} & set(args.scenario_list):
@@ -1047,6 +1068,11 @@ def main(argv: list[str] | None = None) -> int:
         ok, output = ledger_verify(env)
         if not ok:
             failures.append(f"portal ledger verify failed:\n{output}")
+        replay_ok = None
+        if replay_ready:  # the replayed statements must have kept their clone's ledger whole
+            replay_ok, output = ledger_verify(portal_env(base_env, cluster, REPLAY_DB))
+            if not replay_ok:
+                failures.append(f"portal ledger verify failed on {REPLAY_DB}:\n{output}")
         table, ratios = report(runs, order)
         statements = statements_text(getattr(bench, "transfer_statements", []), runs)
         checks = (
@@ -1054,6 +1080,12 @@ def main(argv: list[str] | None = None) -> int:
             f" transfers and payments recorded = wrk's 2xx (+ in flight) in every round:"
             f" {'yes' if not any('recorded' in f for f in failures) else 'NO'};"
             f" non-2xx and socket errors: {sum(r.non_2xx + r.socket_errors for r in runs)}"
+            + (
+                f"; `portal ledger verify` of the clone (a') replayed on:"
+                f" {'OK' if replay_ok else 'FAILED'}"
+                if replay_ok is not None
+                else ""
+            )
         )
         elapsed = time.monotonic() - began
         print()
@@ -1073,6 +1105,74 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         log(f"CHECK FAILED: {failure}")
     return 1 if failures else 0
+
+
+def capture_replay(
+    cluster: Cluster, workdir: Path, base: str, people: list[tuple[str, str, str]], cache_db: str
+) -> bool:
+    """Log one transfer per pgbench client, one at a time, and write the pgbench script of
+    baseline (a') from the web workers' statements; clone the dataset for it to run on."""
+    from replay import parse_log, request_sql, script
+
+    logfile = PGDATA / "log"
+    clients = min(len(people), 16)
+    for token, a, b in people[:clients]:  # warm-up: caches, prepared statements
+        post_transfer(base, token, a, b, f"warm-{uuid.uuid4().hex}")
+    cluster.run_sql("postgres", "ALTER SYSTEM SET log_statement = 'all'", "SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        requests = []
+        for token, a, b in people[:clients]:
+            offset = logfile.stat().st_size
+            key = f"capture-{uuid.uuid4().hex}"
+            post_transfer(base, token, a, b, key)
+            time.sleep(0.2)
+            with logfile.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            with cluster.connect(DATABASE) as conn:
+                pids = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                        (WEB_APP_NAME,),
+                    )
+                }
+            sql = [s for s in request_sql(parse_log(text), pids, key) if s.strip(" ;\n")]
+            if not sql:
+                raise RuntimeError("no statements of the web workers in the log")
+            requests.append(sql)
+    finally:
+        cluster.run_sql("postgres", "ALTER SYSTEM RESET log_statement", "SELECT pg_reload_conf()")
+    (workdir / "portal_transfer.sql").write_text(script(requests))
+    shutil.copy(workdir / "portal_transfer.sql", CACHE_DIR / "last-portal-transfer.sql")
+    log(
+        f"baseline (a'): {len(requests[0])} statements per transfer request captured"
+        f" (instance/bench-cache/last-portal-transfer.sql)"
+    )
+    cluster.run_sql(
+        "postgres",
+        f'DROP DATABASE IF EXISTS "{REPLAY_DB}" WITH (FORCE)',
+        f'CREATE DATABASE "{REPLAY_DB}" TEMPLATE "{cache_db}"',
+    )
+    return True
+
+
+def post_transfer(base: str, token: str, a: str, b: str, key: str) -> None:
+    body = json.dumps({"from_card": a, "to_card": b, "amount": 100, "currency": "usd"}).encode()
+    request = urllib.request.Request(  # noqa: S310 (our own server)
+        f"{base}/api/v1/transfers",
+        data=body,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": key,
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+        if answer.status != 201:
+            raise RuntimeError(f"transfer answered {answer.status}")
 
 
 def redis_ping(port: int) -> bool:

@@ -186,3 +186,45 @@ def test_baseline_scripts_pick_two_distinct_accounts(server: str, tmp_path: Path
     Recorder.seen = []
     assert _wrk("baseline_balance.lua", server, data).statuses.keys() == {200}
     assert {s["path"] for s in Recorder.seen} <= {"/balance/1", "/balance/2", "/balance/3"}
+
+
+# -- baseline (a'): Portal's logged statements turned into a pgbench script -----------------------
+def _load_replay() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_replay", ROOT / "bench" / "replay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_replay"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+LOG = """\
+2026-12-03 14:33:55.898 UTC [101] LOG:  statement: BEGIN
+2026-12-03 14:33:55.899 UTC [202] LOG:  execute _pg3_1: UPDATE jobs SET locked_by = $1
+2026-12-03 14:33:55.899 UTC [202] DETAIL:  Parameters: $1 = 'worker'
+2026-12-03 14:33:55.900 UTC [101] LOG:  execute _pg3_0: INSERT INTO idempotency_keys (scope, key)
+\tVALUES ($1, $2) ON CONFLICT DO NOTHING
+2026-12-03 14:33:55.900 UTC [101] DETAIL:  Parameters: $1 = 'user:1', $2 = 'capture-k1'
+2026-12-03 14:33:55.901 UTC [101] LOG:  execute <unnamed>: INSERT INTO transfers (public_id, memo, \
+amount_minor, n) VALUES ($1, $2, $10, $11)
+2026-12-03 14:33:55.901 UTC [101] DETAIL:  Parameters: $1 = 'tr_sF43K35NYZqRCgw3RoPSrphS', \
+$2 = 'it''s', $10 = '100', $11 = NULL
+2026-12-03 14:33:55.902 UTC [101] LOG:  statement: COMMIT
+"""
+
+
+def test_logged_statements_become_a_replay_with_fresh_unique_values() -> None:
+    replay = _load_replay()
+    statements = replay.parse_log(LOG)
+    assert [s.pid for s in statements] == [101, 202, 101, 101, 101]
+    sql = replay.request_sql(statements, {101}, "capture-k1")  # the worker's (202) left out
+    assert sql[0] == "BEGIN;" and sql[-1] == "COMMIT;" and len(sql) == 4
+    assert "VALUES ('user:1', ('capture-k1-' || :txn)) ON CONFLICT" in sql[1]
+    assert "\n" in sql[1]  # a statement's continuation line stays with it
+    # a minted public id gets the transaction's suffix; $10 is not $1 followed by "0"
+    assert "(left('tr_sF43K35NYZqRCgw3RoPSrphS', -12) || lpad(:txn::text, 12, '0'))" in sql[2]
+    assert "'it''s', '100', NULL)" in sql[2]
+    text = replay.script([sql, sql])
+    assert "\\set txn random(" in text
+    assert "\\if :client_id % 2 = 0" in text and "\\elif :client_id % 2 = 1" in text
+    assert text.rstrip().endswith("\\endif")
