@@ -157,8 +157,12 @@ def service_app(database_url: str, redis_url: str) -> Iterator[Flask]:
     """An app of our own against the suite's database, for what the API cannot do without
     staff: verified accounts, approved merchants."""
     from portal import create_app
-    from portal.extensions import db
+    from portal.extensions import db, limiter
 
+    # flask-limiter keeps one storage per Limiter, not per app: creating this app points the
+    # shared limiter at the suite's database (its counters' PostgreSQL fallback), which stops
+    # with the suite. Give the process's own app its limiter back afterwards.
+    saved = {**vars(limiter), "_storage_options": dict(limiter._storage_options)}
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url,
                       "PORTAL_ENV": "test", "METRICS_ENABLED": False})  # fmt: skip
     try:
@@ -166,6 +170,8 @@ def service_app(database_url: str, redis_url: str) -> Iterator[Flask]:
     finally:
         with app.app_context():
             db.engine.dispose()
+        vars(limiter).clear()
+        vars(limiter).update(saved)
 
 
 def create_accounts(database_url: str, redis_url: str, emails: list[str]) -> None:
