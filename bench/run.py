@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,7 +56,7 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -525,6 +526,9 @@ class Run:
     in_flight: int = 0
     rows_written: int | None = None
     statements_per_request: float | None = None
+    #: CPU milliseconds per 2xx answer: the web server (gunicorn master and workers), the
+    #: PostgreSQL backends of its database, the load generator (wrk or pgbench).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok_count(self) -> int:
@@ -569,6 +573,31 @@ class Bench:
         self.args, self.cluster, self.workdir = args, cluster, workdir
         self.urls, self.data = urls, data
         self.nonce = int(time.time() * 1000) % 10**9
+        #: "portal" / "baseline" -> the gunicorn master's pid (set once they run).
+        self.masters: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def cpu(self, run: Run, master: int | None, db: str) -> Iterator[None]:
+        """Fill ``run.cpu_ms`` from /proc (web, PostgreSQL) and rusage (the load generator,
+        a child of this process) around the measured part."""
+        from transfer_api import TICKS, cpu_snapshot  # bench/transfer_api.py's /proc reader
+
+        before, usage = cpu_snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        yield
+        after, used = cpu_snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        web = pg = 0
+        for pid, (ppid, ticks, _uid, cmd) in after.procs.items():
+            start = before.procs.get(pid)
+            delta = ticks - (start[1] if start and start[3] == cmd else 0)
+            if master is not None and master in (pid, ppid):
+                web += delta
+            elif cmd.startswith("postgres: ") and f" {db} " in cmd:
+                pg += delta
+        load = (used.ru_utime + used.ru_stime) - (usage.ru_utime + usage.ru_stime)
+        per = 1000 / max(1, run.ok_count)
+        run.cpu_ms = {"web": web / TICKS * per, "postgres": pg / TICKS * per, "load": load * per}
+        if master is None:  # pgbench: no web server, and its backends exit before the snapshot
+            run.cpu_ms = {"load": load * per}
 
     def wrk(self, name: str, seconds: float) -> str:
         self.nonce += 1
@@ -635,7 +664,11 @@ class Bench:
         before = self.settled(table) if table else 0
         if name in SCENARIOS:
             self.stat_reset()
-        parse_wrk(self.wrk(name, self.args.seconds), run)
+        target = "portal" if name in SCENARIOS else "baseline"
+        with self.cpu(
+            run, self.masters.get(target), DATABASE if name in SCENARIOS else BASELINE_DB
+        ):
+            parse_wrk(self.wrk(name, self.args.seconds), run)
         if name in SCENARIOS and (calls := self.stat_calls()) and run.requests:
             run.statements_per_request = sum(c for c, _ in calls) / run.requests
             if name == "transfer" and rnd == 1:
@@ -674,9 +707,17 @@ class Bench:
             "postgres",
             REPLAY_DB if replay else BASELINE_DB,
         ]
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=self.args.seconds + 60, cwd=self.workdir
-        )
+        with self.cpu(run, None, REPLAY_DB if replay else BASELINE_DB):
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=self.args.seconds + 60,
+                cwd=self.workdir,
+            )
+            run.statuses = {
+                200: int(m[1]) if (m := re.search(r"processed: (\d+)", done.stdout)) else 0
+            }
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
         latencies = []
@@ -710,8 +751,9 @@ def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
     rps = {name: median([r.rps for r in rs]) for name, rs in by.items()}
     lines = [
         "| scenario | runs | 2xx/s (median; range) | p50 ms | p95 ms | p99 ms | non-2xx | socket"
-        " errors | statements/request | ratio to baseline |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " errors | statements/request | CPU ms/request: web, PostgreSQL, load generator"
+        " | ratio to baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ratios: dict[str, float] = {}
     for name, rs in by.items():
@@ -732,10 +774,16 @@ def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
                 ratio += f"; {rps[name] / rps['pgbench_portal']:.2f} of (a')"
         low, high = min(r.rps for r in rs), max(r.rps for r in rs)
         statements = f"{median(spr):.1f}" if spr else "not measured"
+        cpu = ", ".join(
+            f"{median(values):.2f}"
+            if (values := [r.cpu_ms[k] for r in rs if k in r.cpu_ms])
+            else "-"
+            for k in ("web", "postgres", "load")
+        )
         lines.append(
             f"| {LABEL[name]} | {len(rs)} | **{rps[name]:,.0f}** ({low:,.0f}-{high:,.0f}) |"
             f" {lat['50']:.1f} | {lat['95']:.1f} | {lat['99']:.1f} | {sum(r.non_2xx for r in rs)} |"
-            f" {sum(r.socket_errors for r in rs)} | {statements}"
+            f" {sum(r.socket_errors for r in rs)} | {statements} | {cpu}"
             f" | {ratio or '(baseline)'} |"
         )
     if "app_transfer" in rps and "pgbench" in rps:
@@ -1034,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
         if {"balance", "activity"} & set(args.scenario_list):
             order.append("app_balance")
         bench = Bench(args, cluster, workdir, urls, data)
+        bench.masters = {"portal": gunicorn.pid, "baseline": baseline.pid}
         runs: list[Run] = []
         log(
             f"{args.rounds} interleaved rounds of {', '.join(order)}: {args.seconds:g} s each"
@@ -1064,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"round {rnd} {name}: {run.non_2xx} non-2xx,"
                         f" {run.socket_errors} socket errors"
                     )
+        peaks = peak_rss_mb(gunicorn.pid)
         procs.stop_all()
         ok, output = ledger_verify(env)
         if not ok:
@@ -1079,7 +1129,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`portal ledger verify` after the runs: {'OK' if ok else 'FAILED'};"
             f" transfers and payments recorded = wrk's 2xx (+ in flight) in every round:"
             f" {'yes' if not any('recorded' in f for f in failures) else 'NO'};"
-            f" non-2xx and socket errors: {sum(r.non_2xx + r.socket_errors for r in runs)}"
+            f" non-2xx and socket errors: {sum(r.non_2xx + r.socket_errors for r in runs)};"
+            f" peak RSS per Portal web worker: {', '.join(f'{mb:.0f} MB' for mb in peaks)}"
             + (
                 f"; `portal ledger verify` of the clone (a') replayed on:"
                 f" {'OK' if replay_ok else 'FAILED'}"
@@ -1173,6 +1224,19 @@ def post_transfer(base: str, token: str, a: str, b: str, key: str) -> None:
     with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
         if answer.status != 201:
             raise RuntimeError(f"transfer answered {answer.status}")
+
+
+def peak_rss_mb(master: int) -> list[float]:
+    """VmHWM (the peak resident set) of each child of a gunicorn master, in MB."""
+    import psutil
+
+    peaks = []
+    for child in psutil.Process(master).children():
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{child.pid}/status").read_text().splitlines()
+            line = next(x for x in status if x.startswith("VmHWM:"))
+            peaks.append(int(line.split()[1]) / 1024)
+    return sorted(peaks)
 
 
 def redis_ping(port: int) -> bool:
