@@ -31,6 +31,7 @@ from portal.api.operation import mark_replayed, operation
 from portal.api.pagination import ListQuery, ListResponse, cursor_field
 from portal.api.payouts import NewBankAccount
 from portal.api.schemas import (
+    ACTIVITY_KINDS,
     ApiModel,
     CardId,
     MovementId,
@@ -151,7 +152,8 @@ class Activity(ApiModel):
 
     id: MovementId = Field(
         description="The movement's own public id: a top-up's `tu_...`, a transfer's `tr_...`,"
-        " a withdrawal's `wd_...` (the same id its own endpoint answers)."
+        " a withdrawal's `wd_...`, a payment's `pay_...` or a refund's `re_...` (the same id"
+        " its own endpoint answers)."
     )
     object: Literal["activity"] = "activity"
     type: Kind
@@ -297,7 +299,7 @@ class ActivityQuery(Filters):
     limit: int = Field(
         DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"How many, 1 to {MAX_LIMIT}."
     )
-    starting_after: str | None = cursor_field("top_up", "transfer", "withdrawal")
+    starting_after: str | None = cursor_field(*ACTIVITY_KINDS)
     type: Kind | None = Field(None, description="Only this kind of movement.")
 
 

@@ -157,7 +157,10 @@ TopUpId = PublicId("top_up")
 TransferId = PublicId("transfer")
 WithdrawalId = PublicId("withdrawal")
 #: An activity entry's id: the public id of the top-up, transfer or withdrawal it shows.
-MovementId = Annotated[str, id_field("top_up", "transfer", "withdrawal", what="movement")]
+#: Every kind of movement the activity feed lists (a card's payments to merchants and their
+#: refunds among them).
+ACTIVITY_KINDS = ("top_up", "transfer", "withdrawal", "payment", "refund")
+MovementId = Annotated[str, id_field(*ACTIVITY_KINDS, what="movement")]
 
 
 # -- the services' rules, stated in the schemas ---------------------------------------------------

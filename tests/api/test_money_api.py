@@ -415,3 +415,32 @@ def test_list_refusals_name_the_parameter(
     error = error_of(api.get(f"{API}{query}", headers=as_alice), 422)
 
     assert (error["code"], error["param"]) == (code, param)
+
+
+def test_the_activity_feed_lists_and_pages_past_payments_and_refunds(
+    api: FlaskClient, make: Factory, alice: Actor, as_alice: dict[str, str], uow: UnitOfWork
+) -> None:
+    """Found by the benchmark: a card that had paid a merchant made GET /activity a 500 (the
+    feed's ids and cursor took only top-ups, transfers and withdrawals)."""
+    from portal.domain.money import Money
+    from portal.services.merchants import payments
+    from tests.merchants.conftest import card_details, open_shop
+
+    card = make.card(alice, balance="50.00")
+    shop = open_shop(uow, make, make.user(roles=("admin",)))
+    paid = payments.create_payment(
+        uow, actor=shop.api, merchant=shop.merchant.id, amount=Money(1500, "USD"),
+        card=card_details(card), idempotency_key=uuid.uuid4().hex,
+    )  # fmt: skip
+    payments.create_refund(uow, actor=shop.api, merchant=shop.merchant.id, payment=paid.id,
+                          amount=500, idempotency_key=uuid.uuid4().hex)  # fmt: skip
+    feed = ok(api.get(f"{API}/activity?limit=1", headers=as_alice))
+    kinds = [feed["data"][0]["type"]]
+    while feed["has_more"]:
+        after = feed["data"][-1]["id"]
+        feed = ok(api.get(f"{API}/activity?limit=1&starting_after={after}", headers=as_alice))
+        kinds += [a["type"] for a in feed["data"]]
+    # One transaction's clock: the three share a time, so only each being walked once counts.
+    assert sorted(kinds) == ["payment", "refund", "top_up"]
+    payment_only = ok(api.get(f"{API}/activity?type=payment", headers=as_alice))["data"]
+    assert [(a["id"], a["direction"]) for a in payment_only] == [(paid.id, "out")]
