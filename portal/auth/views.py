@@ -63,7 +63,6 @@ from portal.domain.errors import (
     Unauthenticated,
 )
 from portal.domain.ids import is_public_id
-from portal.domain.permissions import SELF_SERVICE_PERMISSIONS
 from portal.services.identity import accounts, mfa, sessions
 from portal.services.identity.accounts import UserView
 from portal.web import mail
@@ -71,6 +70,7 @@ from portal.web.auth import (
     PENDING_KEY,
     await_second_factor,
     current_actor,
+    landing_url,
     login_manager,
     login_required,
     pending_second_factor,
@@ -133,14 +133,6 @@ def safe_next(value: object) -> str | None:
 
 def _account_url(fragment: str = "") -> str:
     return url_for("auth.account") + (f"#{fragment}" if fragment else "")
-
-
-def _landing(user: UserView) -> str:
-    """Where a sign-in without a ``next`` lands: cardholders on their wallet; staff (any
-    permission beyond self-service) on the account page until they have a console."""
-    if "wallet:use" in user.permissions and user.permissions <= SELF_SERVICE_PERMISSIONS:
-        return url_for("cardholder.index")
-    return _account_url()
 
 
 def _public_url(endpoint: str, **values: Any) -> str:
@@ -316,7 +308,7 @@ def register() -> Response:
 def login() -> Response:
     next_url = safe_next(request.values.get("next"))
     if request.method == "GET" and current_user.is_authenticated and current_user.mfa_satisfied:
-        return redirect(next_url or _landing(current_user.user))
+        return redirect(next_url or landing_url(current_user.user))
     form = LoginForm()
     if request.method == "GET":
         form.next.data = next_url or ""
@@ -338,7 +330,7 @@ def login() -> Response:
     if mfa.mfa_required(user):
         response = redirect(url_for("auth.mfa_setup", next=next_url))
     else:
-        response = redirect(next_url or _landing(user))
+        response = redirect(next_url or landing_url(user))
     throttle.remember_device(response, user.id)
     return response
 
@@ -359,7 +351,7 @@ def second_factor() -> Response:
     )
     if pending is None and not stepping_up:
         if current_user.is_authenticated:
-            return redirect(safe_next(request.values.get("next")) or _landing(current_user.user))
+            return redirect(safe_next(request.values.get("next")) or landing_url(current_user.user))
         if session.pop(PENDING_KEY, None) is not None:
             flash("Signing in took too long. Please sign in again.", "info")
         return redirect(url_for("auth.login"))
@@ -393,7 +385,7 @@ def second_factor() -> Response:
             "page if you are running low.",
             "info",
         )
-    response = redirect(next_url or _landing(user))
+    response = redirect(next_url or landing_url(user))
     throttle.remember_device(response, user.id)
     return response
 

@@ -44,7 +44,7 @@ from portal.domain.errors import PortalError
 from portal.services.identity import mfa, sso
 from portal.services.identity.accounts import UserView
 from portal.sso import bp
-from portal.web.auth import await_second_factor, safe_next, sign_in, sign_out
+from portal.web.auth import await_second_factor, landing_url, safe_next, sign_in, sign_out
 from portal.web.errors import http_status
 from portal.web.uow import make_uow
 
@@ -313,4 +313,4 @@ def callback() -> Any:
         # enrolment (the staff decorator would send them there anyway), as a password sign-in.
         flash("Your role needs two-step verification. Set it up to continue.", "info")
         return redirect(url_for("auth.mfa_setup", next=next_url))
-    return redirect(next_url or url_for("auth.account"))
+    return redirect(next_url or landing_url(user))

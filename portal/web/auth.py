@@ -20,6 +20,7 @@ from flask import Flask, Request, abort, current_app, g, redirect, request, sess
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from portal.domain.errors import Unauthenticated
+from portal.domain.permissions import SELF_SERVICE_PERMISSIONS
 from portal.domain.types import Actor
 from portal.services.identity import accounts, mfa, sessions, tokens
 from portal.services.identity.accounts import UserView
@@ -234,3 +235,12 @@ def authenticate_bearer(req: Request) -> ApiPrincipal:
     actor, user = tokens.actor_for_access(uow, claims)
     g.api_user = user
     return ApiPrincipal(actor, user)
+
+
+def landing_url(user: UserView) -> str:
+    """Where a sign-in without a ``next`` lands (password, second factor or single sign-on):
+    cardholders on their wallet; staff (any permission beyond self-service) on the account page
+    until they have a console."""
+    if "wallet:use" in user.permissions and user.permissions <= SELF_SERVICE_PERMISSIONS:
+        return url_for("cardholder.index")
+    return url_for("auth.account")

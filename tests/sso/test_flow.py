@@ -114,7 +114,7 @@ def test_a_new_identity_becomes_a_signed_in_cardholder(
     flow = sign_in_flow(client, provider)
 
     assert flow.response.status_code == 302
-    assert flow.response.headers["Location"] == "/auth/account"
+    assert flow.response.headers["Location"] == "/wallet"  # a cardholder lands on the wallet
     assert flow.response.headers["Cache-Control"] == "no-store"
     info = signed_in_user(client, uow)
     assert info is not None
@@ -441,9 +441,9 @@ def test_the_email_comes_from_userinfo_when_the_id_token_has_none(
     ("asked", "lands"),
     [
         ("/cards?tab=1", "/cards?tab=1"),
-        ("//evil.example/x", "/auth/account"),
-        ("https://evil.example/", "/auth/account"),
-        ("/\\evil.example", "/auth/account"),
+        ("//evil.example/x", "/wallet"),
+        ("https://evil.example/", "/wallet"),
+        ("/\\evil.example", "/wallet"),
     ],
 )
 def test_next_is_followed_only_when_it_is_a_local_path(
