@@ -580,7 +580,7 @@ class Bench:
     def cpu(self, run: Run, master: int | None, db: str) -> Iterator[None]:
         """Fill ``run.cpu_ms`` from /proc (web, PostgreSQL) and rusage (the load generator,
         a child of this process) around the measured part."""
-        from transfer_api import TICKS, cpu_snapshot  # bench/transfer_api.py's /proc reader
+        from proc_cpu import TICKS, cpu_snapshot  # bench/proc_cpu.py
 
         before, usage = cpu_snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
         yield
