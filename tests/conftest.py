@@ -220,7 +220,11 @@ class Factory:
             amount=Money.of_major(major, card.currency), method="bank_transfer",
             idempotency_key=new_key(),
         )  # fmt: skip
-        return run_funding_job(self.uow, result.id) or result
+        settled = run_funding_job(self.uow, result.id) or result
+        assert settled.status == "succeeded" or result.status == "failed", (
+            f"the demo funding processor declined {major} (amounts ending in 13 minor units)"
+        )
+        return settled
 
 
 def run_funding_job(uow: UnitOfWork, top_up_id: int) -> MovementResult | None:
