@@ -36,6 +36,7 @@ PREFIXES: dict[str, str] = {
     "webhook_delivery": "whd",
     "balance_transaction": "txn",
     "payout": "po",
+    "payee": "pye",
 }
 
 #: Longest public id: the longest prefix, "_" and the random part.

@@ -33,6 +33,7 @@ from portal.models.merchants import (
     Refund,
 )
 from portal.models.movements import TopUp, Transfer, Withdrawal
+from portal.models.payees import Payee, ReceivingCard
 from portal.models.settlements import BalanceTransaction, DemoProcessorRequest, Payout
 from portal.models.system import (
     AuditEvent,
@@ -67,9 +68,11 @@ __all__ = [
     "MerchantMember",
     "OAuthIdentity",
     "OutboxEvent",
+    "Payee",
     "Payment",
     "Permission",
     "Posting",
+    "ReceivingCard",
     "RecoveryCode",
     "Refund",
     "RefreshToken",

@@ -43,7 +43,11 @@ role_permissions = sa.Table(
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (sa.Index("uq_users_email_canonical", "email_canonical", unique=True),)
+    __table_args__ = (
+        sa.Index("uq_users_email_canonical", "email_canonical", unique=True),
+        sa.Index("uq_users_handle_canonical", "handle_canonical", unique=True),
+        sa.CheckConstraint("(handle IS NULL) = (handle_canonical IS NULL)", name="handle_pair"),
+    )
 
     id: Mapped[int] = pk_column()
     public_id: Mapped[str] = public_id_column("user")
@@ -52,6 +56,10 @@ class User(Base):
     #: by ``services.identity.users.canonical_email``: what look-ups and uniqueness use.
     email_canonical: Mapped[str] = mapped_column(sa.String(254), nullable=False)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    #: A chosen ``@handle`` others can pay by, as the person wrote it (NFKC, without the "@");
+    #: ``handle_canonical`` is the form that names them (``services.identity.handles``).
+    handle: Mapped[str | None] = mapped_column(sa.String(30))
+    handle_canonical: Mapped[str | None] = mapped_column(sa.String(60))
     first_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     last_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     email_verified_at: Mapped[datetime | None]
