@@ -54,7 +54,7 @@ from portal.services.identity import accounts, mfa, tokens
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
 from portal.web import mail
-from portal.web.auth import account_key
+from portal.web.auth import access_claims, account_key
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.api")
@@ -188,7 +188,7 @@ def current_family() -> uuid.UUID | None:
     if credential is None:
         return None
     try:
-        claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
+        claims = access_claims(credential)
     except Unauthenticated:
         return None  # another scheme's credential
     return claims.family_id

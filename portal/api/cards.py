@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
-from flask import current_app, request
+from flask import request
 from pydantic import Field
 
 from portal.api import bp
@@ -31,9 +31,9 @@ from portal.domain.errors import (
 )
 from portal.domain.types import Actor
 from portal.extensions import limiter
-from portal.services.identity import tokens
 from portal.services.shared.settings import ServiceSettings
 from portal.services.wallet import activity, cards, wallet
+from portal.web.auth import access_claims
 from portal.web.uow import make_uow
 
 #: Look-ups by card number, counted per user and per client address.
@@ -386,7 +386,7 @@ def caller_key() -> str:
         credential = bearer_credential(request)
         if credential is None:
             return "user:-"
-        claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
+        claims = access_claims(credential)
         return f"user:{claims.user_id}"
     except Exception:
         return "user:-"

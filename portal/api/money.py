@@ -321,11 +321,20 @@ def _named(call: Callable[[], T]) -> T:
 
 
 def _created(model: type[M], actor: Actor, result: MovementResult) -> M:
-    """The 201 response of a movement: as first recorded (a replay answers the same)."""
-    item = activity.get_activity_item(make_uow(), actor=actor, item_id=result.public_id)
-    # Status and time as the first response had them (a withdrawal settles later).
+    """The 201 response of a movement: as first recorded (a replay answers the same). A
+    transfer's is built from the movement's own result; others are read back."""
     if result.replayed:
         mark_replayed()
+    if model is Transfer and result.card_last4:
+        return model(
+            id=result.public_id, amount=result.amount.amount_minor,
+            currency=result.amount.currency.lower(), status=result.status.value,
+            card=result.card_public_id, card_last4=result.card_last4, direction="out",
+            counterparty=result.counterparty, failure_code=None, created_at=result.created_at,
+            memo=result.memo,
+        )  # fmt: skip
+    item = activity.get_activity_item(make_uow(), actor=actor, item_id=result.public_id)
+    # Status and time as the first response had them (a withdrawal settles later).
     return _movement(model, item).model_copy(
         update={"status": result.status.value, "created_at": result.created_at}
     )

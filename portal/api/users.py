@@ -42,11 +42,12 @@ from portal.domain.ids import is_public_id
 from portal.domain.permissions import ROLE_NAME
 from portal.domain.types import Actor
 from portal.extensions import limiter
-from portal.services.identity import accounts, tokens
+from portal.services.identity import accounts
 from portal.services.identity import roles as role_service
 from portal.services.identity import sessions as session_service
 from portal.services.identity import users as user_service
 from portal.web import mail
+from portal.web.auth import access_claims
 from portal.web.uow import make_uow
 
 log = logging.getLogger("portal.api")
@@ -260,7 +261,7 @@ def _token_user() -> str:
         credential = bearer_credential(request)
         if credential is None:
             return "-"
-        claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], credential)
+        claims = access_claims(credential)
         return str(claims.user_id)
     except Exception:
         return "-"

@@ -135,3 +135,8 @@ class MovementResult:
     method: str | None = None
     journal_entry_id: int | None = None
     replayed: bool = False
+    #: What the sender's side shows, as the activity feed does: the card's last four, the
+    #: masked counterparty and the memo ("" when not known: the answer is then read back).
+    card_last4: str = ""
+    counterparty: str = ""
+    memo: str = ""

@@ -224,15 +224,25 @@ class ApiPrincipal:
     user: UserView
 
 
+def access_claims(token: str) -> tokens.AccessClaims:
+    """``tokens.verify_access_token`` of ``token``, checked once per request (the per-user rate
+    limits' keys and the bearer check read the same claims). Raises Unauthenticated."""
+    checked = g.get("portal_access_claims")
+    if checked is not None and checked[0] == token:
+        return checked[1]
+    claims = tokens.verify_access_token(current_app.config["SERVICE_SETTINGS"], token)
+    g.portal_access_claims = (token, claims)
+    return claims
+
+
 def authenticate_bearer(req: Request) -> ApiPrincipal:
     """The API's bearer-token check: a valid access token of a live user and family."""
     header = req.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send an access token: Authorization: Bearer <token>")
-    uow = make_uow()
-    claims = tokens.verify_access_token(uow.settings, token.strip())
-    actor, user = tokens.actor_for_access(uow, claims)
+    claims = access_claims(token.strip())
+    actor, user = tokens.actor_for_access(make_uow(), claims)
     g.api_user = user
     return ApiPrincipal(actor, user)
 

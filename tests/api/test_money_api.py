@@ -139,7 +139,10 @@ def test_transfer_to_someone_else_and_its_refusals(
     body = {"from_card": mine.public_id, "to_card": recipient["recipient"], "amount": 350,
             "currency": "usd", "memo": "coffee"}  # fmt: skip
 
-    sent = ok(post(api, "/transfers", body, as_alice), 201)
+    same = key()
+    sent = ok(post(api, "/transfers", body, as_alice, same), 201)
+    replay = post(api, "/transfers", body, as_alice, same)
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json() == sent
     poor = error_of(post(api, "/transfers", {**body, "amount": 5000}, as_alice), 402)
     swapped = {**body, "from_card": theirs.public_id, "to_card": mine.public_id}
     stolen = error_of(post(api, "/transfers", swapped, as_alice), 404)
@@ -148,6 +151,8 @@ def test_transfer_to_someone_else_and_its_refusals(
         "transfer", "succeeded", "out", "coffee"
     )  # fmt: skip
     assert sent["counterparty"] == f"Visa \u2022\u2022\u2022\u2022 {theirs.number[-4:]} (Budi S.)"
+    # The 201 is built from the movement itself: it says what reading it back says.
+    assert ok(api.get(f"{API}/transfers/{sent['id']}", headers=as_alice)) == sent
     assert (poor["type"], poor["code"], poor["param"]) == (
         "card_error", "insufficient_funds", "amount"
     )  # fmt: skip

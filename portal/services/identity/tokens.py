@@ -358,17 +358,14 @@ def actor_for_access(uow: UnitOfWork, claims: AccessClaims) -> tuple[Actor, User
     """The actor behind checked access-token claims, in one query: the user exists and is not
     archived, and the token's family is neither revoked nor expired; permissions come from the
     user's live roles. Raises Unauthenticated."""
-
-    def work(u: UnitOfWork) -> Any:
-        return u.execute(
-            f"SELECT {USER_VIEW_COLUMNS} FROM users u WHERE u.id = :user_id"  # nosec B608: a constant column list; values bound
-            " AND u.archived_at IS NULL AND EXISTS (SELECT 1 FROM refresh_tokens t"
-            " WHERE t.family_id = :family AND t.user_id = u.id AND t.revoked_at IS NULL"
-            " AND t.expires_at > :now)",
-            {"user_id": claims.user_id, "family": claims.family_id, "now": u.now()},
-        ).one_or_none()
-
-    row = uow.run(work)
+    rows = uow.read(
+        f"SELECT {USER_VIEW_COLUMNS} FROM users u WHERE u.id = :user_id"  # nosec B608: a constant column list; values bound
+        " AND u.archived_at IS NULL AND EXISTS (SELECT 1 FROM refresh_tokens t"
+        " WHERE t.family_id = :family AND t.user_id = u.id AND t.revoked_at IS NULL"
+        " AND t.expires_at > :now)",
+        {"user_id": claims.user_id, "family": claims.family_id, "now": uow.clock()},
+    )
+    row = rows[0] if rows else None
     if row is None:
         raise Unauthenticated("the access token is no longer valid", code="invalid_token")
     user = user_view_from_row(row)

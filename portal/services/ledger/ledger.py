@@ -42,6 +42,11 @@ class LockedWallet:
     owner_verified: bool
     #: The card's public id (``card_...``); empty when a caller builds one by hand.
     card_public_id: str = ""
+    #: What may be shown of the card and its holder (a movement's answer is built from them).
+    last4: str = ""
+    brand: str = ""
+    owner_first_name: str = ""
+    owner_last_name: str = ""
 
     @property
     def available(self) -> int:
@@ -66,7 +71,8 @@ WITH locked AS (
     SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
            a.posted_minor AS posted, a.pending_debits_minor AS pending,
            c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year,
-           u.email_verified_at IS NOT NULL AS owner_verified, c.public_id AS card_public_id
+           u.email_verified_at IS NOT NULL AS owner_verified, c.public_id AS card_public_id,
+           c.last4, c.brand, u.first_name AS owner_first_name, u.last_name AS owner_last_name
     FROM accounts a JOIN cards c ON c.id = a.card_id JOIN users u ON u.id = c.user_id
     WHERE {cards} ORDER BY a.id FOR UPDATE OF a
 ), bumped AS (

@@ -31,7 +31,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -215,6 +215,27 @@ class UnitOfWork:
         """Commit what was written (a failed record, its audit event, the stored response),
         then raise ``error`` to the caller."""
         self._refusal = error
+
+    def read(self, statement: str, params: dict[str, Any] | None = None) -> Sequence[sa.Row[Any]]:
+        """Run one read-only statement as a transaction of its own, outside ``run``: on an
+        engine, in autocommit on a pooled connection (one round trip: no BEGIN, no COMMIT); on
+        the connection a test holds, inside the test's transaction. A lost connection is
+        retried once, on a fresh one (a read is safe to repeat)."""
+        bind = getattr(self._session_factory, "kw", {}).get("bind")
+        if not isinstance(bind, (sa.Engine, sa.Connection)):
+            return self.run(lambda u: u.execute(statement, params).all())
+        for attempt in (1, 2):
+            try:
+                if isinstance(bind, sa.Connection):
+                    return bind.execute(_text(statement), params).all()
+                with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    return conn.execute(_text(statement), params).all()
+            except DBAPIError as exc:
+                if attempt == 2 or not connection_lost(exc):
+                    raise
+                log.warning("retrying a read after a lost connection (%s)", type(exc.orig).__name__)
+                time.sleep(RECONNECT_PAUSE)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> UnitOfWork:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from portal.domain import cards as card_numbers
 from portal.domain.errors import (
     CurrencyMismatch,
     Forbidden,
@@ -49,6 +50,7 @@ from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 from portal.services.shared.vault import Vault
 from portal.services.wallet import recipients
+from portal.services.wallet.activity import masked_name
 
 PAYOUT_JOB = "withdrawal.payout"
 FUNDING_JOB = "top_up.funding"
@@ -91,6 +93,9 @@ def _result_from_dict(data: dict[str, Any]) -> MovementResult:
         method=data["method"],
         journal_entry_id=data["journal_entry_id"],
         replayed=True,
+        card_last4=data.get("card_last4", ""),
+        counterparty=data.get("counterparty", ""),
+        memo=data.get("memo", ""),
     )
 
 
@@ -124,6 +129,13 @@ def _replay(uow: UnitOfWork, kind: str, stored: dict[str, Any]) -> MovementResul
         raise error
     result = _result_from_dict(stored["result"])
     return result if result.public_id else _with_public_ids(uow, result)
+
+
+def card_label(wallet: LockedWallet) -> str:
+    """How a movement's other card is shown (as the activity feed shows it): "Visa •••• 4242
+    (Budi S.)"."""
+    card = card_numbers.mask(wallet.last4, wallet.brand)
+    return f"{card} ({masked_name(wallet.owner_first_name, wallet.owner_last_name)})"
 
 
 def _check_card(card_id: Ref, param: str) -> None:
@@ -501,6 +513,7 @@ def transfer(
                 balance=source.balance(posted=posted), created_at=now,
                 counterparty_card_id=dest.card_id,
                 counterparty_card_public_id=dest.card_public_id,
+                card_last4=source.last4, counterparty=card_label(dest), memo=memo,
             ),
             refusal=refusal,
             with_entry=writes.has_entry,
