@@ -27,6 +27,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.mfa_enrolment",
     "portal.api.roles",
     "portal.api.cards",
+    "portal.api.payees",
     "portal.api.money",
     "portal.api.merchants",
     "portal.api.payments",
