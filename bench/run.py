@@ -53,12 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -78,23 +80,60 @@ RUNTIME_USER = "portal_app"  # portal.supervise's: the embedded cluster's runtim
 METRICS_TOKEN = "bench-metrics-token-0123456789"  # noqa: S105 (a throwaway scrape token)
 SIZES = {"small": 1000, "large": 100_000}
 CARD_FUNDS = 1_000_000  # cents per card: $10,000, the USD top-up maximum
-SCENARIOS = ("transfer", "payment", "balance", "activity")
+#: The heavy cardholder: enough old own-card transfers for page DEEP_PAGE of the feed.
+HEAVY_EMAIL = "heavy@bench.test"
+PAGE_SIZE = 10  # GET /api/v1/activity's default limit
+DEEP_PAGE = 1000
+HEAVY_TRANSFERS = 20_200  # page 1,000 even at 20 a page; even: both balances stay as they were
+HEAVY_DAYS = 730
+#: The cardholders kept for the page, poll and sign-in scenarios (their money never moves).
+SESSION_PEOPLE = 16
+PASSWORD = "bench-password-1"  # noqa: S105 (the benchmark's own cardholders)
+SCENARIOS = (
+    "transfer",
+    "payment",
+    "balance",
+    "activity",
+    "deep_page",
+    "dashboard",
+    "poll",
+    "signin",
+    "hot_transfer",
+    "hot_payment",
+)
+#: Portal's runs: the scenarios and the runs of Portal that are another scenario's baseline.
+PORTAL_RUNS = (*SCENARIOS, "first_page")
 #: scenario -> (baseline, lua script); the baselines' own scripts.
 BASELINE_OF = {
     "transfer": "app_transfer",
     "payment": "app_transfer",
     "balance": "app_balance",
     "activity": "app_balance",
+    "deep_page": "first_page",
 }
 #: scenario -> its business table, whose rows with status 'succeeded' are its 2xx answers.
-WRITES = {"transfer": "transfers", "payment": "payments"}
+WRITES = {
+    "transfer": "transfers",
+    "payment": "payments",
+    "hot_transfer": "transfers",
+    "hot_payment": "payments",
+}
+#: Scenarios on a few hot rows, at --hot-connections.
+HOT = ("hot_transfer", "hot_payment")
 #: Bump when the cached dataset's shape changes (its name then changes).
-CACHE_VERSION = "v3"
+CACHE_VERSION = "v4"
 LUA_OF = {
     "transfer": "transfer.lua",
     "payment": "payment.lua",
     "balance": "balance.lua",
     "activity": "activity.lua",
+    "deep_page": "page.lua",
+    "first_page": "page.lua",
+    "dashboard": "dashboard.lua",
+    "poll": "poll.lua",
+    "signin": "signin.lua",
+    "hot_transfer": "transfer.lua",
+    "hot_payment": "payment.lua",
     "app_transfer": "baseline_transfer.lua",
     "app_balance": "baseline_balance.lua",
 }
@@ -103,11 +142,23 @@ LABEL = {
     "payment": "Portal POST /api/v1/payments (auto capture)",
     "balance": "Portal GET /api/v1/cards/<id>/balance",
     "activity": "Portal GET /api/v1/activity",
+    "deep_page": f"Portal GET /api/v1/activity page {DEEP_PAGE:,} (cursor), heavy cardholder",
+    "first_page": "Portal GET /api/v1/activity page 1, heavy cardholder",
+    "dashboard": "Portal GET /wallet (dashboard HTML, session cookie)",
+    "poll": "Portal GET /wallet/changes (live-update poll, unchanged)",
+    "signin": "Portal POST /api/v1/auth/token (sign-in, argon2id)",
+    "hot_transfer": "Portal hot: transfers among 10 cards",
+    "hot_payment": "Portal hot: payments to one merchant",
     "app_transfer": "(b) bare Flask POST /transfer (6 statements)",
     "app_balance": "(c) bare Flask GET /balance (1 row + 1 Redis key)",
     "pgbench": "(a) pgbench 6-statement transfer",
     "pgbench_portal": "(a') pgbench replaying Portal's transfer statements",
 }
+#: Statements that pg_stat_statements counts (track_utility) but that do no SQL work.
+UTILITY = re.compile(
+    r"^\s*(BEGIN|COMMIT|ROLLBACK|START TRANSACTION|SET|RESET|SAVEPOINT|RELEASE|SHOW|DISCARD)\b",
+    re.I,
+)
 
 
 def log(message: str) -> None:
@@ -431,7 +482,35 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
         shop = merchants.decide(uow, actor=staff, merchant=applied.public_id, action="approve")
         key = keys.create_api_key(uow, actor=owner, merchant=shop.public_id, name="bench")
         secrets.append(key.secret)
+    # The heavy cardholder: two funded cards and, written in bulk, enough old transfers
+    # between them for page DEEP_PAGE of the activity feed (bench/history.py).
+    heavy = users.create_user(
+        uow,
+        actor=system,
+        email=HEAVY_EMAIL,
+        first_name="Bench",
+        last_name="Heavy",
+        verified=True,
+    )
+    heavy_cards = []
+    for _ in range(2):
+        card = cards.issue_card(
+            uow, actor=system, user_id=heavy.id, card_type="debit", brand="visa", currency="USD"
+        )
+        fund(uow, card.card_id)
+        heavy_cards.append(card.card_id)
     engine.dispose()
+    from history import add_transfer_history
+
+    with cluster.connect(build) as conn, conn.transaction():
+        add_transfer_history(
+            conn,
+            card_a=heavy_cards[0],
+            card_b=heavy_cards[1],
+            count=HEAVY_TRANSFERS,
+            days=HEAVY_DAYS,
+            end=datetime.now(UTC) - timedelta(days=1),
+        )
     log(f"generated in {time.monotonic() - started:.0f} s; checking the ledger")
     ok, output = ledger_verify(build_env)
     if not ok:
@@ -525,7 +604,15 @@ class Run:
     socket_errors: int = 0
     in_flight: int = 0
     rows_written: int | None = None
+    #: From pg_stat_statements (track_utility on, track = top): SQL statements per request
+    #: (BEGIN, COMMIT, SET, SAVEPOINT... left out), and every statement it counted per request
+    #: (those included): the round trips it sees. Neither sees an empty query (the pool's
+    #: pre-ping ';'), which ``Bench.wire`` counts from the log.
     statements_per_request: float | None = None
+    round_trips_per_request: float | None = None
+    transactions_per_request: float | None = None
+    #: Per-scenario figures (the sign-in run's argon2 time, "hash_ms").
+    extra: dict[str, float] = field(default_factory=dict)
     #: CPU milliseconds per 2xx answer: the web server (gunicorn master and workers), the
     #: PostgreSQL backends of its database, the load generator (wrk or pgbench).
     cpu_ms: dict[str, float] = field(default_factory=dict)
@@ -575,6 +662,10 @@ class Bench:
         self.nonce = int(time.time() * 1000) % 10**9
         #: "portal" / "baseline" -> the gunicorn master's pid (set once they run).
         self.masters: dict[str, int] = {}
+        #: scenario -> pg_stat_statements' (calls, query) of its first round.
+        self.calls_of: dict[str, list[tuple[int, str]]] = {}
+        #: scenario -> statements the web workers sent per request, counted in the log.
+        self.wire: dict[str, float] = {}
 
     @contextlib.contextmanager
     def cpu(self, run: Run, master: int | None, db: str) -> Iterator[None]:
@@ -599,14 +690,18 @@ class Bench:
         if master is None:  # pgbench: no web server, and its backends exit before the snapshot
             run.cpu_ms = {"load": load * per}
 
-    def wrk(self, name: str, seconds: float) -> str:
+    def wrk(
+        self, name: str, seconds: float, connections: int | None = None, threads: int | None = None
+    ) -> str:
         self.nonce += 1
-        target = "portal" if name in SCENARIOS else "baseline"
-        env = dict(os.environ, BENCH_LUA_DIR=str(LUA), BENCH_DATA=str(self.data[target]))
+        target = "portal" if name in PORTAL_RUNS else "baseline"
+        data = self.data.get(name, self.data[target])
+        env = dict(os.environ, BENCH_LUA_DIR=str(LUA), BENCH_DATA=str(data))
+        hot = name in HOT
         argv = [
             "wrk",
-            f"-t{self.args.wrk_threads}",
-            f"-c{self.args.connections}",
+            f"-t{threads or self.args.wrk_threads}",
+            f"-c{connections or (self.args.hot_connections if hot else self.args.connections)}",
             f"-d{seconds:g}s",
             "--timeout",
             "10s",
@@ -662,20 +757,59 @@ class Bench:
             self.wrk(name, self.args.warmup)
         table = WRITES.get(name)
         before = self.settled(table) if table else 0
-        if name in SCENARIOS:
+        if name == "signin":
+            run.extra["hash_ms"] = argon2_verify_ms()
+        portal = name in PORTAL_RUNS
+        if portal:
             self.stat_reset()
-        target = "portal" if name in SCENARIOS else "baseline"
-        with self.cpu(
-            run, self.masters.get(target), DATABASE if name in SCENARIOS else BASELINE_DB
-        ):
+        target = "portal" if portal else "baseline"
+        with self.cpu(run, self.masters.get(target), DATABASE if portal else BASELINE_DB):
             parse_wrk(self.wrk(name, self.args.seconds), run)
-        if name in SCENARIOS and (calls := self.stat_calls()) and run.requests:
-            run.statements_per_request = sum(c for c, _ in calls) / run.requests
-            if name == "transfer" and rnd == 1:
-                self.transfer_statements = calls
+        if portal and (calls := self.stat_calls()) and run.requests:
+            per_request(run, calls)
+            if rnd == 1:
+                self.calls_of[name] = calls
         if table:
             run.rows_written = self.settled(table) - before
         return run
+
+    def count_wire(self, names: list[str]) -> None:
+        """Statements each scenario's requests send, counted in the PostgreSQL log
+        (log_statement = 'all') over one second of wrk on one connection: every simple query
+        and every execute of the web workers' sessions, the empty pre-ping query ';' included.
+        psycopg sends each of them as its own round trip (no pipeline mode in Portal)."""
+        from replay import parse_log
+
+        logfile = PGDATA / "log"
+        self.cluster.run_sql(
+            "postgres", "ALTER SYSTEM SET log_statement = 'all'", "SELECT pg_reload_conf()"
+        )
+        try:
+            time.sleep(0.5)
+            for name in names:
+                offset = logfile.stat().st_size
+                run = Run(name, 0)
+                parse_wrk(self.wrk(name, 1, connections=1, threads=1), run)
+                time.sleep(0.3)
+                with logfile.open("rb") as f:
+                    f.seek(offset)
+                    text = f.read().decode(errors="replace")
+                with self.cluster.connect(DATABASE) as conn:
+                    pids = {
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                            (WEB_APP_NAME,),
+                        )
+                    }
+                sent = sum(1 for s in parse_log(text) if s.pid in pids)
+                if run.requests:
+                    self.wire[name] = sent / run.requests
+                    log(f"{name}: {sent / run.requests:.1f} statements per request on the wire")
+        finally:
+            self.cluster.run_sql(
+                "postgres", "ALTER SYSTEM RESET log_statement", "SELECT pg_reload_conf()"
+            )
 
     def pgbench(self, run: Run) -> Run:
         prefix = self.workdir / f"{run.name}-{run.round}"
@@ -741,26 +875,59 @@ class Bench:
         return run
 
 
+def per_request(run: Run, calls: list[tuple[int, str]]) -> None:
+    """Fill a run's statements, round trips and transactions per request from
+    pg_stat_statements' (calls, query) rows (the worker's polling included: it is small)."""
+    n = max(1, run.requests)
+    run.round_trips_per_request = sum(c for c, _ in calls) / n
+    run.statements_per_request = sum(c for c, q in calls if not UTILITY.match(q)) / n
+    begins = sum(c for c, q in calls if re.match(r"\s*(BEGIN|START TRANSACTION)\b", q, re.I))
+    run.transactions_per_request = begins / n
+
+
+def argon2_verify_ms(times: int = 7) -> float:
+    """One password check at Portal's configured argon2 parameters, in ms (median of a few,
+    one thread): a sign-in's irreducible cost."""
+    from portal.services.identity.passwords import hash_password, verify_password
+
+    stored = hash_password(PASSWORD)
+    spent = []
+    for _ in range(times):
+        began = time.perf_counter()
+        verify_password(stored, PASSWORD)
+        spent.append(time.perf_counter() - began)
+    return statistics.median(spent) * 1000
+
+
 # -- the report -----------------------------------------------------------------------------------
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
+def report(
+    runs: list[Run], order: list[str], wire: dict[str, float] | None = None
+) -> tuple[str, dict[str, float]]:
+    """The results table (medians per scenario) and the ratios named by the targets."""
+    wire = wire or {}
     by = {name: [r for r in runs if r.name == name] for name in order}
     rps = {name: median([r.rps for r in rs]) for name, rs in by.items()}
     lines = [
         "| scenario | runs | 2xx/s (median; range) | p50 ms | p95 ms | p99 ms | non-2xx | socket"
-        " errors | statements/request | CPU ms/request: web, PostgreSQL, load generator"
-        " | ratio to baseline |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " errors | SQL statements/request | round trips/request: pg_stat_statements; wire"
+        " | transactions/request | CPU ms/request: web, PostgreSQL, load generator"
+        " | ratio to baseline, target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ratios: dict[str, float] = {}
+
+    def med(rs: list[Run], get: Callable[[Run], float | None]) -> str:
+        values = [v for r in rs if (v := get(r)) is not None]
+        return f"{median(values):.2f}" if values else "-"
+
     for name, rs in by.items():
         lat = {
             p: median([r.latency_ms.get(p, float("nan")) for r in rs]) for p in ("50", "95", "99")
         }
-        spr = [r.statements_per_request for r in rs if r.statements_per_request is not None]
         ratio = ""
         if name in BASELINE_OF and BASELINE_OF[name] in rps:
             base = BASELINE_OF[name]
@@ -772,8 +939,37 @@ def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
             if name == "transfer" and "pgbench_portal" in rps:
                 ratios["transfer/pgbench_portal"] = rps[name] / rps["pgbench_portal"]
                 ratio += f"; {rps[name] / rps['pgbench_portal']:.2f} of (a')"
+        if name == "deep_page" and "first_page" in by:
+            first = median([r.latency_ms.get("50", float("nan")) for r in by["first_page"]])
+            ratios["deep_page cost/first_page (p50)"] = lat["50"] / first
+            ratios["deep_page cost/first_page (1/throughput)"] = rps["first_page"] / rps[name]
+            ratio = (
+                f"costs {rps['first_page'] / rps[name]:.2f}x page 1 by throughput,"
+                f" {lat['50'] / first:.2f}x by p50; target <= 1.5x"
+            )
+        elif name == "first_page":
+            ratio = "(baseline of the deep page)"
+        elif name == "signin":
+            hash_ms = median([r.extra["hash_ms"] for r in rs if "hash_ms" in r.extra])
+            ceiling = (os.cpu_count() or 1) * 1000 / hash_ms
+            ratios["signin/argon2 ceiling"] = rps[name] / ceiling
+            ratio = (
+                f"{rps[name] / ceiling:.2f} of the argon2 ceiling {ceiling:,.0f}/s"
+                f" ({os.cpu_count()} cores / {hash_ms:.1f} ms per check); target >= 0.8"
+            )
+        elif name == "dashboard":
+            ratio = f"p95 {'<=' if lat['95'] <= 50 else '>'} 50 ms target"
+        elif name == "poll":
+            unchanged = sum(r.statuses.get(204, 0) for r in rs) / max(
+                1, sum(r.ok_count for r in rs)
+            )
+            ratio = f"{unchanged:.0%} answered 204 unchanged; target: no transaction or 1 read"
+        elif name in HOT:
+            ratio = f"p99 {'<' if lat['99'] < 200 else '>='} 200 ms target, errors must be 0"
         low, high = min(r.rps for r in rs), max(r.rps for r in rs)
-        statements = f"{median(spr):.1f}" if spr else "not measured"
+        round_trips = med(rs, lambda r: r.round_trips_per_request)
+        if name in wire:
+            round_trips += f"; {wire[name]:.1f}"
         cpu = ", ".join(
             f"{median(values):.2f}"
             if (values := [r.cpu_ms[k] for r in rs if k in r.cpu_ms])
@@ -783,7 +979,8 @@ def report(runs: list[Run], order: list[str]) -> tuple[str, dict[str, float]]:
         lines.append(
             f"| {LABEL[name]} | {len(rs)} | **{rps[name]:,.0f}** ({low:,.0f}-{high:,.0f}) |"
             f" {lat['50']:.1f} | {lat['95']:.1f} | {lat['99']:.1f} | {sum(r.non_2xx for r in rs)} |"
-            f" {sum(r.socket_errors for r in rs)} | {statements} | {cpu}"
+            f" {sum(r.socket_errors for r in rs)} | {med(rs, lambda r: r.statements_per_request)}"
+            f" | {round_trips} | {med(rs, lambda r: r.transactions_per_request)} | {cpu}"
             f" | {ratio or '(baseline)'} |"
         )
     if "app_transfer" in rps and "pgbench" in rps:
@@ -840,6 +1037,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, both apps")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--hot-connections", type=int, default=32, help="for hot_transfer and hot_payment"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every round N times in one invocation (web-worker memory after each)",
+    )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     parser.add_argument("--rebuild-cache", action="store_true", help="generate the data again")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and stop")
@@ -850,6 +1056,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds must be at least 3 (medians of interleaved runs)")
     if args.seconds <= 0 or args.warmup < 0 or args.connections < 1 or args.wrk_threads < 1:
         parser.error("--seconds, --connections and --wrk-threads must be positive")
+    if args.repeat < 1 or args.hot_connections < args.wrk_threads:
+        parser.error("--repeat must be positive, --hot-connections at least --wrk-threads")
     if args.connections < args.wrk_threads:
         parser.error("--connections must be at least --wrk-threads (wrk's rule)")
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -999,11 +1207,37 @@ def main(argv: list[str] | None = None) -> int:
         # The first half of the cardholders transfer and read; the other half's cards pay the
         # merchants, so payments never change what the balance and activity scenarios read
         # (and GET /api/v1/activity answers 500 for a card that paid a merchant: see RESULTS.md).
+        # The last SESSION_PEOPLE cardholders sign in (pages, polls, sign-in) and move no money.
+        with cluster.connect(DATABASE) as conn:
+            emails = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT email FROM users WHERE email LIKE 'holder%%@bench.test' ORDER BY id"
+                )
+            ]
+        signers = emails[-SESSION_PEOPLE:]
+        quiet = {card for _, a, b in people[-SESSION_PEOPLE:] for card in (a, b)}
         people = people[: len(people) // 2]
         readers = {card for _, a, b in people for card in (a, b)}
-        payers = [c[1:] for c in saved["cards"] if c[0] not in readers]
+        payers = [c[1:] for c in saved["cards"] if c[0] not in readers | quiet]
         write_lua_data(data["portal"], people, args.accounts, payers, saved["merchant_secrets"])
         write_lua_data(data["baseline"], None, args.accounts)
+        # Hot rows: five cardholders' own pairs (10 cards), and every payer paying one merchant.
+        data["hot_transfer"] = workdir / "hot-transfer-data.lua"
+        write_lua_data(data["hot_transfer"], people[:5], args.accounts)
+        data["hot_payment"] = workdir / "hot-payment-data.lua"
+        write_lua_data(
+            data["hot_payment"], people[:1], args.accounts, payers, saved["merchant_secrets"][:1]
+        )
+        with cluster.connect(DATABASE) as conn:  # one argon2 hash for all the signers
+            from portal.services.identity.passwords import hash_password
+
+            conn.execute(
+                "UPDATE users SET password_hash = %s WHERE email = ANY(%s)",
+                (hash_password(PASSWORD), signers),
+            )
+        data["signin"] = workdir / "signin-data.lua"
+        write_lua_table(data["signin"], {"logins": [[e, PASSWORD] for e in signers]})
 
         # Portal as make run starts it, and the baseline app with the same gunicorn sizes.
         from portal.supervise import commands
@@ -1064,6 +1298,23 @@ def main(argv: list[str] | None = None) -> int:
             workdir / "baseline.log",
         )
 
+        wanted = set(args.scenario_list)
+        if wanted & {"dashboard", "poll"}:
+            log(f"signing {len(signers)} cardholders in through the sign-in form")
+            sessions = [sign_in_session(urls["portal"], e, PASSWORD) for e in signers]
+            data["dashboard"] = data["poll"] = workdir / "session-data.lua"
+            write_lua_table(data["dashboard"], {"sessions": [list(x) for x in sessions]})
+        if "deep_page" in wanted:
+            token = heavy_token(cluster)
+            cursor = deep_cursor(urls["portal"], token, DEEP_PAGE)
+            data["deep_page"] = workdir / "deep-page-data.lua"
+            write_lua_table(
+                data["deep_page"],
+                {"token": token, "paths": [f"/api/v1/activity?starting_after={cursor}"]},
+            )
+            data["first_page"] = workdir / "first-page-data.lua"
+            write_lua_table(data["first_page"], {"token": token, "paths": ["/api/v1/activity"]})
+
         replay_ready = False
         if "transfer" in args.scenario_list:
             try:
@@ -1079,6 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
                     order.append("pgbench_portal")
             if name == "payment" and "transfer" not in args.scenario_list:
                 order.append("app_transfer")
+            if name == "deep_page":
+                order.append("first_page")
         if {"balance", "activity"} & set(args.scenario_list):
             order.append("app_balance")
         bench = Bench(args, cluster, workdir, urls, data)
@@ -1089,7 +1342,9 @@ def main(argv: list[str] | None = None) -> int:
             f" (+{args.warmup:g} s warm-up), {args.connections} connections, {args.wrk_threads}"
             f" wrk threads; gunicorn {args.workers} workers x {args.threads} threads"
         )
-        for rnd in range(1, args.rounds + 1):
+        bench.count_wire([n for n in order if n in PORTAL_RUNS])
+        memory: list[list[tuple[float, float]]] = []
+        for rnd in range(1, args.rounds * args.repeat + 1):
             for name in order:
                 run = bench.run(name, rnd)
                 runs.append(run)
@@ -1113,6 +1368,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"round {rnd} {name}: {run.non_2xx} non-2xx,"
                         f" {run.socket_errors} socket errors"
                     )
+            if rnd % args.rounds == 0:  # the end of one repeat: each web worker's memory
+                memory.append(rss_mb(gunicorn.pid))
+                log(f"repeat {len(memory)}: web workers (peak, now) MB {memory[-1]}")
         peaks = peak_rss_mb(gunicorn.pid)
         procs.stop_all()
         ok, output = ledger_verify(env)
@@ -1123,14 +1381,19 @@ def main(argv: list[str] | None = None) -> int:
             replay_ok, output = ledger_verify(portal_env(base_env, cluster, REPLAY_DB))
             if not replay_ok:
                 failures.append(f"portal ledger verify failed on {REPLAY_DB}:\n{output}")
-        table, ratios = report(runs, order)
-        statements = statements_text(getattr(bench, "transfer_statements", []), runs)
+        table, ratios = report(runs, order, bench.wire)
+        statements = "\n\n".join(
+            statements_text(bench.calls_of.get(name, []), runs, name)
+            for name in ("transfer", "poll", "dashboard", "deep_page")
+            if name in order
+        )
         checks = (
             f"`portal ledger verify` after the runs: {'OK' if ok else 'FAILED'};"
             f" transfers and payments recorded = wrk's 2xx (+ in flight) in every round:"
             f" {'yes' if not any('recorded' in f for f in failures) else 'NO'};"
             f" non-2xx and socket errors: {sum(r.non_2xx + r.socket_errors for r in runs)};"
             f" peak RSS per Portal web worker: {', '.join(f'{mb:.0f} MB' for mb in peaks)}"
+            f"; {memory_text(memory)}"
             + (
                 f"; `portal ledger verify` of the clone (a') replayed on:"
                 f" {'OK' if replay_ok else 'FAILED'}"
@@ -1245,18 +1508,158 @@ def redis_ping(port: int) -> bool:
         return conn.recv(16).startswith(b"+PONG")
 
 
-def statements_text(calls: list[tuple[int, str]], runs: list[Run]) -> str:
-    first = next((r for r in runs if r.name == "transfer" and r.round == 1), None)
+def statements_text(calls: list[tuple[int, str]], runs: list[Run], name: str) -> str:
+    first = next((r for r in runs if r.name == name and r.round == 1), None)
     if not calls or first is None or not first.requests:
-        return "statements per transfer request: not measured (pg_stat_statements unavailable)"
+        return f"statements per {name} request: not measured (pg_stat_statements unavailable)"
     lines = [
-        f"statements Portal sent per transfer request (pg_stat_statements, round 1,"
+        f"statements Portal sent per {name} request (pg_stat_statements, round 1,"
         f" {first.requests} requests; includes the worker's polling):"
     ]
     for count, query in calls[:20]:
         text = re.sub(r"\s+", " ", query)
         lines.append(f"  {count / first.requests:6.2f}  {text[:150]}")
     return "\n".join(lines)
+
+
+def lua_value(value: Any) -> str:
+    """A Lua literal for strings, numbers, lists and string-keyed dicts."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {lua_value(v)}" for k, v in value.items()) + "}"
+    return "{" + ", ".join(lua_value(v) for v in value) + "}"
+
+
+def write_lua_table(path: Path, table: dict[str, Any]) -> None:
+    """A data file for bench/lua/common.lua (``data``) from a dict."""
+    path.write_text(f"return {lua_value(table)}\n")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _cookies(headers: Any, jar: dict[str, str]) -> None:
+    for value in headers.get_all("Set-Cookie") or []:
+        name, _, rest = value.partition("=")
+        jar[name.strip()] = rest.split(";", 1)[0]
+
+
+def _cookie_header(jar: dict[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in jar.items())
+
+
+def sign_in_session(base: str, email: str, password: str) -> tuple[str, int]:
+    """Sign in through the HTML form (CSRF token and all) as a browser would; returns the
+    Cookie header of the signed-in session and the dashboard's live-update version. Cookies
+    are kept by hand: production marks them Secure, which a cookie jar keeps off plain http."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    jar: dict[str, str] = {}
+    with opener.open(f"{base}/auth/login", timeout=30) as answer:
+        _cookies(answer.headers, jar)
+        page = answer.read().decode()
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    if found is None:
+        raise RuntimeError("the sign-in page has no csrf_token field")
+    form = urllib.parse.urlencode(
+        {"csrf_token": found[1], "email": email, "password": password, "next": ""}
+    ).encode()
+    request = urllib.request.Request(  # noqa: S310 (our own server)
+        f"{base}/auth/login", data=form, headers={"Cookie": _cookie_header(jar)}
+    )
+    try:
+        with opener.open(request, timeout=30) as answer:
+            raise RuntimeError(f"sign-in answered {answer.status}, not a redirect")
+    except urllib.error.HTTPError as redirect:
+        if redirect.code not in (302, 303):
+            raise RuntimeError(f"sign-in answered {redirect.code}") from redirect
+        _cookies(redirect.headers, jar)
+    request = urllib.request.Request(  # noqa: S310
+        f"{base}/wallet", headers={"Cookie": _cookie_header(jar)}
+    )
+    with opener.open(request, timeout=30) as answer:
+        version = re.search(r'data-version="(\d+)"', answer.read().decode())
+    if version is None:
+        raise RuntimeError("the dashboard carries no live-update version")
+    return _cookie_header(jar), int(version[1])
+
+
+def heavy_token(cluster: Cluster) -> str:
+    """An access token for the heavy cardholder, issued through the service."""
+    from portal.services.identity import tokens
+
+    new_uow, engine = service_uow(cluster.url(DATABASE, RUNTIME_USER))
+    with cluster.connect(DATABASE) as conn:
+        user_id = conn.execute("SELECT id FROM users WHERE email = %s", (HEAVY_EMAIL,)).fetchone()
+    if user_id is None:
+        raise RuntimeError("the dataset has no heavy cardholder (rebuild the cache)")
+    token = tokens.issue_tokens(new_uow(), user_id=user_id[0], user_agent="bench").access_token
+    engine.dispose()
+    return token
+
+
+def deep_cursor(base: str, token: str, page: int) -> str:
+    """The starting_after cursor of feed page ``page`` (PAGE_SIZE items a page), found by
+    walking the API itself 100 items at a time; checks that page is full."""
+    wanted, seen, cursor = (page - 1) * PAGE_SIZE, 0, None
+
+    def get(query: str) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 (our own server)
+            f"{base}/api/v1/activity?{query}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            return dict(json.loads(answer.read()))
+
+    while True:
+        listed = get("limit=100" + (f"&starting_after={cursor}" if cursor else ""))
+        items = listed["data"]
+        if seen + len(items) >= wanted:
+            cursor = items[wanted - seen - 1]["id"]
+            break
+        if not listed["has_more"]:
+            raise RuntimeError(f"the heavy cardholder's feed has fewer than {wanted} items")
+        seen, cursor = seen + len(items), items[-1]["id"]
+    deep = get(f"starting_after={cursor}")
+    if len(deep["data"]) != PAGE_SIZE:
+        raise RuntimeError(f"page {page} has {len(deep['data'])} items, not {PAGE_SIZE}")
+    return str(cursor)
+
+
+def rss_mb(master: int) -> list[tuple[float, float]]:
+    """(peak, current) resident set of each child of a gunicorn master, in MB."""
+    import psutil
+
+    out = []
+    for child in psutil.Process(master).children():
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{child.pid}/status").read_text().splitlines()
+            fields = {x.split(":")[0]: int(x.split()[1]) / 1024 for x in status if "kB" in x}
+            out.append((round(fields["VmHWM"]), round(fields["VmRSS"])))
+    return sorted(out)
+
+
+def memory_text(memory: list[list[tuple[float, float]]]) -> str:
+    """Each repeat's web-worker memory, and whether the largest worker grew across them."""
+    if not memory:
+        return "web-worker memory: not measured"
+    parts = [
+        f"after repeat {i}: "
+        + ", ".join(f"{peak:.0f} MB peak / {now:.0f} MB now" for peak, now in m)
+        for i, m in enumerate(memory, 1)
+    ]
+    text = "web-worker memory " + "; ".join(parts)
+    if len(memory) > 1:
+        first = max(now for _, now in memory[0])
+        last = max(now for _, now in memory[-1])
+        text += f" (largest resident set {first:.0f} -> {last:.0f} MB: "
+        text += "not growing)" if last <= first * 1.05 + 5 else "GROWING)"
+    return text
 
 
 def record(

@@ -36,7 +36,7 @@ run = _load_run()
 def test_quick_sets_short_interleaved_runs() -> None:
     args = run.parse_args(["--quick"])
     assert (args.seconds, args.warmup, args.rounds) == (5.0, 1.0, 3)
-    assert args.scenario_list == ["transfer", "payment", "balance", "activity"]
+    assert args.scenario_list == list(run.SCENARIOS) and "deep_page" in args.scenario_list
     assert args.accounts == 2000  # the baselines get as many accounts as Portal has cards
 
 
@@ -89,6 +89,8 @@ class Recorder(BaseHTTPRequestHandler):
                 "body": body,
                 "auth": self.headers.get("Authorization"),
                 "key": self.headers.get("Idempotency-Key"),
+                "cookie": self.headers.get("Cookie"),
+                "hx": self.headers.get("HX-Request"),
             }
         )
         status = 201 if self.command == "POST" else 200
@@ -174,6 +176,91 @@ def test_portal_scripts_send_what_the_api_expects(server: str, tmp_path: Path) -
     Recorder.seen = []
     assert _wrk("activity.lua", server, data).statuses.keys() == {200}
     assert {s["path"] for s in Recorder.seen} == {"/api/v1/activity"}
+
+
+def test_page_session_and_sign_in_scripts_send_what_portal_expects(
+    server: str, tmp_path: Path
+) -> None:
+    pages = tmp_path / "pages.lua"
+    run.write_lua_table(
+        pages, {"token": "tok-heavy", "paths": ["/api/v1/activity?starting_after=tr_x"]}
+    )
+    assert _wrk("page.lua", server, pages).statuses.keys() == {200}
+    assert {(s["path"], s["auth"]) for s in Recorder.seen} == {
+        ("/api/v1/activity?starting_after=tr_x", "Bearer tok-heavy")
+    }
+
+    sessions = tmp_path / "sessions.lua"
+    run.write_lua_table(sessions, {"sessions": [["session=a; device=1", 7], ['s="b"', 9]]})
+    Recorder.seen = []
+    assert _wrk("dashboard.lua", server, sessions).statuses.keys() == {200}
+    assert {(s["path"], s["cookie"]) for s in Recorder.seen} <= {
+        ("/wallet", "session=a; device=1"),
+        ("/wallet", 's="b"'),
+    }
+    Recorder.seen = []
+    assert _wrk("poll.lua", server, sessions).statuses.keys() == {200}
+    for sent in Recorder.seen:  # each session polls with its own version, as htmx does
+        assert sent["hx"] == "true"
+        assert (sent["path"], sent["cookie"]) in {
+            ("/wallet/changes?v=7&view=dashboard", "session=a; device=1"),
+            ("/wallet/changes?v=9&view=dashboard", 's="b"'),
+        }
+
+    logins = tmp_path / "logins.lua"
+    run.write_lua_table(logins, {"logins": [["holder1@bench.test", "pw-1"]]})
+    Recorder.seen = []
+    assert _wrk("signin.lua", server, logins).statuses.keys() == {201}
+    for sent in Recorder.seen:
+        assert sent["method"] == "POST" and sent["path"] == "/api/v1/auth/token"
+        assert json.loads(sent["body"]) == {"email": "holder1@bench.test", "password": "pw-1"}
+
+
+def test_lua_values_are_quoted() -> None:
+    assert run.lua_value({"a": [1, 'x"y\\z'], "b": True}) == '{a = {1, "x\\"y\\\\z"}, b = true}'
+
+
+def test_statements_round_trips_and_transactions_per_request() -> None:
+    result = run.Run("poll", 1, requests=10)
+    calls = [
+        (20, "BEGIN"),
+        (20, "COMMIT"),
+        (3, "SET CONSTRAINTS ALL IMMEDIATE"),
+        (10, "SELECT change_version FROM users WHERE id = $1"),
+        (10, "select s.id from sessions s"),
+        (1, "UPDATE jobs SET status = 'running'"),
+    ]
+    run.per_request(result, calls)
+    assert result.round_trips_per_request == 6.4
+    assert result.statements_per_request == 2.1  # BEGIN, COMMIT and SET left out
+    assert result.transactions_per_request == 2.0
+
+
+def test_report_states_the_deep_page_and_sign_in_ratios() -> None:
+    def made(name: str, ok: int, p50: float, **extra: float) -> run.Run:
+        r = run.Run(name, 1, seconds=1.0, requests=ok, statuses={200: ok})
+        r.latency_ms = {"50": p50, "95": p50 * 2, "99": p50 * 3}
+        r.extra = dict(extra)
+        return r
+
+    runs = [
+        made("deep_page", 80, 12.0),
+        made("first_page", 100, 10.0),
+        made("signin", 100, 50.0, hash_ms=20.0),
+    ]
+    table, ratios = run.report(runs, ["deep_page", "first_page", "signin"], {"deep_page": 9.0})
+    assert ratios["deep_page cost/first_page (1/throughput)"] == 1.25
+    assert ratios["deep_page cost/first_page (p50)"] == 1.2
+    cores = run.os.cpu_count()
+    assert ratios["signin/argon2 ceiling"] == pytest.approx(100 / (cores * 1000 / 20.0))
+    assert "costs 1.25x page 1 by throughput" in table and "; 9.0 |" in table
+
+
+def test_memory_across_repeats_says_whether_it_grew() -> None:
+    flat = run.memory_text([[(150, 140), (160, 150)], [(155, 142), (162, 151)]])
+    assert "150 -> 151 MB: not growing" in flat
+    grew = run.memory_text([[(150, 140)], [(150, 140)], [(260, 250)]])
+    assert "GROWING" in grew and "after repeat 3: 260 MB peak / 250 MB now" in grew
 
 
 def test_baseline_scripts_pick_two_distinct_accounts(server: str, tmp_path: Path) -> None:
