@@ -79,6 +79,12 @@ WEB_APP_NAME = "portal-web"  # application_name of the web workers' sessions
 RUNTIME_USER = "portal_app"  # portal.supervise's: the embedded cluster's runtime login role
 METRICS_TOKEN = "bench-metrics-token-0123456789"  # noqa: S105 (a throwaway scrape token)
 SIZES = {"small": 1000, "large": 100_000}
+#: --size large's shape (bench/bulk.py): postings in all, merchants in all, days of history.
+LARGE_POSTINGS = 5_000_000
+LARGE_MERCHANTS = 1000
+LARGE_DAYS = 730
+#: Cardholders given a bearer token per run (all of --size small; the first of large).
+PEOPLE_LIMIT = 2000
 CARD_FUNDS = 1_000_000  # cents per card: $10,000, the USD top-up maximum
 #: The heavy cardholder: enough old own-card transfers for page DEEP_PAGE of the feed.
 HEAVY_EMAIL = "heavy@bench.test"
@@ -434,7 +440,7 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
         except BaseException as exc:  # noqa: BLE001 (reported by the caller)
             failures.append(exc)
 
-    parts = 4
+    parts = 4 if size == "small" else 0  # large: cardholders written in bulk below
     workers = [
         threading.Thread(target=make_holders, args=(range(k, holders, parts),))
         for k in range(parts)
@@ -511,7 +517,10 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
             days=HEAVY_DAYS,
             end=datetime.now(UTC) - timedelta(days=1),
         )
-    log(f"generated in {time.monotonic() - started:.0f} s; checking the ledger")
+    if size == "large":
+        credentials = generate_bulk(cluster, build, holders, owner.id, staff.id)
+    log(f"generated in {time.monotonic() - started:.0f} s; VACUUM ANALYZE, then the ledger check")
+    cluster.run_sql(build, "VACUUM ANALYZE")
     ok, output = ledger_verify(build_env)
     if not ok:
         raise RuntimeError(f"portal ledger verify failed on the generated dataset:\n{output}")
@@ -524,6 +533,38 @@ def generate(cluster: Cluster, env: dict[str, str], size: str, cache_db: str) ->
         f'ALTER DATABASE "{build}" RENAME TO "{cache_db}"',
         f'ALTER DATABASE "{cache_db}" WITH IS_TEMPLATE true',
     )
+
+
+def generate_bulk(
+    cluster: Cluster, build: str, holders: int, owner_id: int, staff_id: int
+) -> list[list[Any]]:
+    """--size large's bulk part (bench/bulk.py): the cardholders with two funded cards each, two
+    years of transfers up to LARGE_POSTINGS postings, and LARGE_MERCHANTS merchants in all."""
+    import bulk
+
+    from portal.services.shared.vault import Vault
+
+    vault = Vault.from_settings(_APP.config["SERVICE_SETTINGS"])
+    end = datetime.now(UTC) - timedelta(days=1)
+    start = end - timedelta(days=LARGE_DAYS)
+    began = time.monotonic()
+    with cluster.connect(build) as conn:
+        with conn.transaction():
+            kept = bulk.add_cardholders(
+                conn, vault, holders=holders, cards_per_holder=2, funds=CARD_FUNDS,
+                at=start - timedelta(days=1), keep_credentials=2 * PEOPLE_LIMIT,
+            )  # fmt: skip
+        log(f"  {holders:,} cardholders, {2 * holders:,} cards: {time.monotonic() - began:.0f} s")
+        count = bulk.plan(holders, 2, LARGE_POSTINGS)
+        with conn.transaction():
+            bulk.add_transfers(conn, count=count, start=start, end=end, max_amount=5_000)
+            bulk.add_merchants(
+                conn, count=LARGE_MERCHANTS - 3, owner_id=owner_id, reviewer_id=staff_id,
+                at=start,
+            )  # fmt: skip
+            bulk.sync_balances(conn)
+        log(f"  + {count:,} transfers, merchants: {time.monotonic() - began:.0f} s")
+    return kept
 
 
 _APP: Any = None
@@ -560,7 +601,8 @@ def people_with_tokens(cluster: Cluster) -> list[tuple[str, str, str]]:
         rows = conn.execute(
             "SELECT u.id, array_agg(c.public_id ORDER BY c.id) FROM users u"
             " JOIN cards c ON c.user_id = u.id WHERE u.email LIKE 'holder%%@bench.test'"
-            " GROUP BY u.id ORDER BY u.id"
+            " GROUP BY u.id ORDER BY u.id LIMIT %s",
+            (PEOPLE_LIMIT,),
         ).fetchall()
     uow = new_uow()
     people = []
@@ -1070,12 +1112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.size == "large":
-        log(
-            "--size large (100,000 cardholders, 5 million postings) is not implemented yet:"
-            " use --size small"
-        )
-        return 2
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
             log(f"{tool} is not installed: apt-get install -y {tool}")
@@ -1179,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.run_sql(
             "postgres",
             f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
-            f'CREATE DATABASE "{DATABASE}" TEMPLATE "{cache_db}"',
+            f'CREATE DATABASE "{DATABASE}" TEMPLATE "{cache_db}" STRATEGY FILE_COPY',
         )
         env = portal_env(base_env, cluster, DATABASE)
         os.environ.update(env)
@@ -1212,7 +1248,9 @@ def main(argv: list[str] | None = None) -> int:
             emails = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT email FROM users WHERE email LIKE 'holder%%@bench.test' ORDER BY id"
+                    "SELECT email FROM users WHERE email LIKE 'holder%%@bench.test'"
+                    " ORDER BY id LIMIT %s",
+                    (PEOPLE_LIMIT,),
                 )
             ]
         signers = emails[-SESSION_PEOPLE:]
@@ -1467,7 +1505,7 @@ def capture_replay(
     cluster.run_sql(
         "postgres",
         f'DROP DATABASE IF EXISTS "{REPLAY_DB}" WITH (FORCE)',
-        f'CREATE DATABASE "{REPLAY_DB}" TEMPLATE "{cache_db}"',
+        f'CREATE DATABASE "{REPLAY_DB}" TEMPLATE "{cache_db}" STRATEGY FILE_COPY',
     )
     return True
 

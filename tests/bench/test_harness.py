@@ -50,9 +50,18 @@ def test_bad_arguments_are_refused(argv: list[str]) -> None:
     assert exited.value.code == 2
 
 
-def test_large_size_says_it_is_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run.main(["--size", "large"]) == 2
-    assert "not implemented yet" in capsys.readouterr().out
+def test_large_size_and_repeats_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    args = run.parse_args(["--size", "large", "--quick", "--repeat", "3"])
+    assert args.accounts == 200_000 and args.repeat == 3 and args.hot_connections == 32
+    if shutil.which("wrk") and shutil.which("redis-server"):
+        assert run.main(["--size", "large", "--dry-run"]) == 0
+        assert "arguments fine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--repeat", "0"], ["--hot-connections", "1"]])
+def test_bad_repeat_or_hot_connections_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        run.parse_args(argv)
 
 
 def test_wrk_summary_is_read() -> None:
