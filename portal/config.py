@@ -201,7 +201,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQLALCHEMY_ENGINE_OPTIONS": {
             "pool_size": int(get("PORTAL_DB_POOL_SIZE", "10") or 10),
             "max_overflow": int(get("PORTAL_DB_MAX_OVERFLOW", "10") or 10),
-            "pool_pre_ping": True,
+            # No ping per checkout: portal.web.uow pings a connection only after it sat idle.
+            "pool_pre_ping": False,
             # Fail fast instead of hanging a web worker when the database is unreachable, and
             # never wait more than 3 s for a row lock (the unit of work turns that into a
             # retryable "try again" refusal).

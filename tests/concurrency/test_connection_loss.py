@@ -39,6 +39,7 @@ from portal.services.identity import tokens, users
 from portal.services.shared import uow as uow_module
 from portal.services.shared.uow import UnitOfWork, connection_lost
 from portal.services.wallet import wallet
+from portal.web import uow as web_uow
 from portal.web.errors import RETRY_AFTER
 from tests.api.test_auth_api import API, bearer, client_for, error_of
 from tests.concurrency.helpers import counting_retries, fetch_value
@@ -280,6 +281,28 @@ def test_a_unit_of_work_that_wrote_and_lost_its_connection_is_not_run_again(
         real_uow().run(write_then_read)
     assert len(calls) == 1
     assert keys_named(committing_engine, key) == 0  # it had not committed
+
+
+def test_a_pooled_connection_that_died_idle_is_replaced_before_it_is_used(
+    real_uow: Callable[[], UnitOfWork], committing_engine: sa.Engine, faults: Faults,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """No ping per checkout (``pool_pre_ping`` is off): a connection that sat idle past
+    ``IDLE_PING_SECONDS`` is checked first (``portal.web.uow.ping_when_idle``), so one whose
+    backend died meanwhile is replaced, and even a unit of work that writes first runs once."""
+    web_uow.ping_when_idle(committing_engine)
+    monkeypatch.setattr(web_uow, "IDLE_PING_SECONDS", 0.0)
+    with committing_engine.connect() as conn:
+        dead = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    faults.kill(dead)
+    key = new_key()
+
+    def write(u: UnitOfWork) -> int:
+        insert_key(u, key, deferred=False)
+        return int(u.execute("SELECT pg_backend_pid()").scalar_one())
+
+    assert real_uow().run(write) != dead
+    assert keys_named(committing_engine, key) == 1
 
 
 def test_a_write_whose_commit_is_cut_off_is_outcome_unknown_and_nothing_committed(

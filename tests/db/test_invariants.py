@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import sessionmaker
 
 from portal.domain.money import Money
 from portal.extensions import db
 from portal.services.identity import users
+from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import wallet
 from tests.conftest import as_owner, new_key
 
@@ -196,9 +198,6 @@ def test_card_numbers_are_never_stored_in_clear(connection, funded):
 def test_the_unit_of_work_checks_the_ledger_before_it_commits(connection, uow):
     """Even inside a test's savepoint, the deferred balance check runs at the unit of work's
     commit when it wrote; a read sends no SET CONSTRAINTS at all."""
-    funding = run(
-        connection, "SELECT id FROM accounts WHERE kind = 'funding' AND currency = 'USD'"
-    ).scalar()
     sent: list[str] = []
 
     def capture(conn, cursor, statement, *args) -> None:
@@ -209,16 +208,40 @@ def test_the_unit_of_work_checks_the_ledger_before_it_commits(connection, uow):
         uow.run(lambda u: u.execute("SELECT 1").scalar())
         assert not any("SET CONSTRAINTS" in s for s in sent)
 
-        def unbalanced(u) -> None:
-            u.defer("INSERT INTO journal_entries (kind) VALUES ('manual') RETURNING id",
-                    name="entry")  # fmt: skip
-            u.defer(
-                "INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
-                " SELECT id, :account, 500, 'USD' FROM entry",
-                name="legs", account=funding,
-            )  # fmt: skip
-
         with pytest.raises(DBAPIError, match="does not balance"):
-            uow.run(unbalanced)
+            uow.run(unbalanced_entry)
     finally:
         sa.event.remove(connection, "before_cursor_execute", capture)
+
+
+def unbalanced_entry(u) -> None:
+    funding = u.execute(
+        "SELECT id FROM accounts WHERE kind = 'funding' AND currency = 'USD'"
+    ).scalar_one()
+    u.defer("INSERT INTO journal_entries (kind) VALUES ('manual') RETURNING id", name="entry")
+    u.defer(
+        "INSERT INTO postings (journal_entry_id, account_id, amount_minor, currency)"
+        " SELECT id, :account, 500, 'USD' FROM entry",
+        name="legs", account=funding,
+    )  # fmt: skip
+
+
+def test_on_an_engine_the_ledger_is_checked_by_commit_itself(app) -> None:
+    """Bound to an engine (as in production), a unit of work sends no SET CONSTRAINTS: the
+    deferred balance check fires at COMMIT, and its refusal is an error the server answered
+    (the transaction rolled back), not an unknown outcome."""
+    with app.app_context():
+        engine = db.engine
+    factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, *args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with pytest.raises(DBAPIError, match="does not balance"):
+            UnitOfWork(factory, app.config["SERVICE_SETTINGS"]).run(unbalanced_entry)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert sent and not any("SET CONSTRAINTS" in s for s in sent)

@@ -216,12 +216,17 @@ class UnitOfWork:
         then raise ``error`` to the caller."""
         self._refusal = error
 
+    def _bind(self) -> object:
+        """What the sessions are bound to: an engine, or a connection whose transaction they
+        join through savepoints (a test's), or None when the factory is not a sessionmaker."""
+        return getattr(self._session_factory, "kw", {}).get("bind")
+
     def read(self, statement: str, params: dict[str, Any] | None = None) -> Sequence[sa.Row[Any]]:
         """Run one read-only statement as a transaction of its own, outside ``run``: on an
         engine, in autocommit on a pooled connection (one round trip: no BEGIN, no COMMIT); on
         the connection a test holds, inside the test's transaction. A lost connection is
         retried once, on a fresh one (a read is safe to repeat)."""
-        bind = getattr(self._session_factory, "kw", {}).get("bind")
+        bind = self._bind()
         if not isinstance(bind, (sa.Engine, sa.Connection)):
             return self.run(lambda u: u.execute(statement, params).all())
         for attempt in (1, 2):
@@ -265,10 +270,11 @@ class UnitOfWork:
     def commit(self) -> None:
         if self._deferred:
             self.flush()
-        # Deferred constraint triggers (ledger balance) fire here even when the transaction
-        # is really a savepoint inside a test's outer transaction. Postings are only ever
-        # written by deferred parts, so a transaction that sent none (a read) skips it.
-        if self._wrote:
+        # Deferred constraint triggers (ledger balance) fire at COMMIT; inside a savepoint
+        # (the unit of work joined a caller's transaction, as a test's) they would wait for the
+        # caller's commit, so they are fired here. Postings are only ever written by deferred
+        # parts, so a transaction that sent none (a read) never needs it.
+        if self._wrote and isinstance(self._bind(), sa.Connection):
             self.session.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
         self._committing = True
         self.session.commit()
@@ -303,7 +309,9 @@ class UnitOfWork:
                 return result
             except DBAPIError as exc:
                 error = type(exc.orig).__name__
-                lost = connection_lost(exc) or self._committing
+                # An error the server answered COMMIT with (a deferred check) rolled it back.
+                answered = getattr(exc.orig, "sqlstate", None) is not None
+                lost = connection_lost(exc) or (self._committing and not answered)
                 if lost and not isinstance(exc.orig, RETRYABLE):
                     if not self._sent_writes and not reconnected:
                         # Nothing was written: running it again on a new connection is safe.
