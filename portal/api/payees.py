@@ -46,22 +46,30 @@ def _address(scope: str) -> Callable[[], str]:
     return lambda: f"{scope}-address:{request.remote_addr or 'unknown'}"
 
 
+def _anonymous() -> bool:
+    """No valid access token: authentication answers 401 before anything is looked up, so the
+    per-user limits do not count it (they would otherwise pool every such request in one)."""
+    return caller_key() == "user:-"
+
+
+def _per_user(limit: str, scope: str, **kwargs: Any) -> Callable[..., Any]:
+    return limiter.limit(limit, key_func=caller_key, scope=scope, exempt_when=_anonymous, **kwargs)
+
+
 def _lookup_limits(view: Callable[..., Any]) -> Callable[..., Any]:
     """The person look-up limits, per user and per address, shared with the pages (scope)."""
-    view = limiter.limit(payees.LOOKUPS_PER_USER, key_func=caller_key, scope="person-lookup")(view)
+    view = _per_user(payees.LOOKUPS_PER_USER, "person-lookup")(view)
     return limiter.limit(
         payees.LOOKUPS_PER_ADDRESS, key_func=_address("person-lookup"), scope="person-lookup-ip"
     )(view)
 
 
 def _reveal_limits(view: Callable[..., Any]) -> Callable[..., Any]:
-    return limiter.limit(reveal.REVEALS_PER_USER, key_func=caller_key, scope="card-reveal")(view)
+    return _per_user(reveal.REVEALS_PER_USER, "card-reveal")(view)
 
 
 def _handle_limits(view: Callable[..., Any]) -> Callable[..., Any]:
-    return limiter.limit(
-        HANDLE_CHANGES, key_func=caller_key, scope="handle-change", methods=["PUT"]
-    )(view)
+    return _per_user(HANDLE_CHANGES, "handle-change", methods=["PUT"])(view)
 
 
 # -- objects ------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ _RECEIVING_CARD_SQL = (
     " ORDER BY (r.card_id IS NULL), c.id LIMIT 1)"
 )
 _PERSON_SQL = (
-    "SELECT u.id, u.first_name, u.last_name, u.email, u.handle, "
+    "SELECT u.id, u.first_name, u.last_name, u.email, u.handle, "  # nosec B608: constant SQL; {which} is one of this module's conditions
     + _RECEIVING_CARD_SQL
     + " AS card_id FROM users u WHERE {which} AND u.archived_at IS NULL"
 )
@@ -410,5 +410,36 @@ def set_receiving_card(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> Receiv
         audit.record(u, actor, "card.receive_default", "card", card.id,
                      data={"currency": card.currency})  # fmt: skip
         return ReceivingCard(card.currency, card.public_id, True)
+
+    return uow.run(work)
+
+
+def payee_for_transfer(uow: UnitOfWork, *, actor: Actor, transfer_id: str) -> PayeeView:
+    """The person a transfer the actor sent (``tr_...``) paid, as one of the actor's payees
+    (made one if they were not). Raises Forbidden, NotFound (not the actor's transfer, or to
+    one of their own cards)."""
+    sender = _sender(actor)
+    if not is_public_id("transfer", transfer_id):
+        raise NotFound("no such transfer", param="transfer_id")
+
+    def work(u: UnitOfWork) -> PayeeView:
+        person = u.execute(
+            "SELECT rc.user_id FROM transfers t JOIN cards fc ON fc.id = t.from_card_id"
+            " JOIN cards rc ON rc.id = t.to_card_id JOIN users pu ON pu.id = rc.user_id"
+            " WHERE t.public_id = :tr AND fc.user_id = :me AND rc.user_id <> :me"
+            " AND pu.archived_at IS NULL",
+            {"tr": transfer_id, "me": sender},
+        ).scalar()
+        if person is None:
+            raise NotFound("no such transfer", param="transfer_id")
+        row = u.execute(
+            "WITH saved AS (INSERT INTO payees (owner_id, payee_id) VALUES (:me, :p)"
+            " ON CONFLICT (owner_id, payee_id) DO NOTHING RETURNING public_id, starred, payee_id)"
+            f" SELECT {_PAYEE_COLUMNS} FROM (SELECT * FROM saved UNION ALL SELECT public_id,"  # nosec B608: constant columns
+            " starred, payee_id FROM payees WHERE owner_id = :me AND payee_id = :p) p"
+            " JOIN users u ON u.id = p.payee_id LIMIT 1",
+            {"me": sender, "p": person},
+        ).one()
+        return _payee(row, _last_paid(u, sender, person))
 
     return uow.run(work)
