@@ -8,10 +8,12 @@ syntax, password policy, names) and their refusals are shown next to the field t
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField, StringField
+from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired
 
 from portal.domain.errors import PortalError
+from portal.domain.locale import LOCALES, time_zones
 
 
 def _sentence(text: str) -> str:
@@ -90,12 +92,33 @@ class RegisterForm(FlaskForm):
         validators=[InputRequired("Type the password again.")],
         render_kw={"autocomplete": "new-password", "maxlength": 128},
     )
+    time_zone = HiddenField(render_kw={"data-browser-time-zone": ""})
 
 
 class LoginForm(FlaskForm):
     email = _email()
     password = _password("Password", "current-password")
     next = HiddenField()
+    #: The browser's IANA time zone (time-zone.js fills it): kept only while the user has none.
+    time_zone = HiddenField(render_kw={"data-browser-time-zone": ""})
+
+
+class PreferencesForm(FlaskForm):
+    """Formats of numbers, money and dates, and the time zone of the pages."""
+
+    locale = SelectField(
+        "Number and date format",
+        choices=[SelectChoice(code, label) for code, label in LOCALES.items()],
+        validators=[DataRequired("Choose a format.")],
+        validate_choice=False,  # the service refuses an unknown one, naming the field
+    )
+    time_zone = SelectField(
+        "Time zone",
+        choices=[SelectChoice(z, z.replace("_", " ")) for z in time_zones()],
+        validators=[DataRequired("Choose a time zone.")],
+        validate_choice=False,
+        render_kw={"data-time-zone-select": ""},
+    )
 
 
 class SecondFactorForm(FlaskForm):
@@ -176,4 +199,5 @@ PREFIX = {
     "email": "em",
     "codes": "rc",
     "disable": "off",
+    "preferences": "pref",
 }

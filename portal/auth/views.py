@@ -47,6 +47,7 @@ from portal.auth.forms import (
     ForgotForm,
     LoginForm,
     PasswordCheckForm,
+    PreferencesForm,
     RegisterForm,
     ResetForm,
     SecondFactorForm,
@@ -63,7 +64,8 @@ from portal.domain.errors import (
     Unauthenticated,
 )
 from portal.domain.ids import is_public_id
-from portal.services.identity import accounts, mfa, sessions
+from portal.domain.locale import best_locale, format_moment, valid_time_zone
+from portal.services.identity import accounts, mfa, preferences, sessions
 from portal.services.identity.accounts import UserView
 from portal.web import mail
 from portal.web.auth import (
@@ -287,6 +289,11 @@ def register() -> Response:
             if current_user.is_authenticated:
                 sign_out()
             sign_in(user, mfa_verified=False)
+            # Formats from the browser: its languages (Accept-Language) and its time zone.
+            preferences.adopt_browser_defaults(
+                make_uow(), user_id=user.id, time_zone=form.time_zone.data,
+                locale=best_locale([tag for tag, _ in request.accept_languages]),
+            )  # fmt: skip
             token = accounts.issue_email_token(make_uow(), user_id=user.id, purpose="verify_email")
             _mail_verification(user, token)
             flash(
@@ -327,6 +334,7 @@ def login() -> Response:
         await_second_factor(user.id, next_url, method="password")
         return redirect(url_for("auth.mfa"))
     sign_in(user, mfa_verified=False)
+    preferences.adopt_browser_defaults(make_uow(), user_id=user.id, time_zone=form.time_zone.data)
     if mfa.mfa_required(user):
         response = redirect(url_for("auth.mfa_setup", next=next_url))
     else:
@@ -623,7 +631,11 @@ def describe_agent(agent: str) -> str:
 
 
 def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
+    """A moment in the signed-in user's zone and format."""
+    user = current_user.user
+    if user.time_zone == "UTC":
+        return moment.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
+    return format_moment(moment, user.time_zone, user.locale)
 
 
 def _session_rows() -> list[SessionRow]:
@@ -673,6 +685,7 @@ def _account_page(status: int = 200, **overrides: Any) -> Response:
         "user": user,
         "password_form": _blank(ChangePasswordForm, "password"),
         "email_form": _blank(ChangeEmailForm, "email"),
+        "preferences_form": _preferences_form(user),
         "sessions": _session_rows(),
         **_mfa_context(user),
     }
@@ -684,6 +697,44 @@ def _account_page(status: int = 200, **overrides: Any) -> Response:
 @login_required()
 def account() -> Response:
     return _account_page()
+
+
+def _preferences_form(user: UserView) -> FlaskForm:
+    form = PreferencesForm(formdata=None, prefix=PREFIX["preferences"])
+    form.locale.data = user.locale
+    form.time_zone.data = user.time_zone
+    return form
+
+
+@bp.post("/account/preferences")
+@login_required()
+def change_preferences() -> Response:
+    """The formats of numbers, money and dates, and the pages' time zone (the pages' language
+    stays English; the API and CSV keep minor units and UTC)."""
+    form = PreferencesForm(prefix=PREFIX["preferences"])
+    if form.validate_on_submit():
+        try:
+            user = preferences.set_preferences(
+                make_uow(), actor=current_actor(), locale=form.locale.data or "",
+                time_zone=form.time_zone.data or "",
+            )  # fmt: skip
+        except InvalidInput as error:
+            add_service_error(form, error)
+        else:
+            zone = valid_time_zone(user.time_zone) or "UTC"
+            message = f"Saved. Times now show in {zone.replace('_', ' ')}."
+            if _is_htmx():
+                return _fragments(
+                    ("auth/_preferences_form.html", {"preferences_form": _preferences_form(user),
+                                                     "user": user}),
+                    message=message,
+                )  # fmt: skip
+            flash(message, "success")
+            return redirect(_account_url("preferences"))
+    if _is_htmx():
+        context = {"preferences_form": form, "user": _fresh_user()}
+        return _fragments(("auth/_preferences_form.html", context), status=422)
+    return _account_page(422, preferences_form=form)
 
 
 @bp.post("/account/verify-email")
@@ -920,6 +971,7 @@ _SIGNED_IN_ENDPOINTS = frozenset(
         "auth.resend_verification",
         "auth.change_password",
         "auth.change_email",
+        "auth.change_preferences",
         "auth.regenerate_recovery_codes",
         "auth.disable_mfa",
         "auth.revoke_session",

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     abort,
@@ -39,7 +40,9 @@ from flask import (
 )
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
+from wtforms.fields.choices import SelectChoice
 
 from portal.cardholder import bp
 from portal.cardholder.forms import (
@@ -65,13 +68,23 @@ from portal.domain.errors import (
     PortalError,
 )
 from portal.domain.ids import is_public_id
-from portal.domain.money import Money, MoneyError, exponent
+from portal.domain.locale import (
+    AmountError,
+    amount_sign,
+    format_amount_input,
+    format_clock,
+    format_date,
+    format_moment,
+    format_money,
+    parse_amount,
+)
+from portal.domain.money import Money, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
 from portal.services.wallet import activity, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
-from portal.web.auth import current_actor, login_required
+from portal.web.auth import current_actor, login_required, safe_next
 from portal.web.cache import cached
 from portal.web.render import render_fragments as _fragments
 from portal.web.render import render_page as _render
@@ -102,15 +115,69 @@ MOVEMENT_TITLES = {
 
 
 # -- helpers -------------------------------------------------------------------------------------
-@bp.before_request
-def _htmx_needs_sign_in() -> Response | None:
-    """An htmx request (a poll, a button) whose session has ended gets a full-page trip to the
-    sign-in page, not the sign-in page swapped into a tile."""
-    if _is_htmx() and not current_user.is_authenticated:
+SIGNED_OUT = "You were signed out: sign in to continue."
+
+#: Forms a signed-out post comes back to after signing in (their own address shows them).
+_FORM_ENDPOINTS = frozenset(
+    {"cardholder.top_up", "cardholder.transfer", "cardholder.withdraw",
+     "cardholder.issue_card"}
+)  # fmt: skip
+
+
+def _back_here() -> str:
+    """The page to come back to after signing in: the page an htmx request came from (its
+    ``HX-Current-URL``, this site only), a GET's own address, a form's own page; else the
+    wallet."""
+    current = request.headers.get("HX-Current-URL", "")
+    if current:
+        parts = urlsplit(current)
+        if parts.netloc == request.host:
+            target = safe_next(parts.path + (f"?{parts.query}" if parts.query else ""))
+            if target:
+                return target
+    if request.method == "GET" and not _is_htmx():
+        return safe_next(request.full_path) or url_for(".index")
+    if request.endpoint in _FORM_ENDPOINTS:
+        return url_for(request.endpoint)
+    return url_for(".index")
+
+
+def _to_sign_in() -> Response:
+    """The session has ended (timed out, revoked, cookies cleared): say so, and come back to
+    the same page after signing in. htmx gets a full-page trip, not a sign-in page swapped
+    into a tile."""
+    flash(SIGNED_OUT, "info")
+    target = url_for("auth.login", next=_back_here())
+    if _is_htmx():
         response = make_response("", 401)
-        response.headers["HX-Redirect"] = url_for("auth.login", next=url_for(".index"))
+        response.headers["HX-Redirect"] = target
         return response
+    return redirect(target)
+
+
+@bp.before_request
+def _signed_out_mid_form() -> Response | None:
+    """A post or an htmx request (a poll, a button) from a session that has ended."""
+    if (_is_htmx() or request.method != "GET") and not current_user.is_authenticated:
+        return _to_sign_in()
     return None
+
+
+@bp.errorhandler(CSRFError)
+def _form_expired(_error: CSRFError) -> Response:
+    """A form whose CSRF token no longer matches. Most often the session ended while the form
+    was open (its token went with it): that is said plainly, never "The CSRF session token is
+    missing". Otherwise the form is shown again, fresh, and nothing was done."""
+    if not current_user.is_authenticated:
+        return _to_sign_in()
+    flash("This form had expired, so nothing was done. Check the details and send it again.",
+          "info")  # fmt: skip
+    target = _back_here()
+    if _is_htmx():
+        response = make_response("", 400)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target)
 
 
 @bp.after_request
@@ -120,9 +187,34 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def _locale() -> str:
+    """The signed-in user's number, currency and date formats (the pages stay English)."""
+    return current_user.user.locale if current_user.is_authenticated else "en_US"
+
+
+def _zone() -> str:
+    return current_user.user.time_zone if current_user.is_authenticated else "UTC"
+
+
+def money_text(value: Money) -> str:
+    """An amount in the user's locale: ``Rp 13.985.000``, ``$1,234.50``."""
+    return format_money(value, _locale())
+
+
 @bp.app_template_filter("money")
 def _money_filter(value: Money | None) -> str:
-    return value.format() if value is not None else ""
+    return money_text(value) if value is not None else ""
+
+
+@bp.app_template_filter("when")
+def _when_filter(value: datetime | None) -> str:
+    """A moment in the user's time zone and format: ``3 Dec 2026, 07:05``."""
+    return format_moment(value, _zone(), _locale()) if value is not None else ""
+
+
+@bp.app_template_global("time_zone_name")
+def _time_zone_name() -> str:
+    return _zone().replace("_", " ")
 
 
 @bp.app_template_filter("brand")
@@ -150,7 +242,7 @@ def card_label(card: CardSummary, *, balance: bool = True) -> str:
     if card.status == "frozen":
         text += f" · {card.currency} (frozen)"
     elif balance:
-        text += f" ({card.available.format()} available)"
+        text += f" ({money_text(card.available)} available)"
     else:
         text += f" · {card.currency}"
     return text
@@ -468,8 +560,50 @@ class Review:
         return Money(0, self.amount.currency)
 
 
-def _card_choices(form: MoneyForm, my_cards: Sequence[CardSummary], *, balance: bool) -> None:
-    form.card_id.choices = options((c.public_id, card_label(c, balance=balance)) for c in my_cards)
+#: The limits' name of each money form.
+LIMIT_KINDS = {"top_up": "top_up", "transfer": "transfer", "withdraw": "withdrawal"}
+_PER = {"top_up": "top-up", "transfer": "transfer", "withdraw": "withdrawal"}
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a money form says about the card chosen in it, in the card's currency and the
+    user's format: the sign in the amount input, the available money and the limits."""
+
+    currency: str
+    sign: str
+    available: str
+    limits: str
+
+    def attributes(self) -> dict[str, str]:
+        return {"data-currency": self.currency, "data-sign": self.sign,
+                "data-available": self.available, "data-limits": self.limits}  # fmt: skip
+
+
+def card_facts(card: CardSummary, kind: str) -> CardFacts:
+    locale = _locale()
+    limits = make_uow().settings.limits_for(card.currency, LIMIT_KINDS[kind])
+    if limits is None:
+        text = f"{MOVEMENT_TITLES[kind]}s in {card.currency} are not supported."
+    else:
+        low = format_money(Money(limits.minimum, card.currency), locale)
+        high = format_money(Money(limits.maximum, card.currency), locale)
+        text = f"{low} to {high} per {_PER[kind]}"
+        if limits.daily is not None:
+            text += f", {format_money(Money(limits.daily, card.currency), locale)} a day"
+        text += "."
+    return CardFacts(card.currency, amount_sign(card.currency, locale),
+                     format_money(card.available, locale), text)  # fmt: skip
+
+
+def _card_choices(
+    form: MoneyForm, my_cards: Sequence[CardSummary], *, balance: bool, kind: str
+) -> None:
+    form.card_id.choices = [
+        SelectChoice(c.public_id, card_label(c, balance=balance),
+                     render_kw=card_facts(c, kind).attributes())
+        for c in my_cards
+    ]  # fmt: skip
 
 
 def _chosen(my_cards: Sequence[CardSummary], card_id: str | None) -> CardSummary | None:
@@ -482,12 +616,9 @@ def _check_amount(form: MoneyForm, card: CardSummary, kind: str, *, spend: bool)
     card) the available balance, with the services' own wording. The service checks again."""
     field = form.amount
     try:
-        amount = Money.of_major(field.data or "", card.currency)
-    except MoneyError as exc:
-        text = str(exc)
-        if "is not an amount" in text:
-            text = f"Enter an amount in {card.currency}, like 25 or 25.50"
-        field.errors = [*field.errors, text[:1].upper() + text[1:] + "."]
+        amount = parse_amount(field.data, card.currency, _locale())
+    except AmountError as error:
+        field.errors = [*field.errors, error.message]
         return None
     if amount.amount_minor <= 0:
         field.errors = [*field.errors, "Enter an amount above zero."]
@@ -500,18 +631,19 @@ def _check_amount(form: MoneyForm, card: CardSummary, kind: str, *, spend: bool)
         return None
     if amount.amount_minor < limits.minimum:
         minimum = Money(limits.minimum, card.currency)
-        field.errors = [*field.errors, f"Amount below the minimum of {minimum}."]
+        field.errors = [*field.errors, f"Amount below the minimum of {money_text(minimum)}."]
         return None
     if amount.amount_minor > limits.maximum:
         maximum = Money(limits.maximum, card.currency)
-        field.errors = [*field.errors, f"Amount above the maximum of {maximum}."]
+        field.errors = [*field.errors, f"Amount above the maximum of {money_text(maximum)}."]
         return None
     if spend and amount.amount_minor > card.available.amount_minor:
         field.errors = [
             *field.errors,
-            f"Not enough available money ({card.available} available).",
+            f"Not enough available money ({money_text(card.available)} available).",
         ]
         return None
+    field.data = format_amount_input(amount, _locale())  # the review and Back show it so
     return amount
 
 
@@ -527,8 +659,42 @@ def _check_card(form: MoneyForm, card: CardSummary | None) -> bool:
 
 
 def _receipt(kind: str, result: MovementResult, review: Review) -> dict[str, Any]:
-    return {"kind": kind, "result": result, "review": review, "poll_ms": POLL_MS,
-            "title": MOVEMENT_TITLES[kind], "status_labels": STATUS_LABELS}  # fmt: skip
+    return {"kind": kind, "public_id": result.public_id, "amount": result.amount,
+            "status": result.status, "failure_code": None,
+            "available": result.balance.available, "created_at": result.created_at,
+            "details": tuple(review.details), "poll_ms": POLL_MS,
+            "replayed": _replayed_text(result) if result.replayed else None,
+            "form_url": url_for(f".{kind}")}  # fmt: skip
+
+
+_RECEIPT_KINDS = {"top_up": "top_up", "transfer": "transfer", "withdrawal": "withdraw"}
+
+
+@bp.get("/movements/<movement_id>")
+@login_required("wallet:use")
+def receipt(movement_id: str) -> Response:
+    """A movement's receipt, where a confirmed form lands (Post/Redirect/Get): reloading it or
+    going Back never sends the form again. Someone else's movement: 404."""
+    if not any(is_public_id(k, movement_id) for k in ("top_up", "transfer", "withdrawal")):
+        abort(404)
+    item = activity.get_activity_item(_uow(), actor=current_actor(), item_id=movement_id)
+    if item.kind not in _RECEIPT_KINDS:
+        abort(404)
+    kind = _RECEIPT_KINDS[item.kind]
+    card = activity.get_card(_uow(), actor=current_actor(), card_id=item.card_public_id)
+    label = card_label(card, balance=False)
+    details: list[tuple[str, str]]
+    if item.kind == "top_up":
+        details = [("Pay with", item.counterparty), ("To card", label)]
+    else:
+        details = [("From", label), ("To", item.counterparty)]
+        if item.memo:
+            details.append(("Note", item.memo))
+    context = {"kind": kind, "public_id": item.id, "amount": item.amount, "status": item.status,
+               "failure_code": item.failure_code, "available": card.available,
+               "created_at": item.created_at, "details": tuple(details), "poll_ms": POLL_MS,
+               "replayed": None, "form_url": url_for(f".{kind}")}  # fmt: skip
+    return _render("cardholder/receipt.html", 200, **context)
 
 
 @bp.route("/movements/<movement_id>/status")
@@ -559,7 +725,9 @@ def _money_flow(
     fragment = f"cardholder/_{kind}_form.html"
 
     def show_form(status: int) -> Response:
-        context = {"form": form, "cards": my_cards, "kind": kind}
+        chosen = _chosen(my_cards, form.card_id.data) or my_cards[0]
+        context = {"form": form, "cards": my_cards, "kind": kind,
+                   "facts": card_facts(chosen, kind), "unverified": _unverified()}  # fmt: skip
         if _is_htmx():
             return _fragments((fragment, context), status=status)
         return _render(template, status, **context)
@@ -578,6 +746,10 @@ def _money_flow(
         return show_form(200)
     if not form.validate():
         return show_form(422)
+    if _unverified():
+        # Said before the review, with the way out next to it (the form's notice).
+        form.form_errors.append(UNVERIFIED)
+        return show_form(403)
     review = plan(form)
     if review is None:
         return show_form(422)
@@ -601,25 +773,35 @@ def _money_flow(
         add_service_error(form, error, default="amount")
         form.idempotency_key.data = new_key()  # the refusal is stored under the old key
         return show_form(422)
-    context = _receipt(kind, result, review)
+    # Post/Redirect/Get: the receipt has its own address, so Back or a reload never sends the
+    # confirmation again. htmx swaps the receipt in and moves the address bar to it.
+    receipt_url = url_for(".receipt", movement_id=result.public_id)
     if _is_htmx():
-        return _fragments(("cardholder/_receipt.html", context))
-    flash(_flash_text(kind, result, review), "success")
-    return redirect(url_for(".index"))
+        response = _fragments(("cardholder/_receipt.html", _receipt(kind, result, review)))
+        response.headers["HX-Push-Url"] = receipt_url
+        return response
+    if result.replayed:
+        flash(_replayed_text(result), "info")
+    return redirect(receipt_url, 303)
 
 
-def _flash_text(kind: str, result: MovementResult, review: Review) -> str:
-    if kind == "top_up":
-        return (
-            f"Top-up of {result.amount} to {review.destination} requested. It shows as pending "
-            "until your bank or card provider confirms it, usually within seconds."
-        )
-    if kind == "transfer":
-        return f"Sent {result.amount} to {review.destination}."
-    return (
-        f"Withdrawal of {result.amount} to {review.destination} requested. It shows as pending "
-        "until the bank confirms it."
+UNVERIFIED = (
+    "Verify your email address before moving money: open the link we sent you, or have it sent "
+    "again below."
+)
+
+
+def _unverified() -> bool:
+    return bool(make_uow().settings.require_verified_email) and not (
+        current_user.user.email_verified
     )
+
+
+def _replayed_text(result: MovementResult) -> str:
+    """What a confirmation sent again says: when it was done, and its reference."""
+    at = format_clock(result.created_at, _zone(), _locale())
+    day = format_date(result.created_at, _zone(), _locale())
+    return f"Already done at {at} on {day}, reference {result.public_id}. Nothing happened twice."
 
 
 def _preselect(form: MoneyForm, my_cards: Sequence[CardSummary]) -> None:
@@ -646,7 +828,7 @@ def top_up() -> Response:
     if (empty := _need_cards(my_cards, "top_up")) is not None:
         return empty
     form = TopUpForm()
-    _card_choices(form, my_cards, balance=False)
+    _card_choices(form, my_cards, balance=False, kind="top_up")
     _preselect(form, my_cards)
 
     def plan(form: TopUpForm) -> Review | None:
@@ -700,6 +882,36 @@ def _recipient(form: TransferForm) -> Recipient | None:
     return found
 
 
+def _other_cards(my_cards: Sequence[CardSummary], from_id: str | None) -> list[CardSummary]:
+    """The user's other cards that can receive from ``from_id``: same currency, not frozen."""
+    source = _chosen(my_cards, from_id)
+    if source is None:
+        return []
+    return [c for c in my_cards if c.public_id != source.public_id
+            and c.currency == source.currency and c.status != "frozen"]  # fmt: skip
+
+
+def _own_destinations(form: TransferForm, my_cards: Sequence[CardSummary]) -> None:
+    """ "My card" lists only the other cards in the same currency as the card sending. The
+    other cards are in the page too (a script shows them when the sending card changes) but
+    hidden and disabled unless they fit the card chosen now."""
+    fits = {c.public_id for c in _other_cards(my_cards, form.card_id.data)}
+    choices = [SelectChoice("", "Choose a card")]
+    for c in my_cards:
+        if c.status == "frozen":
+            continue
+        attrs: dict[str, Any] = {"data-currency": c.currency}
+        if c.public_id not in fits:
+            attrs.update({"hidden": True, "disabled": True})
+        choices.append(SelectChoice(c.public_id, card_label(c, balance=False), render_kw=attrs))
+    form.to_card_id.choices = choices
+    if request.method == "GET":
+        if form.to_card_id.data not in fits:
+            form.to_card_id.data = ""
+        if not form.to_card_id.data and len(fits) == 1:
+            form.to_card_id.data = next(iter(fits))
+
+
 def _recipient_lookups_limit() -> str:
     return "20 per minute; 200 per day"
 
@@ -721,12 +933,10 @@ def transfer() -> Response:
     if (empty := _need_cards(my_cards, "transfer")) is not None:
         return empty
     form = TransferForm()
-    _card_choices(form, my_cards, balance=True)
-    form.to_card_id.choices = options(
-        [("", "Choose a card"), *((c.public_id, card_label(c, balance=False)) for c in my_cards)]
-    )
+    _card_choices(form, my_cards, balance=True, kind="transfer")
     _preselect(form, my_cards)
-    if request.method == "GET" and len(my_cards) < 2:
+    _own_destinations(form, my_cards)
+    if request.method == "GET" and not _other_cards(my_cards, form.card_id.data):
         form.destination.data = "other"
 
     def plan(form: TransferForm) -> Review | None:
@@ -806,7 +1016,7 @@ def withdraw() -> Response:
     if (empty := _need_cards(my_cards, "withdraw")) is not None:
         return empty
     form = WithdrawForm()
-    _card_choices(form, my_cards, balance=True)
+    _card_choices(form, my_cards, balance=True, kind="withdraw")
     _preselect(form, my_cards)
 
     def plan(form: WithdrawForm) -> Review | None:

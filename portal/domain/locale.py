@@ -293,8 +293,13 @@ def _strip_currency(text: str, currency: str, locale: str) -> str:
 
 
 def _example(value: Decimal, currency: str, locale: str, *, grouped: bool) -> str:
+    """``value`` as the person writes it, with the minor digits the currency shows (IDR none,
+    unless ``value`` has a fraction)."""
     exp = CURRENCY_EXPONENTS[currency]
-    pattern = ("#,##0" if grouped else "0") + ("." + "0" * exp if exp else "")
+    places = min(get_currency_precision(currency), exp)
+    if value != value.quantize(Decimal(1).scaleb(-places)):
+        places = exp
+    pattern = ("#,##0" if grouped else "0") + ("." + "0" * places if places else "")
     return format_decimal(value, format=pattern, locale=locale)
 
 
@@ -325,7 +330,8 @@ def parse_amount(text: str | None, currency: str, locale: str | None = None) -> 
     cur = normalize_currency(currency)
     loc = normalize_locale(locale)
     raw = (text or "").strip()
-    example = _ways(Decimal("1000.5") if CURRENCY_EXPONENTS[cur] else Decimal(1000), cur, loc)
+    shows_cents = min(get_currency_precision(cur), CURRENCY_EXPONENTS[cur]) > 0
+    example = _ways(Decimal("1000.5") if shows_cents else Decimal(50000), cur, loc)
     if not raw:
         raise AmountError(f"Enter an amount in {cur}, like {example}.")
     if len(raw) > 40:

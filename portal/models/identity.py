@@ -76,6 +76,11 @@ class User(Base):
     password_changed_at: Mapped[datetime | None]
     #: Bumped in the same transaction as any money movement touching the user (live updates).
     change_version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
+    #: Number, currency and date formats of the pages (``portal.domain.locale.LOCALES``).
+    locale: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="en_US")
+    #: IANA time zone the pages show times in (CSV and the API stay UTC); NULL until chosen or
+    #: brought by a sign-in from the browser (shown as UTC meanwhile).
+    time_zone: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()
     archived_at: Mapped[datetime | None]

@@ -78,7 +78,7 @@ def test_the_first_and_last_days_are_taken_and_the_inputs_carry_them(
     page = client.get("/wallet/activity?since=1970-01-01&until=2999-12-31")
     csv = client.get("/wallet/activity.csv?since=1970-01-01&until=2999-12-31")
 
-    assert page.status_code == 200 and "10.00 USD" in text_of(page)
+    assert page.status_code == 200 and "$10.00" in text_of(page)
     assert csv.status_code == 200 and "10.00" in csv.get_data(as_text=True)
     html = page.get_data(as_text=True)
     for name in ("since", "until"):

@@ -52,8 +52,8 @@ def test_the_wallet_starts_with_a_total_per_currency(
     usd = re.search(r'data-total="USD">\s*<span[^>]*>([^<]+)</span>\s*<span[^>]*>([^<]+)<', totals)
     idr = re.search(r'data-total="IDR">\s*<span[^>]*>([^<]+)</span>\s*<span[^>]*>([^<]+)<', totals)
     assert usd and idr, totals
-    assert usd.group(1) == "120.25 USD" and "2 cards" in usd.group(2)
-    assert idr.group(1) == "750,000.00 IDR" and "1 card" in idr.group(2)
+    assert usd.group(1) == "$120.25" and "2 cards" in usd.group(2)
+    assert idr.group(1) == "IDR\xa0750,000" and "1 card" in idr.group(2)
     # The totals come before the cards and the activity in the page.
     assert (
         html.index('id="wallet-totals"')
@@ -117,14 +117,14 @@ def test_a_live_update_brings_the_totals_and_what_to_announce(
 
     html = changed.get_data(as_text=True)
     assert re.search(r'id="wallet-totals"[^>]*hx-swap-oob="true"', html)
-    assert "25.00 USD" in html[html.index('id="wallet-totals"') : html.index('id="cards"')]
+    assert "$25.00" in html[html.index('id="wallet-totals"') : html.index('id="cards"')]
     assert 'data-minor="2500"' in html
     incoming = re.search(r'<li class="activity__item activity__item--in"[^>]*>', html)
     assert incoming, html
     assert 'data-item-status="succeeded"' in incoming.group(0)
     announce = re.search(r'data-announce="([^"]+)"', incoming.group(0))
     assert announce, incoming.group(0)
-    assert announce.group(1).startswith("15.00 USD received from ")
+    assert announce.group(1).startswith("$15.00 received from ")
     assert "(Ada L.)" in announce.group(1)
     assert announce.group(1).endswith(f"on card •••• {mine.last4}")
     # Money out is not announced.
@@ -178,7 +178,7 @@ def test_without_javascript_the_chart_table_is_shown(
     plain = re.search(r'<noscript><div class="chart__table chart__table--no-js">(.*?)</noscript>',
                       html, re.S)  # fmt: skip
     assert plain, "a table for browsers without JavaScript"
-    assert "<table" in plain.group(1) and "42.00 USD" in plain.group(1)
+    assert "<table" in plain.group(1) and "$42.00" in plain.group(1)
     css = client.get("/static/css/no-js.css").get_data(as_text=True)
     rule = css[css.index(".chart__canvas") : css.index("}")]
     assert "details.chart__table" in rule and "display: none" in rule

@@ -109,9 +109,9 @@ def test_dashboard_shows_tiles_activity_and_chart(
     text = page_text(response)
     assert f"Visa •••• {usd.last4}" in text
     assert "Everyday" in text
-    assert "1,234.50 USD" in text
-    assert "750,000.00 IDR" in text
-    assert "Pending" in text and "0.00 USD" in text
+    assert "$1,234.50" in text
+    assert "IDR 750,000" in text
+    assert "Pending" in text and "$0.00" in text
     assert "Bank transfer" in text  # the latest activity
     html = response.get_data(as_text=True)
     assert "vendor/chartjs/chart.umd.min.js" in html
@@ -231,7 +231,7 @@ def test_top_up_review_then_confirm(client: PageClient, alice: Person, wallets: 
     review = client.post("/wallet/top-up", data={**data, "step": "review"}, headers=htmx())
     assert review.status_code == 200
     text = page_text(review)
-    assert "Check and confirm" in text and "25.50 USD" in text and "Fee" in text
+    assert "Check and confirm" in text and "$25.50" in text and "Fee" in text
     assert "E-wallet" in text
     assert key in review.get_data(as_text=True)  # the same key goes on to the confirm step
     assert wallets.balance(card) == (0, 0)  # nothing happened yet
@@ -261,11 +261,11 @@ def test_a_pending_top_up_receipt_updates_itself(
     status_url = re.search(r'hx-get="(/wallet/movements/tu_\w+/status)"', done.get_data(True))
     assert status_url is not None, "a pending receipt asks for its status"
     waiting = client.get(status_url.group(1), headers=htmx())
-    assert "Pending" in page_text(waiting) and "10.00 USD" in page_text(waiting)
+    assert "Pending" in page_text(waiting) and "$10.00" in page_text(waiting)
     assert 'hx-trigger="every' in waiting.get_data(as_text=True)
     assert confirm_top_ups(wallets.people.uow()) == 1
     settled = client.get(status_url.group(1), headers=htmx())
-    assert "Succeeded" in page_text(settled) and "35.00 USD" in page_text(settled)
+    assert "Succeeded" in page_text(settled) and "$35.00" in page_text(settled)
     assert "hx-get" not in settled.get_data(as_text=True)  # settled: it stops asking
     # Someone else's receipt is not found.
     sign_in(another_client, bob)
@@ -279,7 +279,7 @@ def test_a_pending_top_up_receipt_updates_itself(
     assert url is not None
     confirm_top_ups(wallets.people.uow())
     failed = page_text(client.get(url.group(1), headers=htmx()))
-    assert "Failed" in failed and "declined the payment" in failed and "35.00 USD" in failed
+    assert "Failed" in failed and "declined the payment" in failed and "$35.00" in failed
 
 
 def test_double_submit_moves_money_once(
@@ -292,12 +292,27 @@ def test_double_submit_moves_money_once(
             "destination": "other", "to_number": theirs.number, "amount": "30"}  # fmt: skip
     first = client.post("/wallet/transfer", data=data)
     second = client.post("/wallet/transfer", data=data)
-    assert first.status_code == second.status_code == 302
+    # Post/Redirect/Get: both land on the same receipt (303), the replay saying so.
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    assert first.headers["Location"].startswith("/wallet/movements/tr_")
     assert wallets.balance(mine) == (7000, 0)
     assert wallets.balance(theirs) == (3000, 0)
     # With htmx the replay says so.
     third = client.post("/wallet/transfer", data=data, headers=htmx())
-    assert "nothing happened twice" in page_text(third)
+    replay = page_text(third)
+    reference = first.headers["Location"].rsplit("/", 1)[-1]
+    said = (
+        rf"Already done at \d{{1,2}}:\d\d( [AP]M)? on \w+ \d+, \d{{4}}, "
+        rf"reference {reference}\. Nothing happened twice\."
+    )
+    assert re.search(said, replay), replay
+    assert "_" + str(wallets.count("transfers")) not in replay  # no internal ids
+    assert third.headers["HX-Push-Url"] == first.headers["Location"]
+    # The receipt page itself is a plain GET: reloading it moves nothing.
+    again = client.get(first.headers["Location"])
+    assert again.status_code == 200 and reference in page_text(again)
+    assert wallets.balance(mine) == (7000, 0)
     assert wallets.balance(mine) == (7000, 0)
 
 
@@ -340,12 +355,13 @@ BANK = {"bank_name": "BCA", "account_number": "1234567890", "account_holder": "A
 @pytest.mark.parametrize(
     ("path", "extra", "amount", "message"),
     [
-        (TOP_UP, CASH, "49999", "Amount below the minimum of 50,000.00 IDR."),
-        (TOP_UP, CASH, "200000000", "Amount above the maximum of 100,000,000.00 IDR."),
+        (TOP_UP, CASH, "49999", "Amount below the minimum of IDR\xa050,000."),
+        (TOP_UP, CASH, "200000000", "Amount above the maximum of IDR\xa0100,000,000."),
         ("/wallet/withdraw", BANK, "60000",
-         "Not enough available money (50,000.00 IDR available)."),
-        (TOP_UP, CASH, "12.345", "IDR has 2 decimal places; 12.345 has more."),
-        (TOP_UP, CASH, "lots", "Enter an amount in IDR, like 25 or 25.50."),
+         "Not enough available money (IDR\xa050,000 available)."),
+        (TOP_UP, CASH, "12.345", "IDR has 2 decimal places; “12.345” has 3. If you meant 12,345,"
+         " write 12345 or 12,345."),
+        (TOP_UP, CASH, "lots", "Enter an amount in IDR, like 50000 or 50,000."),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("step", ["review", "confirm"])
@@ -491,7 +507,7 @@ def test_changes_answers_204_then_fragments_after_a_movement(
     assert _version(changed) > version
     for region in ('id="cards"', 'id="latest-activity"', 'id="charts"'):
         assert re.search(region + r'[^>]*hx-swap-oob="true"', html), region
-    assert "15.00 USD" in html and "Ada L." in html
+    assert "$15.00" in html and "Ada L." in html
     again = client.get(f"/wallet/changes?v={_version(changed)}", headers=htmx())
     assert again.status_code == 204
     # The card page's poll answers that card's tile and activity.
@@ -518,13 +534,13 @@ def test_history_filters_search_and_pages(
 ) -> None:
     usd, eur, _ = _movements(client, alice, bob, wallets)
     text = page_text(client.get("/wallet/activity"))
-    assert "12.50 USD" in text and "70.00 EUR" in text and "100.00 USD" in text
+    assert "$12.50" in text and "€70.00" in text and "$100.00" in text
     only_eur = page_text(client.get(f"/wallet/activity?card={eur.public_id}"))
-    assert "70.00 EUR" in only_eur and "12.50 USD" not in only_eur
+    assert "€70.00" in only_eur and "$12.50" not in only_eur
     transfers = page_text(client.get("/wallet/activity?kind=transfer"))
-    assert "12.50 USD" in transfers and "70.00 EUR" not in transfers
+    assert "$12.50" in transfers and "€70.00" not in transfers
     assert "Nothing matches" in page_text(client.get("/wallet/activity?status=pending"))
-    assert "12.50 USD" in page_text(client.get("/wallet/activity?q=Ada"))
+    assert "$12.50" in page_text(client.get("/wallet/activity?q=Ada"))
     assert "Nothing matches" in page_text(
         client.get("/wallet/activity?since=2001-01-01&until=2001-01-31")
     )
@@ -539,7 +555,7 @@ def test_history_filters_search_and_pages(
     more = client.get(next_url, headers=htmx(**{"HX-Target": "load-more"}))
     assert more.status_code == 200
     assert more.get_data(as_text=True).lstrip().startswith("<li")
-    assert "70.00 EUR" in page_text(more)
+    assert "€70.00" in page_text(more)
     # The filter form swaps only the results.
     results = client.get("/wallet/activity?kind=top_up",
                          headers=htmx(**{"HX-Target": "activity-results"}))  # fmt: skip
@@ -584,7 +600,7 @@ def test_another_person_sees_their_incoming_money(
     bobs = new_client(app)
     sign_in(bobs, bob)
     text = page_text(bobs.get("/wallet"))
-    assert "+9.00 USD" in text and "Ada L." in text
+    assert "+$9.00" in text and "Ada L." in text
 
 
 def test_a_double_submitted_new_card_form_issues_one_card(

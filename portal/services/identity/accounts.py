@@ -69,6 +69,9 @@ class UserView:
     permissions: frozenset[str]
     archived: bool
     created_at: datetime
+    #: Number, currency and date formats (``portal.domain.locale``) and the pages' time zone.
+    locale: str = "en_US"
+    time_zone: str = "UTC"
 
     @property
     def actor(self) -> Actor:
@@ -88,7 +91,8 @@ USER_VIEW_COLUMNS = """
     u.id AS u_id, u.public_id AS u_public_id, u.email AS u_email, u.first_name AS u_first_name,
     u.last_name AS u_last_name, u.email_verified_at AS u_email_verified_at,
     u.mfa_enabled_at AS u_mfa_enabled_at, u.archived_at AS u_archived_at,
-    u.created_at AS u_created_at,
+    u.created_at AS u_created_at, u.locale AS u_locale,
+    coalesce(u.time_zone, 'UTC') AS u_time_zone,
     ARRAY(SELECT r.name FROM user_roles ur
           JOIN roles r ON r.id = ur.role_id AND r.archived_at IS NULL
           WHERE ur.user_id = u.id ORDER BY r.name) AS u_roles,
@@ -115,6 +119,8 @@ def user_view_from_row(row: Any) -> UserView:
         permissions=frozenset() if archived else frozenset(row.u_permissions),
         archived=archived,
         created_at=row.u_created_at,
+        locale=row.u_locale,
+        time_zone=row.u_time_zone,
     )
 
 
