@@ -37,7 +37,7 @@ from portal.domain.types import Actor
 from portal.services.ledger import reconciliation
 from portal.services.merchants import checkout, events, payments, settlements, webhooks
 from portal.services.merchants import payouts as merchant_payouts
-from portal.services.shared import jobs
+from portal.services.shared import audit_chain, jobs
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import funding, payouts, wallet
 from portal.telemetry import job_span
@@ -45,6 +45,8 @@ from portal.telemetry import job_span
 log = logging.getLogger("portal.worker")
 
 SYSTEM_ACTOR = Actor.system("worker")
+#: How often the audit chains' heads are anchored (an ``audit.anchor`` entry, the gauges below).
+AUDIT_ANCHOR_SECONDS = 300.0
 
 
 def _purge_keys(uow: UnitOfWork) -> int:
@@ -110,6 +112,20 @@ class WorkerMetrics:
             "portal_worker_last_loop_timestamp_seconds",
             "Unix time the worker's loop last turned.", registry=self.registry,
         )  # fmt: skip
+        self.audit_anchor = Gauge(
+            "portal_audit_anchor_timestamp_seconds",
+            "Unix time the audit chains' heads were last anchored.", registry=self.registry,
+        )  # fmt: skip
+        self.audit_head = Gauge(
+            "portal_audit_chain_head", "Each audit chain's anchored head: its seq, labelled"
+            " with its hash (hex).", ["chain", "hash"], registry=self.registry,
+        )  # fmt: skip
+
+    def anchored(self, found: audit_chain.Anchor) -> None:
+        self.audit_head.clear()  # one series per chain: the latest hash only
+        for head in found.heads:
+            self.audit_head.labels(str(head.chain), head.hash).set(head.seq)
+        self.audit_anchor.set(found.at.timestamp())
 
 
 class Worker:
@@ -132,6 +148,7 @@ class Worker:
         self.stopping = threading.Event()
         self.metrics = metrics or WorkerMetrics()
         self.periodic = periodic_tasks(ledger_check_seconds)
+        self.periodic.append(("audit_anchor", AUDIT_ANCHOR_SECONDS, self.anchor_audit))
         self._next_run: dict[str, float] = {}
         #: time.monotonic() when the loop last turned (see healthy()).
         self.last_loop = time.monotonic()
@@ -150,6 +167,14 @@ class Worker:
                 except Exception:
                     self.metrics.periodic_failures.labels(name).inc()
                     log.exception("periodic task %s failed", name)
+
+    def anchor_audit(self, uow: UnitOfWork) -> audit_chain.Anchor:
+        found = audit_chain.anchor(uow)
+        self.metrics.anchored(found)
+        if found.entry_id is not None:
+            heads = " ".join(f"{h.chain}:{h.seq}:{h.hash}" for h in found.heads if h.seq)
+            log.info("audit anchor %d: %s", found.entry_id, heads)
+        return found
 
     def run_once(self) -> int:
         """Claim and run one batch of due jobs; returns how many were claimed."""

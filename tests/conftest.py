@@ -280,6 +280,7 @@ TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints,
          rate_limit_counters CASCADE;
 DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
 DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
+UPDATE audit_chain_heads SET seq = 0, hash = decode(repeat('00', 32), 'hex');
 """
 #: Tables whose BEFORE TRUNCATE trigger (migration 0018) the wipe turns off, in its transaction.
 APPEND_ONLY = ("postings", "journal_entries", "audit_events")

@@ -36,6 +36,7 @@ from portal.models.movements import TopUp, Transfer, Withdrawal
 from portal.models.payees import Payee, ReceivingCard
 from portal.models.settlements import BalanceTransaction, DemoProcessorRequest, Payout
 from portal.models.system import (
+    AuditChainHead,
     AuditEvent,
     IdempotencyKey,
     Job,
@@ -52,6 +53,7 @@ __all__ = [
     "SYSTEM_ACCOUNT_KINDS",
     "Account",
     "ApiKey",
+    "AuditChainHead",
     "AuditEvent",
     "Base",
     "Card",

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.models.base import Base, now_column, pk_column
@@ -114,23 +114,50 @@ class LedgerCheck(Base):
 
 
 class AuditEvent(Base):
-    """Append-only (a trigger refuses UPDATE and DELETE)."""
+    """Append-only (a trigger refuses UPDATE and DELETE) and hash-chained: a BEFORE INSERT
+    trigger (the ``audit_chain`` migration) sets ``chain``, ``seq`` and ``hash`` on every row,
+    whatever the inserter gave (``portal.services.shared.audit_chain``)."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
         sa.Index("ix_audit_events_subject", "subject_type", "subject_id"),
         sa.Index("ix_audit_events_occurred_at_id", "occurred_at", "id"),
+        sa.Index("ix_audit_events_action_id", "action", "id"),
+        sa.UniqueConstraint("chain", "seq", name="uq_audit_events_chain"),
     )
 
     id: Mapped[int] = pk_column()
     occurred_at: Mapped[datetime] = now_column()
     actor_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     actor_id: Mapped[int | None] = mapped_column(sa.BigInteger)
-    action: Mapped[str] = mapped_column(sa.String(64), nullable=False, index=True)
+    action: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     subject_type: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     subject_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     outcome: Mapped[str] = mapped_column(sa.String(16), nullable=False, server_default="success")
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    #: The client address of the request that acted (NULL for the worker and the CLI).
+    address: Mapped[str | None] = mapped_column(INET)
+    #: Set by the trigger: the chain, the position on it (from 1) and
+    #: sha256(previous hash || canonical content).
+    chain: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False)
+
+
+class AuditChainHead(Base):
+    """The last entry of one audit chain (32 zero bytes and seq 0 before its first), advanced
+    only by the ``audit_events`` trigger; the runtime role may only read it."""
+
+    __tablename__ = "audit_chain_heads"
+    __table_args__ = (
+        sa.CheckConstraint("chain >= 0", name="chain"),
+        sa.CheckConstraint("seq >= 0", name="seq"),
+        sa.CheckConstraint("octet_length(hash) = 32", name="hash"),
+    )
+
+    chain: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), nullable=False)
 
 
 class RateLimitCounter(Base):

@@ -8,6 +8,8 @@ import uuid
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from portal.services.shared import audit
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: No inline scripts or styles anywhere; a page that needs more sets its own header.
@@ -29,6 +31,12 @@ def init_app(app: Flask) -> None:
     def assign_request_id() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        # Audit events of this request carry its client address (ProxyFix has set it).
+        audit.bind_address(request.remote_addr)
+
+    @app.teardown_request
+    def unbind_address(_error: BaseException | None) -> None:
+        audit.bind_address(None)  # a reused thread must not lend it to the next request
 
     @app.after_request
     def finish(response: Response) -> Response:

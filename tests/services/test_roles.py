@@ -203,7 +203,10 @@ def test_rename_role_and_change_its_description(uow, admin, auditor):
     changes = [e.data for e in events(uow, "role.update", "role", auditor.id)]
     assert changes == [
         {"fields": ["name"], "name": {"from": "auditor", "to": "auditors"}},
-        {"fields": ["description"]},
+        {
+            "fields": ["description"],
+            "description": {"from": "Reads the audit log", "to": "Reads the log"},
+        },
     ]
 
 
@@ -285,8 +288,16 @@ def test_grant_and_revoke_permissions(uow, admin, make, auditor):
     roles.revoke_permission(uow, actor=admin, role=auditor.id, permission="audit:read")  # no-op
     [grant] = events(uow, "role.grant_permission", "role", auditor.id)
     [revoke] = events(uow, "role.revoke_permission", "role", auditor.id)
-    assert grant.data == {"name": "auditor", "permission": "stats:read"}
-    assert revoke.data == {"name": "auditor", "permission": "audit:read"}
+    assert grant.data == {
+        "name": "auditor", "permission": "stats:read",
+        "permissions": {"from": ["audit:read", "users:read"],
+                        "to": ["audit:read", "stats:read", "users:read"]},
+    }  # fmt: skip
+    assert revoke.data == {
+        "name": "auditor", "permission": "audit:read",
+        "permissions": {"from": ["audit:read", "stats:read", "users:read"],
+                        "to": ["stats:read", "users:read"]},
+    }  # fmt: skip
 
 
 def test_permission_names_must_exist(uow, admin, auditor):
@@ -341,8 +352,12 @@ def test_assign_and_remove_a_role(uow, admin, alice, auditor):
     roles.remove_role(uow, actor=admin, user_id=alice.id, role="auditor")  # no-op
     [assigned] = events(uow, "user.assign_role", "user", alice.id)
     [removed] = events(uow, "user.remove_role", "user", alice.id)
-    assert (assigned.actor_id, assigned.data) == (admin.id, {"role": "auditor"})
-    assert removed.data == {"role": "auditor"}
+    assert (assigned.actor_id, assigned.data) == (admin.id, {
+        "role": "auditor", "roles": {"from": ["cardholder"], "to": ["auditor", "cardholder"]},
+    })  # fmt: skip
+    assert removed.data == {
+        "role": "auditor", "roles": {"from": ["auditor", "cardholder"], "to": ["cardholder"]},
+    }  # fmt: skip
 
 
 def test_nobody_changes_their_own_roles(uow, admin):

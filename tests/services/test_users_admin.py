@@ -277,13 +277,17 @@ def test_staff_change_names_and_email_and_the_new_email_is_unverified(uow, admin
     assert event.data == {
         "fields": ["email", "first_name", "last_name"],
         "email": {"from": "alice.example@mail.test", "to": "alicia@mail.test"},
+        "first_name": {"from": "Alicia", "to": "Alicia2"},
+        "last_name": {"from": "Example", "to": "Exemplar"},
     }
 
 
 def test_users_change_their_own_names_but_not_their_email_here(uow, alice):
     detail = users.update_profile(uow, actor=alice, first_name="Ally")
     assert (detail.first_name, detail.last_name) == ("Ally", "Example")
-    assert events(uow, "user.update", alice.id)[0].data == {"fields": ["first_name"]}
+    assert events(uow, "user.update", alice.id)[0].data == {
+        "fields": ["first_name"], "first_name": {"from": "Alice", "to": "Ally"},
+    }  # fmt: skip
     with pytest.raises(Forbidden) as err:
         users.update_user(uow, actor=alice, user_id=alice.id, email="new@mail.test")
     assert err.value.code == "email_change_requires_verification"

@@ -279,7 +279,8 @@ def confirm_totp(uow: UnitOfWork, *, actor: Actor, code: str) -> list[str]:
         u.defer(
             "DELETE FROM mfa_enrolment_codes WHERE user_id = :id AND used_at IS NULL", id=user_id
         )
-        audit.record(u, actor, "mfa.enrol", "user", user_id, data={"method": "totp"})
+        audit.record(u, actor, "mfa.enrol", "user", user_id,
+                     data={"method": "totp", "mfa": {"from": False, "to": True}})  # fmt: skip
         return codes
 
     return uow.run(work)
@@ -451,6 +452,7 @@ def disable_totp(uow: UnitOfWork, *, actor: Actor, password: str) -> None:
         if changed is None:
             raise InvalidState("no second factor is set up", code="mfa_not_enabled")
         u.defer("DELETE FROM recovery_codes WHERE user_id = :id", id=user_id)
-        audit.record(u, actor, "mfa.disable", "user", user_id)
+        audit.record(u, actor, "mfa.disable", "user", user_id,
+                     data={"method": "totp", "mfa": {"from": True, "to": False}})  # fmt: skip
 
     uow.run(work)

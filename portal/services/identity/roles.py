@@ -262,8 +262,8 @@ def rename_role(
                 "a role with this name exists already", param="name", code="role_exists"
             ) from exc
         data: dict[str, Any] = {"fields": sorted(changes)}
-        if "name" in changes:
-            data["name"] = {"from": current.name, "to": changes["name"]}
+        before = {"name": current.name, "description": current.description}
+        data.update(audit.diff({k: before[k] for k in changes}, changes))
         audit.record(u, actor, "role.update", "role", current.id, data=data)
         return _find(u, current.id)
 
@@ -329,9 +329,11 @@ def grant_permission(
         ).first()
         if added is None:
             return current
+        had = sorted(current.permissions)
         audit.record(
             u, actor, "role.grant_permission", "role", current.id,
-            data={"name": current.name, "permission": permission},
+            data={"name": current.name, "permission": permission,
+                  "permissions": {"from": had, "to": sorted(set(had) | {permission})}},
         )  # fmt: skip
         return _find(u, current.id)
 
@@ -362,9 +364,11 @@ def revoke_permission(
         ).first()
         if removed is None:
             return current
+        had = sorted(current.permissions)
         audit.record(
             u, actor, "role.revoke_permission", "role", current.id,
-            data={"name": current.name, "permission": permission},
+            data={"name": current.name, "permission": permission,
+                  "permissions": {"from": had, "to": sorted(set(had) - {permission})}},
         )  # fmt: skip
         return _find(u, current.id)
 
@@ -424,9 +428,15 @@ def assign_role(uow: UnitOfWork, *, actor: Actor, user_id: Ref, role: int | str)
             " ON CONFLICT DO NOTHING RETURNING role_id",
             {"u": uid, "r": current.id, "now": u.now()},
         ).first()
+        detail = _user(u, uid)
         if added is not None:
-            audit.record(u, actor, "user.assign_role", "user", uid, data={"role": current.name})
-        return _user(u, uid)
+            after = sorted(detail.roles)
+            audit.record(
+                u, actor, "user.assign_role", "user", uid,
+                data={"role": current.name,
+                      "roles": {"from": sorted(set(after) - {current.name}), "to": after}},
+            )  # fmt: skip
+        return detail
 
     return uow.run(work)
 
@@ -447,8 +457,14 @@ def remove_role(uow: UnitOfWork, *, actor: Actor, user_id: Ref, role: int | str)
             "DELETE FROM user_roles WHERE user_id = :u AND role_id = :r RETURNING role_id",
             {"u": uid, "r": current.id},
         ).first()
+        detail = _user(u, uid)
         if removed is not None:
-            audit.record(u, actor, "user.remove_role", "user", uid, data={"role": current.name})
-        return _user(u, uid)
+            after = sorted(detail.roles)
+            audit.record(
+                u, actor, "user.remove_role", "user", uid,
+                data={"role": current.name,
+                      "roles": {"from": sorted(set(after) | {current.name}), "to": after}},
+            )  # fmt: skip
+        return detail
 
     return uow.run(work)

@@ -620,8 +620,9 @@ def update_user(
                 "an account with this email already exists", param="email", code="email_taken"
             ) from exc
         data: dict[str, Any] = {"fields": sorted(changes)}
+        before = {k: getattr(current, k) for k in changes}
+        data.update(audit.diff(before, changes))  # {"email": {"from": ..., "to": ...}, ...}
         if "email" in changes:
-            data["email"] = {"from": current.email, "to": changes["email"]}
             # Links mailed before the change (verify, reset, a pending email change) went to
             # the old address or would undo this one: none of them may be spent any more.
             u.execute(
@@ -671,7 +672,10 @@ def _set_archived(uow: UnitOfWork, actor: Actor, user_id: Ref, archived: bool) -
         )
         if archived:  # a later restore must not bring the old sessions and tokens back
             revoke_credentials(u, uid)
-        audit.record(u, actor, "user.archive" if archived else "user.restore", "user", uid)
+        audit.record(
+            u, actor, "user.archive" if archived else "user.restore", "user", uid,
+            data={"archived": {"from": not archived, "to": archived}},
+        )  # fmt: skip
         return _reload(u, uid)
 
     return uow.run(work)
