@@ -153,10 +153,8 @@ def _look_up(form: PayPersonForm, card: CardSummary) -> PersonRecipient | None:
 
 
 def _details(card: CardSummary, person: PersonRecipient, memo: str) -> list[tuple[str, str]]:
-    details = [("To", person.holder), ("Their email", person.email)]
-    if person.handle:
-        details.append(("Their handle", "@" + person.handle))
-    details.append(("From", card_label(card, balance=False)))
+    # Who it is (name, handle, email) heads the confirmation; the details say the rest.
+    details = [("From", card_label(card, balance=False))]
     if memo:
         details.append(("Note", memo))
     return details
