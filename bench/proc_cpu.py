@@ -10,8 +10,10 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_times() -> dict[int, tuple[int, int, str, str]]:
-    """pid -> (ppid, utime+stime ticks, owner uid, command line) for every process."""
+def _proc_times() -> dict[int, tuple[int, int, str, str, int]]:
+    """pid -> (ppid, utime+stime ticks, owner uid, command line, start time in ticks since
+    boot) for every process. The start time tells a process from a later one with its pid; the
+    command line cannot: PostgreSQL backends rewrite theirs with every state (idle, SELECT)."""
     out = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -24,7 +26,13 @@ def _proc_times() -> dict[int, tuple[int, int, str, str]]:
         except (OSError, IndexError):
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), uid, command)
+        out[int(entry.name)] = (
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]),
+            uid,
+            command,
+            int(fields[19]),
+        )
     return out
 
 
@@ -39,7 +47,7 @@ def _machine_busy() -> tuple[int, int]:
 @dataclass
 class CpuSnapshot:
     at: float
-    procs: dict[int, tuple[int, int, str, str]]
+    procs: dict[int, tuple[int, int, str, str, int]]
     busy: int
     steal: int
 

@@ -645,6 +645,7 @@ class Run:
     latency_ms: dict[str, float] = field(default_factory=dict)
     socket_errors: int = 0
     in_flight: int = 0
+    in_flight_before: int = 0  # the warm-up's, when it stopped
     rows_written: int | None = None
     #: From pg_stat_statements (track_utility on, track = top): SQL statements per request
     #: (BEGIN, COMMIT, SET, SAVEPOINT... left out), and every statement it counted per request
@@ -719,9 +720,10 @@ class Bench:
         yield
         after, used = cpu_snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
         web = pg = 0
-        for pid, (ppid, ticks, _uid, cmd) in after.procs.items():
+        for pid, (ppid, ticks, _uid, cmd, started) in after.procs.items():
             start = before.procs.get(pid)
-            delta = ticks - (start[1] if start and start[3] == cmd else 0)
+            # The same process (pid and start time): its ticks since; a new one: all of them.
+            delta = ticks - (start[1] if start and start[4] == started else 0)
             if master is not None and master in (pid, ppid):
                 web += delta
             elif cmd.startswith("postgres: ") and f" {db} " in cmd:
@@ -767,13 +769,15 @@ class Bench:
             )
 
     def settled(self, table: str) -> int:
-        last = self.recorded(table)
-        while True:
-            time.sleep(0.3)
+        """The count once it has stayed the same for a second (answers still being written
+        after wrk stopped are slow on a loaded machine)."""
+        last, still = self.recorded(table), 0
+        while still < 2:
+            time.sleep(0.5)
             now = self.recorded(table)
-            if now == last:
-                return now
+            still = still + 1 if now == last else 0
             last = now
+        return last
 
     def stat_reset(self) -> None:
         if self.cluster.stat_statements:
@@ -796,7 +800,11 @@ class Bench:
         if name.startswith("pgbench"):
             return self.pgbench(run)
         if self.args.warmup > 0:
-            self.wrk(name, self.args.warmup)
+            warm = Run(name, 0)
+            parse_wrk(self.wrk(name, self.args.warmup), warm)
+            # Requests still running when the warm-up's wrk stopped may commit after the
+            # count below settled (slow answers on a loaded machine): they are allowed for.
+            run.in_flight_before = warm.in_flight
         table = WRITES.get(name)
         before = self.settled(table) if table else 0
         if name == "signin":
@@ -1120,6 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"arguments fine: {vars(args)}")
         return 0
     began = time.monotonic()
+    args.load_at_start = os.getloadavg()[0]
     from portal.config import TEST_SECRETS
 
     workdir = Path(tempfile.mkdtemp(prefix="portal-bench-"))
@@ -1395,11 +1404,12 @@ def main(argv: list[str] | None = None) -> int:
                 for status, sample in run.samples.items():
                     log(f"  sample {status}: {sample}")
                 if run.rows_written is not None and not (
-                    0 <= run.rows_written - run.ok_count <= run.in_flight
+                    0 <= run.rows_written - run.ok_count <= run.in_flight + run.in_flight_before
                 ):
                     failures.append(
-                        f"round {rnd}: {run.rows_written} {WRITES[name]} recorded, wrk"
-                        f" counted {run.ok_count} 2xx ({run.in_flight} in flight)"
+                        f"round {rnd} {name}: {run.rows_written} {WRITES[name]} recorded, wrk"
+                        f" counted {run.ok_count} 2xx ({run.in_flight} in flight at its end,"
+                        f" {run.in_flight_before} at the warm-up's)"
                     )
                 if run.non_2xx or run.socket_errors:
                     failures.append(
@@ -1722,7 +1732,9 @@ def record(
 {command}
 ```
 
-Machine: {machine(cluster)}.
+Machine: {machine(cluster)}. Shared with other work: load average (1 min)
+{getattr(args, "load_at_start", float("nan")):.1f} at the start, {os.getloadavg()[0]:.1f} at the end
+on {os.cpu_count()} cores.
 
 `--size {args.size}` ({SIZES[args.size]:,} cardholders, 2 cards each), {args.rounds} interleaved
 rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up), {args.connections} connections,
