@@ -51,7 +51,7 @@ from portal.services.merchants import (
     webhooks,
 )
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import wallet
+from portal.services.wallet import payees, wallet
 from portal.services.wallet.wallet import BankAccount
 from tests.api.test_auth_api import (
     API,
@@ -77,7 +77,8 @@ WHOLE_BODIES = {
     "create_token", "refresh_token", "logout", "register", "create_payment", "capture_payment",
     "create_refund", "create_checkout_session", "create_top_up", "create_transfer",
     "create_withdrawal", "issue_card", "set_bank_account", "create_webhook_endpoint",
-    "apply_for_merchant", "create_api_key", "create_payout",
+    "apply_for_merchant", "create_api_key", "create_payout", "lookup_person", "create_payee",
+    "set_receiving_card", "reveal_card", "set_handle",
 }  # fmt: skip
 #: Operations that would end the caller's own authentication.
 EXCLUDED = {"revoke_all_sessions"}
@@ -209,6 +210,13 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
         success_url="https://fuzz.example/ok", cancel_url="https://fuzz.example/no",
         idempotency_key=new_key(),
     )  # fmt: skip
+    # The cardholder has paid the other person by email: a recent payee (issue 13).
+    found = payees.find_person(uow, actor=holder, to=target_view.email, currency="USD")
+    wallet.transfer(
+        uow, actor=holder, from_card_id=own.public_id, to_card_id=found.reference,
+        amount=Money(100, "USD"), idempotency_key=new_key(),
+    )  # fmt: skip
+    (payee,) = payees.list_payees(uow, actor=holder)
     event = events.list_events(uow, actor=api, merchant=shop.id, limit=1).items[0]
     (delivery, *_) = webhooks.list_deliveries(uow, actor=api, merchant=shop.id, endpoint=hook.id)
     members = merchants.list_members(uow, actor=holder, merchant=shop.public_id)
@@ -232,6 +240,7 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
         "delivery_id": [delivery.id],
         "payout_id": [payout.id],
         "transaction_id": [payout.balance_transaction],
+        "payee_id": [payee.public_id],
     }
     card = {"number": theirs.number, "exp_month": theirs.expiry_month,
             "exp_year": theirs.expiry_year, "cvc": theirs.cvv}  # fmt: skip
@@ -251,6 +260,11 @@ def build_world(uow: UnitOfWork, make: Factory) -> World:
                               "bank_name": "Bank Central Asia", "account_number": "1234567890",
                               "account_holder": "Grace Owner"},
         "lookup_card": {"number": theirs.number},
+        "lookup_person": {"to": target_view.email, "currency": "usd"},
+        "lookup_payee": {"currency": "usd"},
+        "create_payee": {"recipient": found.reference},
+        "set_receiving_card": {"card": second.public_id},
+        "reveal_card": {"password": PASSWORD},
         "issue_card": {"currency": "usd", "brand": "visa", "card_type": "debit"},
         "set_bank_account": {"bank_name": "Bank Mandiri", "account_number": "123456789012",
                              "account_holder": "Fuzz Coffee"},
@@ -307,6 +321,7 @@ def swap_in_known_values(case: Any, world: World, uow: UnitOfWork, data: Any, n:
         "create_webhook_endpoint": {"url": f"https://hooks.fuzz.example/{n}"},
         "apply_for_merchant": {"name": f"Applied {n}"},
         "create_api_key": {"name": f"fuzz {n}"},
+        "set_handle": {"handle": f"fuzz_{n}"},
     }  # fmt: skip
     body = {**world.bodies.get(op_id, {}), **fresh.get(op_id, {})}
     if op_id in ("change_password", "change_email"):
