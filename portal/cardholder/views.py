@@ -84,7 +84,7 @@ from portal.extensions import limiter
 from portal.services.wallet import activity, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
-from portal.web.auth import current_actor, login_required, safe_next
+from portal.web.auth import background, current_actor, login_required, safe_next
 from portal.web.cache import cached
 from portal.web.render import render_fragments as _fragments
 from portal.web.render import render_page as _render
@@ -350,6 +350,7 @@ def index() -> Response:
 
 # -- live updates --------------------------------------------------------------------------------
 @bp.get("/changes")
+@background  # a poll every 1.5 s is not the person: it never extends the idle timeout
 @login_required("wallet:use")
 def changes() -> Response:
     """204 while nothing changed; otherwise a new poller and the changed fragments (OOB)."""
@@ -698,6 +699,7 @@ def receipt(movement_id: str) -> Response:
 
 
 @bp.route("/movements/<movement_id>/status")
+@background
 @login_required("wallet:use")
 def movement_status(movement_id: str) -> Response:
     """A receipt's status block, asked for again while the movement waits for the bank (a
@@ -1060,10 +1062,28 @@ class Filters:
     since: date | None
     until: date | None
     search: str | None
+    #: What the search text means as an amount in the user's format, per currency they hold.
+    amounts: tuple[Money, ...] = ()
 
     def service_args(self) -> dict[str, Any]:
         return {"card_id": self.card_id, "kind": self.kind, "status": self.status,
-                "since": self.since, "until": self.until, "search": self.search}  # fmt: skip
+                "since": self.since, "until": self.until, "search": self.search,
+                "search_amounts": self.amounts}  # fmt: skip
+
+
+def _search_amounts(text: str | None, currencies: Sequence[str]) -> tuple[Money, ...]:
+    """The amounts a search may mean, read as the user writes numbers (``50.000`` is fifty
+    thousand rupiah in Indonesian), in each currency of their cards; nothing when it is no
+    amount or cannot be told apart."""
+    if not text or not any(ch.isdigit() for ch in text):
+        return ()
+    found = []
+    for currency in dict.fromkeys(currencies):
+        try:
+            found.append(parse_amount(text, currency, _locale()))
+        except AmountError:
+            continue
+    return tuple(found)
 
 
 def _parse_day(form: FlaskForm, name: str) -> date | None:
@@ -1097,10 +1117,11 @@ def _filters(my_cards: Sequence[CardSummary]) -> tuple[ActivityFilterForm, Filte
     since = _parse_day(form, "since")
     until = _parse_day(form, "until")
     if since and until and since > until:
+        # Refused (and nothing listed), never quietly read as something else.
         form.until.errors = [*form.until.errors, "The end date is before the start date."]
-        until = None
     search = (form.q.data or "").strip()[:100] or None
-    return form, Filters(card_id, kind, status, since, until, search)
+    amounts = _search_amounts(search, [c.currency for c in my_cards])
+    return form, Filters(card_id, kind, status, since, until, search, amounts)
 
 
 def _refused_filter(form: ActivityFilterForm) -> InvalidInput | None:
@@ -1131,14 +1152,15 @@ def activity_page() -> Response:
     my_cards = _my_cards(include_archived=True)
     form, filters = _filters(my_cards)
     after = request.args.get("starting_after") or None
-    try:
-        page = activity.list_activity(
-            _uow(), actor=current_actor(), limit=PAGE_SIZE, starting_after=after,
-            **filters.service_args(),
-        )  # fmt: skip
-    except InvalidInput as error:
-        add_service_error(form, error, default="q")
-        page = None
+    page = None
+    if _refused_filter(form) is None:  # a refused filter lists nothing
+        try:
+            page = activity.list_activity(
+                _uow(), actor=current_actor(), limit=PAGE_SIZE, starting_after=after,
+                **filters.service_args(),
+            )  # fmt: skip
+        except InvalidInput as error:
+            add_service_error(form, error, default="q")
     items: tuple[ActivityItem, ...] = page.items if page else ()
     has_more = bool(page and page.has_more)
     next_url = (
@@ -1154,8 +1176,10 @@ def activity_page() -> Response:
         "continued": after is not None,
         "first_url": url_for(".activity_page", **_query(form)),
     }
-    # A filter that cannot be used (a date that is no date, or out of range) is a 422.
+    # A filter that cannot be used (a date that is no date, out of range, or an end before the
+    # start) is a 422, listing nothing.
     refused = _refused_filter(form)
+    context["refused"] = refused is not None
     status = 422 if refused else 200
     target = request.headers.get("HX-Target")
     if _is_htmx() and target == "load-more":
@@ -1171,8 +1195,10 @@ def activity_page() -> Response:
 
 _CSV_FIELDS = (
     "created_at", "id", "kind", "status", "direction", "amount", "currency", "card",
-    "counterparty", "method", "failure_code",
+    "counterparty", "method", "failure_code", "memo", "balance_after",
 )  # fmt: skip
+#: Spreadsheets (Excel above all) read a CSV as UTF-8 only when it starts with a BOM.
+_BOM = "\ufeff"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -1182,7 +1208,8 @@ def _cell(text: str | None) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def _csv_row(item: ActivityItem) -> list[str]:
+def _csv_row(item: ActivityItem, after: Money | None) -> list[str]:
+    """One movement: UTC, plain decimals in major units (not the page's formats)."""
     amount = item.amount.to_major_str()
     signed = amount if item.direction == "in" else f"-{amount}"
     return [
@@ -1197,6 +1224,8 @@ def _csv_row(item: ActivityItem) -> list[str]:
         _cell(item.counterparty),
         _cell(item.method),
         _cell(item.failure_code),
+        _cell(item.memo),
+        after.to_major_str() if after is not None else "",
     ]
 
 
@@ -1211,6 +1240,7 @@ def activity_csv() -> Response:
     actor = current_actor()
     # The first page is read now, so a refused filter is an error page and not a broken file.
     first = activity.list_activity(_uow(), actor=actor, limit=CSV_PAGE, **filters.service_args())
+    first_after = activity.balances_after(_uow(), actor=actor, items=first.items)
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
@@ -1226,11 +1256,12 @@ def activity_csv() -> Response:
             buffer.truncate(0)
             return text
 
+        buffer.write(_BOM)
         writer.writerow(_CSV_FIELDS)
-        page = first
+        page, after = first, first_after
         while True:
             for item in page.items:
-                writer.writerow(_csv_row(item))
+                writer.writerow(_csv_row(item, after.get(item.id)))
             yield flush()
             if not page.has_more or not page.items:
                 return
@@ -1239,8 +1270,9 @@ def activity_csv() -> Response:
                     make_uow(app), actor=actor, limit=CSV_PAGE,
                     starting_after=page.items[-1].id, **filters.service_args(),
                 )  # fmt: skip
+                after = activity.balances_after(make_uow(app), actor=actor, items=page.items)
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    response = Response(rows(), mimetype="text/csv")
+    response = Response(rows(), content_type="text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = f'attachment; filename="portal-activity-{stamp}.csv"'
     return response

@@ -73,11 +73,23 @@ def init_app(app: Flask) -> None:
     )
 
 
+def background(view: F) -> F:
+    """Mark a view the browser calls by itself (a live poll): it reads the session but never
+    extends its idle timeout. Put it right under the route decorator."""
+    view.portal_background = True  # type: ignore[attr-defined]
+    return view
+
+
+def _background_request() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "portal_background", False))
+
+
 def _load_from_session(_request: Request) -> SessionUser | None:
     token = session.get(SESSION_KEY)
     if not token:
         return None
-    info = sessions.resolve_web_session(make_uow(), token=token)
+    info = sessions.resolve_web_session(make_uow(), token=token, touch=not _background_request())
     if info is None:
         session.clear()
         return None

@@ -119,10 +119,12 @@ def _live(u: UnitOfWork, row: Any) -> bool:
     )
 
 
-def resolve_web_session(uow: UnitOfWork, *, token: str) -> SessionInfo | None:
+def resolve_web_session(uow: UnitOfWork, *, token: str, touch: bool = True) -> SessionInfo | None:
     """The live session of a cookie token, or None when it is unknown, revoked, idle too long,
     past its absolute expiry, or its user is archived. Touches ``last_seen_at`` at most once a
-    minute. Raises nothing."""
+    minute, and not at all with ``touch=False`` (a request the browser makes by itself, such as
+    a live poll, is no sign of the person: it must not keep the session from idling out).
+    Raises nothing."""
     if not token or not isinstance(token, str) or len(token) > 256:
         return None
     digest = token_digest(token)
@@ -136,7 +138,7 @@ def resolve_web_session(uow: UnitOfWork, *, token: str) -> SessionInfo | None:
         ).one_or_none()
         if row is None or not _live(u, row):
             return None
-        if u.now() - row.last_seen_at >= TOUCH_INTERVAL:
+        if touch and u.now() - row.last_seen_at >= TOUCH_INTERVAL:
             u.defer(
                 "UPDATE web_sessions SET last_seen_at = :now WHERE id = :id"
                 " AND last_seen_at < :now",

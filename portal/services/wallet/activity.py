@@ -25,6 +25,7 @@ cards out (they are neither money in nor money out).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -484,12 +485,17 @@ def _feed_sql(
     filters: list[str],
     search: bool,
     cursor_kind: str | None,
+    amounts: int = 0,
 ) -> str:
     parts = []
+    # A search also finds the amounts it may mean (``:amount_<n>``/``:currency_<n>``).
+    by_amount = "".join(
+        f" OR (t.amount_minor = :amount_{n} AND t.currency = :currency_{n})" for n in range(amounts)
+    )
     for kind, columns, source, base, haystack in branches:
         conditions = [base, *filters]
         if search:
-            conditions.append(f"{haystack} ILIKE :pattern ESCAPE '\\'")
+            conditions.append(f"{haystack} ILIKE :pattern ESCAPE '\\'{by_amount}")
         if cursor_kind is not None:
             # (created_at, kind, id) < cursor, with this branch's kind a constant.
             if kind < cursor_kind:
@@ -546,10 +552,13 @@ def list_activity(
     search: str | None = None,
     limit: int = 20,
     starting_after: str | None = None,
+    search_amounts: Sequence[Money] = (),
 ) -> Page[ActivityItem]:
     """Money movements on the actor's cards (incoming transfers included), newest first; one
     card's with ``card_id`` (any card's with money:read). ``since``/``until`` are UTC days,
-    both included. Raises InvalidInput, NotFound (card out of reach), Forbidden."""
+    both included. ``search`` also finds the movements of exactly ``search_amounts`` (what the
+    search text means as an amount, read by the caller in the user's format; at most 10).
+    Raises InvalidInput, NotFound (card out of reach), Forbidden."""
     size = check_limit(limit)
     params: dict[str, Any] = {"lim": size + 1}
     filters: list[str] = []
@@ -581,12 +590,16 @@ def list_activity(
             raise InvalidInput(f"search is at most {MAX_SEARCH} characters", param="search")
         if term:
             params["pattern"] = like_pattern(term)
+            for n, money in enumerate(tuple(search_amounts)[:10]):
+                params[f"amount_{n}"] = money.amount_minor
+                params[f"currency_{n}"] = money.currency
     cursor_kind: str | None = None
     if starting_after is not None:
         cursor_kind, params["cursor"] = parse_item_id(starting_after, "starting_after")
     scope = _scope_for(actor, card_id, params)
+    amounts = min(len(search_amounts), 10) if term else 0
     sql = _feed_sql(
-        _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind
+        _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind, amounts
     )
 
     def work(u: UnitOfWork) -> Page[ActivityItem]:
@@ -611,6 +624,54 @@ def _check_reach(
         raise NotFound("no such card", param="card_id")
     if cursor is not None and not row.cursor:
         raise InvalidInput("starting_after is not a known activity id", param="starting_after")
+
+
+#: Each kind's journal entry column (a payment's is its capture).
+_ENTRY_OF = {
+    "top_up": ("top_ups", "journal_entry_id"),
+    "transfer": ("transfers", "journal_entry_id"),
+    "withdrawal": ("withdrawals", "journal_entry_id"),
+    "payment": ("payments", "capture_entry_id"),
+    "refund": ("refunds", "journal_entry_id"),
+}
+
+
+def balances_after(
+    uow: UnitOfWork, *, actor: Actor, items: Sequence[ActivityItem]
+) -> dict[str, Money]:
+    """The posted balance of each item's card right after the item's ledger entry (postings in
+    ledger order), by item id; items that moved no money yet (pending, failed) are left out.
+    Only the actor's own cards are read. Raises Forbidden (not a user)."""
+    owner = _user_id(actor)
+    wanted = [(i.kind, i.record_id, i.card_id) for i in items if i.kind in _ENTRY_OF]
+    if not wanted:
+        return {}
+    params: dict[str, Any] = {"owner": owner}
+    rows = []
+    for n, (kind, record_id, card_id) in enumerate(wanted):
+        table, column = _ENTRY_OF[kind]
+        params[f"r{n}"], params[f"c{n}"] = record_id, card_id
+        rows.append(
+            f"SELECT {n} AS n, (SELECT {column} FROM {table} WHERE id = :r{n}) AS entry,"  # nosec B608: table and column from the constant _ENTRY_OF; values bound
+            f" :c{n} AS card_id"
+        )
+    sql = (
+        "WITH m AS (" + " UNION ALL ".join(rows) + ")"  # nosec B608: constant fragments above
+        " SELECT m.n, a.currency, (SELECT sum(q.amount_minor) FROM postings q"
+        " WHERE q.account_id = a.id AND q.id <= p.id) AS after"
+        " FROM m JOIN cards c ON c.id = m.card_id AND c.user_id = :owner"
+        " JOIN accounts a ON a.card_id = c.id AND a.kind = 'wallet'"
+        " JOIN postings p ON p.journal_entry_id = m.entry AND p.account_id = a.id"
+    )
+
+    def work(u: UnitOfWork) -> dict[str, Money]:
+        found = {}
+        for row in u.execute(sql, params).all():
+            item = [i for i in items if i.kind in _ENTRY_OF][row.n]
+            found[item.id] = Money(int(row.after), row.currency.strip())
+        return found
+
+    return uow.run(work)
 
 
 def get_activity_item(uow: UnitOfWork, *, actor: Actor, item_id: str) -> ActivityItem:
