@@ -1219,8 +1219,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if cluster.database_exists(cache_db):
             log(f"dataset from cache ({cache_db})")
+            args.dataset_note = "from the cache"
         else:
+            built = time.monotonic()
             generate(cluster, base_env, args.size, cache_db)
+            args.dataset_note = (
+                f"built in this run in {time.monotonic() - built:.0f} s (generation, VACUUM"
+                " ANALYZE and `portal ledger verify`)"
+            )
+        with cluster.connect() as conn:
+            size = conn.execute("SELECT pg_database_size(%s)", (cache_db,)).fetchone()[0]
+        args.dataset_note += f", {size / 2**30:.2f} GiB on disk"
         cluster.run_sql(
             "postgres",
             f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
@@ -1739,7 +1748,7 @@ on {os.cpu_count()} cores.
 `--size {args.size}` ({SIZES[args.size]:,} cardholders, 2 cards each), {args.rounds} interleaved
 rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up), {args.connections} connections,
 {args.wrk_threads} wrk threads, gunicorn {args.workers} x {args.threads} (gthread) for Portal and
-for the baseline app. Finished in {elapsed:.0f} s.
+for the baseline app. Finished in {elapsed:.0f} s. Dataset {getattr(args, "dataset_note", "")}.
 
 {table}
 
