@@ -1,6 +1,6 @@
 """``make bench``: Portal under wrk beside its own baselines, in one bounded invocation.
 
-    make bench ARGS="--quick"            # 5 s runs, 3 interleaved rounds, about 2-3 minutes
+    make bench ARGS="--quick"            # 5 s runs, 3 interleaved rounds, about 6-8 minutes
     .venv/bin/python bench/run.py --size small --seconds 20 --rounds 5
 
 Everything runs on this machine and talks over 127.0.0.1 or Unix sockets only; the machine's
@@ -27,11 +27,17 @@ PostgreSQL (5432) and Redis (6379) are never touched:
 Scenarios (wrk, ``bench/lua/``): ``transfer`` (POST /api/v1/transfers between a cardholder's own
 two cards, unique Idempotency-Key), ``payment`` (POST /api/v1/payments with a merchant's key and
 a card's credentials, automatic capture), ``balance`` (GET /api/v1/cards/<id>/balance) and
-``activity`` (GET /api/v1/activity), each with bearer tokens issued before the runs. Rounds are
-interleaved (every scenario and baseline once, then again); medians are reported with the
+``activity`` (GET /api/v1/activity), each with bearer tokens issued before the runs;
+``deep_page`` (page DEEP_PAGE of the heavy cardholder's feed by cursor) beside ``first_page``;
+``dashboard`` (GET /wallet) and ``poll`` (its unchanged live update) with session cookies from
+the sign-in form; ``signin`` (POST /api/v1/auth/token) against the argon2 ceiling; and
+``hot_transfer`` / ``hot_payment`` at --hot-connections on 10 cards / one merchant. Before the
+rounds every Portal scenario runs for a second on one connection with ``log_statement = 'all'``
+to count its statements on the wire (``Bench.count_wire``). Rounds are interleaved (every
+scenario and baseline once, then again); medians are reported with the
 ratio to the baseline. Afterwards ``portal ledger verify`` must pass (on Portal's database and
 on the clone (a') replayed on) and the transfers and payments recorded must equal wrk's 2xx
-count (plus at most the requests in flight when wrk stopped). The exit
+count (plus at most the requests in flight when wrk or its warm-up stopped). The exit
 status is 1 when a check fails. With ``--record`` (``make bench`` passes it) a dated section
 goes to ``bench/RESULTS.md``.
 """
