@@ -147,6 +147,8 @@ def _look_up(form: PayPersonForm, card: CardSummary) -> PersonRecipient | None:
         if error.param == "payee" and error.code == "not_found":
             form.payee.data = ""
             form.to.errors = [*form.to.errors, "Choose one of your payees, or enter an address."]
+        elif error.param in ("to", "payee"):  # shown where the person is named, either way
+            form.to.errors = [*form.to.errors, error.message[:1].upper() + error.message[1:]]
         else:
             add_service_error(form, error, default="to")
         return None

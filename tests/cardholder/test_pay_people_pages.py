@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from portal.extensions import limiter
+from portal.services.identity import users
 from portal.services.ledger import reconciliation
 from portal.services.wallet import payees
 from tests.cardholder.conftest import Wallets
@@ -126,6 +127,18 @@ def test_no_such_person_and_cannot_receive_this_currency_look_the_same(
         == error(idr_only)
         == ("No one can receive USD at that email address or handle.")
     )
+    # A payee who cannot receive the card's currency: the same words, where the payee shows.
+    actor = users.actor_for(people.uow(), alice.id)
+    found = payees.find_person(people.uow(), actor=actor, to=bob.email, currency="IDR")
+    saved = payees.save_payee(people.uow(), actor=actor, reference=found.reference)
+    chosen = client.get(f"/wallet/pay?payee={saved.public_id}")
+    assert "<strong>Ada L.</strong>" in page_text(chosen)
+    by_payee = client.post("/wallet/pay", data={
+        "idempotency_key": hidden(chosen, "idempotency_key"), "step": "review",
+        "card_id": mine.public_id, "payee": saved.public_id, "amount": "1",
+    })  # fmt: skip
+    assert by_payee.status_code == 422
+    assert error(by_payee) == error(unknown)
 
 
 def test_look_ups_are_limited_per_person(
