@@ -78,3 +78,39 @@ def test_concurrent_writers_make_valid_chains(
     assert report.entries == expected + anchors
     result = app.test_cli_runner().invoke(args=["audit", "verify"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_writer_skips_a_held_head_and_waits_only_when_all_are_held(
+    app, committing_engine: sa.Engine
+) -> None:
+    """Another transaction holds the writer's preferred head: the writer takes the next free
+    one at once; with every head held it waits for its own (here until its lock timeout)."""
+    holder = app.extensions["tests.owner_engine"].connect()
+    writer = committing_engine.connect()
+    insert = sa.text(
+        "INSERT INTO audit_events (actor_kind, action, subject_type)"
+        " VALUES ('system', 'test.skip', 'test') RETURNING chain"
+    )
+    try:
+        chains = holder.execute(sa.text("SELECT count(*) FROM audit_chain_heads")).scalar_one()
+        preferred = writer.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() % chains
+        holder.execute(
+            sa.text("SELECT 1 FROM audit_chain_heads WHERE chain = :c FOR UPDATE"),
+            {"c": preferred},
+        )
+        writer.execute(sa.text("SET lock_timeout = '2s'"))
+        started = time.monotonic()
+        assert writer.execute(insert).scalar_one() == (preferred + 1) % chains
+        assert time.monotonic() - started < 1.0
+        writer.rollback()
+
+        holder.execute(sa.text("SELECT 1 FROM audit_chain_heads FOR UPDATE"))
+        writer.execute(sa.text("SET lock_timeout = '300ms'"))
+        with pytest.raises(sa.exc.OperationalError) as err:
+            writer.execute(insert)
+        assert getattr(err.value.orig, "sqlstate", None) == "55P03"  # lock_not_available
+        writer.rollback()
+    finally:
+        holder.rollback()
+        holder.close()
+        writer.close()
