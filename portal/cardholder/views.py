@@ -575,18 +575,23 @@ class CardFacts:
     sign: str
     available: str
     limits: str
+    #: A placeholder written the way the user writes numbers (the minimum: ``50.000``).
+    example: str = ""
 
     def attributes(self) -> dict[str, str]:
         return {"data-currency": self.currency, "data-sign": self.sign,
-                "data-available": self.available, "data-limits": self.limits}  # fmt: skip
+                "data-available": self.available, "data-limits": self.limits,
+                "data-example": self.example}  # fmt: skip
 
 
 def card_facts(card: CardSummary, kind: str) -> CardFacts:
     locale = _locale()
     limits = make_uow().settings.limits_for(card.currency, LIMIT_KINDS[kind])
+    example = ""
     if limits is None:
         text = f"{MOVEMENT_TITLES[kind]}s in {card.currency} are not supported."
     else:
+        example = format_amount_input(Money(limits.minimum, card.currency), locale)
         low = format_money(Money(limits.minimum, card.currency), locale)
         high = format_money(Money(limits.maximum, card.currency), locale)
         text = f"{low} to {high} per {_PER[kind]}"
@@ -594,7 +599,7 @@ def card_facts(card: CardSummary, kind: str) -> CardFacts:
             text += f", {format_money(Money(limits.daily, card.currency), locale)} a day"
         text += "."
     return CardFacts(card.currency, amount_sign(card.currency, locale),
-                     format_money(card.available, locale), text)  # fmt: skip
+                     format_money(card.available, locale), text, example)  # fmt: skip
 
 
 def _card_choices(

@@ -135,7 +135,7 @@ def test_wallet_flow_with_live_updates(
     bob_page = _sign_in(bob_context, bob_email)
     bob_watch = Watch(bob_page)
     assert bob_page.locator(f"#card-{bobs_card.public_id} [data-balance=available]").inner_text() \
-        == "0.00 USD"  # fmt: skip
+        == "$0.00"  # fmt: skip
 
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server)
     page = _sign_in(context, alice_email)
@@ -161,14 +161,14 @@ def test_wallet_flow_with_live_updates(
     page.get_by_label("Amount").fill("250")
     page.get_by_role("button", name="Review top-up").click()
     expect(page.get_by_role("heading", name="Check and confirm")).to_be_visible()
-    page.get_by_role("button", name="Top up 250.00 USD").click()
+    page.get_by_role("button", name="Top up $250.00").click()
     # Pending until the funding processor confirms it; the receipt updates itself when it does.
     expect(page.get_by_role("heading", name="Top-up requested")).to_be_visible()
     expect(page.locator("#receipt-status").get_by_text("Pending")).to_be_visible()
     page.screenshot(path=str(artifacts / "wallet-top-up-pending-1280.png"), full_page=True)
     assert Worker(real_uow).run_once() == 1  # the funding job
     expect(page.locator("#receipt-status").get_by_text("Succeeded")).to_be_visible(timeout=5000)
-    expect(page.locator("#receipt-status")).to_contain_text("250.00 USD")
+    expect(page.locator("#receipt-status")).to_contain_text("$250.00")
     watch.check("top-up")
 
     # Send money to Bob's card by number: his name is shown masked before sending.
@@ -184,12 +184,12 @@ def test_wallet_flow_with_live_updates(
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(artifacts / "wallet-transfer-confirm-390.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.get_by_role("button", name="Send 40.00 USD").click()
+    page.get_by_role("button", name="Send $40.00").click()
     expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
 
     # Bob's open page shows it within about two seconds, without a reload.
     bob_tile = bob_page.locator(f"#card-{bobs_card.public_id} [data-balance=available]")
-    expect(bob_tile).to_have_text("40.00 USD", timeout=5000)  # within ~2 s
+    expect(bob_tile).to_have_text("$40.00", timeout=5000)  # within ~2 s
     expect(bob_page.locator("#latest-activity").get_by_text("Alice W.")).to_be_visible()
     # The money that came in is highlighted for a moment and announced (aria-live).
     arrived = bob_page.locator("#latest-activity .activity__item--in", has_text="Alice W.")
@@ -199,9 +199,9 @@ def test_wallet_flow_with_live_updates(
     )
     announcer = bob_page.locator("#live-announcer")
     assert announcer.get_attribute("aria-live") == "polite"
-    expect(announcer).to_contain_text("40.00 USD received from")
+    expect(announcer).to_contain_text("$40.00 received from")
     expect(announcer).to_contain_text("Alice W.")
-    expect(bob_page.locator("#wallet-totals [data-total=USD]")).to_contain_text("40.00 USD")
+    expect(bob_page.locator("#wallet-totals [data-total=USD]")).to_contain_text("$40.00")
     bob_page.screenshot(path=str(artifacts / "wallet-dashboard-money-in-390.png"))
     expect(arrived).not_to_have_class(re.compile(r"\bis-new\b"), timeout=8000)  # brief
     bob_page.screenshot(path=str(artifacts / "wallet-dashboard-live-390.png"), full_page=True)
@@ -213,9 +213,9 @@ def test_wallet_flow_with_live_updates(
     page.get_by_label("Card number").fill(bobs_card.number)
     page.get_by_label("Amount").fill("10")
     page.get_by_role("button", name="Review transfer").click()
-    page.get_by_role("button", name="Send 10.00 USD").dblclick()
+    page.get_by_role("button", name="Send $10.00").dblclick()
     expect(page.get_by_role("heading", name="Money sent")).to_be_visible()
-    expect(bob_tile).to_have_text("50.00 USD", timeout=5000)  # within ~2 s
+    expect(bob_tile).to_have_text("$50.00", timeout=5000)  # within ~2 s
     assert _balance(committing_engine, bobs_card.card_id) == (5000, 0)
 
     # Withdraw: pending on the dashboard, then succeeded once the worker pays out.
@@ -225,18 +225,18 @@ def test_wallet_flow_with_live_updates(
     page.get_by_label("Account number").fill("12345678")
     page.get_by_label("Account holder").fill("Alice Walker")
     page.get_by_role("button", name="Review withdrawal").click()
-    page.get_by_role("button", name="Withdraw 100.00 USD").click()
+    page.get_by_role("button", name="Withdraw $100.00").click()
     expect(page.get_by_role("heading", name="Withdrawal requested")).to_be_visible()
     page.get_by_role("link", name="Back to wallet").click()
     page.wait_for_url("**/wallet")
     row = page.locator("#latest-activity li", has_text="Demo Bank").first
     expect(row.locator("[data-status=pending]")).to_be_visible()
-    assert "100.00 USD" in page.locator("[data-balance=pending]").first.inner_text()
+    assert "$100.00" in page.locator("[data-balance=pending]").first.inner_text()
     worker.set()
     row = page.locator("#latest-activity li", has_text="Demo Bank").first
     row.locator("[data-status]").wait_for(state="detached", timeout=10000)
-    assert "0.00 USD" in page.locator("[data-balance=pending]").first.inner_text()
-    assert page.locator("[data-balance=available]").first.inner_text() == "100.00 USD"
+    assert "$0.00" in page.locator("[data-balance=pending]").first.inner_text()
+    assert page.locator("[data-balance=available]").first.inner_text() == "$100.00"
     watch.check("withdrawal settled")
 
     # Screenshots of the dashboard with data, at a desktop's and a phone's width.
@@ -291,7 +291,7 @@ def test_sign_in_lands_on_the_wallet_and_it_works_without_javascript(
         expect(chart.get_by_text("Show as a table")).to_be_hidden()
         table = chart.get_by_role("table")
         expect(table).to_be_visible()
-        expect(table.get_by_role("cell", name="75.00 USD")).to_be_visible()
+        expect(table.get_by_role("cell", name="$75.00")).to_be_visible()
         watch.check(f"no-JS wallet at {width} (no sideways scroll, with a strip of cards)")
         page.screenshot(path=str(artifacts / f"wallet-no-js-{width}.png"), full_page=True)
         # Icons are drawn (SVG), with the page's fonts or without them.
@@ -303,8 +303,8 @@ def test_sign_in_lands_on_the_wallet_and_it_works_without_javascript(
         text = page.locator("body").inner_text()
         assert not re.search("[\u2196-\u2199\u2300-\u2bff\U0001f000-\U0001faff]", text), text
         totals = page.locator("#wallet-totals")
-        expect(totals.locator("[data-total=USD]")).to_contain_text("75.00 USD")
-        expect(totals.locator("[data-total=EUR]")).to_contain_text("0.00 EUR")
+        expect(totals.locator("[data-total=USD]")).to_contain_text("$75.00")
+        expect(totals.locator("[data-total=EUR]")).to_contain_text("€0.00")
         if width == 390:
             _check_phone_layout(page, current="Wallet")
             page.get_by_role("navigation", name="Sections").get_by_role("link", name="Pay").click()

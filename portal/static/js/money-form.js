@@ -18,7 +18,7 @@
     set("[data-amount-available]", option.dataset.available);
     set("[data-amount-limits]", option.dataset.limits);
     var amount = form.querySelector("input[name=amount]");
-    if (amount) amount.placeholder = option.dataset.currency;
+    if (amount && option.dataset.example !== undefined) amount.placeholder = option.dataset.example;
     var mine = form.querySelector("select[name=to_card_id]");
     if (!mine) return;
     Array.prototype.forEach.call(mine.options, function (o) {
