@@ -6,6 +6,7 @@ address, and the history's filters inside their grid at 1280 and 390 px. Screens
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from portal.services.wallet import cards
 from tests.conftest import SYSTEM, Factory
 
 PASSWORD = "correct horse battery staple"
-SHOTS = Path("/tmp/work/shots")
+#: Where the session keeps screenshots to look at (a fixed, non-secret path: noqa S108).
+SHOTS = Path(os.environ.get("PORTAL_SHOTS", "/tmp/work/shots"))  # noqa: S108
 
 
 def _shot(page: Any, artifacts: Path, name: str) -> None:
@@ -61,7 +63,8 @@ def test_indonesian_formats_in_the_browser(
                                   {"id": user.id}).scalar_one()  # fmt: skip
     assert zone == "Asia/Jakarta"  # from the browser, by time-zone.js
     expect(page.locator(f"#card-{idr.public_id} [data-balance=available]")).to_have_text(
-        "Rp\u00a013.985.000")
+        "Rp\u00a013.985.000"
+    )
     expect(page.locator(f"#card-{eur.public_id} [data-balance=available]")).to_have_text(
         "€1.000,50")  # fmt: skip
     _shot(page, artifacts, "locale-wallet-id-1280.png")
@@ -96,7 +99,8 @@ def test_indonesian_formats_in_the_browser(
     page.get_by_label("Amount").fill("1,000.50")
     page.get_by_role("button", name="Review top-up").click()
     expect(page.locator("#amount-error")).to_have_text(
-        "We cannot tell which amount “1,000.50” is: write 1000,50 or 1.000,50.")
+        "We cannot tell which amount “1,000.50” is: write 1000,50 or 1.000,50."
+    )
 
     for width, height in ((1280, 900), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
