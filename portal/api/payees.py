@@ -32,8 +32,6 @@ from portal.web.uow import make_uow
 
 #: A path's payee id.
 PAYEE_ID = {"payee_id": "payee"}
-#: Handle changes per user.
-HANDLE_CHANGES = "10 per hour"
 
 Currency = Annotated[
     str,
@@ -53,14 +51,15 @@ def _anonymous() -> bool:
 
 
 def _per_user(limit: str, scope: str, **kwargs: Any) -> Callable[..., Any]:
-    return limiter.limit(limit, key_func=caller_key, scope=scope, exempt_when=_anonymous, **kwargs)
+    """A per-user limit whose counts every route of ``scope`` shares, the pages' too."""
+    return limiter.shared_limit(limit, scope, key_func=caller_key, exempt_when=_anonymous, **kwargs)
 
 
 def _lookup_limits(view: Callable[..., Any]) -> Callable[..., Any]:
     """The person look-up limits, per user and per address, shared with the pages (scope)."""
     view = _per_user(payees.LOOKUPS_PER_USER, "person-lookup")(view)
-    return limiter.limit(
-        payees.LOOKUPS_PER_ADDRESS, key_func=_address("person-lookup"), scope="person-lookup-ip"
+    return limiter.shared_limit(
+        payees.LOOKUPS_PER_ADDRESS, "person-lookup-ip", key_func=_address("person-lookup")
     )(view)
 
 
@@ -69,7 +68,7 @@ def _reveal_limits(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _handle_limits(view: Callable[..., Any]) -> Callable[..., Any]:
-    return _per_user(HANDLE_CHANGES, "handle-change", methods=["PUT"])(view)
+    return _per_user(handles.CHANGES_PER_USER, "handle-change", methods=["PUT"])(view)
 
 
 # -- objects ------------------------------------------------------------------------------------

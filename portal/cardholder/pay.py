@@ -165,10 +165,10 @@ def _details(card: CardSummary, person: PersonRecipient, memo: str) -> list[tupl
 # -- pay a person --------------------------------------------------------------------------------
 @bp.route("/pay", methods=["GET", "POST"])
 @login_required("wallet:use")
-@limiter.limit(payees.LOOKUPS_PER_USER, key_func=_user_key, scope="person-lookup",
-               methods=["POST"], deduct_when=_looked_up)  # fmt: skip
-@limiter.limit(payees.LOOKUPS_PER_ADDRESS, key_func=_address_key, scope="person-lookup-ip",
-               methods=["POST"], deduct_when=_looked_up)  # fmt: skip
+@limiter.shared_limit(payees.LOOKUPS_PER_USER, "person-lookup", key_func=_user_key,
+                      methods=["POST"], deduct_when=_looked_up)  # fmt: skip
+@limiter.shared_limit(payees.LOOKUPS_PER_ADDRESS, "person-lookup-ip", key_func=_address_key,
+                      methods=["POST"], deduct_when=_looked_up)  # fmt: skip
 def pay() -> Response:
     """Form -> confirmation (their masked name and email) -> payment -> receipt."""
     my_cards = activity.list_cards(_uow(), actor=current_actor())
@@ -294,8 +294,9 @@ def unstar_payee(payee_id: str) -> Response:
 # -- how people pay you --------------------------------------------------------------------------
 @bp.route("/receiving", methods=["GET", "POST"])
 @login_required("wallet:use")
-@limiter.limit("10 per hour", key_func=_user_key, scope="handle-change", methods=["POST"],
-               deduct_when=lambda response: bool(g.get("handle_change")))  # fmt: skip
+@limiter.shared_limit(handles.CHANGES_PER_USER, "handle-change", key_func=_user_key,
+                      methods=["POST"],
+                      deduct_when=lambda response: bool(g.get("handle_change")))  # fmt: skip
 def receiving() -> Response:
     """One's @handle and, per currency, the card money paid to one arrives on."""
     actor = current_actor()
@@ -340,8 +341,8 @@ def receiving() -> Response:
 # -- reveal one's own card -----------------------------------------------------------------------
 @bp.route("/cards/<card_id>/reveal", methods=["GET", "POST"])
 @login_required("wallet:use")
-@limiter.limit(reveal.REVEALS_PER_USER, key_func=_user_key, scope="card-reveal",
-               methods=["POST"])  # fmt: skip
+@limiter.shared_limit(reveal.REVEALS_PER_USER, "card-reveal", key_func=_user_key,
+                      methods=["POST"])  # fmt: skip
 def reveal_card(card_id: str) -> Response:
     """Re-enter the password (or a second-factor code) to see the card's full number and
     security code; every attempt is audited and counted."""

@@ -227,3 +227,21 @@ def test_a_card_is_revealed_only_after_the_password_audited_and_limited(
     answers = [client.post(path, data={"password": alice.password}).status_code
                for _ in range(4)]  # fmt: skip
     assert answers == [200, 200, 200, 429]
+
+
+def test_pages_and_api_count_look_ups_in_the_same_buckets(
+    client: PageClient, alice: Person, wallets: Wallets, app: Any, people: People
+) -> None:
+    from portal.services.identity import tokens
+
+    limiter.reset()
+    mine = wallets.card(alice, balance="10")
+    token = tokens.issue_tokens(people.uow(), user_id=alice.id).access_token
+    api = app.test_client()
+    api.environ_base["REMOTE_ADDR"] = "10.9.8.7"  # another address: only the user's bucket
+    per_minute = int(payees.LOOKUPS_PER_USER.split()[0])
+    for _ in range(per_minute):
+        answer = api.post("/api/v1/people/lookup", headers={"Authorization": f"Bearer {token}"},
+                          json={"to": "nobody@example.test", "currency": "usd"})  # fmt: skip
+        assert answer.status_code == 404
+    assert review(client, mine.public_id, "nobody@example.test", amount="1").status_code == 429

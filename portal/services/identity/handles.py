@@ -23,6 +23,8 @@ from portal.services.shared.uow import UnitOfWork
 
 MIN_LENGTH = 3
 MAX_LENGTH = 30
+#: Handle changes per user (pages and API together; callers rate-limit).
+CHANGES_PER_USER = "10 per hour"
 #: Could pass for the service or its staff.
 RESERVED = frozenset({"admin", "administrator", "portal", "support", "staff", "help", "root",
                       "security", "system", "billing", "payments", "wallet", "me"})  # fmt: skip
