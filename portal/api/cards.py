@@ -1,7 +1,9 @@
-"""Cards: issue (the full number and security code are in that response and never again, not
-even in a replay of it), list, retrieve, rename, freeze and unfreeze one's own; staff archive
-and restore any; balances; and the recipient look-up by card number before a transfer (rate
-limited per user and per client address, so card numbers cannot be enumerated).
+"""Cards: issue (the full number and security code are in that response, not in a replay of
+it; afterwards only the holder sees them, after re-authentication, through
+``POST /cards/{card_id}/reveal`` in :mod:`portal.api.payees`), list, retrieve, rename, freeze
+and unfreeze one's own; staff archive and restore any; balances; and the recipient look-up by
+card number before a transfer (rate limited per user and per client address, so card numbers
+cannot be enumerated).
 
 Amounts are integers in minor units with a lowercase ISO currency code, as in Stripe. Cards are
 named by their public ids (``card_...``) in paths, bodies and answers. Another person's card is a
@@ -96,9 +98,10 @@ class Card(ApiModel):
 
 
 class IssuedCard(Card):
-    """A card just issued. The only response that ever carries the full number and the
-    security code: store them now, they are never shown again. A retry under the same
-    `Idempotency-Key` (`Idempotent-Replayed: true`) answers the same card with both `null`."""
+    """A card just issued, with its full number and security code. Afterwards only its holder
+    sees them again, after re-entering their password or a second-factor code
+    (`POST /cards/{card_id}/reveal`). A retry under the same `Idempotency-Key`
+    (`Idempotent-Replayed: true`) answers the same card with both `null`."""
 
     number: str | None = Field(
         description="The full card number. Shown once, in the first response to this request;"

@@ -96,7 +96,8 @@ class Balance:
 
 @dataclass(frozen=True, slots=True)
 class IssuedCard:
-    """The only result that ever carries a full number and security code: shown once, at issue."""
+    """A card at issue, with its full number and security code (shown once there; its holder
+    can see them again after re-authentication: ``services.wallet.reveal``)."""
 
     card_id: int
     #: The card's public id (``card_...``): what the API and the pages call it.

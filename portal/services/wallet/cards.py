@@ -1,9 +1,10 @@
 """Cards and their wallets: issue (with the wallet account), freeze, archive, key rotation.
 
 A card's number is kept only as AES-GCM ciphertext plus a keyed fingerprint; the security code
-is derived from number and expiry when needed and never stored. ``IssuedCard`` is the single
-place a full number and code leave the service layer: at issue, to be shown once. A retry of the
-issue under the same idempotency key answers ``ReissuedCard``: the same card, without them.
+is derived from number and expiry when needed and never stored. A full number and code leave
+the service layer in two places only: ``IssuedCard``, at issue, to be shown once, and
+``reveal.RevealedCard``, to the card's holder after re-authentication. A retry of the issue
+under the same idempotency key answers ``ReissuedCard``: the same card, without them.
 
 Cards and users are named by :data:`~portal.services.shared.refs.Ref` (a public id from a
 request, or an internal id), resolved in the statement that loads or locks them.
