@@ -35,6 +35,7 @@ PARAM_FIELDS = {
     "bank_name": "bank_name",
     "account_number": "account_number",
     "account_holder": "account_holder",
+    "saved_account": "saved_account",
     "name": "name",
     "card_type": "card_type",
     "brand": "brand",
@@ -171,21 +172,34 @@ class TransferForm(MoneyForm):
 class WithdrawForm(MoneyForm):
     card_id = _card("From card")
     amount = _amount()
+    #: An account withdrawn to before (the earlier withdrawal's ``wd_...``), or "" for a new one.
+    saved_account = RadioField("Pay to", validate_choice=False, validators=[Optional()])
     bank_name = StringField(
         "Bank name",
-        validators=[DataRequired("Enter the name of the bank.")],
         render_kw={"autocomplete": "off", "maxlength": 100},
     )
     account_number = StringField(
         "Account number",
-        validators=[DataRequired("Enter the account number.")],
         render_kw={"autocomplete": "off", "maxlength": 40, "spellcheck": "false"},
     )
     account_holder = StringField(
         "Account holder",
-        validators=[DataRequired("Enter the name on the bank account.")],
         render_kw={"autocomplete": "name", "maxlength": 100},
     )
+
+    def validate(self, extra_validators: object = None) -> bool:
+        ok = super().validate(extra_validators)
+        if not self.saved_account.data:  # a new account: its three fields are needed
+            for name, message in (
+                ("bank_name", "Enter the name of the bank."),
+                ("account_number", "Enter the account number."),
+                ("account_holder", "Enter the name on the bank account."),
+            ):
+                field = getattr(self, name)
+                if not (field.data or "").strip():
+                    field.errors = [*field.errors, message]
+                    ok = False
+        return ok
 
 
 class IssueCardForm(IdempotentForm):

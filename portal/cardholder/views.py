@@ -81,7 +81,7 @@ from portal.domain.locale import (
 from portal.domain.money import Money, exponent
 from portal.domain.types import CardType, MovementResult
 from portal.extensions import limiter
-from portal.services.wallet import activity, cards, wallet
+from portal.services.wallet import activity, bank_accounts, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
 from portal.web.auth import background, current_actor, login_required, safe_next
@@ -1025,13 +1025,29 @@ def withdraw() -> Response:
     form = WithdrawForm()
     _card_choices(form, my_cards, balance=True, kind="withdraw")
     _preselect(form, my_cards)
+    saved = bank_accounts.list_saved(_uow(), actor=current_actor())
+    form.saved_account.choices = [
+        *(SelectChoice(s.reference, f"{s.bank_name} account ending {s.last4}") for s in saved),
+        SelectChoice("", "A new bank account"),
+    ]
+    if request.method == "GET":
+        form.saved_account.data = saved[0].reference if saved else ""
 
     def plan(form: WithdrawForm) -> Review | None:
         card = _chosen(my_cards, form.card_id.data)
         ok = _check_card(form, card)
         try:
-            bank = BankAccount(form.bank_name.data or "", form.account_number.data or "",
-                               form.account_holder.data or "").validated()  # fmt: skip
+            if form.saved_account.data:
+                bank = bank_accounts.open_saved(
+                    _uow(), actor=current_actor(), reference=form.saved_account.data
+                ).validated()
+            else:
+                bank = BankAccount(form.bank_name.data or "", form.account_number.data or "",
+                                   form.account_holder.data or "").validated()  # fmt: skip
+        except NotFound:
+            message = "Choose one of your bank accounts, or a new one."
+            form.saved_account.errors = [*form.saved_account.errors, message]
+            return None
         except InvalidInput as error:
             add_service_error(form, error)
             return None

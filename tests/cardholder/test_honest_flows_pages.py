@@ -306,3 +306,45 @@ def test_times_show_in_the_users_zone(
     _choose(client, "en_GB", "Asia/Jakarta")
     text = page_text(client.get("/wallet/activity"))
     assert "3 Dec 2026, 07:05" in text and "Times are in Asia/Jakarta" in text
+
+
+# -- saved bank accounts -----------------------------------------------------------------------
+BANK = {"bank_name": "BCA", "account_number": "1234 5678 90", "account_holder": "Ada Lovelace"}
+
+
+def _withdraw(client: PageClient, **data: str):
+    key = _key(client.get("/wallet/withdraw"))
+    return client.post("/wallet/withdraw", data={"idempotency_key": key, "step": "confirm",
+                                                  **data})  # fmt: skip
+
+
+def test_a_withdrawal_offers_the_bank_accounts_withdrawn_to_before(
+    client: PageClient, another_client: PageClient, people: People, alice: Person, bob: Person,
+    wallets: Wallets,
+) -> None:  # fmt: skip
+    card = wallets.card(alice, balance="100")
+    first = _withdraw(client, card_id=card.public_id, amount="10", saved_account="", **BANK)
+    assert first.status_code == 303
+    reference = first.headers["Location"].rsplit("/", 1)[-1]
+    form = client.get("/wallet/withdraw")
+    html = form.get_data(as_text=True)
+    assert "BCA account ending 7890" in html and "1234567890" not in html
+    assert re.search(rf'<input[^>]*checked[^>]*value="{reference}"|<input[^>]*value='
+                     rf'"{reference}"[^>]*checked', html)  # the latest, chosen already  # fmt: skip
+    # Paying to it again needs none of the account's fields.
+    again = _withdraw(client, card_id=card.public_id, amount="5", saved_account=reference)
+    assert again.status_code == 303
+    rows = people.connection.execute(
+        sa.text("SELECT bank_name, bank_account_last4 FROM withdrawals ORDER BY id")
+    ).all()
+    assert [tuple(r) for r in rows] == [("BCA", "7890"), ("BCA", "7890")]
+    # Someone else's withdrawal is no saved account of theirs: refused, nothing moves.
+    bobs = wallets.card(bob, balance="20")
+    sign_in(another_client, bob)
+    assert "BCA account ending" not in page_text(another_client.get("/wallet/withdraw"))
+    refused = _withdraw(another_client, card_id=bobs.public_id, amount="5",
+                        saved_account=reference)  # fmt: skip
+    assert refused.status_code == 422
+    assert "Choose one of your bank accounts, or a new one." in page_text(refused)
+    assert wallets.count("withdrawals") == 2
+    _ledger_ok(people)
