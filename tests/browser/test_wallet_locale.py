@@ -114,4 +114,13 @@ def test_indonesian_formats_in_the_browser(
             assert box["x"] + box["width"] <= grid["x"] + grid["width"] + 0.5, (width, name)
         _shot(page, artifacts, f"locale-activity-id-{width}.png")
     expect(page.locator(".activity__amount").first).to_contain_text("Rp\u00a0150.000")
+    for width, height in ((1280, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        for path, name in (("/wallet/transfer", "transfer"), ("/wallet/withdraw", "withdraw"),
+                           ("/auth/account#preferences", "account")):  # fmt: skip
+            page.goto(path)
+            _shot(page, artifacts, f"locale-{name}-id-{width}.png")
+    # The account page names the chosen formats; the page's scripts raised nothing.
+    expect(page.get_by_label("Number and date format")).to_have_value("id_ID")
+    expect(page.get_by_label("Time zone", exact=True)).to_have_value("Asia/Jakarta")
     context.close()
