@@ -136,6 +136,12 @@ def _anchor_claims(data: Any) -> dict[int, tuple[int, str]]:
     return claims
 
 
+def _missing(first: int, last: int) -> str:
+    if first == last:
+        return f"the entry at seq {first} is missing"
+    return f"entries seq {first}..{last} ({last - first + 1}) are missing"
+
+
 class _Walk:
     """The state of the walk along one chain at a time."""
 
@@ -177,7 +183,7 @@ class _Walk:
         if head_seq > self.seq:
             after = f"after entry {self.last_id}" if self.last_id is not None else "from its start"
             self.broken("deleted", self.seq + 1, None,
-                        f"entries seq {self.seq + 1}..{head_seq} are missing at its end"
+                        f"{_missing(self.seq + 1, head_seq)} at its end"
                         f" ({after}; its head is at seq {head_seq}): deleted")  # fmt: skip
         elif head_seq == self.seq and head_hash != self.previous:
             self.broken("head", self.seq, self.last_id,
@@ -208,7 +214,7 @@ class _Walk:
         )  # fmt: skip
         if row.seq > self.seq + 1:
             self.broken("deleted", self.seq + 1, row.id,
-                        f"entries seq {self.seq + 1}..{row.seq - 1} are missing before entry"
+                        f"{_missing(self.seq + 1, row.seq - 1)} before entry"
                         f" {row.id} (seq {row.seq}): deleted")  # fmt: skip
         elif link(self.previous, text) != stored:
             after = f"entry {self.last_id}" if self.last_id is not None else "the chain's start"
