@@ -355,3 +355,36 @@ def test_addresses_are_checked_not_trusted(uow, connection) -> None:
         sa.text("SELECT address::text FROM audit_events WHERE action = 'test.addr' ORDER BY id")
     ).scalars().all()  # fmt: skip
     assert found == [None, "fe80::1/128"]
+
+
+def test_entries_on_no_chain_or_on_a_chain_without_a_head_are_named(app, connection, trail):
+    with as_owner(connection):
+        connection.execute(sa.text("ALTER TABLE audit_events ALTER COLUMN chain DROP NOT NULL"))
+    for chain, seq in ((None, None), (99, 1)):
+        _bypassing(
+            connection, "audit_events_chain",
+            "INSERT INTO audit_events (actor_kind, action, subject_type, chain, seq, hash)"
+            " VALUES ('system', 'test.forged', 'test', :chain, coalesce(:seq, 0), :hash)",
+            chain=chain, seq=seq, hash=bytes(32),
+        )  # fmt: skip
+    unchained, headless = connection.execute(
+        sa.text("SELECT id FROM audit_events WHERE action = 'test.forged' ORDER BY id")
+    ).scalars()  # fmt: skip
+
+    code, output = verify(app)
+    assert code == 1
+    assert f"entry {unchained} is on no chain" in output
+    assert f"chain 99: entry {headless} (seq 1) is on a chain that has no head" in output
+
+
+def test_a_chain_read_again_after_a_retry_is_counted_once() -> None:
+    """verify() starts a chain again when its read is retried: the state goes back."""
+    walk = audit_chain._Walk([(50, {0: (1, "ab")})])
+    mark = walk.mark(0)
+    walk.feed(SimpleNamespace(kind="h", chain=0, seq=0, hash=bytes(32)))
+    walk.end()
+    walk.restore(mark)
+    walk.feed(SimpleNamespace(kind="h", chain=0, seq=0, hash=bytes(32)))
+    report = walk.report()
+    assert len(report.chains) == 1
+    assert [b.kind for b in report.breaks] == ["anchor"]  # seq 1 was anchored, never seen

@@ -105,19 +105,34 @@ class AuditReport:
         return not self.breaks
 
 
-#: One row of the walk: a chain's head (``kind`` "h", first) or an entry (``kind`` "e"), read
-#: in one statement so that both come from one snapshot.
-_WALK = """
+#: One chain's rows: its head (``kind`` "h", first) and its entries by seq, read in one
+#: statement so that both come from one snapshot. Each chain is read in a transaction of its
+#: own, so no snapshot is held for the whole log (a long one would keep the heads' old row
+#: versions from being pruned).
+_CHAIN = """
 SELECT 'h' AS kind, h.chain, h.seq, NULL::bigint AS id, NULL::timestamptz AS occurred_at,
        NULL AS actor_kind, NULL::bigint AS actor_id, NULL AS action, NULL AS subject_type,
        NULL::bigint AS subject_id, NULL AS outcome, NULL AS address, NULL AS data, h.hash
-FROM audit_chain_heads h
+FROM audit_chain_heads h WHERE h.chain = :chain
 UNION ALL
 SELECT 'e', e.chain, e.seq, e.id, e.occurred_at, e.actor_kind, e.actor_id, e.action,
        e.subject_type, e.subject_id, e.outcome, e.address::text, e.data::text, e.hash
-FROM audit_events e
-ORDER BY chain NULLS FIRST, kind DESC, seq, id
+FROM audit_events e WHERE e.chain = :chain
+ORDER BY kind DESC, seq, id
 """
+#: Every chain with a head or an entry (a skip scan of the (chain, seq) index), and the
+#: entries on no chain at all (possible only if the NOT NULL constraint was dropped).
+_CHAINS = """
+WITH RECURSIVE used AS (
+    SELECT min(chain) AS chain FROM audit_events
+    UNION ALL
+    SELECT (SELECT min(e.chain) FROM audit_events e WHERE e.chain > used.chain) FROM used
+    WHERE used.chain IS NOT NULL
+)
+SELECT chain FROM used WHERE chain IS NOT NULL UNION SELECT chain FROM audit_chain_heads
+ORDER BY chain
+"""
+_UNCHAINED = "SELECT 'e' AS kind, NULL AS chain, id FROM audit_events WHERE chain IS NULL"
 
 _ANCHORS = "SELECT id, data FROM audit_events WHERE action = :action ORDER BY id"
 
@@ -176,10 +191,11 @@ class _Walk:
             self.states.append(ChainState(chain, head[0], head[1].hex()))
 
     def end(self) -> None:
-        """The chain's last entry against its head."""
+        """The chain's last entry against its head (once)."""
         if self.chain is None or self.head is None:
             return
-        head_seq, head_hash = self.head
+        done, self.head = self.head, None
+        head_seq, head_hash = done
         if head_seq > self.seq:
             after = f"after entry {self.last_id}" if self.last_id is not None else "from its start"
             self.broken("deleted", self.seq + 1, None,
@@ -231,8 +247,34 @@ class _Walk:
                             f" entry {row.id} there hashes to {stored.hex()[:16]}…: the chain"
                             " was rewritten after that anchor")  # fmt: skip
 
+    def feed(self, row: Any) -> None:
+        if row.chain is None:
+            self.entries += 1
+            self.breaks.append(Break("unchained", None, None, row.id,
+                                     f"entry {row.id} is on no chain: inserted outside the"
+                                     " trigger"))  # fmt: skip
+        elif row.kind == "h":
+            self.start(row.chain, (int(row.seq), bytes(row.hash)))
+        else:
+            if row.chain != self.chain:
+                self.start(row.chain, None)
+            self.entry(row)
+
+    def mark(self, chain: int | None) -> tuple[Any, ...]:
+        """What to go back to if reading ``chain`` has to start again."""
+        wanted = dict(self.wanted.get(chain, {})) if chain is not None else {}
+        return (chain, self.entries, len(self.breaks), len(self.states), wanted)
+
+    def restore(self, mark: tuple[Any, ...]) -> None:
+        chain, self.entries, breaks, states, wanted = mark
+        del self.breaks[breaks:], self.states[states:]
+        if chain is not None and (wanted or chain in self.wanted):
+            self.wanted[chain] = dict(wanted)
+        self.chain, self.head = None, None
+
     def report(self) -> AuditReport:
         self.end()
+        self.chain = None
         for chain, positions in sorted(self.wanted.items()):
             self.chain = chain
             for seq, claimed in sorted(positions.items()):
@@ -246,42 +288,42 @@ class _Walk:
 def walk(
     rows: Iterable[Any], anchors: Iterable[tuple[int, dict[int, tuple[int, str]]]] = ()
 ) -> AuditReport:
-    """Check the rows of :data:`_WALK` (per chain: its head, then its entries by seq) and the
-    anchors' claims ``(anchor entry id, {chain: (seq, hex hash)})``."""
+    """Check rows of :data:`_CHAIN` (chain after chain: its head, then its entries by seq)
+    and the anchors' claims ``(anchor entry id, {chain: (seq, hex hash)})``."""
     state = _Walk(anchors)
     for row in rows:
-        if row.chain is None:
-            state.entries += 1
-            state.breaks.append(Break("unchained", None, None, row.id,
-                                      f"entry {row.id} is on no chain: inserted outside the"
-                                      " trigger"))  # fmt: skip
-            continue
-        if row.kind == "h":
-            state.start(row.chain, (int(row.seq), bytes(row.hash)))
-            continue
-        if row.chain != state.chain:
-            state.start(row.chain, None)
-        state.entry(row)
+        state.feed(row)
     return state.report()
 
 
 def verify(uow: UnitOfWork) -> AuditReport:
-    """Walk every chain and check every anchor (see the module docstring). Raises nothing; the
-    report's ``breaks`` name what is wrong."""
-
-    def work(u: UnitOfWork) -> AuditReport:
-        anchors = [
+    """Walk every chain, each in a transaction of its own, and check every anchor (see the
+    module docstring). Raises nothing; the report's ``breaks`` name what is wrong."""
+    anchors = uow.run(
+        lambda u: [
             (row.id, _anchor_claims(row.data))
             for row in u.execute(_ANCHORS, {"action": ANCHOR_ACTION})
         ]
-        rows = u.session.execute(sa.text(_WALK).execution_options(yield_per=5000))
-        return walk(_rows(rows), anchors)
+    )
+    state = _Walk(anchors)
+    chains = uow.run(lambda u: [row.chain for row in u.execute(_CHAINS)])
+    for chain in (None, *chains):
+        mark = state.mark(chain)
 
-    return uow.run(work)
+        def work(u: UnitOfWork, chain: int | None = chain, mark: Any = mark) -> None:
+            state.restore(mark)  # a retried read starts the chain again
+            if chain is None:
+                rows = u.execute(_UNCHAINED)
+            else:
+                statement = sa.text(_CHAIN).execution_options(yield_per=5000)
+                rows = u.session.execute(statement, {"chain": chain})
+            for row in rows:
+                state.feed(row)
+            state.end()
+            state.chain = None
 
-
-def _rows(result: Any) -> Iterator[Any]:
-    yield from result
+        uow.run(work)
+    return state.report()
 
 
 @dataclass(frozen=True, slots=True)
