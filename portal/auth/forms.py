@@ -124,6 +124,7 @@ class PreferencesForm(FlaskForm):
 class SecondFactorForm(FlaskForm):
     code = _code()
     next = HiddenField()
+    time_zone = HiddenField(render_kw={"data-browser-time-zone": ""})
 
 
 class ConfirmTotpForm(FlaskForm):

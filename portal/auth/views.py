@@ -379,6 +379,9 @@ def second_factor() -> Response:
         try:
             user = accounts.get_user_view(make_uow(), user_id)
             sign_in(user, mfa_verified=True)
+            preferences.adopt_browser_defaults(
+                make_uow(), user_id=user.id, time_zone=form.time_zone.data
+            )
         except (NotFound, Unauthenticated):
             session.clear()
             flash("Please sign in again.", "info")

@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from babel.numbers import get_currency_precision
 from flask import (
     abort,
     current_app,
@@ -266,7 +267,9 @@ class ChartSeries:
         return json.dumps(
             {
                 "currency": self.currency,
-                "digits": exponent(self.currency),
+                # The user's format, and the minor digits the currency shows (IDR none).
+                "locale": _locale().replace("_", "-"),
+                "digits": min(get_currency_precision(self.currency), exponent(self.currency)),
                 "labels": [r.month.strftime("%b %Y") for r in self.rows],
                 "in": [r.money_in.to_major_str() for r in self.rows],
                 "out": [r.money_out.to_major_str() for r in self.rows],

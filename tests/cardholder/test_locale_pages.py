@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pyotp
 import sqlalchemy as sa
 
 from tests.cardholder.conftest import Wallets
@@ -64,6 +65,16 @@ def test_sign_in_brings_the_browsers_zone_only_while_none_is_chosen(
     client.post("/auth/logout")
     sign_in(client, person, time_zone="<script>")  # no zone: ignored
     assert _prefs(people, person)[1] == "Europe/London"
+
+
+def test_a_second_factor_sign_in_brings_the_zone_too(client: PageClient, people: People) -> None:
+    person = people.make(with_mfa=True)
+    assert sign_in(client, person).status_code == 302
+    assert person.totp_secret is not None
+    code = pyotp.TOTP(person.totp_secret).now()
+    done = client.post("/auth/mfa", data={"code": code, "time_zone": "Europe/Berlin"})
+    assert done.status_code == 302, page_text(done)
+    assert _prefs(people, person)[1] == "Europe/Berlin"
 
 
 def test_sign_up_takes_the_browsers_languages_and_zone(client: PageClient, people: People) -> None:

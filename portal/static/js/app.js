@@ -75,11 +75,11 @@
       } catch (error) {
         return;
       }
-      var format = new Intl.NumberFormat(undefined, {
+      var format = new Intl.NumberFormat(data.locale || undefined, {
         minimumFractionDigits: data.digits,
         maximumFractionDigits: data.digits,
       });
-      var compact = new Intl.NumberFormat(undefined, { notation: "compact" });
+      var compact = new Intl.NumberFormat(data.locale || undefined, { notation: "compact" });
       var text = cssVar("--color-muted", "#4a5261");
       var grid = cssVar("--color-chart-grid", "#e5e7eb");
       var reduced = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
