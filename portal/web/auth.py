@@ -91,9 +91,17 @@ def _load_from_session(_request: Request) -> SessionUser | None:
         return None
     info = sessions.resolve_web_session(make_uow(), token=token, touch=not _background_request())
     if info is None:
+        g.portal_session_ended = token  # ended_session_reason() can say why
         session.clear()
         return None
     return SessionUser(info.user, info.session_id, info.mfa_verified, info.actor)
+
+
+def ended_session_reason() -> str | None:
+    """Why this request's session cookie named a session that has ended (``"revoked"``,
+    ``"idle"``, ``"expired"``, ``"archived"``), or None (no such cookie, or none ended)."""
+    token = g.get("portal_session_ended")
+    return sessions.ended_reason(make_uow(), token=token) if token else None
 
 
 def sign_in(user: UserView, *, mfa_verified: bool) -> SessionUser:

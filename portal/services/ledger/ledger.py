@@ -21,6 +21,7 @@ from typing import Any
 from portal.domain.errors import CardUnavailable, Forbidden, NotFound
 from portal.domain.money import Money
 from portal.domain.types import Actor, Balance
+from portal.services.shared import idempotency
 from portal.services.shared.refs import Ref, ref_key
 from portal.services.shared.uow import UnitOfWork
 
@@ -67,27 +68,30 @@ class LockedWallet:
 
 
 _LOCK_SQL = """
-WITH locked AS (
+WITH {claim}locked AS (
     SELECT a.id AS account_id, c.id AS card_id, c.user_id, a.currency,
            a.posted_minor AS posted, a.pending_debits_minor AS pending,
            c.status AS card_status, c.archived_at, c.expiry_month, c.expiry_year,
            u.email_verified_at IS NOT NULL AS owner_verified, c.public_id AS card_public_id,
            c.last4, c.brand, u.first_name AS owner_first_name, u.last_name AS owner_last_name
     FROM accounts a JOIN cards c ON c.id = a.card_id JOIN users u ON u.id = c.user_id
-    WHERE {cards} ORDER BY a.id FOR UPDATE OF a
+    WHERE ({cards}){claimed} ORDER BY a.id FOR UPDATE OF a
 ), bumped AS (
     UPDATE users SET change_version = change_version + 1 WHERE id IN (
         SELECT id FROM users WHERE id IN (SELECT user_id FROM locked)
         ORDER BY id FOR NO KEY UPDATE
     )
 )
-SELECT * FROM locked
 """
+_SELECT_LOCKED = "SELECT * FROM locked"
+#: With a claim: one row per wallet, or one of NULLs (none found), each with the new key's
+#: id; no row at all when the key existed (then nothing was locked).
+_SELECT_CLAIMED = "SELECT k.id AS claim_id, l.* FROM claim k LEFT JOIN locked l ON TRUE"
 
 
 def _lock(uow: UnitOfWork, cards: str, params: dict[str, Any]) -> list[LockedWallet]:
-    rows = uow.execute(_LOCK_SQL.format(cards=cards), params).mappings()
-    return [LockedWallet(**row) for row in rows]
+    sql = _LOCK_SQL.format(claim="", cards=cards, claimed="") + _SELECT_LOCKED
+    return [LockedWallet(**row) for row in uow.execute(sql, params).mappings()]
 
 
 def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWallet]:
@@ -98,14 +102,8 @@ def lock_wallets(uow: UnitOfWork, card_ids: Iterable[int]) -> dict[int, LockedWa
     return {wallet.card_id: wallet for wallet in locked}
 
 
-def lock_wallets_by_ref(
-    uow: UnitOfWork, cards: Iterable[Ref], *, owner: Actor | None = None
-) -> dict[Ref, LockedWallet]:
-    """:func:`lock_wallets` for cards named by public id (``card_...``, as requests name them)
-    or internal id, resolved inside the same single locking statement. Each wallet is keyed by
-    both its card's internal and public id; a ref that names no card locks nothing. With
-    ``owner`` (an actor who may not manage money), a public id names only that actor's own cards:
-    someone else's card is neither found nor locked, so naming it cannot hold its wallet up."""
+def _by_ref(cards: Iterable[Ref], owner: Actor | None) -> tuple[str, dict[str, Any]] | None:
+    """The locking condition for cards named by public or internal id (None: names none)."""
     ids: set[int] = set()
     public_ids: set[str] = set()
     for ref in cards:
@@ -117,7 +115,7 @@ def lock_wallets_by_ref(
         else:
             ids.add(key[1])
     if not ids and not public_ids:
-        return {}
+        return None
     conditions = []
     if ids:
         conditions.append("c.id = ANY(:ids)")
@@ -127,10 +125,64 @@ def lock_wallets_by_ref(
         params["owner"] = owner.id if owner.kind == "user" else None
     elif public_ids:
         conditions.append("c.public_id = ANY(:public_ids)")
+    return " OR ".join(conditions), params
+
+
+def _keyed(wallets: Iterable[LockedWallet]) -> dict[Ref, LockedWallet]:
     found: dict[Ref, LockedWallet] = {}
-    for wallet in _lock(uow, " OR ".join(conditions), params):
+    for wallet in wallets:
         found[wallet.card_id] = found[wallet.card_public_id] = wallet
     return found
+
+
+def lock_wallets_by_ref(
+    uow: UnitOfWork, cards: Iterable[Ref], *, owner: Actor | None = None
+) -> dict[Ref, LockedWallet]:
+    """:func:`lock_wallets` for cards named by public id (``card_...``, as requests name them)
+    or internal id, resolved inside the same single locking statement. Each wallet is keyed by
+    both its card's internal and public id; a ref that names no card locks nothing. With
+    ``owner`` (an actor who may not manage money), a public id names only that actor's own cards:
+    someone else's card is neither found nor locked, so naming it cannot hold its wallet up."""
+    condition = _by_ref(cards, owner)
+    if condition is None:
+        return {}
+    return _keyed(_lock(uow, *condition))
+
+
+def claim_and_lock(
+    uow: UnitOfWork,
+    request: idempotency.Request,
+    cards: Sequence[Ref],
+    *,
+    owner: Actor | None = None,
+) -> tuple[idempotency.Claim, dict[Ref, LockedWallet]]:
+    """``idempotency.claim`` and :func:`lock_wallets_by_ref` in one statement (one round trip
+    where there were two): the claim first, then the wallets, locked only when the key is
+    new. A key seen before is settled as ``claim`` settles it (a replay locks nothing; an
+    expired key starts afresh and the wallets are then locked by themselves). Raises
+    IdempotencyConflict."""
+    condition = _by_ref(cards, owner)
+    if condition is None:
+        return idempotency.claim(uow, request.actor, request.key, request.operation,
+                                 request.params), {}  # fmt: skip
+    claim_sql, claim_params = idempotency.claim_part(uow, request)
+    sql = _LOCK_SQL.format(
+        claim=f"claim AS ({claim_sql}), ", cards=condition[0],
+        claimed=" AND EXISTS (SELECT 1 FROM claim)",
+    ) + _SELECT_CLAIMED  # fmt: skip
+    rows = uow.execute(sql, {**condition[1], **claim_params}).mappings().all()
+    if not rows:
+        claim = idempotency.claim_existing(uow, request)
+        return claim, (
+            {} if claim.replay is not None else lock_wallets_by_ref(uow, cards, owner=owner)
+        )
+    claim = idempotency.Claim(rows[0]["claim_id"], None)
+    wallets = [
+        LockedWallet(**{k: v for k, v in row.items() if k != "claim_id"})
+        for row in rows
+        if row["account_id"] is not None
+    ]
+    return claim, _keyed(wallets)
 
 
 def wallet_for(

@@ -43,32 +43,67 @@ def request_hash(operation: str, params: dict[str, Any]) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a claim is for: ``key`` of ``actor`` naming ``operation`` with ``params``."""
+
+    actor: Actor
+    key: str
+    operation: str
+    params: dict[str, Any]
+
+
+def claim_part(uow: UnitOfWork, request: Request) -> tuple[str, dict[str, Any]]:
+    """The claim's INSERT (and its parameters, prefixed ``claim_``), for a statement that
+    claims and does more in the same round trip: it returns the new key's id, or no row when
+    the key exists (then settle it with :func:`claim_existing`)."""
+    now = uow.now()
+    return (
+        "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, expires_at)"
+        " VALUES (:claim_scope, :claim_key, :claim_hash, :claim_now, :claim_expires)"
+        " ON CONFLICT (scope, key) DO NOTHING RETURNING id",
+        {
+            "claim_scope": request.actor.scope,
+            "claim_key": request.key,
+            "claim_hash": request_hash(request.operation, request.params),
+            "claim_now": now,
+            "claim_expires": now + timedelta(hours=uow.settings.idempotency_ttl_hours),
+        },
+    )
+
+
 def claim(uow: UnitOfWork, actor: Actor, key: str, operation: str, params: dict[str, Any]) -> Claim:
     """Claim ``key`` for this request. Raises IdempotencyConflict when the key was used for a
     different request."""
-    digest = request_hash(operation, params)
-    now = uow.now()
-    expires = now + timedelta(hours=uow.settings.idempotency_ttl_hours)
-    row = uow.execute(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, expires_at)"
-        " VALUES (:scope, :key, :hash, :now, :expires)"
-        " ON CONFLICT (scope, key) DO NOTHING RETURNING id",
-        {"scope": actor.scope, "key": key, "hash": digest, "now": now, "expires": expires},
-    ).first()
+    request = Request(actor, key, operation, params)
+    sql, values = claim_part(uow, request)
+    row = uow.execute(sql, values).first()
     if row is not None:
         return Claim(row.id, None)
+    return claim_existing(uow, request)
+
+
+def claim_existing(uow: UnitOfWork, request: Request) -> Claim:
+    """Settle a claim whose key exists: replay its stored response, start an expired key
+    afresh, or raise IdempotencyConflict (a different request, or one still without a
+    response)."""
+    digest = request_hash(request.operation, request.params)
+    now = uow.now()
     existing = uow.execute(
         "SELECT id, request_hash, response, expires_at FROM idempotency_keys"
         " WHERE scope = :scope AND key = :key FOR UPDATE",
-        {"scope": actor.scope, "key": key},
+        {"scope": request.actor.scope, "key": request.key},
     ).one()
     if existing.expires_at <= now:
         # Kept for its retention period and no longer: an expired key starts afresh.
         uow.execute(
             "UPDATE idempotency_keys SET request_hash = :hash, response = NULL,"
             " created_at = :now, expires_at = :expires WHERE id = :id",
-            {"hash": digest, "now": now, "expires": expires, "id": existing.id},
-        )
+            {
+                "hash": digest, "now": now, "id": existing.id,
+                "expires": now + timedelta(hours=uow.settings.idempotency_ttl_hours),
+            },
+        )  # fmt: skip
         return Claim(existing.id, None)
     if bytes(existing.request_hash) != digest or existing.response is None:
         raise IdempotencyConflict(

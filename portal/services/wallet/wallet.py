@@ -39,8 +39,8 @@ from portal.services.ledger.ledger import (
     LedgerWrites,
     LockedWallet,
     card_refusal,
+    claim_and_lock,
     lock_wallets,
-    lock_wallets_by_ref,
     release_expired_hold,
     system_account_id,
     wallet_for,
@@ -262,14 +262,14 @@ def top_up(
               "method": method}  # fmt: skip
 
     def work(uow: UnitOfWork) -> MovementResult:
-        claim = idempotency.claim(uow, actor, key, "top_up", params)
+        request = idempotency.Request(actor, key, "top_up", params)
+        claim, wallets = claim_and_lock(uow, request, [card_id], owner=actor)
         if claim.replay is not None:
             return _replay(uow, "top_up", claim.replay)
         # Locking the wallet also locks its owner's row, which serialises the daily cap.
         wallet = wallet_for(
-            lock_wallets_by_ref(uow, [card_id], owner=actor), card_id, actor, "card_id",
-            require_verified=uow.settings.require_verified_email,
-        )  # fmt: skip
+            wallets, card_id, actor, "card_id", require_verified=uow.settings.require_verified_email
+        )
         _check_currency(wallet, amount, "currency")
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now)
@@ -461,13 +461,19 @@ def transfer(
               "currency": amount.currency, "memo": memo}  # fmt: skip
 
     def work(uow: UnitOfWork) -> MovementResult:
-        claim = idempotency.claim(uow, actor, key, "transfer", params)
-        if claim.replay is not None:
-            return _replay(uow, "transfer", claim.replay)
         now = uow.now()
         if sealed is not None:
-            recipients.check(sealed, sender_id=actor.id, now=now, param="to_card_id")
-        wallets = lock_wallets_by_ref(uow, [from_card_id, to_card], owner=actor)
+            try:
+                recipients.check(sealed, sender_id=actor.id, now=now, param="to_card_id")
+            except NotFound:  # a reference past its time or not this sender's: nothing locked
+                claim = idempotency.claim(uow, actor, key, "transfer", params)
+                if claim.replay is not None:  # though a retry of what it did still answers
+                    return _replay(uow, "transfer", claim.replay)
+                raise
+        request = idempotency.Request(actor, key, "transfer", params)
+        claim, wallets = claim_and_lock(uow, request, [from_card_id, to_card], owner=actor)
+        if claim.replay is not None:
+            return _replay(uow, "transfer", claim.replay)
         source = wallet_for(
             wallets, from_card_id, actor, "from_card_id",
             require_verified=uow.settings.require_verified_email,
@@ -567,13 +573,13 @@ def withdraw(
               "bank": [bank.bank_name, bank.account_number, bank.account_holder]}  # fmt: skip
 
     def work(uow: UnitOfWork) -> MovementResult:
-        claim = idempotency.claim(uow, actor, key, "withdraw", params)
+        request = idempotency.Request(actor, key, "withdraw", params)
+        claim, wallets = claim_and_lock(uow, request, [card_id], owner=actor)
         if claim.replay is not None:
             return _replay(uow, "withdrawal", claim.replay)
         wallet = wallet_for(
-            lock_wallets_by_ref(uow, [card_id], owner=actor), card_id, actor, "card_id",
-            require_verified=uow.settings.require_verified_email,
-        )  # fmt: skip
+            wallets, card_id, actor, "card_id", require_verified=uow.settings.require_verified_email
+        )
         _check_currency(wallet, amount, "currency")
         now = uow.now()
         refusal: PortalError | None = card_refusal(wallet, now) or _insufficient(wallet, amount)
