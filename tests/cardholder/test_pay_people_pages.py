@@ -245,3 +245,23 @@ def test_pages_and_api_count_look_ups_in_the_same_buckets(
                           json={"to": "nobody@example.test", "currency": "usd"})  # fmt: skip
         assert answer.status_code == 404
     assert review(client, mine.public_id, "nobody@example.test", amount="1").status_code == 429
+
+
+def test_a_card_is_revealed_after_a_second_factor_code_instead_of_the_password(
+    client: PageClient, people: People, wallets: Wallets
+) -> None:
+    from tests.pages.conftest import sign_in
+
+    limiter.reset()
+    holder = people.make(with_mfa=True)
+    assert sign_in(client, holder).headers["Location"] == "/auth/mfa"
+    assert client.post("/auth/mfa", data={"code": holder.recovery_codes[0]}).status_code == 302
+    card = wallets.card(holder)
+    path = f"/wallet/cards/{card.public_id}/reveal"
+    form = client.get(path)
+    assert "authenticator app" in page_text(form)  # the code field is offered
+    wrong = client.post(path, data={"code": holder.code(offset=5)})  # outside the window
+    assert wrong.status_code == 422 and card.number not in wrong.get_data(True)
+    assert "code is not right" in page_text(wrong)
+    shown = client.post(path, data={"code": holder.code()})
+    assert shown.status_code == 200 and card.number in shown.get_data(True)
