@@ -85,7 +85,13 @@ from portal.extensions import limiter
 from portal.services.wallet import activity, bank_accounts, cards, wallet
 from portal.services.wallet.activity import ActivityItem, CardSummary, MonthTotals, Recipient
 from portal.services.wallet.wallet import BankAccount
-from portal.web.auth import background, current_actor, login_required, safe_next
+from portal.web.auth import (
+    background,
+    current_actor,
+    ended_session_reason,
+    login_required,
+    safe_next,
+)
 from portal.web.cache import cached
 from portal.web.render import render_fragments as _fragments
 from portal.web.render import render_page as _render
@@ -118,6 +124,18 @@ MOVEMENT_TITLES = {
 # -- helpers -------------------------------------------------------------------------------------
 SIGNED_OUT = "You were signed out: sign in to continue."
 
+
+def _signed_out_text() -> str:
+    """ "You were signed out: sign in to continue.", and why when the ended session tells."""
+    settings = make_uow().settings
+    why = {
+        "revoked": "The session was ended from another device or by an administrator.",
+        "idle": f"Nothing happened for {settings.session_idle_minutes} minutes.",
+        "expired": f"Sessions last at most {settings.session_absolute_hours} hours.",
+    }.get(ended_session_reason() or "")
+    return f"{SIGNED_OUT} {why}" if why else SIGNED_OUT
+
+
 #: Forms a signed-out post comes back to after signing in (their own address shows them).
 _FORM_ENDPOINTS = frozenset(
     {"cardholder.top_up", "cardholder.transfer", "cardholder.withdraw",
@@ -147,7 +165,7 @@ def _to_sign_in() -> Response:
     """The session has ended (timed out, revoked, cookies cleared): say so, and come back to
     the same page after signing in. htmx gets a full-page trip, not a sign-in page swapped
     into a tile."""
-    flash(SIGNED_OUT, "info")
+    flash(_signed_out_text(), "info")
     target = url_for("auth.login", next=_back_here())
     if _is_htmx():
         response = make_response("", 401)

@@ -191,7 +191,26 @@ def test_the_live_poll_does_not_extend_the_idle_timeout(
     assert bounced.status_code == 401
     assert bounced.headers["HX-Redirect"].startswith("/auth/login?next=")
     login = client.get(bounced.headers["HX-Redirect"])
-    assert "You were signed out: sign in to continue." in page_text(login)
+    assert f"You were signed out: sign in to continue. Nothing happened for {idle} minutes." in (
+        page_text(login))  # fmt: skip
+
+
+def test_a_poll_from_a_revoked_session_says_why(
+    client: PageClient, another_client: PageClient, people: People, alice: Person,
+    wallets: Wallets,
+) -> None:  # fmt: skip
+    wallets.card(alice)
+    sign_in(another_client, alice)
+    # From the other browser: "sign out everywhere else".
+    assert another_client.post("/auth/sessions/revoke-others").status_code in (302, 303)
+    bounced = client.get("/wallet/changes?v=0", headers=htmx(
+        **{"HX-Current-URL": "http://localhost/wallet/activity?kind=transfer"}))  # fmt: skip
+    assert bounced.status_code == 401
+    assert bounced.headers["HX-Redirect"] == (
+        "/auth/login?next=/wallet/activity?kind%3Dtransfer")  # fmt: skip
+    text = page_text(client.get(bounced.headers["HX-Redirect"]))
+    assert ("You were signed out: sign in to continue. The session was ended from another "
+            "device or by an administrator.") in text  # fmt: skip
 
 
 def test_a_session_that_ended_mid_form_returns_to_the_form(

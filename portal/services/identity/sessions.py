@@ -150,6 +150,34 @@ def resolve_web_session(uow: UnitOfWork, *, token: str, touch: bool = True) -> S
     return uow.run(work)
 
 
+def ended_reason(uow: UnitOfWork, *, token: str) -> str | None:
+    """Why the session of a cookie token is no longer live: ``"revoked"`` (signed out
+    elsewhere, or by an administrator), ``"idle"``, ``"expired"`` (its absolute limit),
+    ``"archived"``; None if it is unknown or still live. For telling a person why they were
+    signed out (rare path). Raises nothing."""
+    if not token or not isinstance(token, str) or len(token) > 256:
+        return None
+
+    def work(u: UnitOfWork) -> str | None:
+        row = u.execute(
+            "SELECT s.last_seen_at, s.absolute_expires_at, s.revoked_at,"
+            " u.archived_at AS u_archived_at FROM web_sessions s"
+            " JOIN users u ON u.id = s.user_id WHERE s.token_hash = :hash",
+            {"hash": token_digest(token)},
+        ).one_or_none()
+        if row is None or _live(u, row):
+            return None
+        if row.u_archived_at is not None:
+            return "archived"
+        if row.revoked_at is not None:
+            return "revoked"
+        if row.absolute_expires_at <= u.now():
+            return "expired"
+        return "idle"
+
+    return uow.run(work)
+
+
 def mark_mfa_verified(uow: UnitOfWork, *, session_id: int) -> NewSession:
     """Record that the session's user passed the second factor, and rotate the session token
     (a new token at every step up in authentication): the caller must store the returned token
