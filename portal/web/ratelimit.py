@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from flask import g, has_request_context
 from limits.storage import RedisStorage, Storage
 
 #: The storage's URI for flask-limiter (importing this module registers the scheme).
@@ -44,6 +45,28 @@ _GET = sa.text(
     "SELECT count AS n, extract(epoch FROM expires_at) AS expires FROM rate_limit_counters"
     " WHERE key = :key AND expires_at > now()"
 )
+
+
+#: limits' own increment (INCRBY, and EXPIRE on a new window) that also answers the window's
+#: time left, so the response's X-RateLimit-Remaining and -Reset headers cost no more round
+#: trips: the counts a request's hits got are kept for that request (``_windows``).
+_INCR_WITH_TTL = """
+local amount = tonumber(ARGV[2])
+local current = redis.call('incrby', KEYS[1], amount)
+if current == amount then
+    redis.call('expire', KEYS[1], ARGV[1])
+end
+return {current, redis.call('pttl', KEYS[1])}
+"""
+
+
+def _windows() -> dict[str, tuple[int, float]]:
+    """(count, window's end) per key this request incremented in Redis; outside a request,
+    an empty dict no one keeps."""
+    if not has_request_context():
+        return {}
+    windows: dict[str, tuple[int, float]] = g.setdefault("portal_rate_windows", {})
+    return windows
 
 
 class PostgresCounters:
@@ -101,6 +124,8 @@ class RedisThenPostgres(Storage):
             )  # fmt: skip
         self._lock = threading.Lock()
         self._redis_down_until = 0.0
+        if self.redis is not None:
+            self._incr_script = self.redis.get_connection().register_script(_INCR_WITH_TTL.encode())
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
@@ -122,14 +147,24 @@ class RedisThenPostgres(Storage):
             return False, None
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        ok, value = self._redis(lambda r: r.incr(key, expiry, amount))
-        return int(value) if ok else self.postgres.incr(key, expiry, amount)
+        ok, value = self._redis(
+            lambda r: self._incr_script([r.prefixed_key(key)], [expiry, amount])
+        )
+        if not ok:
+            return self.postgres.incr(key, expiry, amount)
+        count, ttl_ms = int(value[0]), int(value[1])
+        _windows()[key] = (count, time.time() + max(ttl_ms, 0) / 1000)
+        return count
 
     def get(self, key: str) -> int:
+        if (seen := _windows().get(key)) is not None:
+            return seen[0]
         ok, value = self._redis(lambda r: r.get(key))
         return int(value) if ok else self.postgres.get(key)[0]
 
     def get_expiry(self, key: str) -> float:
+        if (seen := _windows().get(key)) is not None:
+            return seen[1]
         ok, value = self._redis(lambda r: r.get_expiry(key))
         return float(value) if ok else self.postgres.get(key)[1]
 
@@ -143,5 +178,6 @@ class RedisThenPostgres(Storage):
         return None
 
     def clear(self, key: str) -> None:
+        _windows().pop(key, None)
         self._redis(lambda r: r.clear(key))
         self.postgres.clear(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import pytest
@@ -342,6 +343,8 @@ def test_rate_limit_is_429_with_retry_after_and_limiter_headers(client: FlaskCli
     statuses = [client.get("/api/v1/sample/limited", headers=auth(READER)) for _ in range(3)]
 
     assert [r.status_code for r in statuses[:2]] == [200, 200]
+    assert [r.headers["X-RateLimit-Remaining"] for r in statuses[:2]] == ["1", "0"]
+    assert 0 < int(statuses[0].headers["X-RateLimit-Reset"]) - time.time() <= 61
     response = statuses[2]
     error = error_of(response, 429)
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limited")

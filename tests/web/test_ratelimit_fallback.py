@@ -86,3 +86,28 @@ def test_the_storage_uses_redis_while_it_answers_and_postgres_while_it_does_not(
     down.clear(key)
     up.clear(key)
     assert down.get(key) == 0 and up.get(key) == 0
+
+
+def test_a_hit_costs_one_redis_command_and_its_headers_none(app) -> None:
+    """The increment answers the window's time left too, so the X-RateLimit headers of the
+    same request are answered without asking Redis again; outside a request nothing is kept."""
+    storage = RedisThenPostgres(
+        "portal://", database_url=app.config["SQLALCHEMY_DATABASE_URI"],
+        redis_url=app.config["REDIS_URL"],
+    )  # fmt: skip
+    connection = storage.redis.get_connection()  # type: ignore[union-attr]
+    sent: list[object] = []
+    real = connection.execute_command
+    connection.execute_command = lambda *a, **k: sent.append(a[0]) or real(*a, **k)  # type: ignore[method-assign]
+    key = f"tests/{uuid.uuid4().hex}"
+    storage.incr(key, 60)
+    with app.test_request_context():
+        sent.clear()
+        count = storage.incr(key, 60)
+        seen = (storage.get(key), storage.get_expiry(key))
+        in_request = list(sent)
+    assert count == 2 and seen[0] == 2 and 0 < seen[1] - time.time() <= 60
+    assert in_request == ["EVALSHA"]  # one round trip for the hit and both headers
+    sent.clear()
+    assert storage.get(key) == 2 and sent == ["GET"]  # outside a request Redis is asked
+    storage.clear(key)
