@@ -114,6 +114,23 @@ def test_indonesian_formats_in_the_browser(
             assert box["x"] + box["width"] <= grid["x"] + grid["width"] + 0.5, (width, name)
         _shot(page, artifacts, f"locale-activity-id-{width}.png")
     expect(page.locator(".activity__amount").first).to_contain_text("Rp\u00a0150.000")
+    # A withdrawal to a new account; the next one offers it, and needs none of its fields.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"/wallet/withdraw?card={idr.public_id}")
+    page.get_by_label("Amount").fill("60.000")
+    page.get_by_label("Bank name").fill("BCA")
+    page.get_by_label("Account number").fill("1234 5678 90")
+    page.get_by_label("Account holder").fill("Sari Dewi")
+    page.get_by_role("button", name="Review withdrawal").click()
+    page.get_by_role("button", name="Withdraw Rp\u00a060.000").click()
+    page.wait_for_url("**/wallet/movements/wd_*")
+    page.goto(f"/wallet/withdraw?card={idr.public_id}")
+    expect(page.get_by_label("BCA account ending 7890")).to_be_checked()
+    expect(page.get_by_label("Bank name")).to_be_hidden()
+    page.get_by_label("Amount").fill("50.000")
+    page.get_by_role("button", name="Review withdrawal").click()
+    expect(page.get_by_text("BCA account ending 7890 (Sari Dewi)")).to_be_visible()
+
     for width, height in ((1280, 900), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
         for path, name in (("/wallet/transfer", "transfer"), ("/wallet/withdraw", "withdraw"),
