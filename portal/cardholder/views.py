@@ -176,8 +176,11 @@ def _to_sign_in() -> Response:
 
 @bp.before_request
 def _signed_out_mid_form() -> Response | None:
-    """A post or an htmx request (a poll, a button) from a session that has ended."""
-    if (_is_htmx() or request.method != "GET") and not current_user.is_authenticated:
+    """A post or an htmx request (a poll, a button) without a live session, or any page asked
+    for with the cookie of a session that has ended: told so, and back here after signing in."""
+    if current_user.is_authenticated:  # (loads the session, noting one that has ended)
+        return None
+    if _is_htmx() or request.method != "GET" or g.get("portal_session_ended"):
         return _to_sign_in()
     return None
 

@@ -195,6 +195,18 @@ def test_the_live_poll_does_not_extend_the_idle_timeout(
         page_text(login))  # fmt: skip
 
 
+def test_reloading_a_page_after_the_timeout_says_so_and_comes_back(
+    client: PageClient, people: People, alice: Person, wallets: Wallets, app: Flask
+) -> None:
+    card = wallets.card(alice)
+    _idle(people, alice, app.config["SERVICE_SETTINGS"].session_idle_minutes + 1)
+    page = client.get(f"/wallet/cards/{card.public_id}")
+    assert page.status_code == 302
+    assert page.headers["Location"] == f"/auth/login?next=/wallet/cards/{card.public_id}"
+    assert "You were signed out: sign in to continue." in page_text(client.get(page.headers[
+        "Location"]))  # fmt: skip
+
+
 def test_a_poll_from_a_revoked_session_says_why(
     client: PageClient, another_client: PageClient, people: People, alice: Person,
     wallets: Wallets,
