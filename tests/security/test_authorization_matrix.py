@@ -30,7 +30,7 @@ from portal.services.merchants import (
     payouts,
     webhooks,
 )
-from portal.services.wallet import wallet
+from portal.services.wallet import payees, wallet
 from portal.web.auth import SESSION_KEY
 from tests.conftest import SYSTEM, Factory, new_key
 
@@ -54,6 +54,8 @@ KEY_ROUTES = ("/api/v1/payments", "/api/v1/refunds", "/api/v1/checkout/", "/api/
 #: Request bodies that pass validation, where the table is about who may act, not about input
 #: (schema validation runs before the service looks at who is asking).
 BODIES = {
+    ("PATCH", "/api/v1/payees/<payee_id>"): {"starred": True},
+    ("POST", "/api/v1/payees/<payee_id>/lookup"): {"currency": "usd"},
     ("POST", "/api/v1/merchants/<merchant_id>/api_keys"): {"name": "matrix"},
     ("POST", "/api/v1/merchants/<merchant_id>/invitations"): {
         "email": "invitee@example.test",
@@ -154,6 +156,17 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/cards/<card_id>/restore"): ADMIN,
     ("GET", "/api/v1/cards/<card_id>/balance"): OWNER_OR_STAFF,
     ("POST", "/api/v1/cards/lookup"): WALLET,
+    ("POST", "/api/v1/cards/<card_id>/reveal"): OWNER,  # never staff: only the holder
+    # API: paying people (the path payee is the cardholder's)
+    ("POST", "/api/v1/people/lookup"): WALLET,
+    ("GET", "/api/v1/payees"): WALLET,
+    ("POST", "/api/v1/payees"): WALLET,
+    ("PATCH", "/api/v1/payees/<payee_id>"): OWNER,
+    ("POST", "/api/v1/payees/<payee_id>/lookup"): OWNER,
+    ("GET", "/api/v1/receiving-cards"): WALLET,
+    ("POST", "/api/v1/receiving-cards"): WALLET,
+    ("GET", "/api/v1/users/me/handle"): WALLET,
+    ("PUT", "/api/v1/users/me/handle"): WALLET,
     # API: money movements and the activity feed (lists show one's own records)
     ("POST", "/api/v1/top_ups"): WALLET,
     ("GET", "/api/v1/top_ups"): SIGNED_IN,
@@ -185,6 +198,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/wallet/withdraw"): WALLET,
     ("POST", "/wallet/withdraw"): WALLET,
     ("GET", "/wallet/activity"): WALLET,
+    ("GET", "/wallet/pay"): WALLET,
+    ("POST", "/wallet/pay"): WALLET,
+    ("GET", "/wallet/pay/sent/<transfer_id>"): OWNER,
+    ("POST", "/wallet/payees/<payee_id>/star"): OWNER,
+    ("POST", "/wallet/payees/<payee_id>/unstar"): OWNER,
+    ("GET", "/wallet/receiving"): WALLET,
+    ("POST", "/wallet/receiving"): WALLET,
+    ("GET", "/wallet/cards/<card_id>/reveal"): OWNER,  # never staff: only the holder
+    ("POST", "/wallet/cards/<card_id>/reveal"): OWNER,
     ("GET", "/wallet/activity.csv"): WALLET,
     # API: merchant accounts with access tokens. The path merchant is the merchant persona's;
     # staff read every merchant (merchants:read), only admin decides (merchants:manage).
@@ -308,6 +330,9 @@ class Persona:
     top_up_id: str | None = None
     transfer_id: str | None = None
     withdrawal_id: str | None = None
+    #: A payment to another person (``tr_...``) and that person as a payee (``pye_...``).
+    paid_id: str | None = None
+    payee_id: str | None = None
     #: The merchant persona's merchant and what it owns.
     merchant: dict[str, str] | None = None
 
@@ -439,6 +464,23 @@ def _give_money_objects(uow, make: Factory, actor, persona: Persona) -> None:
         idempotency_key=new_key())  # fmt: skip
     persona.card_id, persona.top_up_id = card.public_id, top_up.public_id
     persona.transfer_id, persona.withdrawal_id = moved.public_id, held.public_id
+    # Another person paid by email: the payee routes' objects.
+    person = make.user(email=f"payee-{new_key()[:8]}@example.test")
+    make.card(person)
+    found = payees.find_person(uow, actor=actor, to=_email(uow, person), currency="USD")
+    paid = wallet.transfer(uow, actor=actor, from_card_id=card.card_id,
+                           to_card_id=found.reference, amount=Money.of_major("1.00", "USD"),
+                           idempotency_key=new_key())  # fmt: skip
+    (payee,) = payees.list_payees(uow, actor=actor)
+    persona.paid_id, persona.payee_id = paid.public_id, payee.public_id
+
+
+def _email(uow, actor) -> str:
+    return uow.run(
+        lambda u: u.execute(
+            sa.text("SELECT email FROM users WHERE id = :i"), {"i": actor.id}
+        ).scalar_one()
+    )
 
 
 def _url(rule: str, owner: Persona) -> str:
@@ -456,8 +498,11 @@ def _url(rule: str, owner: Persona) -> str:
         "movement_id": owner.top_up_id or "",
         "transfer_id": owner.transfer_id or "",
         "withdrawal_id": owner.withdrawal_id or "",
+        "payee_id": owner.payee_id or "",
         **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }
+    if rule.startswith("/wallet/pay/sent/"):  # a payment to a person, not between own cards
+        values["transfer_id"] = owner.paid_id or ""
     if rule.startswith(("/checkout/", "/api/v1/checkout/")):
         values["session_id"] = (owner.merchant or {})["checkout_id"]
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
