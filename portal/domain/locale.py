@@ -33,10 +33,10 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel import Locale
-from babel.dates import format_skeleton
+from babel.dates import format_datetime, match_skeleton
 from babel.numbers import (
     NumberFormatError,
-    format_currency,
+    NumberPattern,
     format_decimal,
     get_currency_precision,
     get_currency_symbol,
@@ -113,19 +113,52 @@ def time_zones() -> tuple[str, ...]:
     return ("UTC", *names)
 
 
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(time_zones())
+
+
 def valid_time_zone(value: str | None) -> str | None:
     """The IANA name if it names a zone (``Asia/Jakarta``), else None."""
     text = (value or "").strip()
-    if not text or len(text) > 64 or text not in set(time_zones()):
+    if not text or len(text) > 64 or text not in _zone_names():
         return None
     return text
 
 
+@lru_cache(maxsize=256)
 def _zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(valid_time_zone(name) or DEFAULT_TIME_ZONE)
     except ZoneInfoNotFoundError:  # pragma: no cover - names come from available_timezones
         return ZoneInfo("UTC")
+
+
+# Babel parses a locale name and resolves a pattern on every call: both are cached here (the
+# wallet's pages format dozens of amounts and times per request).
+@lru_cache(maxsize=64)
+def _babel_locale(code: str) -> Locale:
+    return Locale.parse(code)
+
+
+@lru_cache(maxsize=512)
+def _money_pattern(currency: str, locale: str) -> tuple[NumberPattern, str]:
+    loc = _babel_locale(locale)
+    pattern = loc.currency_formats["standard"]
+    return pattern, get_currency_symbol(currency, locale=loc)
+
+
+@lru_cache(maxsize=128)
+def _date_pattern(skeleton: str, locale: str) -> str:
+    loc = _babel_locale(locale)
+    if skeleton not in loc.datetime_skeletons:
+        skeleton = match_skeleton(skeleton, loc.datetime_skeletons) or skeleton
+    return str(loc.datetime_skeletons[skeleton].pattern)
+
+
+def _skeleton(skeleton: str, moment: datetime, time_zone: str | None, locale: str) -> str:
+    return format_datetime(moment, _date_pattern(skeleton, locale), tzinfo=_zone(time_zone),
+                           locale=_babel_locale(locale))  # fmt: skip
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -156,13 +189,14 @@ def format_money(money: Money, locale: str | None = None) -> str:
     exp = CURRENCY_EXPONENTS[money.currency]
     shown = min(get_currency_precision(money.currency), exp)
     whole = money.amount_minor % 10 ** (exp - shown) == 0
-    text = format_currency(
-        value, money.currency, locale=loc, currency_digits=whole, decimal_quantization=whole
-    )
-    if not whole:  # a fraction CLDR would not show: all of the currency's digits, not rounded
-        text = format_currency(value.quantize(Decimal(1).scaleb(-exp)), money.currency,
-                               locale=loc, currency_digits=False)  # fmt: skip
-    return _spaced(text, get_currency_symbol(money.currency, locale=loc))
+    pattern, symbol = _money_pattern(money.currency, loc)
+    if whole:
+        text = pattern.apply(value, _babel_locale(loc), currency=money.currency,
+                             currency_digits=True)  # fmt: skip
+    else:  # a fraction CLDR would not show: all of the currency's digits, not rounded
+        text = pattern.apply(value.quantize(Decimal(1).scaleb(-exp)), _babel_locale(loc),
+                             currency=money.currency, currency_digits=False)  # fmt: skip
+    return _spaced(text, symbol)
 
 
 def amount_sign(currency: str, locale: str | None = None) -> str:
@@ -204,19 +238,18 @@ def format_date(moment: datetime, time_zone: str | None, locale: str | None = No
     numeric form elsewhere (``3/12/2026`` id_ID, ``3.12.2026`` de_DE) so the words stay
     English."""
     loc = normalize_locale(locale)
-    skeleton = "yMMMd" if _english(loc) else "yMd"
-    return format_skeleton(skeleton, moment, tzinfo=_zone(time_zone), locale=loc)
+    return _skeleton("yMMMd" if _english(loc) else "yMd", moment, time_zone, loc)
 
 
 def format_clock(moment: datetime, time_zone: str | None, locale: str | None = None) -> str:
     """The time of day in the person's zone: ``07:05`` (en_GB, de_DE), ``7:05 AM`` (en_US),
     ``07.05`` (id_ID)."""
     loc = normalize_locale(locale)
-    pattern = Locale.parse(loc).time_formats["short"].pattern
+    pattern = _babel_locale(loc).time_formats["short"].pattern
     skeleton = "hm" if "h" in pattern else "Hm"
     if not _english(loc):
         skeleton = "Hm"  # no "AM"/"PM" in another language
-    return format_skeleton(skeleton, moment, tzinfo=_zone(time_zone), locale=loc)
+    return _skeleton(skeleton, moment, time_zone, loc)
 
 
 def format_moment(moment: datetime, time_zone: str | None, locale: str | None = None) -> str:
@@ -280,7 +313,7 @@ def _read(text: str, convention: _Convention, locale: str, own: bool) -> tuple[D
 
 def _strip_currency(text: str, currency: str, locale: str) -> str:
     signs = {currency, get_currency_symbol(currency, locale=locale),
-             get_currency_symbol(currency, locale="en"), Locale.parse(locale).currency_symbols.get(
+             get_currency_symbol(currency, locale="en"), _babel_locale(locale).currency_symbols.get(
                  currency, currency)}  # fmt: skip
     for sign in sorted(signs, key=len, reverse=True):
         if text.upper().startswith(sign.upper()):
