@@ -613,7 +613,7 @@ def test_a_page_whose_transfer_lost_its_connection_answers_a_503_retry_page(
     assert transfers(committing_engine) == 0
     # The same form again (its key unchanged) moves the money, once.
     again = client.post("/wallet/transfer", data=transfer_form(source, dest, key))
-    assert again.status_code == 302
+    assert again.status_code == 303  # see other: the receipt (post/redirect/get)
     client.post("/wallet/transfer", data=transfer_form(source, dest, key))
     assert transfers(committing_engine) == 1
     assert (posted(committing_engine, source), posted(committing_engine, dest)) == (7500, 2500)

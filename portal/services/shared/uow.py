@@ -225,7 +225,7 @@ class UnitOfWork:
         """Run one read-only statement as a transaction of its own, outside ``run``: on an
         engine, in autocommit on a pooled connection (one round trip: no BEGIN, no COMMIT); on
         the connection a test holds, inside the test's transaction. A lost connection is
-        retried once, on a fresh one (a read is safe to repeat)."""
+        retried once, on a fresh one (a read is safe to repeat); lost twice, OutcomeUnknown."""
         bind = self._bind()
         if not isinstance(bind, (sa.Engine, sa.Connection)):
             return self.run(lambda u: u.execute(statement, params).all())
@@ -236,9 +236,13 @@ class UnitOfWork:
                 with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     return conn.execute(_text(statement), params).all()
             except DBAPIError as exc:
-                if attempt == 2 or not connection_lost(exc):
+                if not connection_lost(exc):
                     raise
-                log.warning("retrying a read after a lost connection (%s)", type(exc.orig).__name__)
+                error = type(exc.orig).__name__
+                if attempt == 2:
+                    log.warning("database connection lost (%s): outcome unknown", error)
+                    raise OutcomeUnknown(LOST_MESSAGE) from exc
+                log.warning("retrying a read after a lost connection (%s)", error)
                 time.sleep(RECONNECT_PAUSE)
         raise AssertionError("unreachable")  # pragma: no cover
 

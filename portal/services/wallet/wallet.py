@@ -859,21 +859,19 @@ def get_balance(uow: UnitOfWork, *, actor: Actor, card_id: Ref) -> Balance:
         raise NotFound("no such card", param="card_id")
     column, value = key
 
-    def work(u: UnitOfWork) -> Balance:
-        row = u.execute(
-            "SELECT a.id, a.currency, a.posted_minor, a.pending_debits_minor, c.user_id,"  # nosec B608: column is id or public_id (ref_key)
-            " c.id AS card_id, c.public_id AS card_public_id"
-            f" FROM accounts a JOIN cards c ON c.id = a.card_id WHERE c.{column} = :card",
-            {"card": value},
-        ).first()
-        if row is None or (row.user_id != actor.id and not actor.can("money:read")):
-            raise NotFound("no such card", param="card_id")
-        return Balance(
-            row.card_id, row.id, Money(row.posted_minor, row.currency),
-            Money(row.pending_debits_minor, row.currency), row.card_public_id,
-        )  # fmt: skip
-
-    return uow.run(work)
+    rows = uow.read(  # one statement: no transaction of its own
+        "SELECT a.id, a.currency, a.posted_minor, a.pending_debits_minor, c.user_id,"  # nosec B608: column is id or public_id (ref_key)
+        " c.id AS card_id, c.public_id AS card_public_id"
+        f" FROM accounts a JOIN cards c ON c.id = a.card_id WHERE c.{column} = :card",
+        {"card": value},
+    )
+    row = rows[0] if rows else None
+    if row is None or (row.user_id != actor.id and not actor.can("money:read")):
+        raise NotFound("no such card", param="card_id")
+    return Balance(
+        row.card_id, row.id, Money(row.posted_minor, row.currency),
+        Money(row.pending_debits_minor, row.currency), row.card_public_id,
+    )  # fmt: skip
 
 
 __all__ = [
