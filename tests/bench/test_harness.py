@@ -238,6 +238,12 @@ def test_statements_round_trips_and_transactions_per_request() -> None:
         (10, "SELECT change_version FROM users WHERE id = $1"),
         (10, "select s.id from sessions s"),
         (1, "UPDATE jobs SET status = 'running'"),
+        # the deferred balance trigger's query, fired at COMMIT: no round trip of its own
+        (
+            20,
+            "SELECT currency, SUM(amount_minor) AS total FROM postings WHERE journal_entry_id ="
+            " NEW.journal_entry_id GROUP BY currency",
+        ),
     ]
     run.per_request(result, calls)
     assert result.round_trips_per_request == 6.4
