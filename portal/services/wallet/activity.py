@@ -602,14 +602,11 @@ def list_activity(
         _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind, amounts
     )
 
-    def work(u: UnitOfWork) -> Page[ActivityItem]:
-        rows = u.execute(sql, params).all()
-        if not rows and (card_id is not None or cursor_kind is not None):
-            _check_reach(u, scope, params, card_id, cursor_kind)
-        items = [_item(r) for r in rows]
-        return Page(tuple(items[:size]), len(items) > size)
-
-    return uow.run(work)
+    rows = uow.read(sql, params)  # one statement: no transaction of its own
+    if not rows and (card_id is not None or cursor_kind is not None):
+        _check_reach(uow, scope, params, card_id, cursor_kind)
+    items = [_item(r) for r in rows]
+    return Page(tuple(items[:size]), len(items) > size)
 
 
 def _check_reach(
@@ -619,7 +616,7 @@ def _check_reach(
     reach = f"WITH scope AS ({scope}) SELECT EXISTS (SELECT 1 FROM scope) AS card"  # nosec B608: scope is this module's constant SQL
     if cursor is not None:
         reach += f", EXISTS ({_CURSOR_REACH[cursor]}) AS cursor"
-    row = u.execute(reach, params).one()
+    row = u.read(reach, params)[0]
     if card_id is not None and not row.card:
         raise NotFound("no such card", param="card_id")
     if cursor is not None and not row.cursor:
