@@ -91,9 +91,28 @@ def suitable(method: str, rule: str) -> tuple[str, ...]:
     return tuple(["anonymous"] * ("anonymous" in allowed) + signed_in)
 
 
-def refused_for_csrf(response) -> bool:
+def refused_for_csrf(response, flashes: list[str]) -> bool:
+    """A 400 saying why, or (the wallet's pages) a trip back to a fresh form, by redirect or
+    htmx's HX-Redirect, with a notice saying why and that nothing was done."""
     text = response.get_data(as_text=True)
-    return response.status_code == 400 and any(reason in text for reason in REFUSALS)
+    if response.status_code == 400 and any(reason in text for reason in REFUSALS):
+        return True
+    back = response.status_code in (302, 303) or (
+        response.status_code == 400 and "HX-Redirect" in response.headers
+    )
+    return back and any(reason in note for note in flashes for reason in REFUSALS)
+
+
+def sent_and_told(client: FlaskClient, send: Callable[[], object]) -> Callable[[], object]:
+    """``send``, answering (its response, the notices it flashed)."""
+
+    def run() -> object:
+        response = send()
+        with client.session_transaction() as flask_session:
+            flashes = [message for _, message in flask_session.get("_flashes", [])]
+        return response, flashes
+
+    return run
 
 
 def mint(app: Flask) -> tuple[str, str]:
@@ -153,8 +172,8 @@ def check_route(
                 flask_session["csrf_token"] = raw
             return client.open(url, method=method, data=attempt.data, headers=attempt.headers)
 
-        response, written = in_savepoint(send)
-        if not refused_for_csrf(response):
+        (response, flashes), written = in_savepoint(sent_and_told(client, send))
+        if not refused_for_csrf(response, flashes):
             wrong.append(f"{method} {url} ({attempt.name}): {response.status_code}")  # type: ignore[attr-defined]
         elif written:
             wrong.append(f"{method} {url} ({attempt.name}): refused but wrote {written} rows")
@@ -165,8 +184,8 @@ def check_route(
             flask_session["csrf_token"] = raw
         return client.open(url, method=method, data={**form, "csrf_token": signed})
 
-    response, written = in_savepoint(accepted)
-    if refused_for_csrf(response):
+    (response, flashes), written = in_savepoint(sent_and_told(client, accepted))
+    if refused_for_csrf(response, flashes):
         wrong.append(f"{method} {url}: refused for CSRF even with the session's own token")
     return wrong, response, written
 
