@@ -12,7 +12,6 @@ from flask import Blueprint
 
 bp = Blueprint("cardholder", __name__, url_prefix="/wallet")
 
-from portal.cardholder import views  # noqa: E402  (registers the routes on bp)
-from portal.cardholder import pay  # noqa: E402  (paying people, reveal: registers routes on bp)
+from portal.cardholder import pay, views  # noqa: E402  (each registers its routes on bp)
 
 __all__ = ["bp", "pay", "views"]

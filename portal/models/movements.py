@@ -94,6 +94,8 @@ class Transfer(Base):
     amount_minor: Mapped[int] = money_column()
     currency: Mapped[str] = currency_column()
     memo: Mapped[str] = mapped_column(sa.String(140), nullable=False, server_default="")
+    #: Addressed to a person (email, @handle, payee): the sender is shown nothing of the card.
+    to_person: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
     status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     failure_code: Mapped[str | None] = mapped_column(sa.String(64))
     journal_entry_id: Mapped[int | None] = mapped_column(

@@ -18,7 +18,7 @@ from portal.domain.types import Actor
 from portal.services.identity import handles, mfa, users
 from portal.services.ledger import reconciliation
 from portal.services.shared.uow import UnitOfWork
-from portal.services.wallet import cards, payees, reveal, wallet
+from portal.services.wallet import activity, cards, payees, reveal, wallet
 from tests.conftest import SYSTEM, Clock, Factory, new_key
 
 PASSWORD = "Tr0ub4dor&3-purple"
@@ -89,6 +89,35 @@ def test_a_person_is_found_by_email_in_any_case_and_paid_at_their_receiving_card
         sa.text("SELECT posted_minor FROM accounts WHERE card_id = :c"), {"c": first.card_id}
     ).scalar_one()
     assert received == 2500
+    assert_clean(uow)
+
+
+def test_paying_a_person_shows_the_sender_the_person_and_nothing_of_their_card(
+    uow: UnitOfWork, make: Factory, alice: Actor, budi: Actor
+) -> None:
+    """Found as a person, the card that receives stays theirs to know: the sender's answer,
+    history and search show "Budi S.", never its brand or last four; Budi sees Alice's card as
+    for any transfer; a transfer to a typed card number still shows that card."""
+    mine, theirs = make.card(alice, balance="100"), make.card(budi)
+    found = payees.find_person(uow, actor=alice, to="budi.santoso@example.test", currency="usd")
+    moved = wallet.transfer(
+        uow, actor=alice, from_card_id=mine.public_id, to_card_id=found.reference,
+        amount=Money(2500, "USD"), idempotency_key=new_key(),
+    )  # fmt: skip
+    by_number = activity.find_recipient(uow, actor=alice, number=theirs.number)
+    typed = wallet.transfer(
+        uow, actor=alice, from_card_id=mine.public_id, to_card_id=by_number.reference,
+        amount=Money(100, "USD"), idempotency_key=new_key(),
+    )  # fmt: skip
+
+    sent = activity.get_activity_item(uow, actor=alice, item_id=moved.public_id)
+    assert moved.counterparty == sent.counterparty == "Budi S."
+    assert theirs.number[-4:] not in moved.counterparty
+    hits = activity.list_activity(uow, actor=alice, search=theirs.number[-4:]).items
+    assert [h.id for h in hits] == [typed.public_id]  # only the card whose number was typed
+    assert typed.counterparty.endswith(f"{theirs.number[-4:]} (Budi S.)")
+    got = activity.get_activity_item(uow, actor=budi, item_id=moved.public_id)
+    assert got.counterparty.endswith(f"{mine.number[-4:]} (Alice W.)")
     assert_clean(uow)
 
 

@@ -330,6 +330,10 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
     if direction == "in":
         # Shown once between one's own cards (as outgoing), and only once it moved money.
         base += f" AND t.{other} NOT IN (SELECT id FROM scope) AND t.status = 'succeeded'"  # nosec B608: other is a constant column name
+    # The card it went to, unless the sender paid a person and never saw that card.
+    card = (
+        "CASE WHEN t.status <> 'failed' AND NOT t.to_person THEN " if direction == "out" else _SHOWN
+    )
     return (
         "transfer",
         "'transfer'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
@@ -338,7 +342,7 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
         " c.public_id::text AS card_public_id, c.last4::text AS card_last4,"
         # A refused transfer shows nothing of the other card (issue 11 A5): it may never have
         # been the sender's to see.
-        f" {_SHOWN}o.brand END::text AS cp_brand, {_SHOWN}o.last4 END::text AS cp_last4,"
+        f" {card}o.brand END::text AS cp_brand, {card}o.last4 END::text AS cp_last4,"
         f" {_SHOWN}ou.first_name END::text AS cp_first,"
         f" {_SHOWN}ou.last_name END::text AS cp_last, NULL::text AS method,"
         " t.failure_code::text AS failure_code, NULL::text AS bank_name,"
@@ -347,8 +351,9 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
         " JOIN users ou ON ou.id = o.user_id",
         base,
         # Only what is shown: the holder's first name and last initial (never the last name).
-        f"concat_ws(' ', {_SHOWN}concat_ws(' ', {_BRAND_NAME_SQL}, o.last4, ou.first_name,"
-        " left(ou.last_name, 1)) END, t.memo, c.last4, c.name)",
+        f"concat_ws(' ', {card}concat_ws(' ', {_BRAND_NAME_SQL}, o.last4) END,"
+        f" {_SHOWN}concat_ws(' ', ou.first_name, left(ou.last_name, 1)) END,"
+        " t.memo, c.last4, c.name)",
     )
 
 
@@ -431,10 +436,12 @@ def _counterparty(row: sa.Row[Any]) -> str:
     if row.kind == "top_up":
         return METHOD_LABELS.get(row.method, row.method or "")
     if row.kind == "transfer":
-        if row.cp_last4 is None:
+        if row.cp_first is None and row.cp_last is None:
             return "Card transfer"  # refused: nothing of the other card is shown
-        card = card_numbers.mask(row.cp_last4, row.cp_brand)
-        return f"{card} ({masked_name(row.cp_first, row.cp_last)})"
+        name = masked_name(row.cp_first, row.cp_last)
+        if row.cp_last4 is None:  # paid as a person: nothing of their card
+            return name
+        return f"{card_numbers.mask(row.cp_last4, row.cp_brand)} ({name})"
     bank = row.bank_name or "bank"
     return f"{bank} {_DOTS} {row.bank_last4}" if row.bank_last4 else bank
 

@@ -152,7 +152,8 @@ def _person(u: UnitOfWork, row: Any, sender: int, currency: str, now: datetime,
         holder=masked_name(row.first_name, row.last_name), email=mask_email(row.email),
         handle=row.handle, currency=currency,
         reference=reference
-        or recipients.issue(u.settings, sender_id=sender, card_id=row.card_id, now=now),
+        or recipients.issue(u.settings, sender_id=sender, card_id=row.card_id, now=now,
+                            person=True),
         reference_expires_at=now + timedelta(minutes=recipients.REFERENCE_MINUTES),
         user_id=row.id,
     )  # fmt: skip

@@ -37,18 +37,25 @@ class Sealed:
     card_id: int
     sender_id: int
     expires_at: datetime
+    #: Found as a person (email, @handle, payee), not by the card's number: the sender is
+    #: shown the person, never the card.
+    person: bool = False
 
 
 def is_reference(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
 
 
-def issue(settings: ServiceSettings, *, sender_id: int, card_id: int, now: datetime) -> str:
+def issue(
+    settings: ServiceSettings, *, sender_id: int, card_id: int, now: datetime,
+    person: bool = False,
+) -> str:  # fmt: skip
     """A reference to ``card_id`` for ``sender_id`` to use until ``REFERENCE_MINUTES`` from
-    ``now``."""
+    ``now``; ``person``: the card was found as its holder's receiving card, not by number."""
     expires = int((now + timedelta(minutes=REFERENCE_MINUTES)).timestamp())
+    sealed = [card_id, sender_id, expires, *([1] if person else [])]
     blob, version = Vault.from_settings(settings).encrypt(
-        json.dumps([card_id, sender_id, expires]).encode(), purpose=_PURPOSE
+        json.dumps(sealed).encode(), purpose=_PURPOSE
     )
     token = base64.urlsafe_b64encode(version.to_bytes(2, "big") + blob).rstrip(b"=").decode()
     return PREFIX + token
@@ -66,10 +73,11 @@ def open_reference(settings: ServiceSettings, reference: str, param: str) -> Sea
         plain = Vault.from_settings(settings).decrypt(
             raw[2:], int.from_bytes(raw[:2], "big"), purpose=_PURPOSE
         )
-        card_id, sender_id, expires = json.loads(plain)
+        card_id, sender_id, expires, *person = json.loads(plain)
     except (binascii.Error, ValueError, VaultError):
         raise unknown from None
-    return Sealed(int(card_id), int(sender_id), datetime.fromtimestamp(int(expires), tz=UTC))
+    return Sealed(int(card_id), int(sender_id), datetime.fromtimestamp(int(expires), tz=UTC),
+                  person=person == [1])  # fmt: skip
 
 
 def check(sealed: Sealed, *, sender_id: int | None, now: datetime, param: str) -> int:

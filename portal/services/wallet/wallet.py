@@ -131,11 +131,11 @@ def _replay(uow: UnitOfWork, kind: str, stored: dict[str, Any]) -> MovementResul
     return result if result.public_id else _with_public_ids(uow, result)
 
 
-def card_label(wallet: LockedWallet) -> str:
+def card_label(wallet: LockedWallet, *, person: bool = False) -> str:
     """How a movement's other card is shown (as the activity feed shows it): "Visa •••• 4242
-    (Budi S.)"."""
-    card = card_numbers.mask(wallet.last4, wallet.brand)
-    return f"{card} ({masked_name(wallet.owner_first_name, wallet.owner_last_name)})"
+    (Budi S.)", or only "Budi S." when it was paid as a person."""
+    name = masked_name(wallet.owner_first_name, wallet.owner_last_name)
+    return name if person else f"{card_numbers.mask(wallet.last4, wallet.brand)} ({name})"
 
 
 def _check_card(card_id: Ref, param: str) -> None:
@@ -501,14 +501,15 @@ def transfer(
             writes.apply()
         status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
         posted = 0 if refusal else -amount.amount_minor
+        person = sealed is not None and sealed.person
         return _record(
             uow, claim, actor,
             insert="INSERT INTO transfers (public_id, from_card_id, to_card_id, amount_minor,"  # nosec B608: _entry() is a constant fragment
-            " currency, memo, status, failure_code, journal_entry_id, created_by_kind,"
+            " currency, memo, to_person, status, failure_code, journal_entry_id, created_by_kind,"
             " created_by_id, created_at) VALUES (:public_id, :src, :dst, :amount, :cur, :memo,"
-            f" :status, :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
+            f" :person, :status, :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
             params={"src": source.card_id, "dst": dest.card_id, "amount": amount.amount_minor,
-                    "cur": amount.currency, "memo": memo, "status": status,
+                    "cur": amount.currency, "memo": memo, "person": person, "status": status,
                     "failure": refusal.code if refusal else None,
                     "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
             audit_data={"from_card_id": source.card_id, "to_card_id": dest.card_id,
@@ -519,7 +520,8 @@ def transfer(
                 balance=source.balance(posted=posted), created_at=now,
                 counterparty_card_id=dest.card_id,
                 counterparty_card_public_id=dest.card_public_id,
-                card_last4=source.last4, counterparty=card_label(dest), memo=memo,
+                card_last4=source.last4, counterparty=card_label(dest, person=person),
+                memo=memo,
             ),
             refusal=refusal,
             with_entry=writes.has_entry,
