@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import sqlalchemy as sa
 
 from portal.domain.money import Money
 from portal.services.identity import users
@@ -182,3 +183,26 @@ def test_without_javascript_the_chart_table_is_shown(
     css = client.get("/static/css/no-js.css").get_data(as_text=True)
     rule = css[css.index(".chart__canvas") : css.index("}")]
     assert "details.chart__table" in rule and "display: none" in rule
+
+
+def test_an_unchanged_poll_is_two_reads_and_no_transaction(
+    client: PageClient, alice: Person, wallets: Wallets, connection
+) -> None:
+    """Issue 12: the 1.5 s poll that finds nothing new answers 204 after the session check and
+    the version read, each one statement with no transaction of its own (no BEGIN; here, in
+    the test's transaction, no SAVEPOINT), and renders nothing."""
+    wallets.card(alice, balance="10")
+    page = client.get("/wallet").get_data(as_text=True)
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, *args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(connection, "before_cursor_execute", capture)
+    try:
+        unchanged = client.get(f"/wallet/changes?v={_version(page)}", headers=htmx())
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", capture)
+    assert unchanged.status_code == 204 and unchanged.get_data() == b""
+    assert len(sent) == 2, sent
+    assert "FROM web_sessions" in sent[0] and "change_version FROM users" in sent[1]

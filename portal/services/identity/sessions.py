@@ -108,8 +108,8 @@ def create_web_session(
     return uow.run(work)
 
 
-def _live(u: UnitOfWork, row: Any) -> bool:
-    now = u.now()
+def _live(u: UnitOfWork, row: Any, now: datetime | None = None) -> bool:
+    now = now or u.now()
     idle = timedelta(minutes=u.settings.session_idle_minutes)
     return (
         row.revoked_at is None
@@ -129,25 +129,25 @@ def resolve_web_session(uow: UnitOfWork, *, token: str, touch: bool = True) -> S
         return None
     digest = token_digest(token)
 
-    def work(u: UnitOfWork) -> SessionInfo | None:
-        row = u.execute(
-            "SELECT s.id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"  # nosec B608: a constant column list; values bound
-            f" s.mfa_verified_at, {USER_VIEW_COLUMNS}"
-            " FROM web_sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = :hash",
-            {"hash": digest},
-        ).one_or_none()
-        if row is None or not _live(u, row):
-            return None
-        if touch and u.now() - row.last_seen_at >= TOUCH_INTERVAL:
-            u.defer(
+    rows = uow.read(  # one statement, no transaction: every page and poll asks it
+        "SELECT s.id, s.last_seen_at, s.absolute_expires_at, s.revoked_at,"  # nosec B608: a constant column list; values bound
+        f" s.mfa_verified_at, {USER_VIEW_COLUMNS}"
+        " FROM web_sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = :hash",
+        {"hash": digest},
+    )
+    row = rows[0] if rows else None
+    now = uow.clock()
+    if row is None or not _live(uow, row, now):
+        return None
+    if touch and now - row.last_seen_at >= TOUCH_INTERVAL:  # at most once a minute
+        uow.run(
+            lambda u: u.execute(
                 "UPDATE web_sessions SET last_seen_at = :now WHERE id = :id"
                 " AND last_seen_at < :now",
-                now=u.now(),
-                id=row.id,
+                {"now": u.now(), "id": row.id},
             )
-        return SessionInfo(row.id, user_view_from_row(row), row.mfa_verified_at is not None)
-
-    return uow.run(work)
+        )
+    return SessionInfo(row.id, user_view_from_row(row), row.mfa_verified_at is not None)
 
 
 def ended_reason(uow: UnitOfWork, *, token: str) -> str | None:

@@ -787,15 +787,10 @@ def change_version(uow: UnitOfWork, *, actor: Actor) -> int:
     poll it). Raises Forbidden (not a user), NotFound (user gone)."""
     owner = _user_id(actor)
 
-    def work(u: UnitOfWork) -> int:
-        version = u.execute(
-            "SELECT change_version FROM users WHERE id = :id", {"id": owner}
-        ).scalar()
-        if version is None:
-            raise NotFound("no such user", param="user_id")
-        return int(version)
-
-    return uow.run(work)
+    rows = uow.read("SELECT change_version FROM users WHERE id = :id", {"id": owner})
+    if not rows:
+        raise NotFound("no such user", param="user_id")
+    return int(rows[0].change_version)
 
 
 _RECIPIENT_SQL = (
