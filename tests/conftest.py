@@ -244,9 +244,9 @@ def run_funding_job(uow: UnitOfWork, top_up_id: int) -> MovementResult | None:
 def confirm_top_ups(uow: UnitOfWork) -> int:
     """Run the funding job of every pending top-up; returns how many were asked."""
     pending = uow.run(
-        lambda u: u.execute("SELECT id FROM top_ups WHERE status = 'pending' ORDER BY id")
-        .scalars()
-        .all()
+        lambda u: (
+            u.execute("SELECT id FROM top_ups WHERE status = 'pending' ORDER BY id").scalars().all()
+        )
     )
     for top_up_id in pending:
         run_funding_job(uow, top_up_id)
