@@ -16,15 +16,20 @@ ARGS ?=
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "make: setting up the Python virtualenv in $(VENV) (first run only, or after pyproject.toml changes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "make: upgrading pip and setuptools (under a minute)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools
+	@echo "make: installing Portal and its dependencies with pip (about 4 minutes on a first run, quiet meanwhile)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "make: Python dependencies installed"
 	touch $@
 
 # Front-end assets, pinned in package-lock.json and served from portal/static/vendor/.
 assets: $(HTMX) $(SWAGGER_UI)/swagger-ui-bundle.js $(CHARTJS)/chart.umd.min.js
 
 node_modules/.installed: package.json package-lock.json
+	@echo "make: installing the pinned front-end assets with npm (under a minute)"
 	npm install --no-audit --no-fund
 	touch $@
 
