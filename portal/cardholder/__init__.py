@@ -12,6 +12,6 @@ from flask import Blueprint
 
 bp = Blueprint("cardholder", __name__, url_prefix="/wallet")
 
-from portal.cardholder import pay, views  # noqa: E402  (each registers its routes on bp)
+from portal.cardholder import pay, statements, views  # noqa: E402  (each registers its routes on bp)
 
-__all__ = ["bp", "pay", "views"]
+__all__ = ["bp", "pay", "statements", "views"]
