@@ -71,6 +71,24 @@ def _dev_secrets() -> dict[str, str]:
     return values
 
 
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:5000"
+
+
+def url_for_bind(bind: str) -> str:
+    """The URL a browser on this machine uses for a server bound to ``bind`` (gunicorn's
+    ``HOST:PORT`` syntax): a wildcard host becomes loopback; a Unix socket or a bind without a
+    port gives the default."""
+    bind = bind.strip().split(",")[0].strip()
+    if bind.startswith(("unix:", "fd://")) or ":" not in bind:
+        return DEFAULT_PUBLIC_URL
+    host, _, port = bind.rpartition(":")
+    if not port.isdigit():
+        return DEFAULT_PUBLIC_URL
+    wildcards = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # noqa: S104 (mapped)
+    host = wildcards.get(host, host)
+    return f"http://{host}:{port}"
+
+
 def database_url(raw: str) -> str:
     """Accept ``postgres://``/``postgresql://`` URLs and pin the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
@@ -183,7 +201,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     fee_bps = number("PORTAL_FEE_BPS", "290")
     if not 0 <= fee_bps <= 10000:
         raise ConfigError("PORTAL_FEE_BPS must be from 0 to 10000 (basis points)")
-    public_url = (get("PORTAL_PUBLIC_URL", "http://127.0.0.1:5000") or "").rstrip("/")
+    public_url = (get("PORTAL_PUBLIC_URL") or "").rstrip("/")
+    if not public_url:
+        # In development the links in emails follow the address the server is bound to
+        # (`make run` serves on PORTAL_BIND); elsewhere the old default stands.
+        bind = env.get("PORTAL_BIND") if mode == "development" else None
+        public_url = url_for_bind(bind) if bind else DEFAULT_PUBLIC_URL
 
     smtp_url = get("PORTAL_SMTP_URL")
     if smtp_url and smtp_url.partition("://")[0].lower() not in SMTP_SCHEMES:
