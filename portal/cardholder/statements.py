@@ -4,7 +4,8 @@ The numbers come from ``portal.services.wallet.statements`` (the ledger's postin
 the owner's time zone); the page is ``cardholder/statement.html`` made into a PDF by WeasyPrint,
 which is given a URL fetcher that refuses everything: the template carries its own CSS and no
 image, font or link is ever fetched while rendering. Owner only (404 for anyone else); a month
-that is malformed or has not begun is a 400 naming it.
+that is malformed or has not begun is a 400 naming it. Each person may make
+:data:`STATEMENTS_PER_USER` (a PDF costs real CPU time).
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from portal.domain.locale import (
     valid_time_zone,
 )
 from portal.domain.money import Money
+from portal.extensions import limiter
 from portal.services.wallet import statements
 from portal.services.wallet.statements import Statement
 from portal.web.auth import current_actor, login_required
 from portal.web.uow import make_uow
+
+#: Rendering a PDF costs a worker real CPU time: a person gets this many a minute.
+STATEMENTS_PER_USER = "12 per minute"
 
 
 def _refusing_fetcher() -> Any:
@@ -94,8 +99,13 @@ def statement_months() -> tuple[tuple[str, str], ...]:
     return ((f"{last:%B %Y}", f"{last:%Y-%m}"), (f"{today:%B %Y} to date", f"{today:%Y-%m}"))
 
 
+def _user_key() -> str:
+    return f"statements:user:{current_user.id if current_user.is_authenticated else '-'}"
+
+
 @bp.get("/cards/<card_id>/statement/<month>.pdf")
 @login_required("wallet:use")
+@limiter.limit(STATEMENTS_PER_USER, key_func=_user_key)
 def card_statement(card_id: str, month: str) -> Response:
     """One's own card's statement for a month, as a PDF."""
     if not is_public_id("card", card_id):

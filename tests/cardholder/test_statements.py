@@ -282,3 +282,12 @@ def test_the_route_is_the_owners_and_checks_the_month(client: PageClient, people
 
     stranger = new_client(client.application)
     assert stranger.get(f"{base}/{month}.pdf").status_code == 302
+
+
+def test_statements_are_rate_limited_per_person(client: PageClient, story: Story) -> None:
+    from portal.cardholder.statements import STATEMENTS_PER_USER
+
+    allowed = int(STATEMENTS_PER_USER.split()[0])
+    path = f"/wallet/cards/{story.mine.public_id}/statement/{MONTH_1:%Y-%m}.pdf"
+    codes = [client.get(path).status_code for _ in range(allowed + 1)]
+    assert codes == [200] * allowed + [429]
