@@ -15,8 +15,13 @@
   gunicorn and ``portal worker``, all three as the runtime role.
   dev: the same with Flask's reloading debug server instead of gunicorn. Extra args go to the web
   server. test: ``pytest`` with the extra args; the exit code is pytest's.
+- The worker starts first and the web server once the worker says it has started (at most
+  ``WORKER_START_SECONDS`` later), so nothing can be asked of the web before payouts run: both
+  load the whole app, and started together on a busy machine the worker came up well after the
+  web and paid the first withdrawals late.
 - If a long-running child of run or dev exits, the other is stopped and the supervisor exits
-  non-zero. On exit, whatever the cause (end, Ctrl-C, SIGTERM, SIGHUP, a dead child), children and
+  non-zero. Ctrl-C or SIGTERM stops everything and exits 0 (``make run`` ends quietly). On
+  exit, whatever the cause (end, Ctrl-C, SIGTERM, SIGHUP, a dead child), children and
   their descendants are stopped, then the embedded server. Only SIGKILL of the supervisor itself
   leaves the server running; the next start picks up (run/dev) or removes (test) what it left.
 """
@@ -30,12 +35,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
 import psutil
@@ -51,6 +57,9 @@ MODES = ("run", "dev", "test")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_SECONDS = 15.0  # longer than gunicorn's graceful_timeout
 POLL_SECONDS = 0.5
+WORKER_START_SECONDS = 60.0
+#: The line ``portal worker`` logs once its loop runs (text or JSON log format).
+WORKER_STARTED = re.compile(rb"worker \S+ started")
 INSTANCE = Path.cwd() / "instance"
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: portal, gunicorn, flask
 #: The embedded cluster's login role for the app (trust authentication, Unix socket only).
@@ -86,13 +95,15 @@ def commands(
     if mode == "run":
         web = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *extra, "portal:create_app()"]
     else:
+        # PORTAL_BIND too (HOST:PORT), as gunicorn's: the links in emails follow it (config.py).
+        host, _, port = env.get("PORTAL_BIND", "127.0.0.1:5000").rpartition(":")
         web = [str(BIN / "flask"), "--app", "portal", "run", "--debug", "--reload"]
-        web += ["-h", "127.0.0.1", "-p", "5000", *extra]
+        web += ["-h", host.strip("[]") or "127.0.0.1", "-p", port or "5000", *extra]
     return setup, [web, [portal, "worker"]]
 
 
 def _served_at(mode: str) -> str:
-    bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000") if mode == "run" else "127.0.0.1:5000"
+    bind = os.environ.get("PORTAL_BIND", "127.0.0.1:5000")
     web = "gunicorn" if mode == "run" else "flask debug server"
     return f"http://{bind} ({web} + background worker; Ctrl-C stops everything)"
 
@@ -168,12 +179,38 @@ class Supervisor:
 
     # --- children -------------------------------------------------------------------------------
 
-    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: list[str], env: dict[str, str], *, watch_stderr: bool = False
+    ) -> subprocess.Popen[bytes]:
         try:
-            proc = subprocess.Popen(argv, env=env)
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE if watch_stderr else None)
         except FileNotFoundError:
             raise SystemExit(f"supervise: {argv[0]} not found: run `make venv` first") from None
         self.children.append(proc)
+        return proc
+
+    def start_worker(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start the worker and wait until it logs that its loop runs (its stderr is passed on
+        line by line meanwhile and after), or it exits, or ``WORKER_START_SECONDS`` pass."""
+        proc = self.start(argv, env, watch_stderr=True)
+        started = threading.Event()
+
+        def relay(stream: IO[bytes]) -> None:
+            for line in iter(stream.readline, b""):
+                sys.stderr.buffer.write(line)
+                sys.stderr.buffer.flush()
+                if not started.is_set() and WORKER_STARTED.search(line):
+                    started.set()
+            started.set()  # the worker exited: stop waiting (wait_first reports it)
+
+        assert proc.stderr is not None
+        threading.Thread(target=relay, args=(proc.stderr,), name="worker-log", daemon=True).start()
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while not started.wait(POLL_SECONDS):  # short waits: a stop signal interrupts promptly
+            if time.monotonic() > deadline:
+                log.warning("the worker has not said it started after %.0f s: starting the web"
+                            " server anyway", WORKER_START_SECONDS)  # fmt: skip
+                break
         return proc
 
     def wait_first(self) -> subprocess.Popen[bytes]:
@@ -241,10 +278,15 @@ class Supervisor:
             if code != 0:
                 log.error("`%s` failed with exit code %s", " ".join(argv), code)
                 return _exit_code(code)
-        if mode != "test":
-            print(f"supervise: serving {_served_at(mode)}", flush=True)
-        for argv in long_running:
-            self.start(argv, env)
+        if mode == "test":
+            (tests,) = long_running
+            self.start(tests, env)
+        else:
+            web, worker = long_running
+            self.start_worker(worker, env)
+            if self.children[-1].poll() is None:
+                print(f"supervise: serving {_served_at(mode)}", flush=True)
+                self.start(web, env)
         first = self.wait_first()
         code = _exit_code(first.returncode)
         if mode == "test":
@@ -320,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as stop:
         stopped_by = stop.signum
         log.info("%s received: stopping", stop)
-        return 128 + stop.signum
+        # Asked to stop (Ctrl-C, SIGTERM) is a normal end: make then ends quietly too.
+        return 0 if stop.signum in (signal.SIGINT, signal.SIGTERM) else 128 + stop.signum
     finally:
         for signum in STOP_SIGNALS:  # finish the shutdown whatever else arrives
             signal.signal(signum, lambda *_: None)
