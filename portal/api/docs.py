@@ -22,6 +22,10 @@ PAGE = """<!doctype html>
 <link rel="stylesheet" href="{{ asset('vendor/swagger-ui/swagger-ui.css') }}">
 </head>
 <body>
+<nav class="swagger-ui" aria-label="Portal"><p class="wrapper">
+<a href="{{ home_url }}">&larr; Back to Portal</a> &middot;
+<a href="{{ spec_url }}">openapi.json</a>
+</p></nav>
 <main id="swagger-ui" data-spec-url="{{ spec_url }}"></main>
 <script src="{{ asset('vendor/swagger-ui/swagger-ui-bundle.js') }}" defer></script>
 <script src="{{ asset('js/swagger-init.js') }}" defer></script>
@@ -44,5 +48,6 @@ def swagger_ui() -> str:
     return render_template_string(
         PAGE,
         spec_url=url_for("api.openapi_json"),
+        home_url=url_for("health.index"),
         asset=lambda name: url_for("static", filename=name),
     )
