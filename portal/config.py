@@ -84,8 +84,9 @@ def url_for_bind(bind: str) -> str:
     host, _, port = bind.rpartition(":")
     if not port.isdigit():
         return DEFAULT_PUBLIC_URL
-    wildcards = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # noqa: S104 (mapped)
-    host = wildcards.get(host, host)
+    # A wildcard is read here and mapped to loopback, never bound to.
+    wildcard_v4 = "0.0.0.0"  # noqa: S104  # nosec B104
+    host = {"": "127.0.0.1", wildcard_v4: "127.0.0.1", "[::]": "[::1]"}.get(host, host)
     return f"http://{host}:{port}"
 
 
