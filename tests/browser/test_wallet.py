@@ -227,6 +227,10 @@ def test_wallet_flow_with_live_updates(
     page.get_by_role("button", name="Review withdrawal").click()
     page.get_by_role("button", name="Withdraw $100.00").click()
     expect(page.get_by_role("heading", name="Withdrawal requested")).to_be_visible()
+    # Its receipt, left open in another tab, says pending and updates itself once paid out.
+    receipt = context.new_page()
+    receipt.goto(page.url)
+    expect(receipt.locator("#receipt-status").get_by_text("Pending")).to_be_visible()
     page.get_by_role("link", name="Back to wallet").click()
     page.wait_for_url("**/wallet")
     row = page.locator("#latest-activity li", has_text="Demo Bank").first
@@ -237,6 +241,8 @@ def test_wallet_flow_with_live_updates(
     row.locator("[data-status]").wait_for(state="detached", timeout=10000)
     assert "$0.00" in page.locator("[data-balance=pending]").first.inner_text()
     assert page.locator("[data-balance=available]").first.inner_text() == "$100.00"
+    expect(receipt.locator("#receipt-status").get_by_text("Succeeded")).to_be_visible(timeout=10000)
+    receipt.close()
     watch.check("withdrawal settled")
 
     # Screenshots of the dashboard with data, at a desktop's and a phone's width.
