@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyotp
 import pytest
@@ -194,6 +194,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/wallet/top-up"): WALLET,
     ("GET", "/wallet/movements/<movement_id>/status"): OWNER | ADMIN,
     ("GET", "/wallet/movements/<movement_id>"): OWNER | ADMIN,
+    ("GET", "/wallet/cards/<card_id>/statement/<month>.pdf"): OWNER,
     ("POST", "/wallet/top-up"): WALLET,
     ("GET", "/wallet/transfer"): WALLET,
     ("POST", "/wallet/transfer"): WALLET,
@@ -501,6 +502,7 @@ def _url(rule: str, owner: Persona) -> str:
         "transfer_id": owner.transfer_id or "",
         "withdrawal_id": owner.withdrawal_id or "",
         "payee_id": owner.payee_id or "",
+        "month": datetime.now(UTC).strftime("%Y-%m"),  # this month's statement, to date
         **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }
     if rule.startswith("/wallet/pay/sent/"):  # a payment to a person, not between own cards

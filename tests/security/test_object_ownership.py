@@ -56,7 +56,7 @@ API = "/api/v1"
 #: attempt (B's merchant around A's payment, B's endpoint around A's delivery...).
 CONTAINERS = ("merchant_id", "mid", "user_id", "endpoint_id")
 #: Path parameters every route may take without naming anyone's object.
-NOT_OBJECTS = {"role", "permission", "kind", "action", "token"}
+NOT_OBJECTS = {"role", "permission", "kind", "action", "token", "month"}
 #: Every path parameter the matrix's ``_url`` fills with the path owner's object.
 OBJECTS = {
     "user_id", "session_id", "family_id", "ident", "card_id", "top_up_id", "transfer_id",
