@@ -38,6 +38,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(merchant.bp)
     app.register_blueprint(checkout.bp)
+    from portal import admin
+
+    app.register_blueprint(admin.bp)
     api.init_app(app)
     cli.init_app(app)
     telemetry.init_app(app)

@@ -301,6 +301,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/merchant/join/<token>"): NOBODY,
     ("GET", "/merchant/staff"): STAFF,
     ("POST", "/merchant/staff/<mid>/<action>"): ADMIN,
+    # The staff console: staff past the second factor; each page names its permission.
+    ("GET", "/admin/"): STAFF,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,

@@ -1,0 +1,1 @@
+"""Statistics: roll-ups kept with every movement, and the figures read from them."""
