@@ -1171,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
             # Required in production; nothing here sends mail (cardholders are made verified), and
             # a message would only fail to connect to this closed loopback port.
             "PORTAL_SMTP_URL": f"smtp://127.0.0.1:{free_port()}",
+            "PORTAL_PUBLIC_URL": "http://127.0.0.1",  # required in production; no mail is sent
             "PORTAL_ACCESS_TOKEN_SECONDS": "7200",
             "PORTAL_TRANSFER_LIMITS": "1000000 per minute",  # a benchmark, not an abuse test
             "PORTAL_METRICS_ENABLED": "true",

@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from portal.services.shared.settings import (
     DEFAULT_FEE_FIXED,
@@ -136,6 +137,9 @@ REQUIRED_IN_PRODUCTION = (
     # Emails carry password-reset and verification links: without a mail server they would
     # only be shown on the console, which in production means the shipped logs.
     "PORTAL_SMTP_URL",
+    # The base of those links and of hosted checkout's return addresses: never guessed in
+    # production (the bind address is the container's, not the one people reach).
+    "PORTAL_PUBLIC_URL",
 )
 #: Schemes ``PORTAL_SMTP_URL`` may use (portal.web.mail sends through each).
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
@@ -208,6 +212,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # (`make run` serves on PORTAL_BIND); elsewhere the old default stands.
         bind = env.get("PORTAL_BIND") if mode == "development" else None
         public_url = url_for_bind(bind) if bind else DEFAULT_PUBLIC_URL
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            "PORTAL_PUBLIC_URL must be an http:// or https:// address with a host, such as"
+            " https://portal.example.com (no query or fragment)"
+        )
 
     smtp_url = get("PORTAL_SMTP_URL")
     if smtp_url and smtp_url.partition("://")[0].lower() not in SMTP_SCHEMES:

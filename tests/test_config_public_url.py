@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import portal.config
-from portal.config import DEFAULT_PUBLIC_URL, load_config, url_for_bind
+from portal.config import DEFAULT_PUBLIC_URL, ConfigError, load_config, url_for_bind
 
 
 @pytest.fixture
@@ -66,5 +66,17 @@ def test_the_bind_does_not_move_links_outside_development() -> None:
         "PORTAL_PUBLIC_URL": "https://portal.example.com",
     }
     assert load_config(production)["PUBLIC_URL"] == "https://portal.example.com"
+    # Never guessed from the bind (the container's address, not the one people reach): missing
+    # in production, Portal refuses to start and names it.
     unset = {k: v for k, v in production.items() if k != "PORTAL_PUBLIC_URL"}
-    assert load_config(unset)["PUBLIC_URL"] == DEFAULT_PUBLIC_URL  # never guessed from the bind
+    with pytest.raises(ConfigError, match="PORTAL_PUBLIC_URL"):
+        load_config(unset)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["portal.example.com", "ftp://portal.example.com", "https://", "https://p.example/?a=1"],
+)
+def test_a_public_url_that_is_not_a_web_address_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_PUBLIC_URL must be an http"):
+        load_config({"PORTAL_ENV": "test", "PORTAL_PUBLIC_URL": value})

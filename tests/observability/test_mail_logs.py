@@ -169,6 +169,7 @@ PRODUCTION = {
     "PORTAL_CVV_KEY": "c" * 32,
     "PORTAL_JWT_KEY": "j" * 48,
     "PORTAL_API_KEY_HASH_KEY": "k" * 32,
+    "PORTAL_PUBLIC_URL": "https://portal.example.com",
 }
 
 
