@@ -941,6 +941,9 @@ def _own_destinations(form: TransferForm, my_cards: Sequence[CardSummary]) -> No
             form.to_card_id.data = ""
         if not form.to_card_id.data and len(fits) == 1:
             form.to_card_id.data = next(iter(fits))
+        if not fits:
+            # No other card of this currency to send to: someone else's card is the only way.
+            form.destination.data = "other"
 
 
 def _recipient_lookups_limit() -> str:

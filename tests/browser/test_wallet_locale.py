@@ -141,3 +141,45 @@ def test_indonesian_formats_in_the_browser(
     expect(page.get_by_label("Number and date format")).to_have_value("id_ID")
     expect(page.get_by_label("Time zone", exact=True)).to_have_value("Asia/Jakarta")
     context.close()
+
+
+def test_send_to_follows_the_sending_card(
+    browser: Any, live_server: str, real_uow: Callable[[], UnitOfWork]
+) -> None:
+    """ "My card" lists only the other cards of the sending card's currency; a sending card with
+    none moves "Send to" to someone else's card, and choosing one with a partner brings that
+    partner back."""
+    email = f"budi-{uuid.uuid4().hex[:8]}@example.test"
+    user = users.create_user(real_uow(), actor=SYSTEM, email=email, first_name="Budi",
+                             last_name="Santoso", password=PASSWORD, roles=("cardholder",),
+                             verified=True)  # fmt: skip
+    actor = users.actor_for(real_uow(), user.id)
+    made = {}
+    for name, currency in (("Daily", "USD"), ("Savings", "USD"), ("Travel", "EUR")):
+        made[name] = cards.issue_card(real_uow(), actor=actor, user_id=user.id,
+                                      card_type="debit", brand="visa", currency=currency,
+                                      name=name)  # fmt: skip
+        Factory(real_uow()).fund(made[name], "50.00")
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server)
+    page = context.new_page()
+    page.goto("/auth/login?next=/wallet")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/wallet")
+
+    page.goto(f"/wallet/transfer?card={made['Daily'].public_id}")
+    expect(page.get_by_label("One of my cards")).to_be_checked()
+    expect(page.locator("select[name=to_card_id]")).to_have_value(made["Savings"].public_id)
+    page.locator("select[name=card_id]").select_option(made["Travel"].public_id)
+    expect(page.get_by_label("Someone else's card")).to_be_checked()
+    expect(page.get_by_label("Card number")).to_be_visible()
+    expect(page.locator("select[name=to_card_id]")).to_have_value("")
+    # Back to a card with a partner: the choice stays the person's, and the partner is offered.
+    page.get_by_label("One of my cards").check()
+    page.locator("select[name=card_id]").select_option(made["Savings"].public_id)
+    expect(page.locator("select[name=to_card_id]")).to_have_value(made["Daily"].public_id)
+    # Drawn for the EUR card from the start, the page already says someone else's card.
+    page.goto(f"/wallet/transfer?card={made['Travel'].public_id}")
+    expect(page.get_by_label("Someone else's card")).to_be_checked()
+    context.close()

@@ -21,13 +21,21 @@
     if (amount && option.dataset.example !== undefined) amount.placeholder = option.dataset.example;
     var mine = form.querySelector("select[name=to_card_id]");
     if (!mine) return;
+    var fitting = [];
     Array.prototype.forEach.call(mine.options, function (o) {
       if (!o.value) return;
       var fits = o.dataset.currency === option.dataset.currency && o.value !== option.value;
       o.hidden = !fits;
       o.disabled = !fits;
       if (!fits && o.selected) mine.value = "";
+      if (fits) fitting.push(o);
     });
+    if (fitting.length === 1 && !mine.value) mine.value = fitting[0].value;
+    // "Send to": with no other card of this currency, someone else's card is the only way;
+    // when the sending card changes back, the choice the person made stays.
+    var own = form.querySelector("input[name=destination][value=own]");
+    var other = form.querySelector("input[name=destination][value=other]");
+    if (own && other && !fitting.length && own.checked) other.checked = true;
   }
   function wire(root) {
     root.querySelectorAll("#money-flow form").forEach(function (form) {
