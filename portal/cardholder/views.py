@@ -210,12 +210,23 @@ def _no_store(response: Response) -> Response:
 
 
 def _locale() -> str:
-    """The signed-in user's number, currency and date formats (the pages stay English)."""
-    return current_user.user.locale if current_user.is_authenticated else "en_US"
+    """The signed-in user's number, currency and date formats (the pages stay English); read
+    once a request (a page formats dozens of amounts)."""
+    found = g.get("portal_locale")
+    if found is None:
+        found = g.portal_locale = (
+            current_user.user.locale if current_user.is_authenticated else "en_US"
+        )
+    return found
 
 
 def _zone() -> str:
-    return current_user.user.time_zone if current_user.is_authenticated else "UTC"
+    found = g.get("portal_time_zone")
+    if found is None:
+        found = g.portal_time_zone = (
+            current_user.user.time_zone if current_user.is_authenticated else "UTC"
+        )
+    return found
 
 
 def money_text(value: Money) -> str:

@@ -184,7 +184,13 @@ def _spaced(text: str, sign: str) -> str:
 
 def format_money(money: Money, locale: str | None = None) -> str:
     """``Rp 13.985.000`` (id_ID), ``IDR 13,985,000`` (en_US), ``$1,234.50``, ``1.234,50 €``."""
-    loc = normalize_locale(locale)
+    return _format_money(money, normalize_locale(locale))
+
+
+# A pure function of (amount, currency, locale) that a page calls dozens of times, mostly with
+# amounts it showed before (the balances on every poll): Babel's pattern costs ~50 us a call.
+@lru_cache(maxsize=8192)
+def _format_money(money: Money, loc: str) -> str:
     value = _major(money)
     exp = CURRENCY_EXPONENTS[money.currency]
     shown = min(get_currency_precision(money.currency), exp)
