@@ -37,6 +37,7 @@ PREFIXES: dict[str, str] = {
     "balance_transaction": "txn",
     "payout": "po",
     "payee": "pye",
+    "adjustment": "adj",
 }
 
 #: Longest public id: the longest prefix, "_" and the random part.

@@ -1,5 +1,6 @@
 """Typed SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
+from portal.models.adjustments import AdjustmentRequest
 from portal.models.base import Base
 from portal.models.identity import (
     OAuthIdentity,
@@ -46,6 +47,7 @@ from portal.models.system import (
 )
 
 __all__ = [
+    "AdjustmentRequest",
     "BalanceTransaction",
     "DemoProcessorRequest",
     "Payout",

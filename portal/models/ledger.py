@@ -23,7 +23,7 @@ from portal.models.base import (
 )
 
 CUSTOMER_ACCOUNT_KINDS = ("wallet", "merchant")
-SYSTEM_ACCOUNT_KINDS = ("funding", "payouts", "fees")
+SYSTEM_ACCOUNT_KINDS = ("funding", "payouts", "fees", "adjustments")
 
 
 class Card(Base):
@@ -69,13 +69,14 @@ class Account(Base):
         sa.UniqueConstraint("id", "currency", name="uq_accounts_id_currency"),
         sa.UniqueConstraint("merchant_id", "currency", name="uq_accounts_merchant_id_currency"),
         sa.CheckConstraint(
-            "kind IN ('wallet', 'merchant', 'funding', 'payouts', 'fees')", name="kind"
+            "kind IN ('wallet', 'merchant', 'funding', 'payouts', 'fees', 'adjustments')",
+            name="kind",
         ),
         sa.CheckConstraint(
             "(kind IN ('wallet', 'merchant') AND posted_minor IS NOT NULL"
             " AND pending_debits_minor IS NOT NULL AND pending_debits_minor >= 0"
             " AND posted_minor - pending_debits_minor >= 0)"
-            " OR (kind IN ('funding', 'payouts', 'fees') AND posted_minor IS NULL"
+            " OR (kind IN ('funding', 'payouts', 'fees', 'adjustments') AND posted_minor IS NULL"
             " AND pending_debits_minor IS NULL)",
             name="balances",
         ),
@@ -89,7 +90,7 @@ class Account(Base):
             "kind",
             "currency",
             unique=True,
-            postgresql_where=sa.text("kind IN ('funding', 'payouts', 'fees')"),
+            postgresql_where=sa.text("kind IN ('funding', 'payouts', 'fees', 'adjustments')"),
         ),
     )
 

@@ -122,9 +122,9 @@ def test_system_accounts_carry_no_cached_balance(connection):
     rows = run(
         connection,
         "SELECT count(*) AS n, count(posted_minor) AS cached FROM accounts"
-        " WHERE kind IN ('funding', 'payouts', 'fees')",
+        " WHERE kind IN ('funding', 'payouts', 'fees', 'adjustments')",
     ).one()
-    assert rows.n == 3 * 41 and rows.cached == 0
+    assert rows.n == 4 * 41 and rows.cached == 0
     error = savepoint_error(
         connection, "UPDATE accounts SET posted_minor = 0, pending_debits_minor = 0"
         " WHERE kind = 'funding' AND currency = 'USD'",

@@ -33,4 +33,4 @@ def test_chain_downgrades_to_empty_and_upgrades_again(app):
             assert set(Base.metadata.tables) <= set(sa.inspect(conn).get_table_names())
         with db.engine.connect() as conn:
             accounts = conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar()
-        assert accounts == 3 * 41
+        assert accounts == 4 * 41  # funding, payouts, fees and adjustments per currency

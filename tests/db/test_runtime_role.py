@@ -286,7 +286,7 @@ def test_ensure_runtime_role_creates_a_login_member_and_is_idempotent(owner_url,
     # It can sign in and read, and may not erase the ledger.
     engine = sa.create_engine(url, poolclass=NullPool)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 3 * 41
+        assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 4 * 41
         with pytest.raises(ProgrammingError, match="permission denied"):
             conn.execute(sa.text(ERASE_ALL))
     engine.dispose()

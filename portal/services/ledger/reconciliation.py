@@ -139,7 +139,8 @@ SELECT
        FROM (SELECT currency, SUM(amount_minor) AS total FROM postings GROUP BY currency) t)
        AS totals,
     (SELECT COALESCE(jsonb_object_agg(kind || ':' || currency, postings_total), '{}')
-       FROM per_account WHERE kind IN ('funding', 'payouts', 'fees') AND postings_total <> 0)
+       FROM per_account WHERE kind IN ('funding', 'payouts', 'fees', 'adjustments')
+         AND postings_total <> 0)
        AS system
 """
 
