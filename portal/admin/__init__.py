@@ -12,6 +12,7 @@ from flask import Blueprint
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-from portal.admin import views  # noqa: E402  (each module registers its routes on bp)
+# Each module registers its routes on bp.
+from portal.admin import people, views  # noqa: E402
 
-__all__ = ["bp", "views"]
+__all__ = ["bp", "people", "views"]

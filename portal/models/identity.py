@@ -46,6 +46,7 @@ class User(Base):
     __table_args__ = (
         sa.Index("uq_users_email_canonical", "email_canonical", unique=True),
         sa.Index("uq_users_handle_canonical", "handle_canonical", unique=True),
+        sa.Index("ix_users_created_at_id", "created_at", "id"),
         sa.CheckConstraint("(handle IS NULL) = (handle_canonical IS NULL)", name="handle_pair"),
     )
 

@@ -29,6 +29,7 @@ SYSTEM_ACCOUNT_KINDS = ("funding", "payouts", "fees", "adjustments")
 class Card(Base):
     __tablename__ = "cards"
     __table_args__ = (
+        sa.Index("ix_cards_created_at_id", "created_at", "id"),
         sa.CheckConstraint("card_type IN ('debit', 'credit', 'prepaid')", name="card_type"),
         sa.CheckConstraint("brand IN ('visa', 'mastercard', 'amex', 'discover')", name="brand"),
         sa.CheckConstraint("status IN ('active', 'frozen')", name="status"),

@@ -303,6 +303,19 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/merchant/staff/<mid>/<action>"): ADMIN,
     # The staff console: staff past the second factor; each page names its permission.
     ("GET", "/admin/"): STAFF,
+    # Console: users and roles (support reads; acting needs users:manage or roles:manage).
+    ("GET", "/admin/users"): STAFF,
+    ("POST", "/admin/users/bulk"): ADMIN,
+    ("GET", "/admin/users/<user_id>"): STAFF,
+    ("GET", "/admin/users/<user_id>/changes"): STAFF,
+    ("POST", "/admin/users/<user_id>/<action>"): ADMIN,
+    ("POST", "/admin/users/<user_id>/roles"): ADMIN,
+    ("GET", "/admin/roles"): STAFF,
+    ("POST", "/admin/roles"): ADMIN,
+    ("POST", "/admin/roles/bulk"): ADMIN,
+    ("GET", "/admin/roles/<role>"): STAFF,
+    ("POST", "/admin/roles/<role>/<action>"): ADMIN,
+    ("POST", "/admin/roles/<role>/permissions"): ADMIN,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
@@ -507,6 +520,8 @@ def _url(rule: str, owner: Persona) -> str:
         "month": datetime.now(UTC).strftime("%Y-%m"),  # this month's statement, to date
         **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }
+    if rule.startswith(("/admin/users/", "/admin/roles/")):  # console record actions
+        values["action"] = "archive"
     if rule.startswith("/wallet/pay/sent/"):  # a payment to a person, not between own cards
         values["transfer_id"] = owner.paid_id or ""
     if rule.startswith(("/checkout/", "/api/v1/checkout/")):
