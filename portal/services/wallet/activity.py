@@ -493,7 +493,14 @@ def _feed_sql(
     search: bool,
     cursor_kind: str | None,
     amounts: int = 0,
+    *,
+    per_card: bool = False,
 ) -> str:
+    """The feed as one statement: a UNION ALL of the branches, newest first. ``per_card``
+    reads each branch once per card of the scope (a LATERAL join whose LIMITed range walks that
+    card's (card, created_at, id) index), so a page costs the same however long the history is;
+    without it each branch's rows over the whole scope are read and sorted (fine for a look-up
+    by public id)."""
     parts = []
     # A search also finds the amounts it may mean (``:amount_<n>``/``:currency_<n>``).
     by_amount = "".join(
@@ -513,11 +520,25 @@ def _feed_sql(
                 )
             else:
                 conditions.append("t.created_at < (SELECT created_at FROM cur)")
+        order = " ORDER BY t.created_at DESC, t.id DESC LIMIT :lim"
+        if not per_card:
+            where = " AND ".join(f"({c})" for c in conditions)
+            parts.append(f"(SELECT {columns} FROM {source} WHERE {where}{order})")  # nosec B608: the branches' constant columns, tables and conditions
+            continue
+        # The branch's own card column, for one card of the scope at a time.
+        conditions[0] = _ON_SCOPE_CARD.sub(" = s.id", base, count=1)
         where = " AND ".join(f"({c})" for c in conditions)
-        parts.append(
-            f"(SELECT {columns} FROM {source} WHERE {where}"  # nosec B608: the branches' constant columns, tables and conditions
-            " ORDER BY t.created_at DESC, t.id DESC LIMIT :lim)"
-        )
+        if search:  # the haystack needs the joined names: filter after the joins
+            branch = f"SELECT {columns} FROM {source} WHERE {where}{order}"  # nosec B608: as above
+        else:
+            # The LIMIT on the movement table alone, so it stops after :lim index entries
+            # whatever the planner guesses of the joins; the joins then fetch :lim rows.
+            table, joins = source.split(" JOIN ", 1)
+            branch = (
+                f"SELECT {columns} FROM (SELECT t.* FROM {table} WHERE {where}{order}) t"  # nosec B608: as above
+                f" JOIN {joins}"
+            )
+        parts.append(f"(SELECT b.* FROM scope s CROSS JOIN LATERAL ({branch}) b)")  # nosec B608: the branch built above from constants
     ctes = [f"scope AS ({scope})"]
     if cursor_kind is not None:
         ctes.append(f"cur AS ({_CURSOR_REACH[cursor_kind]})")
@@ -526,6 +547,10 @@ def _feed_sql(
         + " UNION ALL ".join(parts)
         + ") feed ORDER BY created_at DESC, kind DESC, id DESC LIMIT :lim"
     )
+
+
+#: How a branch's base condition starts: its card column in the scope.
+_ON_SCOPE_CARD = re.compile(r" IN \(SELECT id FROM scope\)")
 
 
 def _branches_for(kind: str | None, *, unrestricted: bool) -> list[tuple[str, str, str, str, str]]:
@@ -606,7 +631,13 @@ def list_activity(
     scope = _scope_for(actor, card_id, params)
     amounts = min(len(search_amounts), 10) if term else 0
     sql = _feed_sql(
-        _branches_for(kind, unrestricted=False), scope, filters, bool(term), cursor_kind, amounts
+        _branches_for(kind, unrestricted=False),
+        scope,
+        filters,
+        bool(term),
+        cursor_kind,
+        amounts,
+        per_card=True,
     )
 
     rows = uow.read(sql, params)  # one statement: no transaction of its own
