@@ -23,6 +23,15 @@ PAGE_SIZE = 25
 #: The console's sections: (endpoint, label, permission that shows it). Pages add theirs here
 #: as they land; the navigation shows the ones the signed-in staff member may open.
 SECTIONS: list[tuple[str, str, str | None]] = [("admin.index", "Overview", None)]
+SECTIONS += [
+    ("admin.top_ups", "Top-ups", "money:read"),
+    ("admin.transfers", "Transfers", "money:read"),
+    ("admin.withdrawals", "Withdrawals", "money:read"),
+    ("admin.payments", "Payments", "money:read"),
+    ("admin.refunds", "Refunds", "money:read"),
+    ("admin.payouts", "Payouts", "money:read"),
+    ("admin.deliveries", "Webhook deliveries", "merchants:read"),
+]
 
 
 @bp.before_request

@@ -221,6 +221,9 @@ class Payment(Base):
         sa.Index("ix_payments_merchant_created_at_id", "merchant_id", "created_at", "id"),
         sa.Index("ix_payments_merchant_fingerprint", "merchant_id", "card_fingerprint"),
         sa.Index("ix_payments_card_created_at_id", "card_id", "created_at", "id"),
+        # The console's tables across merchants, and entry to payment (migration 0026).
+        sa.Index("ix_payments_created_at_id", "created_at", "id"),
+        sa.Index("ix_payments_capture_entry_id", "capture_entry_id"),
         # Guess limits: incorrect security codes per card, and incorrect codes or numbers per
         # key, in the last hour.
         sa.Index(
@@ -302,6 +305,8 @@ class Refund(Base):
         sa.Index("ix_refunds_payment_id_created_at_id", "payment_id", "created_at", "id"),
         sa.Index("ix_refunds_merchant_created_at_id", "merchant_id", "created_at", "id"),
         sa.Index("ix_refunds_card_id_created_at_id", "card_id", "created_at", "id"),
+        sa.Index("ix_refunds_created_at_id", "created_at", "id"),  # migration 0026
+        sa.Index("ix_refunds_journal_entry_id", "journal_entry_id"),
     )
 
     id: Mapped[int] = pk_column()
@@ -416,6 +421,7 @@ class WebhookDelivery(Base):
         sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
         sa.UniqueConstraint("event_id", "endpoint_id"),
         sa.Index("ix_webhook_deliveries_endpoint_created_at_id", "endpoint_id", "created_at", "id"),
+        sa.Index("ix_webhook_deliveries_created_at_id", "created_at", "id"),  # migration 0026
         # An endpoint's delivery in flight, found without reading its whole log.
         sa.Index(
             "ix_webhook_deliveries_in_flight",

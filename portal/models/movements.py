@@ -46,6 +46,7 @@ class TopUp(Base):
         sa.Index("ix_top_ups_user_currency_created_at", "user_id", "currency", "created_at"),
         # The activity feed pages each card's movements newest first (migration 0005).
         sa.Index("ix_top_ups_card_id_created_at_id", "card_id", "created_at", "id"),
+        sa.Index("ix_top_ups_journal_entry_id", "journal_entry_id"),  # migration 0026
         sa.Index(
             "ix_top_ups_unsettled",
             "created_at",
@@ -85,6 +86,7 @@ class Transfer(Base):
         sa.CheckConstraint("from_card_id <> to_card_id", name="distinct_cards"),
         sa.Index("ix_transfers_from_card_id_created_at_id", "from_card_id", "created_at", "id"),
         sa.Index("ix_transfers_to_card_id_created_at_id", "to_card_id", "created_at", "id"),
+        sa.Index("ix_transfers_journal_entry_id", "journal_entry_id"),  # migration 0026
     )
 
     id: Mapped[int] = pk_column()
@@ -112,6 +114,14 @@ class Withdrawal(Base):
     __table_args__ = (
         *_movement_args("withdrawals", ("pending", "processing", "succeeded", "failed")),
         sa.Index("ix_withdrawals_card_id_created_at_id", "card_id", "created_at", "id"),
+        sa.Index("ix_withdrawals_journal_entry_id", "journal_entry_id"),  # migration 0026
+        # The withdrawal queue: open ones oldest first (migration 0026).
+        sa.Index(
+            "ix_withdrawals_open",
+            "created_at",
+            "id",
+            postgresql_where=sa.text("status IN ('pending', 'processing')"),
+        ),
     )
 
     id: Mapped[int] = pk_column()

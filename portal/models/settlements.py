@@ -45,6 +45,7 @@ class Payout(Base):
         ),
         sa.CheckConstraint("automatic OR scheduled_for IS NULL", name="scheduled_automatic"),
         sa.Index("ix_payouts_merchant_created_at_id", "merchant_id", "created_at", "id"),
+        sa.Index("ix_payouts_created_at_id", "created_at", "id"),  # migration 0026
         sa.Index(
             "uq_payouts_scheduled",
             "merchant_id",

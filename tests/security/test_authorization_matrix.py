@@ -316,6 +316,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/roles/<role>"): STAFF,
     ("POST", "/admin/roles/<role>/<action>"): ADMIN,
     ("POST", "/admin/roles/<role>/permissions"): ADMIN,
+    # Money records and webhook deliveries: staff read them (money:read, merchants:read).
+    **{("GET", f"/admin/{segment}{tail}"): STAFF
+       for segment, param in (("top-ups", "top_up_id"), ("transfers", "transfer_id"),
+                              ("withdrawals", "withdrawal_id"), ("payments", "payment_id"),
+                              ("refunds", "refund_id"), ("payouts", "payout_id"),
+                              ("deliveries", "delivery_id"))
+       for tail in ("", f"/<{param}>", f"/<{param}>/changes")},  # fmt: skip
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
