@@ -277,7 +277,7 @@ TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints,
          checkout_sessions, payments, merchant_invitations, merchant_members,
          idempotency_keys, jobs, outbox_events, audit_events, api_keys, refresh_tokens,
          ledger_checks, balance_transactions, payouts, demo_processor_requests,
-         rate_limit_counters CASCADE;
+         rate_limit_counters, stat_rollups, stat_checks CASCADE;
 DELETE FROM accounts WHERE kind IN ('wallet', 'merchant');
 DELETE FROM cards; DELETE FROM merchants; DELETE FROM user_roles; DELETE FROM users;
 UPDATE audit_chain_heads SET seq = 0, hash = decode(repeat('00', 32), 'hex');

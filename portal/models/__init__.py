@@ -36,6 +36,7 @@ from portal.models.merchants import (
 from portal.models.movements import TopUp, Transfer, Withdrawal
 from portal.models.payees import Payee, ReceivingCard
 from portal.models.settlements import BalanceTransaction, DemoProcessorRequest, Payout
+from portal.models.statistics import StatCheck, StatRollup
 from portal.models.system import (
     AuditChainHead,
     AuditEvent,
@@ -77,6 +78,8 @@ __all__ = [
     "Permission",
     "Posting",
     "ReceivingCard",
+    "StatCheck",
+    "StatRollup",
     "RecoveryCode",
     "Refund",
     "RefreshToken",

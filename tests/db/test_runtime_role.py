@@ -115,6 +115,8 @@ def test_runtime_grants_are_read_and_append_on_history_and_read_write_elsewhere(
     assert grants.pop("alembic_version") == (True, False, False, False)
     # Only the audit_events trigger (the owner's rights) advances the audit chains' heads.
     assert grants.pop("audit_chain_heads") == (True, False, False, False)
+    # Only the movements' triggers (the owner's rights) write the statistics roll-ups.
+    assert grants.pop("stat_rollups") == (True, False, False, False)
     assert {name for name, g in grants.items() if g != (True, True, True, True)} == set()
     assert [row.name for row in rows if row.may_more] == []
     sequences = connection.execute(
