@@ -26,14 +26,14 @@ See ``portal.services.statistics`` for the design (families, scopes, statuses, s
 - BRIN indexes on ``created_at`` of postings, payments and refunds (append-ordered) let the
   nightly recomputation read one day without scanning history.
 
-Revision ID: 0026
-Revises: 0025
+Revision ID: 0027
+Revises: 0026
 """
 
 from alembic import op
 
-revision = "0026"
-down_revision = "0025"
+revision = "0027"
+down_revision = "0026"
 branch_labels = None
 depends_on = None
 
