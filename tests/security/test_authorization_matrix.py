@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 
 from portal.domain.money import Money
 from portal.extensions import limiter
+from portal.services.admin import adjustments
 from portal.services.identity import mfa, sessions, tokens, users
 from portal.services.merchants import (
     checkout,
@@ -323,6 +324,19 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
                               ("refunds", "refund_id"), ("payouts", "payout_id"),
                               ("deliveries", "delivery_id"))
        for tail in ("", f"/<{param}>", f"/<{param}>/changes")},  # fmt: skip
+    # Adjustments: staff read them (money:read), administrators (ledger:adjust) request and
+    # decide; the path's request was made by a third administrator, so the admin persona may
+    # approve it, and withdrawing it is refused on the page (only its requester may).
+    ("GET", "/admin/adjustments"): STAFF,
+    ("GET", "/admin/adjustments/new"): ADMIN,
+    ("POST", "/admin/adjustments/new"): ADMIN,
+    ("GET", "/admin/adjustments/<adjustment_id>"): STAFF,
+    ("POST", "/admin/adjustments/<adjustment_id>/approve"): ADMIN,
+    ("POST", "/admin/adjustments/<adjustment_id>/reject"): ADMIN,
+    ("POST", "/admin/adjustments/<adjustment_id>/withdraw"): ADMIN,
+    # Reconciliation: staff read the last check (money:read), admin runs it (reconciliation:run).
+    ("GET", "/admin/reconciliation"): STAFF,
+    ("POST", "/admin/reconciliation/run"): ADMIN,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
@@ -360,6 +374,9 @@ class Persona:
     payee_id: str | None = None
     #: The merchant persona's merchant and what it owns.
     merchant: dict[str, str] | None = None
+    #: A pending balance adjustment of the cardholder's card (``adj_...``), asked for by an
+    #: administrator who is none of the personas.
+    adjustment_id: str | None = None
 
 
 def _normalise(rule: str) -> str:
@@ -395,7 +412,18 @@ def personas(uow, make: Factory) -> dict[str, Persona]:
         users.actor_for(uow, found["admin"].user_id),
     )  # fmt: skip
     found["cardholder"].merchant = merchant.merchant  # path values come from the cardholder
+    found["cardholder"].adjustment_id = _give_adjustment(uow, make, found["cardholder"])
     return found
+
+
+def _give_adjustment(uow, make: Factory, holder: Persona) -> str:
+    requester = make.user(roles=("admin",), first_name="Requester")
+    made = adjustments.request_adjustment(
+        uow, actor=requester, target=holder.card_id or "", direction="credit",
+        amount=Money.of_major("3.00", "USD"), reason="Matrix", reference="M-1",
+        idempotency_key=new_key(),
+    )  # fmt: skip
+    return made.public_id
 
 
 def _give_merchant_objects(uow, make: Factory, owner, admin) -> dict[str, str]:
@@ -524,6 +552,7 @@ def _url(rule: str, owner: Persona) -> str:
         "transfer_id": owner.transfer_id or "",
         "withdrawal_id": owner.withdrawal_id or "",
         "payee_id": owner.payee_id or "",
+        "adjustment_id": owner.adjustment_id or "",
         "month": datetime.now(UTC).strftime("%Y-%m"),  # this month's statement, to date
         **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }

@@ -62,7 +62,7 @@ OBJECTS = {
     "user_id", "session_id", "family_id", "ident", "card_id", "top_up_id", "transfer_id",
     "withdrawal_id", "merchant_id", "mid", "key_id", "kid", "payment_id", "pid", "refund_id",
     "member_id", "member", "iid", "event_id", "endpoint_id", "delivery_id", "payout_id", "po",
-    "transaction_id", "public_id", "movement_id", "payee_id",
+    "transaction_id", "public_id", "movement_id", "payee_id", "adjustment_id",
 }  # fmt: skip
 
 

@@ -425,17 +425,19 @@ def list_adjustments(
     limit: int | None = None,
     starting_after: str | None = None,
 ) -> Page[AdjustmentView]:
-    """Requests newest first, optionally of one status. Raises Forbidden (needs money:read),
-    InvalidInput (status, limit, starting_after)."""
+    """Requests newest first, optionally of one status (or ``decided``: every status but
+    pending). Raises Forbidden (needs money:read), InvalidInput (status, limit,
+    starting_after)."""
     _require(actor, READ_PERMISSION)
-    if status is not None and status not in STATUSES:
-        raise InvalidInput(f"status is one of {', '.join(STATUSES)}", param="status")
+    if status is not None and status not in (*STATUSES, "decided"):
+        raise InvalidInput(f"status is one of {', '.join(STATUSES)} or decided", param="status")
+    where = {None: [], "decided": ["r.status <> 'pending'"]}.get(status, ["r.status = :status"])
 
     def work(u: UnitOfWork) -> Page[AdjustmentView]:
         return newest_first(
             u, select=_SELECT, table="adjustment_requests", alias="r", convert=_view,
             limit=limit, starting_after=starting_after, kind="adjustment",
-            where=["r.status = :status"] if status else [],
+            where=where,
             params={"status": status, "now": u.now()},
         )  # fmt: skip
 
