@@ -2,11 +2,13 @@
 with each invariant's result, and a button that runs it now (``reconciliation:run``; support
 reads the result). The statistics roll-ups are checked against a recomputation with it when the
 statistics capability offers one (``portal.services.statistics.recompute_check``); until then
-that row says it is not available yet."""
+that row says it is not available yet. The on-demand run recomputes yesterday and today (UTC);
+the worker's nightly statistics check covers each previous day."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ from portal.web.uow import make_uow
 log = logging.getLogger(__name__)
 
 SECTIONS.append(("admin.reconciliation", "Reconciliation", reconciliation.READ_PERMISSION))
+#: Roll-up differences named on the page (the count is complete).
+SHOWN_DIFFERENCES = 5
 
 
 class RunForm(FlaskForm):
@@ -39,24 +43,33 @@ def _recompute() -> Callable[..., Any] | None:
 
 
 def _statistics() -> StatisticsResult | None:
-    """Run the statistics recomputation, if there is one: its outcome in a sentence."""
+    """Recompute yesterday's and today's statistics roll-ups (UTC) from the movements and
+    compare (``recompute_check``), if the statistics capability offers it: its outcome in a
+    sentence naming the first differences."""
     check = _recompute()
     if check is None:
         return None
+    uow = make_uow()
+    today = uow.clock().astimezone(UTC).date()
+    first = today - timedelta(days=1)
     try:
-        outcome = check(make_uow())
+        outcome = check(uow, (first, today))
     except Exception as exc:  # the ledger check is still worth running and showing
         log.exception("statistics recompute_check failed")
-        return StatisticsResult(False, f"The recomputation failed: {type(exc).__name__}.")
-    ok = bool(getattr(outcome, "ok", outcome))
-    differences = getattr(outcome, "differences", None)
-    if ok:
-        return StatisticsResult(True, "Every roll-up equals its recomputation.")
-    count = len(differences) if differences is not None else None
-    detail = (
-        f"{count} roll-up row(s) differ from a recomputation." if count else "Differences found."
+        return StatisticsResult(False, f"The recomputation failed ({type(exc).__name__}).")
+    span = f"{first.isoformat()} to {today.isoformat()}"
+    if getattr(outcome, "ok", False):
+        return StatisticsResult(True, f"Every roll-up of {span} (UTC) equals its recomputation.")
+    differences = list(getattr(outcome, "differences", ()))
+    shown = "; ".join(
+        f"{d.grain} {d.family} {d.scope_kind} {d.scope_id} {d.currency} {d.status}"
+        f" {d.period.isoformat()}: expected {d.expected_amount} ({d.expected_count}),"
+        f" found {d.actual_amount} ({d.actual_count})"
+        for d in differences[:SHOWN_DIFFERENCES]
     )
-    return StatisticsResult(False, detail)
+    return StatisticsResult(
+        False, f"{len(differences)} roll-up cell(s) of {span} differ from a recomputation: {shown}."
+    )
 
 
 @bp.get("/reconciliation", endpoint="reconciliation")

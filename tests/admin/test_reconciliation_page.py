@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from portal.services.ledger import reconciliation
 from portal.services.shared.uow import UnitOfWork
 from tests.admin.conftest import StaffClient
-from tests.conftest import Factory
+from tests.conftest import Factory, as_owner
 from tests.pages.conftest import PageClient, People, page_text, sign_in
 
 INVARIANTS = ("ledger_sum", "balances", "holds", "payouts", "payments", "merchant_history",
@@ -101,3 +101,32 @@ def test_the_periodic_check_is_shown_as_the_workers(as_staff: StaffClient, uow: 
     reconciliation.record_check(uow)
     text = page_text(support.get("/admin/reconciliation"))
     assert "the worker's periodic check" in text and "every invariant held" in text
+
+
+def test_the_statistics_roll_ups_are_recomputed_with_the_check(
+    as_staff: StaffClient, make: Factory, connection: sa.Connection
+) -> None:
+    make.card(make.user(), balance="20.00")  # a top-up today: roll-ups to recompute
+    admin, _ = as_staff()
+    admin.post("/admin/reconciliation/run")
+    text = page_text(admin.get("/admin/reconciliation"))
+    assert results(text)["statistics"] == "yes"
+    assert "(UTC) equals its recomputation" in text
+    with as_owner(connection):
+        edited = connection.execute(
+            sa.text(
+                "UPDATE stat_rollups SET amount_minor = amount_minor + 7 WHERE ctid = (SELECT"
+                " ctid FROM stat_rollups WHERE family = 'top_ups' AND grain = 'day'"
+                " AND scope_kind = 'system' AND status = 'succeeded' LIMIT 1)"
+            )
+        ).rowcount
+    assert edited == 1
+
+    admin.post("/admin/reconciliation/run")
+
+    text = page_text(admin.get("/admin/reconciliation"))
+    assert results(text)["statistics"] == "no"
+    assert "differ from a recomputation: day top_ups system 0 USD succeeded" in text
+    assert "expected 2000 (1), found 2007 (1)" in text
+    assert "the statistics roll-ups differ" in text  # the notice after the run
+    assert results(text)["ledger_sum"] == "yes"  # the ledger itself is fine
