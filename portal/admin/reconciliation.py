@@ -8,8 +8,8 @@ the worker's nightly statistics check covers each previous day."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, timedelta
 from collections.abc import Callable
+from datetime import UTC, timedelta
 from typing import Any
 
 from flask import abort, flash, redirect, url_for
