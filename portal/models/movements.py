@@ -87,6 +87,14 @@ class Transfer(Base):
         sa.Index("ix_transfers_from_card_id_created_at_id", "from_card_id", "created_at", "id"),
         sa.Index("ix_transfers_to_card_id_created_at_id", "to_card_id", "created_at", "id"),
         sa.Index("ix_transfers_journal_entry_id", "journal_entry_id"),  # migration 0026
+        # A history's incoming branch over all of an owner's cards (migration 0028).
+        sa.Index(
+            "ix_transfers_incoming_from_others",
+            "to_card_id",
+            "created_at",
+            "id",
+            postgresql_where=sa.text("status = 'succeeded' AND NOT between_own_cards"),
+        ),  # fmt: skip
     )
 
     id: Mapped[int] = pk_column()
@@ -98,6 +106,10 @@ class Transfer(Base):
     memo: Mapped[str] = mapped_column(sa.String(140), nullable=False, server_default="")
     #: Addressed to a person (email, @handle, payee): the sender is shown nothing of the card.
     to_person: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+    #: Both cards are the same person's; set by the database on insert (a trigger, 0028).
+    between_own_cards: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, server_default=sa.false()
+    )
     status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     failure_code: Mapped[str | None] = mapped_column(sa.String(64))
     journal_entry_id: Mapped[int | None] = mapped_column(

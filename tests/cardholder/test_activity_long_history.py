@@ -1,6 +1,7 @@
 """The activity feed over a long history: the first page, read one card at a time (a LIMITed
 index range per card), is the newest movements of every kind across all the cardholder's cards,
-in order, with a transfer between one's own cards shown once; the next page continues it."""
+in order, with a transfer between one's own cards shown once (the database flags those,
+``transfers.between_own_cards``); the next page continues it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def test_the_first_pages_of_a_long_history_are_its_newest_movements(
                   f" now() - interval '{days} days' + g * interval '1 minute' FROM top_ups,"
                   " generate_series(1, 1500) g WHERE card_id = :c"),
           {"c": card.card_id})  # fmt: skip
+    # The database marks them as between one's own cards (the incoming branch skips them in
+    # its index), and a transfer to someone else's card not.
+    x(sa.text("INSERT INTO transfers (from_card_id, to_card_id, amount_minor, currency, status,"
+              " created_by_kind) VALUES (:a, :s, 5, 'USD', 'failed', 'user')"),
+      {"a": a.card_id, "s": stranger.card_id})  # fmt: skip
+    flags = x(sa.text("SELECT to_card_id = :b AS own, bool_and(between_own_cards),"
+                      " bool_or(between_own_cards) FROM transfers WHERE from_card_id = :a"
+                      " GROUP BY 1 ORDER BY 1"),
+              {"a": a.card_id, "b": b.card_id}).all()  # fmt: skip
+    assert [tuple(f) for f in flags] == [(False, False, False), (True, True, True)]
     x(sa.text("ANALYZE transfers"))
     x(sa.text("ANALYZE top_ups"))
     expected = x(sa.text(

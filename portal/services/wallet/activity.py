@@ -322,14 +322,21 @@ _TOPUP = (
 _SHOWN = "CASE WHEN t.status <> 'failed' THEN "
 
 
-def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
+def _transfer_branch(
+    direction: str, *, whole_owner: bool = False
+) -> tuple[str, str, str, str, str]:
     mine, other = (
         ("from_card_id", "to_card_id") if direction == "out" else ("to_card_id", "from_card_id")
     )
     base = f"t.{mine} IN (SELECT id FROM scope)"  # nosec B608: mine is a constant column name
     if direction == "in":
-        # Shown once between one's own cards (as outgoing), and only once it moved money.
-        base += f" AND t.{other} NOT IN (SELECT id FROM scope) AND t.status = 'succeeded'"  # nosec B608: other is a constant column name
+        # Shown once between one's own cards (as outgoing), and only once it moved money. Over
+        # all of an owner's cards that is the flag the database keeps (migration 0028), which
+        # a partial index serves; over one card, what came from the owner's other cards shows.
+        others = f"t.{other} NOT IN (SELECT id FROM scope)"  # nosec B608: other is a constant column name
+        if whole_owner:
+            others = "NOT t.between_own_cards"
+        base += f" AND {others} AND t.status = 'succeeded'"
     # The card it went to, unless the sender paid a person and never saw that card.
     card = (
         "CASE WHEN t.status <> 'failed' AND NOT t.to_person THEN " if direction == "out" else _SHOWN
@@ -359,6 +366,7 @@ def _transfer_branch(direction: str) -> tuple[str, str, str, str, str]:
 
 _TRANSFER_OUT = _transfer_branch("out")
 _TRANSFER_IN = _transfer_branch("in")
+_TRANSFER_IN_FROM_OTHERS = _transfer_branch("in", whole_owner=True)
 _WITHDRAWAL = (
     "withdrawal",
     "'withdrawal'::text AS kind, t.id, t.public_id::text AS public_id, t.created_at,"
@@ -553,9 +561,13 @@ def _feed_sql(
 _ON_SCOPE_CARD = re.compile(r" IN \(SELECT id FROM scope\)")
 
 
-def _branches_for(kind: str | None, *, unrestricted: bool) -> list[tuple[str, str, str, str, str]]:
+def _branches_for(
+    kind: str | None, *, unrestricted: bool, whole_owner: bool = False
+) -> list[tuple[str, str, str, str, str]]:
+    """The feed's branches; ``whole_owner`` when the scope is every card of one owner."""
+    incoming = _TRANSFER_IN_FROM_OTHERS if whole_owner else _TRANSFER_IN
     every = [_TOPUP, _TRANSFER_OUT, _WITHDRAWAL, _PAYMENT, _REFUND] if unrestricted else [
-        _TOPUP, _TRANSFER_OUT, _TRANSFER_IN, _WITHDRAWAL, _PAYMENT, _REFUND
+        _TOPUP, _TRANSFER_OUT, incoming, _WITHDRAWAL, _PAYMENT, _REFUND
     ]  # fmt: skip
     return [b for b in every if kind is None or b[0] == kind]
 
@@ -630,15 +642,8 @@ def list_activity(
         cursor_kind, params["cursor"] = parse_item_id(starting_after, "starting_after")
     scope = _scope_for(actor, card_id, params)
     amounts = min(len(search_amounts), 10) if term else 0
-    sql = _feed_sql(
-        _branches_for(kind, unrestricted=False),
-        scope,
-        filters,
-        bool(term),
-        cursor_kind,
-        amounts,
-        per_card=True,
-    )
+    branches = _branches_for(kind, unrestricted=False, whole_owner=card_id is None)
+    sql = _feed_sql(branches, scope, filters, bool(term), cursor_kind, amounts, per_card=True)
 
     rows = uow.read(sql, params)  # one statement: no transaction of its own
     if not rows and (card_id is not None or cursor_kind is not None):
@@ -725,7 +730,7 @@ def get_activity_item(uow: UnitOfWork, *, actor: Actor, item_id: str) -> Activit
     else:
         params["owner"] = _user_id(actor)
         scope = "SELECT id FROM cards WHERE user_id = :owner"
-        branches = _branches_for(kind, unrestricted=False)
+        branches = _branches_for(kind, unrestricted=False, whole_owner=True)
     sql = _feed_sql(branches, scope, ["t.public_id = :only"], False, None)
 
     def work(u: UnitOfWork) -> ActivityItem:
