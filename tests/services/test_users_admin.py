@@ -497,13 +497,29 @@ def test_every_reference_to_users_either_cascades_or_is_money_history(uow):
         " WHERE c.contype = 'f' AND c.confrelid = 'users'::regclass",
     )
     history = {"cards", "merchants", "top_ups", "merchant_members", "merchant_invitations",
-               "api_keys"}  # fmt: skip
+               "api_keys", "adjustment_requests"}  # fmt: skip
     # "c" cascades; "n" (SET NULL: who made an enrolment code) lets the user go too.
     blocking = sorted(
         r.tbl for r in rows if r.confdeltype not in ("c", "n") and r.tbl not in history
     )
     assert blocking == []
     assert {r.tbl for r in rows} >= set(DEPENDENTS)
+
+
+def test_delete_refused_for_staff_named_by_an_adjustment(uow, admin, alice, make):
+    from portal.domain.money import Money
+    from portal.services.admin import adjustments
+
+    maker = make.user(roles=("admin",))
+    card = make.card(alice)
+    adjustments.request_adjustment(
+        uow, actor=maker, target=card.public_id, direction="credit",
+        amount=Money(500, card.currency), reason="goodwill", reference="CASE-1",
+        idempotency_key="adj-delete-1",
+    )  # fmt: skip
+    with pytest.raises(Conflict) as err:
+        users.delete_user(uow, actor=admin, user_id=maker.id)
+    assert err.value.code == "user_has_history"
 
 
 def test_delete_refused_when_the_user_holds_a_card(uow, admin, alice, make):

@@ -707,6 +707,8 @@ _HISTORY = (
     " OR EXISTS (SELECT 1 FROM transfers WHERE created_by_kind = 'user' AND created_by_id = :id)"
     " OR EXISTS (SELECT 1 FROM withdrawals WHERE created_by_kind = 'user'"
     "  AND created_by_id = :id)"
+    # Staff who requested or decided a balance adjustment (the four-eyes record names them).
+    " OR EXISTS (SELECT 1 FROM adjustment_requests WHERE requested_by = :id OR decided_by = :id)"
 )
 
 
