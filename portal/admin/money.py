@@ -53,6 +53,8 @@ LINK_SEGMENTS = {
     "card": "cards",
     "merchant": "merchants",
 }
+#: Kinds with a queue page (endpoint), linked from an open record's page.
+QUEUES = {"withdrawals": "admin.queues", "payouts": "admin.queues_payouts"}
 STATUS_LABELS = {
     "requires_payment_method": "Declined (requires payment method)",
     "requires_capture": "Authorised (requires capture)",
@@ -195,7 +197,11 @@ def _live(kind: str, record: movements.Record) -> dict[str, Any]:
     _segment, param = ROUTES[kind]
     values: dict[str, Any] = {param: record.public_id, "v": record.version}
     url = url_for(f"admin.{kind}_changes", **values)
-    return {"live": {"url": url, "every": POLL_MS} if record.live else None}
+    queue = QUEUES.get(kind) if record.live else None
+    return {
+        "live": {"url": url, "every": POLL_MS} if record.live else None,
+        "queue_url": url_for(queue, _anchor=f"item-{record.public_id}") if queue else None,
+    }
 
 
 def _show(kind: str, public_id: str) -> Response:

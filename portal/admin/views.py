@@ -31,6 +31,7 @@ SECTIONS += [
     ("admin.refunds", "Refunds", "money:read"),
     ("admin.payouts", "Payouts", "money:read"),
     ("admin.deliveries", "Webhook deliveries", "merchants:read"),
+    ("admin.queues", "Queues", "money:read"),
 ]
 
 

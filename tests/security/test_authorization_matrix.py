@@ -337,6 +337,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # Reconciliation: staff read the last check (money:read), admin runs it (reconciliation:run).
     ("GET", "/admin/reconciliation"): STAFF,
     ("POST", "/admin/reconciliation/run"): ADMIN,
+    # The queues: staff read them; confirm and fail need withdrawals:manage / money:manage.
+    ("GET", "/admin/queues/withdrawals"): STAFF,
+    ("GET", "/admin/queues/payouts"): STAFF,
+    ("POST", "/admin/queues/withdrawals/<withdrawal_id>/confirm"): ADMIN,
+    ("POST", "/admin/queues/withdrawals/<withdrawal_id>/fail"): ADMIN,
+    ("POST", "/admin/queues/payouts/<payout_id>/confirm"): ADMIN,
+    ("POST", "/admin/queues/payouts/<payout_id>/fail"): ADMIN,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,

@@ -14,6 +14,7 @@ this file; a route that is legitimately exempt (a signed webhook receiver, say) 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -58,6 +59,12 @@ REFUSALS = (
 #: empty form: the refusal comes before the form is read).
 FORMS: dict[tuple[str, str], dict[str, str]] = {
     ("POST", "/wallet/cards/<card_id>/name"): {"name": "Renamed by CSRF"},
+    # The console's queues (one-time tokens fresh for each test session).
+    ("POST", "/admin/queues/withdrawals/<withdrawal_id>/confirm"): {"form_token": uuid.uuid4().hex},
+    ("POST", "/admin/queues/payouts/<payout_id>/fail"): {
+        "form_token": uuid.uuid4().hex,
+        "reason": "payout_failed",
+    },
 }
 
 #: Routes whose accepted request (own token) always writes: the control proving the write count
@@ -66,6 +73,8 @@ MUST_WRITE_WHEN_ACCEPTED = (
     ("POST", "/auth/logout", "cardholder"),
     ("POST", "/wallet/cards/<card_id>/freeze", "cardholder"),
     ("POST", "/wallet/cards/<card_id>/name", "cardholder"),
+    ("POST", "/admin/queues/withdrawals/<withdrawal_id>/confirm", "admin"),
+    ("POST", "/admin/queues/payouts/<payout_id>/fail", "admin"),
 )
 
 

@@ -389,16 +389,24 @@ def pay(uow: UnitOfWork, payload: dict[str, Any]) -> None:
 
 def _settle(
     u: UnitOfWork, payout_id: int, *, reference: str | None = None,
-    failure_code: str | None = None,
-) -> None:  # fmt: skip
-    """Mark a processing payout paid, or failed with its money returned to the balance."""
+    failure_code: str | None = None, staff: Actor | None = None, note: str | None = None,
+) -> PayoutView:  # fmt: skip
+    """Mark a processing payout paid, or failed with its money returned to the balance. By
+    ``staff``, only a pending one: a processing one is with the processor and is refused; a
+    settled one is returned unchanged."""
     account_id = u.execute(
         "SELECT account_id FROM payouts WHERE id = :id", {"id": payout_id}
     ).scalar_one()
     u.execute("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE", {"a": account_id})
     row = u.execute(_SELECT + " WHERE po.id = :id FOR UPDATE OF po", {"id": payout_id}).one()
-    if row.status != "processing":
-        return  # another worker settled it with the processor's same answer
+    if staff is not None and row.status == "processing":
+        raise UnexpectedState(
+            f"Payout {row.public_id} is processing: it is with the processor and settles with"
+            " the processor's answer, so it cannot be confirmed or failed by hand.",
+            param="payout", code="payout_processing",
+        )  # fmt: skip
+    if row.status != ("pending" if staff is not None else "processing"):
+        return _view(row)  # settled already (by another worker with the same answer, or staff)
     before = _view(row)
     now = u.now()
     if failure_code is None:
@@ -434,16 +442,65 @@ def _settle(
                "failed_at": now}
         )  # fmt: skip
         event = "payout.failed"
-    audit.record(
-        u, PROCESSOR_ACTOR, event, "payout", payout_id,
-        data={"reference": reference, "failure_code": failure_code},
-    )  # fmt: skip
+    if staff is None:
+        audit.record(
+            u, PROCESSOR_ACTOR, event, "payout", payout_id,
+            data={"reference": reference, "failure_code": failure_code},
+        )  # fmt: skip
+    else:
+        audit.record(
+            u, staff, "payout.confirm" if failure_code is None else "payout.fail", "payout",
+            payout_id, data={"reference": reference, "failure_code": failure_code,
+                             **({"note": note} if note else {})},
+        )  # fmt: skip
     obj = payout_object(after)
     previous = {k: v for k, v in payout_object(before).items() if obj.get(k) != v}
     events.record(u, row.merchant_id, (event, obj, previous))
     u.flush()
     outcome = "succeeded" if failure_code is None else "failed"
     u.observe("money_movements", 1, kind="payout", currency=row.currency, outcome=outcome)
+    return after
+
+
+def _staff_settle(
+    uow: UnitOfWork, actor: Actor, payout: str, *, reference: str | None = None,
+    failure_code: str | None = None, note: str | None = None,
+) -> PayoutView:  # fmt: skip
+    if not actor.can("money:manage"):
+        raise Forbidden("missing permission money:manage")
+    if not is_public_id("payout", payout):
+        raise NotFound("no such payout", param="payout")
+
+    def work(u: UnitOfWork) -> PayoutView:
+        found = u.execute("SELECT id FROM payouts WHERE public_id = :p", {"p": payout}).scalar()
+        if found is None:
+            raise NotFound("no such payout", param="payout")
+        return _settle(u, found, reference=reference, failure_code=failure_code, staff=actor,
+                       note=note)  # fmt: skip
+
+    return uow.run(work)
+
+
+def confirm_payout(
+    uow: UnitOfWork, *, actor: Actor, payout: str, reference: str | None = None
+) -> PayoutView:
+    """Staff (money:manage) mark a pending payout paid by hand, as the processor's answer
+    would; its queued job then finds it settled and pays nothing. A settled payout is returned
+    unchanged. Raises NotFound, Forbidden, UnexpectedState (``payout_processing``: it is with
+    the processor)."""
+    return _staff_settle(uow, actor, payout, reference=reference)
+
+
+def fail_payout(
+    uow: UnitOfWork, *, actor: Actor, payout: str, failure_code: str, note: str | None = None
+) -> PayoutView:
+    """Staff (money:manage) fail a pending payout: its money goes back to the merchant's
+    balance (a ``payout_failure`` transaction, available at once) and its job pays nothing.
+    A settled payout is returned unchanged. Raises NotFound, Forbidden, InvalidInput,
+    UnexpectedState (``payout_processing``)."""
+    if not failure_code or len(failure_code) > 64:
+        raise InvalidInput("a failure code is required", param="failure_code")
+    return _staff_settle(uow, actor, payout, failure_code=failure_code, note=note)
 
 
 def register() -> None:

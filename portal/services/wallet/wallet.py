@@ -643,6 +643,7 @@ def _settle_withdrawal(
     hold_status: str = "voided",
     payout_reference: str | None = None,
     by_processor: bool = False,
+    note: str | None = None,
 ) -> MovementResult:
     """Post or void a withdrawal's hold. By hand (staff, hold expiry) only a ``pending`` one: a
     ``processing`` one is with the processor and is refused. The payout job (``by_processor``)
@@ -707,7 +708,8 @@ def _settle_withdrawal(
         )  # fmt: skip
         audit.record(
             uow, actor, "withdrawal.confirm" if succeeded else "withdrawal.fail", "withdrawal",
-            w.id, data={"failure_code": failure_code, "payout_reference": payout_reference},
+            w.id, data={"failure_code": failure_code, "payout_reference": payout_reference,
+                        **({"note": note} if note else {})},
         )  # fmt: skip
         entry = "(SELECT id FROM entry)" if writes.has_entry else "NULL::bigint"
         entry_id = uow.flush(f"SELECT {entry} AS entry_id").entry_id
@@ -743,14 +745,15 @@ def fail_withdrawal(
     withdrawal_id: Ref,
     failure_code: str = "payout_failed",
     hold_status: str = "voided",
+    note: str | None = None,
 ) -> MovementResult:
-    """Void a pending withdrawal's hold: the money becomes available again. A settled
-    withdrawal is returned unchanged. Raises NotFound, Forbidden, UnexpectedState (it is
-    ``processing``: the payout job settles it)."""
+    """Void a pending withdrawal's hold: the money becomes available again (``note``, staff's
+    words on why, goes to the audit event). A settled withdrawal is returned unchanged. Raises
+    NotFound, Forbidden, UnexpectedState (it is ``processing``: the payout job settles it)."""
     _require_staff(actor)
     return _settle_withdrawal(
         uow, actor, withdrawal_id, succeeded=False, failure_code=failure_code,
-        hold_status=hold_status,
+        hold_status=hold_status, note=note,
     )  # fmt: skip
 
 
