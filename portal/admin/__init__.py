@@ -13,6 +13,23 @@ from flask import Blueprint
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 # Each module registers its routes on bp.
-from portal.admin import adjustments, money, people, queues, reconciliation, views  # noqa: E402
+from portal.admin import (  # noqa: E402
+    adjustments,
+    cards,
+    money,
+    people,
+    queues,
+    reconciliation,
+    views,
+)
 
-__all__ = ["adjustments", "bp", "money", "people", "queues", "reconciliation", "views"]
+__all__ = [
+    "adjustments",
+    "bp",
+    "cards",
+    "money",
+    "people",
+    "queues",
+    "reconciliation",
+    "views",
+]

@@ -344,6 +344,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/queues/withdrawals/<withdrawal_id>/fail"): ADMIN,
     ("POST", "/admin/queues/payouts/<payout_id>/confirm"): ADMIN,
     ("POST", "/admin/queues/payouts/<payout_id>/fail"): ADMIN,
+    # Console: cards and wallets (cards:read reads; cards:manage acts).
+    ("GET", "/admin/cards"): STAFF,
+    ("POST", "/admin/cards/bulk"): ADMIN,
+    ("GET", "/admin/cards/<card_id>"): STAFF,
+    ("GET", "/admin/cards/<card_id>/changes"): STAFF,
+    ("POST", "/admin/cards/<card_id>/<action>"): ADMIN,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
@@ -565,6 +571,8 @@ def _url(rule: str, owner: Persona) -> str:
     }
     if rule.startswith(("/admin/users/", "/admin/roles/")):  # console record actions
         values["action"] = "archive"
+    if rule.startswith("/admin/cards/"):
+        values["action"] = "freeze"
     if rule.startswith("/wallet/pay/sent/"):  # a payment to a person, not between own cards
         values["transfer_id"] = owner.paid_id or ""
     if rule.startswith(("/checkout/", "/api/v1/checkout/")):
