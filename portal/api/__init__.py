@@ -36,6 +36,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.events",
     "portal.api.webhooks",
     "portal.api.payouts",
+    "portal.api.statistics",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

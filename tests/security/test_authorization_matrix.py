@@ -245,6 +245,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/balance"): MERCHANT,
     ("GET", "/api/v1/balance_transactions"): MERCHANT,
     ("GET", "/api/v1/balance_transactions/<transaction_id>"): MERCHANT,
+    # Statistics: the URL names a scope in its query (see ``_url``): the cardholder's card,
+    # the merchant persona's merchant, or the system (staff only).
+    ("GET", "/api/v1/statistics/<family>/monthly"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/statistics/<family>/yearly"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/statistics/<family>/statuses"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/statistics/<family>/methods"): MERCHANT_OR_STAFF,
+    ("GET", "/api/v1/statistics/dashboard"): STAFF,
     ("POST", "/api/v1/payouts"): MERCHANT,
     ("GET", "/api/v1/payouts"): MERCHANT,
     ("GET", "/api/v1/payouts/<payout_id>"): MERCHANT,
@@ -566,6 +573,7 @@ def _url(rule: str, owner: Persona) -> str:
         "withdrawal_id": owner.withdrawal_id or "",
         "payee_id": owner.payee_id or "",
         "adjustment_id": owner.adjustment_id or "",
+        "family": "payments",  # statistics
         "month": datetime.now(UTC).strftime("%Y-%m"),  # this month's statement, to date
         **{k: v for k, v in (owner.merchant or {}).items() if k != "secret"},
     }
@@ -577,7 +585,11 @@ def _url(rule: str, owner: Persona) -> str:
         values["transfer_id"] = owner.paid_id or ""
     if rule.startswith(("/checkout/", "/api/v1/checkout/")):
         values["session_id"] = (owner.merchant or {})["checkout_id"]
-    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
+    url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
+    if rule.startswith("/api/v1/statistics/<family>/"):  # whose figures: a query parameter
+        url += (f"?scope=merchant&id={values['merchant_id']}" if rule.endswith("/methods")
+                else f"?scope=card&id={values['card_id']}")  # fmt: skip
+    return url
 
 
 def _request(client: FlaskClient, persona: Persona, method: str, url: str, rule: str):

@@ -56,7 +56,7 @@ API = "/api/v1"
 #: attempt (B's merchant around A's payment, B's endpoint around A's delivery...).
 CONTAINERS = ("merchant_id", "mid", "user_id", "endpoint_id")
 #: Path parameters every route may take without naming anyone's object.
-NOT_OBJECTS = {"role", "permission", "kind", "action", "token", "month"}
+NOT_OBJECTS = {"role", "permission", "kind", "action", "token", "month", "family"}
 #: Every path parameter the matrix's ``_url`` fills with the path owner's object.
 OBJECTS = {
     "user_id", "session_id", "family_id", "ident", "card_id", "top_up_id", "transfer_id",
@@ -320,6 +320,14 @@ def test_objects_named_in_a_body_or_a_filter_are_not_found_either(
         ("POST", "/refunds", shop, {"payment": a_shop["payment_id"], "amount": 1}),
         ("GET", f"/refunds?payment={a_shop['payment_id']}", shop, None),
         ("POST", f"/payments/{a_shop['payment_id']}/capture", shop, {}),
+        # Statistics of A's card, merchant and key.
+        ("GET", f"/statistics/top_ups/monthly?scope=card&id={a.card_id}", holder, None),
+        ("GET", f"/statistics/dashboard?scope=card&id={a.card_id}", holder, None),
+        ("GET", f"/statistics/payments/yearly?scope=merchant&id={a_shop['merchant_id']}", shop,
+         None),
+        ("GET", f"/statistics/payments/methods?scope=api_key&id={a_shop['key_id']}", shop, None),
+        ("GET", f"/statistics/dashboard?scope=merchant&id={a_shop['merchant_id']}",
+         _bearer(b_shop.access_token or ""), None),
     ]  # fmt: skip
     client = app.test_client()
     wrong: list[str] = []

@@ -237,14 +237,14 @@ def test_balances_are_closing_balances_of_the_wallets(uow, data):
 class TestRefusals:
     @pytest.mark.parametrize("year", [1999, 2101, -1])
     def test_a_year_out_of_range_names_year(self, uow, data, year):
-        with pytest.raises(InvalidInput) as exc:
+        with pytest.raises(stats.OutOfRange) as exc:
             stats.figures(uow, actor=data.staff, family="payments", period="monthly", year=year)
         assert exc.value.param == "year"
 
     @pytest.mark.parametrize("month", [0, 13])
     def test_a_month_out_of_range_names_month(self, uow, data, month):
         for view in (stats.by_status, stats.by_method):
-            with pytest.raises(InvalidInput) as exc:
+            with pytest.raises(stats.OutOfRange) as exc:
                 view(uow, actor=data.staff, family="payments", year=2026, month=month)
             assert exc.value.param == "month"
 
