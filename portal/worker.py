@@ -39,6 +39,7 @@ from portal.services.merchants import checkout, events, payments, settlements, w
 from portal.services.merchants import payouts as merchant_payouts
 from portal.services.shared import audit_chain, jobs
 from portal.services.shared.uow import UnitOfWork
+from portal.services.statistics import checks as statistics_checks
 from portal.services.wallet import funding, payouts, wallet
 from portal.telemetry import job_span
 
@@ -47,6 +48,9 @@ log = logging.getLogger("portal.worker")
 SYSTEM_ACTOR = Actor.system("worker")
 #: How often the audit chains' heads are anchored (an ``audit.anchor`` entry, the gauges below).
 AUDIT_ANCHOR_SECONDS = 300.0
+#: How often the statistics roll-ups of the previous UTC day are recomputed and compared (once
+#: the day has been checked clean it is not recorded again; a new day is checked within this).
+STATISTICS_CHECK_SECONDS = 3600.0
 
 
 def _purge_keys(uow: UnitOfWork) -> int:
@@ -121,6 +125,17 @@ class WorkerMetrics:
             " with its hash (hex).", ["chain", "hash"], registry=self.registry,
         )  # fmt: skip
 
+        self.statistics_differences = Gauge(
+            "portal_statistics_rollup_differences",
+            "Statistics roll-up cells that differed from a recomputation at the last check"
+            " (the previous UTC day).", registry=self.registry,
+        )  # fmt: skip
+        self.statistics_checked = Gauge(
+            "portal_statistics_last_check_timestamp_seconds",
+            "Unix time the statistics roll-ups were last recomputed and compared.",
+            registry=self.registry,
+        )  # fmt: skip
+
     def anchored(self, found: audit_chain.Anchor) -> None:
         self.audit_head.clear()  # one series per chain: the latest hash only
         for head in found.heads:
@@ -149,6 +164,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.periodic = periodic_tasks(ledger_check_seconds)
         self.periodic.append(("audit_anchor", AUDIT_ANCHOR_SECONDS, self.anchor_audit))
+        self.periodic.append(("statistics_check", STATISTICS_CHECK_SECONDS, self.check_statistics))
         self._next_run: dict[str, float] = {}
         #: time.monotonic() when the loop last turned (see healthy()).
         self.last_loop = time.monotonic()
@@ -175,6 +191,14 @@ class Worker:
             heads = " ".join(f"{h.chain}:{h.seq}:{h.hash}" for h in found.heads if h.seq)
             log.info("audit anchor %d: %s", found.entry_id, heads)
         return found
+
+    def check_statistics(self, uow: UnitOfWork) -> statistics_checks.CheckResult:
+        """The nightly recomputation of the statistics roll-ups (the previous UTC day): each
+        difference is logged as an error, the count is the alert's gauge."""
+        result = statistics_checks.record_check(uow)
+        self.metrics.statistics_differences.set(len(result.differences))
+        self.metrics.statistics_checked.set(time.time())
+        return result
 
     def run_once(self) -> int:
         """Claim and run one batch of due jobs; returns how many were claimed."""
