@@ -15,6 +15,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 # Each module registers its routes on bp.
 from portal.admin import (  # noqa: E402
     adjustments,
+    audit,
     cards,
     money,
     people,
@@ -25,6 +26,7 @@ from portal.admin import (  # noqa: E402
 
 __all__ = [
     "adjustments",
+    "audit",
     "bp",
     "cards",
     "money",

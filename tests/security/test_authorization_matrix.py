@@ -357,6 +357,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/cards/<card_id>"): STAFF,
     ("GET", "/admin/cards/<card_id>/changes"): STAFF,
     ("POST", "/admin/cards/<card_id>/<action>"): ADMIN,
+    # The audit log and its verification: audit:read (support and admin).
+    ("GET", "/admin/audit"): STAFF,
+    ("POST", "/admin/audit/verify"): STAFF,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
