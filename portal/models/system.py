@@ -123,7 +123,7 @@ class AuditEvent(Base):
         sa.Index("ix_audit_events_subject", "subject_type", "subject_id"),
         sa.Index("ix_audit_events_occurred_at_id", "occurred_at", "id"),
         sa.Index("ix_audit_events_action_id", "action", "id"),
-        # The console's audit log, filtered by actor or by action, newest first (0028).
+        # The console's audit log, filtered by actor or by action, newest first (0029).
         sa.Index(
             "ix_audit_events_actor_occurred_at_id", "actor_kind", "actor_id", "occurred_at", "id"
         ),

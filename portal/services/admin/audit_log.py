@@ -4,7 +4,7 @@ Filters: action, actor (an email or a ``usr_`` id; ``system`` for the worker and
 subject (a type, optionally with the record's public id or internal id), outcome and a UTC date
 range. Pages are newest first, keyset on ``(occurred_at, id)`` (the cursor is the last event's
 id), so a deep page reads as few index entries as the first; actor and action filters have
-their own ``(..., occurred_at, id)`` indexes (migration ``audit_log_indexes``).
+their own ``(..., occurred_at, id)`` indexes (migration 0029).
 
 ``verify`` is ``portal.services.shared.audit_chain.verify`` (what ``portal audit verify``
 runs): it names each place a chain breaks; the console records who ran it.

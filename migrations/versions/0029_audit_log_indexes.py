@@ -3,14 +3,14 @@
 entries it shows. ``ix_audit_events_action_id`` (action, id) stays: the anchors and the
 verification read ``audit.anchor`` entries by id.
 
-Revision ID: 0028
-Revises: 0027
+Revision ID: 0029
+Revises: 0028
 """
 
 from alembic import op
 
-revision = "0028"
-down_revision = "0027"
+revision = "0029"
+down_revision = "0028"
 branch_labels = None
 depends_on = None
 
