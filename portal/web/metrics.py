@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import Flask, Response, abort, request
@@ -35,6 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from portal.extensions import db
+from portal.services.admin.audit_log import anchor_state
 from portal.services.ledger.reconciliation import last_check
 from portal.services.shared.monitoring import queue_state
 from portal.web.uow import make_uow
@@ -127,13 +129,15 @@ def _scrape_registry(app: Flask) -> CollectorRegistry:
 
 
 class DatabaseState(Collector):
-    """Gauges read from the database at scrape time: job queue, pending holds and the last
-    periodic ledger check (the worker's reconciliation; the ledger is never summed here).
+    """Gauges read from the database at scrape time: job queue, pending holds, the audit
+    log's last anchor and the last periodic ledger check (the worker's reconciliation; the
+    ledger is never summed here).
     Metric families built per scrape, never stored values: under multiprocess mode a stored
     gauge would land in every worker's files and be exported twice."""
 
     def collect(self) -> Iterator[Metric]:
         state = queue_state(make_uow())
+        yield from self._audit_anchor()
         check = last_check(make_uow())
         jobs = GaugeMetricFamily("portal_jobs", "Background jobs by status.", labels=["status"])
         for status, count in state.jobs_by_status.items():
@@ -165,6 +169,32 @@ class DatabaseState(Collector):
         yield GaugeMetricFamily(
             "portal_ledger_last_check_timestamp_seconds",
             "Unix time of the last periodic ledger check.", value=check.checked_at.timestamp(),
+        )  # fmt: skip
+
+    def _audit_anchor(self) -> Iterator[Metric]:
+        """The audit log's last anchor (the worker writes one every few minutes when entries
+        were added): the latest hash per chain, and how long entries have waited for one."""
+        anchor = anchor_state(make_uow())
+        now = datetime.now(UTC)
+        if anchor.anchored_at is not None:
+            yield GaugeMetricFamily(
+                "portal_audit_last_anchor_entry_timestamp_seconds",
+                "Unix time the last audit.anchor entry was written (none is written while no"
+                " entry was added).", value=anchor.anchored_at.timestamp(),
+            )  # fmt: skip
+        heads = GaugeMetricFamily(
+            "portal_audit_anchored_head",
+            "Each audit chain's head as the last anchor recorded it: its seq, labelled with"
+            " its hash (hex).", labels=["chain", "hash"],
+        )  # fmt: skip
+        for chain, seq, digest in anchor.heads:
+            heads.add_metric([str(chain), digest], seq)
+        yield heads
+        oldest = anchor.oldest_unanchored_at
+        yield GaugeMetricFamily(
+            "portal_audit_unanchored_oldest_seconds",
+            "Age of the oldest audit entry no anchor covers yet (0 when every entry is"
+            " anchored).", value=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
         )  # fmt: skip
 
 

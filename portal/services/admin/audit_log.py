@@ -295,3 +295,53 @@ def verify(uow: UnitOfWork, *, actor: Actor) -> AuditReport:
 def known_prefixes() -> dict[str, str]:
     """Subject type -> the public id prefix its records carry (for the filter's hint)."""
     return {t: PREFIXES[kind] for t, (_, kind) in SUBJECT_TABLES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorState:
+    """The last ``audit.anchor`` entry and what it left unanchored (the web's /metrics)."""
+
+    #: When the last anchor entry was written (None: never).
+    anchored_at: datetime | None
+    #: Each chain's anchored head: (chain, seq, hex hash), as the last anchor recorded it.
+    heads: tuple[tuple[int, int, str], ...]
+    #: When the oldest entry no anchor covers was written (None: every entry is anchored).
+    oldest_unanchored_at: datetime | None
+
+
+#: The last anchor, its claims, and on each chain whose head is past what the anchor covered
+#: (its claim; on the anchor's own chain, the anchor itself too) the first entry not covered:
+#: one index look-up per chain on (chain, seq).
+_ANCHOR_STATE = """
+WITH last AS (
+    SELECT id, chain, seq, occurred_at, data FROM audit_events
+     WHERE action = :action ORDER BY id DESC LIMIT 1
+), claims AS (
+    SELECT c.key::int AS chain, (c.value->>'seq')::bigint AS seq, c.value->>'hash' AS hash
+      FROM last, jsonb_each(CASE WHEN jsonb_typeof(last.data->'chains') = 'object'
+                                 THEN last.data->'chains' ELSE '{}' END) c
+     WHERE c.key ~ '^[0-9]{1,4}$'
+), covered AS (
+    SELECT h.chain, h.seq AS head,
+           COALESCE(cl.seq, 0) + CASE WHEN h.chain = (SELECT chain FROM last) THEN 1 ELSE 0 END
+             AS upto
+      FROM audit_chain_heads h LEFT JOIN claims cl ON cl.chain = h.chain
+)
+SELECT (SELECT occurred_at FROM last) AS anchored_at,
+       (SELECT min(e.occurred_at) FROM covered c
+          JOIN audit_events e ON e.chain = c.chain AND e.seq = c.upto + 1
+         WHERE c.head > c.upto) AS oldest_unanchored_at,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(chain, seq, hash) ORDER BY chain), '[]')
+          FROM claims) AS heads
+"""
+
+
+def anchor_state(uow: UnitOfWork) -> AnchorState:
+    """The last anchor and how long entries have waited for one: one read, three index
+    look-ups and one per chain. For the metrics endpoint (internal: no actor). Raises nothing
+    of its own."""
+    row = uow.read(_ANCHOR_STATE, {"action": audit_chain.ANCHOR_ACTION})[0]
+    heads = tuple(
+        (int(chain), int(seq), str(digest)) for chain, seq, digest in row.heads if seq is not None
+    )
+    return AnchorState(row.anchored_at, heads, row.oldest_unanchored_at)
