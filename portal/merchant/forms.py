@@ -288,32 +288,6 @@ class RoleForm(FlaskForm):
                        validate_choice=False)  # fmt: skip
 
 
-class DecisionForm(FlaskForm):
-    """A staff decision's reason. Its fields are prefixed per merchant and the page's CSRF
-    token is checked app-wide (CSRFProtect), so the form does not check it again."""
-
-    class Meta:
-        csrf = False
-
-    reason = StringField(
-        "Reason (optional)",
-        validators=[Optional(), Length(max=255, message="Keep the reason to 255 characters.")],
-        render_kw={"maxlength": 255, "autocomplete": "off"},
-    )
-
-
-class StaffFilterForm(FlaskForm):
-    class Meta:
-        csrf = False
-
-    q = StringField("Search", render_kw={"type": "search", "maxlength": 100,
-                                         "placeholder": "Name, email or website"})  # fmt: skip
-    state = SelectField(
-        "State", choices=options([("", "Every state"), *MERCHANT_STATES.items()]),
-        validate_choice=False,
-    )  # fmt: skip
-
-
 # -- webhooks ------------------------------------------------------------------------------------
 #: Rotation overlaps offered (hours the old signing secret keeps signing beside the new one).
 WEBHOOK_OVERLAPS = {

@@ -1,4 +1,5 @@
-"""Routes of the merchant dashboard and the staff merchants page.
+"""Routes of the merchant dashboard (the staff merchants page is the console's now:
+``/merchant/staff`` sends there).
 
 Every page works as plain form posts (Post/Redirect/Get), except the two that show a new API
 key's secret: that page is the answer to the POST itself (the secret never sits in a session or
@@ -61,14 +62,12 @@ from portal.merchant.forms import (
     ApplyForm,
     CancelForm,
     CaptureForm,
-    DecisionForm,
     InviteForm,
     NewKeyForm,
     PaymentFilterForm,
     RefundForm,
     RoleForm,
     RollKeyForm,
-    StaffFilterForm,
     add_service_error,
     new_key,
     options,
@@ -79,7 +78,7 @@ from portal.services.merchants.merchants import Membership, MerchantView
 from portal.services.merchants.payments import PaymentView
 from portal.services.merchants.reports import Series
 from portal.web import mail, once
-from portal.web.auth import current_actor, login_required, safe_next
+from portal.web.auth import current_actor, login_required
 from portal.web.render import render_fragments as _fragments
 from portal.web.render import render_page as _render
 from portal.web.render import wants_fragment as _is_htmx
@@ -91,24 +90,6 @@ log = logging.getLogger(__name__)
 POLL_MS = 1500
 LATEST_ITEMS = reports.LATEST
 PAGE_SIZE = 20
-STAFF_PAGE_SIZE = 25
-#: Staff actions and the states they apply to (the service checks again).
-STAFF_ACTIONS = {
-    "approve": "Approve",
-    "reject": "Reject",
-    "suspend": "Suspend",
-    "reactivate": "Reactivate",
-    "archive": "Archive",
-    "restore": "Restore",
-}
-DECISION_DONE = {
-    "approve": "approved",
-    "reject": "rejected",
-    "suspend": "suspended",
-    "reactivate": "reactivated",
-    "archive": "archived",
-    "restore": "restored",
-}
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -942,81 +923,10 @@ def start(mid: str) -> Response:
 
 
 # -- staff ---------------------------------------------------------------------------------------
-def _second_factor_done() -> Response | None:
-    """Staff pages need the second factor in this session, whatever the role's name."""
-    if not current_user.mfa_verified:
-        endpoint = "auth.mfa_setup" if not current_user.user.mfa_enabled else "auth.mfa"
-        return redirect(url_for(endpoint, next=request.full_path))
-    return None
-
-
-def _staff_page(status: int = 200, *, errors: Mapping[str, str] | None = None) -> Response:
-    form = StaffFilterForm(request.args)
-    state = form.state.data if form.state.data in MERCHANT_STATES else None
-    search = (form.q.data or "").strip()[:100] or None
-    after = request.args.get("starting_after") or None
-    try:
-        page = merchants.list_merchants(_uow(), actor=current_actor(), state=state,
-                                        search=search, limit=STAFF_PAGE_SIZE,
-                                        starting_after=after)  # fmt: skip
-        items, has_more = page.items, page.has_more
-    except (InvalidInput, NotFound) as error:
-        add_service_error(form, error, default="q", aliases={"starting_after": "q"})
-        items, has_more = (), False
-    pending = merchants.list_merchants(_uow(), actor=current_actor(), state="pending", limit=50)
-    query = {k: v for k, v in {"q": form.q.data, "state": form.state.data}.items() if v}
-    next_url = (url_for(".staff", **query, starting_after=items[-1].public_id)
-                if has_more and items else None)  # fmt: skip
-    return _render(
-        "merchant/staff.html", status, form=form, items=items, pending=pending.items,
-        pending_more=pending.has_more, next_url=next_url, filtered=bool(query),
-        continued=after is not None, manage=current_actor().can("merchants:manage"),
-        errors=errors or {}, states=MERCHANT_STATES, actions=STAFF_ACTIONS,
-        available=available_actions,
-    )  # fmt: skip
-
-
-def available_actions(m: MerchantView) -> list[str]:
-    """The staff actions a merchant's state allows (``merchants.decide`` checks again)."""
-    if m.archived_at is not None:
-        return ["restore"]
-    return {
-        "pending": ["approve", "reject", "archive"],
-        "active": ["suspend", "archive"],
-        "suspended": ["reactivate", "archive"],
-        "rejected": ["archive"],
-    }.get(m.status, [])
-
-
 @bp.get("/staff")
 @login_required("merchants:read")
 def staff() -> Response:
-    return _second_factor_done() or _staff_page()
-
-
-@bp.post("/staff/<mid>/<action>")
-@login_required("merchants:manage")
-def decide(mid: str, action: str) -> Response:
-    if (needed := _second_factor_done()) is not None:
-        return needed
-    if action not in STAFF_ACTIONS:
-        abort(404)
-    # The page shows a merchant twice (waiting, and in the list): each form names its fields.
-    prefix = request.form.get("prefix", "")
-    if prefix not in (f"{mid}-", f"app-{mid}-"):
-        prefix = f"{mid}-"
-    form = DecisionForm(prefix=prefix)
-    if not form.validate_on_submit():
-        return _staff_page(422, errors={mid: " ".join(e for es in form.errors.values()
-                                                      for e in es)})  # fmt: skip
-    try:
-        decided = merchants.decide(_uow(), actor=current_actor(), merchant=mid, action=action,
-                                   reason=form.reason.data or "")  # fmt: skip
-    except (NotFound, Forbidden):
-        raise
-    except PortalError as error:
-        return _staff_page(422, errors={mid: _sentence(error.message)})
-    flash(f"{decided.name} is {DECISION_DONE[action]}.", "success")
-    back = safe_next(request.form.get("back"))
-    target = back if back and back.startswith(url_for(".staff")) else url_for(".staff")
-    return redirect(target)
+    """The staff merchants page moved into the console: old links land there, with their
+    filters (``state``, ``q``)."""
+    kept: dict[str, Any] = {k: v for k in ("state", "q") if (v := request.args.get(k))}
+    return redirect(url_for("admin.merchants", **kept))

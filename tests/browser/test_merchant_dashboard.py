@@ -100,15 +100,21 @@ def test_apply_approve_key_live_payment_and_refund(
     # Staff approve it in their own browser, after their second factor.
     staff_context = browser.new_context(viewport={"width": 1280, "height": 900},
                                         base_url=live_server)  # fmt: skip
-    staff_page = _sign_in(staff_context, staff_email, "/merchant/staff", enrolment.secret)
+    # (the old staff page, /merchant/staff, sends to the console's merchants)
+    staff_page = _sign_in(staff_context, staff_email, "/admin/merchants", enrolment.secret)
     staff_watch = Watch(staff_page)
-    row = staff_page.locator(f"#app-{mid}")
+    staff_page.goto("/merchant/staff?state=pending")
+    staff_page.wait_for_url("**/admin/merchants?state=pending")
+    row = staff_page.locator(f"#{mid}")
     expect(row).to_contain_text("Kopi Kenangan")
     _shot(staff_page, artifacts, "staff-1280")
     staff_watch.check("staff page")
-    row.get_by_role("button", name="Approve").click()
-    expect(staff_page.get_by_text("Kopi Kenangan is approved.")).to_be_visible()
-    expect(staff_page.locator(f"#{mid} [data-state]")).to_have_text("Active")
+    row.get_by_role("link", name="Kopi Kenangan").click()
+    staff_page.get_by_label("Reason").fill("documents checked")
+    staff_page.get_by_role("button", name="Approve").click()
+    expect(staff_page.get_by_text(f"{mid}: approved.")).to_be_visible()
+    expect(staff_page.locator("h1 [data-state]")).to_have_text("Active")
+    expect(staff_page.get_by_text("documents checked").first).to_be_visible()
 
     # The owner lands on the dashboard and creates a key: its secret is shown once.
     page.reload()
@@ -210,7 +216,7 @@ def test_apply_approve_key_live_payment_and_refund(
     _shot(page, artifacts, "keys-secret-390")
     watch.check("keys at 390")
     staff_page.set_viewport_size({"width": 390, "height": 844})
-    staff_page.goto("/merchant/staff")
+    staff_page.goto("/admin/merchants")
     _shot(staff_page, artifacts, "staff-390")
     staff_watch.check("staff at 390")
     context.close()

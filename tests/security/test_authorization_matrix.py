@@ -307,8 +307,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/merchant/<mid>/start"): MERCHANT_OR_STAFF,
     ("GET", "/merchant/join/<token>"): NOBODY,  # an unknown invitation is a 404 for everyone
     ("POST", "/merchant/join/<token>"): NOBODY,
-    ("GET", "/merchant/staff"): STAFF,
-    ("POST", "/merchant/staff/<mid>/<action>"): ADMIN,
+    ("GET", "/merchant/staff"): STAFF,  # moved into the console: a redirect there
     # The staff console: staff past the second factor; each page names its permission.
     ("GET", "/admin/"): STAFF,
     # Console: users and roles (support reads; acting needs users:manage or roles:manage).
@@ -360,6 +359,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # The audit log and its verification: audit:read (support and admin).
     ("GET", "/admin/audit"): STAFF,
     ("POST", "/admin/audit/verify"): STAFF,
+    # Console: merchants (merchants:read reads; merchants:manage decides, archives, deletes).
+    ("GET", "/admin/merchants"): STAFF,
+    ("POST", "/admin/merchants/bulk"): ADMIN,
+    ("GET", "/admin/merchants/<mid>"): STAFF,
+    ("GET", "/admin/merchants/<mid>/changes"): STAFF,
+    ("POST", "/admin/merchants/<mid>/<action>"): ADMIN,
     # Hosted checkout: anyone with the link sees the page and may cancel; paying needs sign-in.
     ("GET", "/checkout/<session_id>"): EVERYONE,
     ("POST", "/checkout/<session_id>"): SIGNED_IN,
