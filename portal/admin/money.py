@@ -95,7 +95,6 @@ def _form(spec: Kind) -> MovementFilterForm:
         SelectChoice(s, STATUS_LABELS.get(s, s.replace("_", " ").capitalize()))
         for s in spec.statuses
     ]
-    form.q.render_kw = {**(form.q.render_kw or {}), "placeholder": _hint(spec)}
     return form
 
 
@@ -179,7 +178,7 @@ def _list(kind: str) -> Response:
         filtered=filtered, continued=bool(after) and page is not None,
         next_url=next_page_url(f"admin.{kind}", args, items, bool(page and page.has_more)),
         first_url=url_for(f"admin.{kind}", **kept),
-        show=f"admin.{kind}_show", param=_param, section=kind,
+        show=f"admin.{kind}_show", param=_param, section=kind, search_hint=_hint(spec) + ".",
     )  # fmt: skip
 
 
