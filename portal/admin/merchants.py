@@ -26,6 +26,7 @@ from portal.admin.record_actions import (
 )
 from portal.admin.views import PAGE_SIZE, SECTIONS, next_page_url, trail_of
 from portal.domain.errors import InvalidInput, NotFound
+from portal.domain.money import Money
 from portal.services.admin import merchants as admin_merchants
 from portal.services.merchants import keys, merchants
 from portal.services.merchants.merchants import MerchantView
@@ -117,6 +118,8 @@ def _merchant_context(mid: str) -> dict[str, Any]:
         "labels": {"approve": "Approve", "reject": "Reject", "suspend": "Suspend",
                    "reactivate": "Reactivate", "archive": "Archive", "restore": "Restore"},
         "see_users": actor.can("users:read"), "now": datetime.now(UTC),
+        "fixed_fee": Money(merchant.fee_fixed.get(merchant.settlement_currency, 0),
+                           merchant.settlement_currency),
         **poller("admin.merchants_changes", version, mid=merchant.public_id),
     }  # fmt: skip
 
