@@ -253,3 +253,36 @@ def test_an_open_record_updates_itself_and_a_settled_one_does_not_poll(
         as_text=True
     )
     assert reconciliation.reconcile(uow).ok
+
+
+def test_a_pending_payout_and_delivery_poll_and_answer_204_while_unchanged(
+    as_staff: StaffClient, world: dict[str, str], connection: sa.Connection
+) -> None:
+    support, _ = as_staff("support")
+    for kind, table in (("payouts", "payouts"), ("deliveries", "webhook_deliveries")):
+        pid = world[kind]
+        assert _status_of(connection, table, pid) == "pending"
+        page = support.get(f"/admin/{SEGMENTS[kind]}/{pid}").get_data(as_text=True)
+        poll = re.search(r'hx-get="([^"]+)" hx-trigger="every', page)
+        assert poll, kind
+        changes = poll.group(1).replace("&amp;", "&")
+        assert support.get(changes, headers=htmx()).status_code == 204
+        # A change the poll must notice: the worker takes the payout, or tries the delivery.
+        connection.execute(
+            sa.text(
+                "UPDATE payouts SET status = 'processing', updated_at = now() + interval '1 s'"
+                " WHERE public_id = :p"
+                if kind == "payouts"
+                else "UPDATE webhook_deliveries SET attempts = attempts + 1,"
+                " last_attempt_at = now() WHERE public_id = :p"
+            ),
+            {"p": pid},
+        )
+        changed = support.get(changes, headers=htmx())
+        assert changed.status_code == 200 and 'id="record"' in changed.get_data(as_text=True)
+
+
+def _status_of(connection: sa.Connection, table: str, public_id: str) -> str:
+    return connection.execute(
+        sa.text(f"SELECT status FROM {table} WHERE public_id = :p"), {"p": public_id}
+    ).scalar_one()

@@ -27,7 +27,7 @@ FAILURE_REASONS: dict[str, str] = {
     "payout_failed": "The bank refused the payout",
     "account_closed": "The bank account is closed",
     "bank_details_invalid": "The bank details are wrong",
-    "suspected_fraud": "Suspected fraud",
+    "risk_review": "Stopped by a risk review",
     "requested_by_customer": "The customer asked to cancel it",
 }
 
