@@ -212,12 +212,16 @@ def test_detail_pages_show_the_money_and_what_it_touches(
     transfer = page_text(admin.get(f"/admin/transfers/{world['transfers']}"))
     assert "Journal entries" in transfer and "Wallet of card" in transfer and "5.00 USD" in transfer
     assert "Audit trail" in transfer and "transfer.create" in transfer
+    # The people, cards and merchant involved link to their own console pages.
+    assert f'href="/admin/cards/{world["card"]}"' in transfer
+    assert f'href="/admin/users/{world["holder"]}"' in transfer
     withdrawal = page_text(admin.get(f"/admin/withdrawals/{world['withdrawals']}"))
     assert "Holds" in withdrawal and "Pending" in withdrawal and "10.00 USD" in withdrawal
     assert "withdrawal.create" in withdrawal and "Bank ·· 5678" in withdrawal
     payment = page_text(admin.get(f"/admin/payments/{world['payments']}"))
     assert "Refunds of this payment" in payment and world["refunds"] in payment
     assert "Balance of Matrix Shop" in payment and "Balance transactions of this payment" in payment
+    assert f'href="/admin/merchants/{world["merchant"]}"' in payment
     refund = page_text(admin.get(f"/admin/refunds/{world['refunds']}"))
     assert world["payments"] in refund and f'href="/admin/payments/{world["payments"]}"' in refund
     payout = page_text(admin.get(f"/admin/payouts/{world['payouts']}"))
