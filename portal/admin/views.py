@@ -84,4 +84,16 @@ def trail_of(subject_type: str, subject_id: int) -> tuple[TrailEntry, ...] | Non
 @bp.get("/")
 def index() -> Response:
     figures = overview.overview(make_uow(), actor=current_actor())
-    return render_page("admin/overview.html", figures=figures, section="overview")
+    return render_page("admin/overview.html", figures=figures, section="overview",
+                       statistics=statistics_panel())  # fmt: skip
+
+
+def statistics_panel() -> Any:
+    """The overview's statistics (year, month and currency from the query string), for staff
+    who may read statistics; None for the others."""
+    from portal.web.statistics_charts import panel
+
+    actor = current_actor()
+    if not actor.can("stats:read"):
+        return None
+    return panel(make_uow(), actor=actor, args=request.args)

@@ -375,7 +375,17 @@ def overview(mid: str) -> Response:
     # The version first: a change made while the page renders is caught by the next poll.
     version = reports.change_version(_uow(), actor=current_actor(), merchant=mid)
     return _render("merchant/overview.html", **_layout(membership, "overview"),
-                   **_overview_context(membership), **_poller(mid, version))  # fmt: skip
+                   **_overview_context(membership), **_poller(mid, version),
+                   statistics=_statistics(mid))  # fmt: skip
+
+
+def _statistics(mid: str) -> Any:
+    """The merchant's statistics panel (payments, refunds, balance by month; the pickers'
+    year, month and currency from the query string)."""
+    from portal.web.statistics_charts import panel
+
+    return panel(_uow(), actor=current_actor(), args=request.args, scope="merchant", id=mid,
+                 families=("payments", "refunds", "balances"))  # fmt: skip
 
 
 @bp.get("/<mid>/changes")
