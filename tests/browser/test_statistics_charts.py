@@ -22,7 +22,6 @@ from portal.services.identity import mfa, users
 from portal.services.merchants import payments
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import wallet
-from tests.browser.conftest import artifacts, browser, live_server  # noqa: F401 (fixtures)
 from tests.conftest import SYSTEM, Factory, new_key
 from tests.merchants.conftest import card_details, open_shop
 
@@ -62,9 +61,9 @@ def _shot(page: Any, folder: Path, name: str) -> None:
 
 
 def test_admin_overview_charts_and_pickers(
-    browser: Any,  # noqa: F811
-    live_server: str,  # noqa: F811
-    artifacts: Path,  # noqa: F811
+    browser: Any,
+    live_server: str,
+    artifacts: Path,
     real_uow: Callable[[], UnitOfWork],
     committing_engine: sa.Engine,
 ) -> None:
