@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import abort, flash, redirect, request, url_for
+from flask import abort, flash, make_response, redirect, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import HiddenField, SelectField, StringField
@@ -32,7 +32,7 @@ from portal.services.merchants import payouts
 from portal.services.wallet import wallet
 from portal.web import once
 from portal.web.auth import current_actor
-from portal.web.render import render_page
+from portal.web.render import render_fragments, render_page
 from portal.web.uow import make_uow
 
 #: Queue -> (permission to act, object label, path parameter).
@@ -41,6 +41,8 @@ ACT = {
     "payouts": ("money:manage", "Payout", "payout_id"),
 }
 TITLES = {"withdrawals": "Withdrawal queue", "payouts": "Payout queue"}
+#: How often a queue's first page asks whether the queue changed (milliseconds).
+POLL_MS = 3000
 
 
 def _new_token() -> str:
@@ -85,6 +87,8 @@ def _page(kind: str, status: int = 200, errors: dict[str, str] | None = None) ->
         abort(403)
     after = request.args.get("starting_after") or None
     notice = None
+    # The version first: a change made while the page renders is caught by the next poll.
+    seen = queue_service.version(make_uow(), actor=actor, kind=kind)
     try:
         found = queue_service.queue(make_uow(), actor=actor, kind=kind, starting_after=after,
                              limit=PAGE_SIZE)  # fmt: skip
@@ -108,7 +112,20 @@ def _page(kind: str, status: int = 200, errors: dict[str, str] | None = None) ->
         label=label, param=param, next_url=next_url, continued=bool(after),
         first_url=url_for(endpoint), notice=notice, reasons=FAILURE_REASONS,
         detail=f"admin.{kind}_show", section="queues",
+        live=None if after else {"url": url_for(f"{endpoint}_changes", v=seen), "every": POLL_MS},
     )  # fmt: skip
+
+
+def _changes(kind: str) -> Response:
+    """204 while the queue holds the same items in the same states; else a notice that it
+    changed (not the rows themselves: a reason being typed into a form is not swept away)."""
+    now = queue_service.version(make_uow(), actor=current_actor(), kind=kind)
+    if request.args.get("v") == now:
+        response = make_response("", 204)
+        response.vary.add("HX-Request")
+        return response
+    endpoint = "admin.queues" if kind == "withdrawals" else "admin.queues_payouts"
+    return render_fragments(("admin/queue_changed.html", {"url": url_for(endpoint)}))
 
 
 def withdrawal_queue() -> Response:
@@ -122,6 +139,16 @@ bp.add_url_rule("/queues/withdrawals", "queues", withdrawal_queue, methods=["GET
 @bp.get("/queues/payouts")
 def queues_payouts() -> Response:
     return _page("payouts")
+
+
+@bp.get("/queues/withdrawals/changes")
+def queues_changes() -> Response:
+    return _changes("withdrawals")
+
+
+@bp.get("/queues/payouts/changes")
+def queues_payouts_changes() -> Response:
+    return _changes("payouts")
 
 
 def _done(kind: str, action: str, result: Any, reason: str | None) -> tuple[str, str]:

@@ -300,3 +300,25 @@ def test_an_open_withdrawal_page_links_to_its_queue_item(
     support, _ = as_staff("support")
     page = support.get(f"/admin/withdrawals/{pending}").get_data(as_text=True)
     assert f'href="/admin/queues/withdrawals#item-{pending}"' in page
+
+
+def test_the_queue_page_notices_a_change_without_sweeping_its_forms_away(
+    as_staff: StaffClient, uow, holder
+) -> None:
+    person, card = holder
+    _withdraw(uow, person, card, "11.00")
+    admin, _ = as_staff("admin")
+    page = admin.get("/admin/queues/withdrawals").get_data(as_text=True)
+    poll = re.search(r'id="queue-live" hx-get="([^"]+)" hx-trigger="every', page)
+    assert poll
+    changes = html.unescape(poll.group(1))
+    assert admin.get(changes, headers={"HX-Request": "true"}).status_code == 204
+    joined = _withdraw(uow, person, card, "12.00")
+    changed = admin.get(changes, headers={"HX-Request": "true"})
+    assert changed.status_code == 200
+    text = page_text(changed)
+    assert "The queue has changed" in text and "hx-trigger" not in text and joined not in text
+    # A version that is not the queue's answers with the notice too (the payout queue's poll).
+    assert "The queue has changed" in page_text(admin.get("/admin/queues/payouts/changes?v=x"))
+    support, _ = as_staff("support")
+    assert support.get(changes).status_code in (200, 204)

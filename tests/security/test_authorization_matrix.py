@@ -346,6 +346,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # The queues: staff read them; confirm and fail need withdrawals:manage / money:manage.
     ("GET", "/admin/queues/withdrawals"): STAFF,
     ("GET", "/admin/queues/payouts"): STAFF,
+    ("GET", "/admin/queues/withdrawals/changes"): STAFF,
+    ("GET", "/admin/queues/payouts/changes"): STAFF,
     ("POST", "/admin/queues/withdrawals/<withdrawal_id>/confirm"): ADMIN,
     ("POST", "/admin/queues/withdrawals/<withdrawal_id>/fail"): ADMIN,
     ("POST", "/admin/queues/payouts/<payout_id>/confirm"): ADMIN,

@@ -132,3 +132,19 @@ def queue(
         return Queue(kind, head.n, head.oldest, page_of([_item(kind, r) for r in rows], size))
 
     return uow.run(work)
+
+
+def version(uow: UnitOfWork, *, actor: Actor, kind: str) -> str:
+    """What the queue page's poll compares: changes when an item joins, leaves or changes
+    status. Raises Forbidden (money:read), InvalidInput."""
+    if not actor.can("money:read"):
+        raise Forbidden("missing permission money:read")
+    if kind not in _QUEUES:
+        raise InvalidInput("no such queue", param="kind")
+    _alias, table, _select = _QUEUES[kind]
+    rows = uow.read(
+        "SELECT md5(coalesce(string_agg(public_id || ':' || status, ','"  # nosec B608: names from _QUEUES
+        f" ORDER BY created_at, id), '')) AS v FROM {table}"
+        " WHERE status IN ('pending', 'processing')"
+    )
+    return str(rows[0].v)
