@@ -212,12 +212,15 @@ def roles_create() -> Response:
 
 def _role_context(role: str) -> dict[str, Any]:
     actor, uow = current_actor(), make_uow()
+    # The version first: a change made while the page renders is caught by the next poll.
+    version = people.role_version(uow, actor=actor, role=role)
     found = roles.get_role(uow, actor=actor, role=role)
     holders, total = people.role_holders(uow, actor=actor, role=found.id)
     return {
         "role": found, "holders": holders, "holder_total": total,
         "permissions": PERMISSIONS, "entries": trail_of("role", found.id),
         "manage": actor.can("roles:manage"), "actions": ROLE_ACTIONS,
+        **poller("admin.roles_changes", version, role=found.public_id),
     }  # fmt: skip
 
 
@@ -225,6 +228,17 @@ def _role_context(role: str) -> dict[str, Any]:
 @needs("users:read")
 def roles_detail(role: str) -> Response:
     return render_page("admin/roles_detail.html", **_role_context(role))
+
+
+@bp.get("/roles/<role>/changes")
+@needs("users:read")
+def roles_changes(role: str) -> Response:
+    """204 while nothing changed; else a new poller and the record, out of band."""
+    version = people.role_version(make_uow(), actor=current_actor(), role=role)
+    if (same := unchanged(version)) is not None:
+        return same
+    context = {**_role_context(role), "oob": True}
+    return render_fragments(("merchant/_live.html", context), ("admin/roles_record.html", context))
 
 
 @bp.post("/roles/<role>/permissions")

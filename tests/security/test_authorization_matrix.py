@@ -321,6 +321,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/roles"): ADMIN,
     ("POST", "/admin/roles/bulk"): ADMIN,
     ("GET", "/admin/roles/<role>"): STAFF,
+    ("GET", "/admin/roles/<role>/changes"): STAFF,
     ("POST", "/admin/roles/<role>/<action>"): ADMIN,
     ("POST", "/admin/roles/<role>/permissions"): ADMIN,
     # Money records and webhook deliveries: staff read them (money:read, merchants:read).

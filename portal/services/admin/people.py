@@ -146,6 +146,19 @@ def delete_role(uow: UnitOfWork, *, actor: Actor, role: int | str) -> RoleDelete
     return uow.run(work)
 
 
+def role_version(uow: UnitOfWork, *, actor: Actor, role: int | str) -> str:
+    """What changes when a role's console page would: its row (archiving, a rename), its
+    permissions and holders, its audit trail. Raises Forbidden, InvalidInput, NotFound."""
+    _require_read(actor)
+    found = roles.get_role(uow, actor=actor, role=role)
+    row = uow.read(
+        "SELECT coalesce(max(id), 0) AS last FROM audit_events"
+        " WHERE subject_type = 'role' AND subject_id = :i",
+        {"i": found.id},
+    )[0]
+    return f"{row.last}-{int(found.archived)}-{len(found.permissions)}-{found.user_count}"
+
+
 def user_version(uow: UnitOfWork, *, actor: Actor, user_id: Ref) -> str:
     """What changes when a user's detail page would: their row, their cards (the change
     counter), their live sessions, their audit trail. Raises Forbidden (users:read),
