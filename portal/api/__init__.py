@@ -37,6 +37,7 @@ ENDPOINT_MODULES: tuple[str, ...] = (
     "portal.api.webhooks",
     "portal.api.payouts",
     "portal.api.statistics",
+    "portal.api.adjustments",
 )
 
 __all__ = ["ENDPOINT_MODULES", "bp", "current_actor", "init_app", "operation"]

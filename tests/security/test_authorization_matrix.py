@@ -123,6 +123,14 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("PATCH", "/api/v1/users/me"): SIGNED_IN,
     ("POST", "/api/v1/users/me/password"): SIGNED_IN,
     ("POST", "/api/v1/users/me/email"): SIGNED_IN,
+    # API: adjustments (money:read lists and reads; ledger:adjust requests and decides). The
+    # path's request is a third administrator's: only they may withdraw it.
+    ("GET", "/api/v1/adjustments"): STAFF,
+    ("POST", "/api/v1/adjustments"): ADMIN,
+    ("GET", "/api/v1/adjustments/<adjustment_id>"): STAFF,
+    ("POST", "/api/v1/adjustments/<adjustment_id>/approve"): ADMIN,
+    ("POST", "/api/v1/adjustments/<adjustment_id>/reject"): ADMIN,
+    ("POST", "/api/v1/adjustments/<adjustment_id>/withdraw"): NOBODY,
     # API: users and roles
     ("GET", "/api/v1/users"): STAFF,
     ("POST", "/api/v1/users"): ADMIN,
