@@ -18,7 +18,6 @@ from playwright.sync_api import expect
 from portal.services.identity import mfa, users
 from portal.services.shared.uow import UnitOfWork
 from portal.services.wallet import cards
-from tests.browser.conftest import artifacts, browser, live_server  # noqa: F401 (fixtures)
 from tests.conftest import SYSTEM
 
 PASSWORD = "correct horse battery staple"
@@ -40,9 +39,9 @@ def _staff(real_uow: Callable[[], UnitOfWork], engine: sa.Engine) -> tuple[str, 
 
 
 def test_a_card_frozen_elsewhere_shows_live_and_bulk_archive(
-    browser: Any,  # noqa: F811
-    live_server: str,  # noqa: F811
-    artifacts: Path,  # noqa: F811
+    browser: Any,
+    live_server: str,
+    artifacts: Path,
     real_uow: Callable[[], UnitOfWork],
     committing_engine: sa.Engine,
 ) -> None:
