@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import abort, flash, redirect, request, url_for
+from flask import abort, flash, make_response, redirect, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import HiddenField, SelectField, StringField, TextAreaField
@@ -32,6 +32,8 @@ from portal.web.uow import make_uow
 
 SECTIONS.append(("admin.adjustments", "Adjustments", adjustments.READ_PERMISSION))
 
+#: How often an open pending request's page asks whether it was decided (milliseconds).
+POLL_MS = 3000
 #: How many pending requests the list shows above the decided ones.
 PENDING_SHOWN = 100
 STATUS_LABELS = {
@@ -219,12 +221,26 @@ def _detail(adjustment_id: str, status: int = 200, reject: RejectForm | None = N
         may_withdraw=view.pending and may_adjust and mine,
         decision=DecisionForm(formdata=None), reject=reject or RejectForm(formdata=None),
         after=Money(view.available_minor + view.signed_minor, view.amount.currency),
+        live_url=url_for(".adjustments_changes", adjustment_id=view.public_id, v=view.status)
+        if view.pending else None, poll_ms=POLL_MS,
     )  # fmt: skip
 
 
 @bp.get("/adjustments/<adjustment_id>")
 def adjustments_detail(adjustment_id: str) -> Response:
     return _detail(adjustment_id)
+
+
+@bp.get("/adjustments/<adjustment_id>/changes")
+def adjustments_changes(adjustment_id: str) -> Response:
+    """The open page's poll: 204 while the request's status is ``v``; once it was decided, an
+    ``HX-Refresh`` so the page is drawn anew (its buttons and their tokens with it)."""
+    now = adjustments.status_of(make_uow(), actor=current_actor(), adjustment=adjustment_id)
+    response = make_response("", 204 if request.args.get("v") == now else 200)
+    if response.status_code == 200:
+        response.headers["HX-Refresh"] = "true"
+    response.vary.add("HX-Request")
+    return response
 
 
 def _decided(adjustment_id: str, message: str, result: Any) -> Response:

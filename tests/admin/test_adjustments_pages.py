@@ -181,3 +181,23 @@ def test_the_request_form_checks_and_acts_once(
     refused = checker.post(f"/admin/adjustments/{adj}/approve")
     assert "exceeds the available balance" in page_text(checker.get(refused.headers["Location"]))
     assert posted(connection, card) == 1000
+
+
+def test_an_open_pending_request_asks_whether_it_was_decided(
+    make: Factory, as_staff: StaffClient
+) -> None:
+    maker, _ = as_staff()
+    checker, _ = as_staff()
+    support, _ = as_staff("support")
+    card = make.card(make.user(), balance="10.00")
+    adj = make_request(maker, card.public_id)
+    page = maker.get(f"/admin/adjustments/{adj}").get_data(as_text=True)
+    poll = f"/admin/adjustments/{adj}/changes?v=pending"
+    assert f'hx-get="{poll}"' in page
+    quiet = support.get(poll, headers={"HX-Request": "true"})
+    assert quiet.status_code == 204 and "HX-Refresh" not in quiet.headers
+    checker.post(f"/admin/adjustments/{adj}/approve")
+    changed = support.get(poll, headers={"HX-Request": "true"})
+    assert changed.status_code == 200 and changed.headers["HX-Refresh"] == "true"
+    assert "/changes" not in maker.get(f"/admin/adjustments/{adj}").get_data(as_text=True)
+    assert support.get(f"/admin/adjustments/adj_{'0' * 24}/changes?v=pending").status_code == 404

@@ -346,6 +346,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/adjustments/new"): ADMIN,
     ("POST", "/admin/adjustments/new"): ADMIN,
     ("GET", "/admin/adjustments/<adjustment_id>"): STAFF,
+    ("GET", "/admin/adjustments/<adjustment_id>/changes"): STAFF,
     ("POST", "/admin/adjustments/<adjustment_id>/approve"): ADMIN,
     ("POST", "/admin/adjustments/<adjustment_id>/reject"): ADMIN,
     ("POST", "/admin/adjustments/<adjustment_id>/withdraw"): ADMIN,

@@ -450,3 +450,17 @@ def parse_amount(major: str, currency: str) -> Money:
         return Money.of_major(major, normalize_currency(currency))
     except MoneyError as exc:
         raise InvalidInput(str(exc), param=exc.param) from exc
+
+
+def status_of(uow: UnitOfWork, *, actor: Actor, adjustment: str) -> str:
+    """A request's status, in one autocommit read (what its open page polls). Raises Forbidden
+    (needs money:read), NotFound."""
+    _require(actor, READ_PERMISSION)
+    if not is_public_id("adjustment", adjustment):
+        raise NotFound("no such adjustment", param="adjustment")
+    rows = uow.read(
+        "SELECT status FROM adjustment_requests WHERE public_id = :p", {"p": adjustment}
+    )
+    if not rows:
+        raise NotFound("no such adjustment", param="adjustment")
+    return str(rows[0].status)
