@@ -10,7 +10,7 @@ groups its violations by invariant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -86,6 +86,9 @@ class CheckResult:
     run_by: str | None
     #: The statistics recomputation run with it (None: not run with this check).
     statistics: StatisticsResult | None
+    #: When the worker's periodic check last ran (this one, or an older one when this was run
+    #: from the console; None: never).
+    periodic_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +115,13 @@ SELECT c.id, c.checked_at, c.duration_ms, c.accounts_checked, c.entries_checked,
         WHERE e.action = :action AND e.subject_type = 'ledger_check' AND e.subject_id = c.id
         ORDER BY e.id DESC LIMIT 1) r ON TRUE
   LEFT JOIN users u ON r.actor_kind = 'user' AND u.id = r.actor_id
+"""
+#: The newest check no console run claims: the worker's (newest first, stops at the first).
+_PERIODIC = """
+SELECT c.checked_at FROM ledger_checks c
+ WHERE NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.subject_type = 'ledger_check'
+                   AND e.subject_id = c.id AND e.action = :action)
+ ORDER BY c.checked_at DESC, c.id DESC LIMIT 1
 """
 
 
@@ -152,7 +162,10 @@ def last_result(uow: UnitOfWork, *, actor: Actor) -> CheckResult | None:
     Forbidden (needs money:read)."""
     _require(actor, READ_PERMISSION)
     rows = uow.read(_LAST, {"action": RUN_ACTION})
-    return _result(rows[0]) if rows else None
+    if not rows:
+        return None
+    periodic = uow.read(_PERIODIC, {"action": RUN_ACTION})
+    return replace(_result(rows[0]), periodic_at=periodic[0].checked_at if periodic else None)
 
 
 def run_check(
