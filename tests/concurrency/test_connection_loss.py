@@ -156,6 +156,28 @@ class Faults:
                 sa.event.remove(self.engine, "commit", at_commit)
 
     @contextmanager
+    def after_statement(
+        self, monkeypatch: pytest.MonkeyPatch, match: Callable[[str], bool]
+    ) -> Iterator[None]:
+        """For the first statement ``match`` picks: PostgreSQL runs it (in autocommit: and
+        commits it), then its backend is killed before the client has taken the answer in, so
+        the statement ends with the driver's own connection error (a lost answer)."""
+        dialect = self.engine.dialect
+        real_execute = dialect.do_execute
+        left = [1]
+
+        def do_execute(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+            real_execute(cursor, statement, parameters, context)
+            if left[0] > 0 and match(statement):
+                left[0] -= 1
+                raw = cursor.connection
+                self.kill(_pid(raw))
+                raw.execute("SELECT 1")  # AdminShutdown, where the answer would have been
+
+        monkeypatch.setattr(dialect, "do_execute", do_execute)
+        yield
+
+    @contextmanager
     def before_statement(self, match: Callable[[str], bool], times: int = 1) -> Iterator[None]:
         """Kill the backend just before each of the first ``times`` statements that ``match``
         is sent: that statement fails on the dead connection."""
@@ -182,8 +204,19 @@ def faults(app: Flask, committing_engine: sa.Engine) -> Iterator[Faults]:
         killer.dispose()
 
 
-def wrote_transfer(statements: list[str]) -> bool:
-    return any("INSERT INTO transfers" in s for s in statements)
+def sends_transfer(statement: str) -> bool:
+    """The one statement a transfer is (``portal_transfer``, migration 0030)."""
+    return "portal_transfer(" in statement
+
+
+def cut_transfer(faults: Faults, monkeypatch: pytest.MonkeyPatch, moment: str) -> Any:
+    """A transfer's connection lost before it committed, or after (its answer lost). A
+    transfer is one statement in autocommit (issue 12), so there is no moment between its
+    writes and its commit: "before" kills the backend as the statement is sent, "after" once
+    PostgreSQL has run and committed it, before the client takes the answer in."""
+    if moment == "before":
+        return faults.before_statement(sends_transfer)
+    return faults.after_statement(monkeypatch, sends_transfer)
 
 
 def wrote_key(statements: list[str]) -> bool:
@@ -451,11 +484,7 @@ def test_a_transfer_cut_off_at_commit_moves_money_once_when_retried_with_its_key
             amount=Money.of_major("25", "USD"), idempotency_key=key,
         )  # fmt: skip
 
-    fault = (
-        faults.before_commit(wrote_transfer)
-        if moment == "before"
-        else faults.after_commit(monkeypatch, wrote_transfer)
-    )
+    fault = cut_transfer(faults, monkeypatch, moment)
     with fault, pytest.raises(OutcomeUnknown):
         send()
     committed = moment == "after"
@@ -517,11 +546,7 @@ def test_the_api_answers_503_outcome_unknown_and_a_retry_with_the_key_moves_mone
 ) -> None:  # fmt: skip
     alice, source, dest = own_cards(real_uow)
     api, headers, key = client_for(live), token_of(real_uow, alice), new_key()
-    fault = (
-        faults.before_commit(wrote_transfer)
-        if moment == "before"
-        else faults.after_commit(monkeypatch, wrote_transfer)
-    )
+    fault = cut_transfer(faults, monkeypatch, moment)
 
     with fault:
         lost = post_transfer(api, headers, source, dest, key)
@@ -595,7 +620,7 @@ def test_a_page_whose_transfer_lost_its_connection_answers_a_503_retry_page(
     key = uuid.uuid4().hex
     headers = {"HX-Request": "true"} if htmx else {}
 
-    with faults.before_commit(wrote_transfer):
+    with faults.before_statement(sends_transfer):
         lost = client.post("/wallet/transfer", data=transfer_form(source, dest, key),
                            headers=headers)  # fmt: skip
 

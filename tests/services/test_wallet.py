@@ -801,8 +801,9 @@ class TestEmailVerification:
 def test_a_transfer_claims_and_locks_in_one_statement_and_a_replay_locks_nothing(
     uow, make, alice, connection
 ):
-    """The hot path's round trips (issue 12): the idempotency claim and the wallet locks go in
-    one statement, the writes in one more; a replay finds the key and locks no wallet."""
+    """The hot path's round trips (issue 12): the idempotency claim, the wallet locks and the
+    writes are one call of ``portal_transfer`` (migration 0030); a replay is one statement too,
+    and locks no wallet (the lock bumps the owner's change_version: a replay leaves it)."""
     src, dst = make.card(alice, balance="10"), make.card(alice)
     sent: list[str] = []
 
@@ -810,21 +811,27 @@ def test_a_transfer_claims_and_locks_in_one_statement_and_a_replay_locks_nothing
         if not statement.startswith(("SAVEPOINT", "RELEASE", "SET CONSTRAINTS")):
             sent.append(statement)
 
+    def version() -> int:
+        sql = "SELECT change_version FROM users WHERE id = :id"
+        return uow.run(lambda u: u.execute(sql, {"id": alice.id}).scalar_one())
+
     key = new_key()
     send = lambda: wallet.transfer(  # noqa: E731
         uow, actor=alice, from_card_id=src.public_id, to_card_id=dst.public_id, amount=usd("1"),
         idempotency_key=key,
     )  # fmt: skip
+    before = version()
     sa.event.listen(connection, "before_cursor_execute", capture)
     try:
         first = send()
         moved, sent[:] = list(sent), []
+        locked = version()
+        sent[:] = []
         again = send()
     finally:
         sa.event.remove(connection, "before_cursor_execute", capture)
-    assert len(moved) == 2
-    assert "INSERT INTO idempotency_keys" in moved[0] and "FOR UPDATE OF a" in moved[0]
-    assert "INSERT INTO transfers" in moved[1] and "INSERT INTO postings" in moved[1]
+    assert len(moved) == 1 and "portal_transfer(" in moved[0]
+    assert len(sent) == 1 and "portal_transfer(" in sent[0]
     assert again.replayed and again.public_id == first.public_id
-    assert not any("FOR UPDATE OF a" in s and "EXISTS (SELECT 1 FROM claim)" not in s for s in sent)
+    assert locked == before + 1 and version() == locked
     assert balances(uow, src) == (900, 0)

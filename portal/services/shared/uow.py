@@ -135,6 +135,8 @@ class UnitOfWork:
         self._sent_writes = False
         #: Whether COMMIT was sent: an error from it leaves the outcome unknown.
         self._committing = False
+        #: Whether any statement was sent in this transaction (see ``call``'s ``alone``).
+        self._sent_any = False
         self._deferred: list[tuple[str, str]] = []
         self._deferred_params: dict[str, Any] = {}
         self._session: Session | None = None
@@ -160,8 +162,28 @@ class UnitOfWork:
             self.flush()
         if not self._sent_writes and _statement_writes(statement):
             self._sent_writes = True
+        self._sent_any = True
         stmt = _text(statement) if isinstance(statement, str) else statement
         return self.session.execute(stmt, params)
+
+    def call(
+        self, sql: str, params: dict[str, Any] | None = None, *, alone: bool = False
+    ) -> sa.Result[Any]:
+        """Run a statement that writes though it reads as a query (``SELECT ... FROM fn(...)``:
+        a PL/pgSQL movement): taken as a write, for the deferred ledger checks and for a lost
+        connection (the outcome is then unknown). ``alone``: the statement is the whole unit of
+        work (nothing before it, nothing after it but reads of its answer); on an engine it then
+        runs in autocommit, as its own transaction: no BEGIN, and a COMMIT that sends nothing.
+        Its errors undo all of it, a retry runs it again, and a lost connection once it was sent
+        is OutcomeUnknown, as for any unit of work that wrote. On the connection a test holds,
+        it runs in the test's savepoint like any other statement."""
+        if self._deferred:
+            self.flush()
+        if alone and not self._sent_any and isinstance(self._bind(), sa.Engine):
+            # Only before the session has a connection (the option applies as it is taken).
+            self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        self._wrote = self._sent_writes = self._sent_any = True
+        return self.session.execute(_text(sql), params)
 
     def defer(self, sql: str, *, name: str | None = None, **params: Any) -> None:
         """Queue a data-modifying statement (INSERT/UPDATE/DELETE, optionally RETURNING) to be
@@ -184,6 +206,7 @@ class UnitOfWork:
         self._deferred, self._deferred_params = [], {}
         self._wrote = self._wrote or bool(parts)
         self._sent_writes = self._sent_writes or bool(parts)
+        self._sent_any = True
         ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in parts)
         statement = f"WITH {ctes}\n{select}" if parts else select
         return self.session.execute(_text(statement), params).one()
@@ -253,7 +276,7 @@ class UnitOfWork:
         self._session = self._session_factory()
         self._session.begin()
         self._hooks, self._refusal, self._now, self._observed = [], None, None, []
-        self._wrote = self._sent_writes = self._committing = False
+        self._wrote = self._sent_writes = self._committing = self._sent_any = False
         self._deferred, self._deferred_params = [], {}
         return self
 

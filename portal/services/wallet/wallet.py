@@ -19,10 +19,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from portal.domain import cards as card_numbers
 from portal.domain.errors import (
     CurrencyMismatch,
     Forbidden,
+    IdempotencyConflict,
     InsufficientFunds,
     InvalidInput,
     LimitExceeded,
@@ -34,6 +37,7 @@ from portal.domain.errors import (
 )
 from portal.domain.ids import new_public_id
 from portal.domain.money import Money
+from portal.domain.money import exponent as money_exponent
 from portal.domain.types import Actor, Balance, MovementResult, MovementStatus, TopUpMethod
 from portal.services.ledger.ledger import (
     LedgerWrites,
@@ -460,7 +464,7 @@ def transfer(
     params = {"from": from_card_id, "to": to_card, "amount": amount.amount_minor,
               "currency": amount.currency, "memo": memo}  # fmt: skip
 
-    def work(uow: UnitOfWork) -> MovementResult:
+    def work(uow: UnitOfWork) -> MovementResult | None:
         now = uow.now()
         if sealed is not None:
             try:
@@ -470,64 +474,115 @@ def transfer(
                 if claim.replay is not None:  # though a retry of what it did still answers
                     return _replay(uow, "transfer", claim.replay)
                 raise
-        request = idempotency.Request(actor, key, "transfer", params)
-        claim, wallets = claim_and_lock(uow, request, [from_card_id, to_card], owner=actor)
-        if claim.replay is not None:
-            return _replay(uow, "transfer", claim.replay)
-        source = wallet_for(
-            wallets, from_card_id, actor, "from_card_id",
-            require_verified=uow.settings.require_verified_email,
-        )  # fmt: skip
-        # A public card id names only one's own cards; another's needs a reference.
-        by_id = None if sealed is not None or isinstance(to_card, int) else actor
-        dest = wallet_for(wallets, to_card, by_id, "to_card_id")
-        if source.card_id == dest.card_id:  # one card named once by each kind of id
-            raise InvalidInput("cannot transfer to the same card", param="to_card_id")
-        _check_currency(source, amount, "currency")
-        _check_currency(dest, amount, "to_card_id")
-        refusal: PortalError | None = (
-            card_refusal(source, now) or card_refusal(dest, now) or _insufficient(source, amount)
-        )
-        writes = LedgerWrites(uow)
-        if refusal is None:
-            writes.entry(
-                kind="transfer",
-                currency=amount.currency,
-                legs=[(source.account_id, -amount.amount_minor),
-                      (dest.account_id, amount.amount_minor)],
-                customer_accounts=[source.account_id, dest.account_id],
-                description=memo,
-            )  # fmt: skip
-            writes.apply()
-        status = MovementStatus.FAILED if refusal else MovementStatus.SUCCEEDED
-        posted = 0 if refusal else -amount.amount_minor
-        person = sealed is not None and sealed.person
-        return _record(
-            uow, claim, actor,
-            insert="INSERT INTO transfers (public_id, from_card_id, to_card_id, amount_minor,"  # nosec B608: _entry() is a constant fragment
-            " currency, memo, to_person, status, failure_code, journal_entry_id, created_by_kind,"
-            " created_by_id, created_at) VALUES (:public_id, :src, :dst, :amount, :cur, :memo,"
-            f" :person, :status, :failure, {_entry(writes)}, :actor_kind, :actor_id, :now)",
-            params={"src": source.card_id, "dst": dest.card_id, "amount": amount.amount_minor,
-                    "cur": amount.currency, "memo": memo, "person": person, "status": status,
-                    "failure": refusal.code if refusal else None,
-                    "actor_kind": str(actor.kind), "actor_id": actor.id, "now": now},
-            audit_data={"from_card_id": source.card_id, "to_card_id": dest.card_id,
-                        "amount_minor": amount.amount_minor, "currency": amount.currency},
-            result=MovementResult(
-                kind="transfer", id=0, public_id=new_public_id("transfer"), status=status,
-                amount=amount, card_id=source.card_id, card_public_id=source.card_public_id,
-                balance=source.balance(posted=posted), created_at=now,
-                counterparty_card_id=dest.card_id,
-                counterparty_card_public_id=dest.card_public_id,
-                card_last4=source.last4, counterparty=card_label(dest, person=person),
-                memo=memo,
-            ),
-            refusal=refusal,
-            with_entry=writes.has_entry,
+        return _transfer_call(
+            uow, actor, key, params, from_card_id, to_card, sealed=sealed, amount=amount,
+            memo=memo,
         )  # fmt: skip
 
-    return uow.run(work)
+    result = uow.run(work)
+    assert result is not None  # a refusal after the commit was raised by run
+    return result
+
+
+#: One transfer, whole: claim, locks, refusals, writes, stored response (migration 0030).
+_TRANSFER_SQL = (
+    "SELECT outcome, response FROM portal_transfer(p_scope => :scope, p_key => :key,"
+    " p_hash => :hash, p_now => :now, p_expires => :expires, p_from_public => :from_public,"
+    " p_from_id => :from_id, p_to_public => :to_public, p_to_id => :to_id, p_owner => :owner,"
+    " p_manage => :manage, p_dest_by_owner => :dest_by_owner,"
+    " p_require_verified => :require_verified, p_amount => :amount, p_currency => :currency,"
+    " p_exponent => :exponent, p_memo => :memo, p_person => :person, p_public_id => :public_id,"
+    " p_actor_kind => :actor_kind, p_actor_id => :actor_id, p_address => CAST(:address AS inet),"
+    " p_month => :month, p_created_at => :created_at, p_brands => CAST(:brands AS jsonb))"
+)
+#: Brand id -> display name, for the counterparty label the function writes.
+_BRAND_NAMES = json.dumps({brand.id: brand.name for brand in card_numbers.BRANDS.values()})
+#: SQLSTATE of the function's refusals that write nothing (the statement is undone).
+_UNWRITTEN = "PTREF"
+
+
+def _unwritten_refusal(name: str, detail: str | None, amount: Money) -> PortalError:
+    """The refusal ``portal_transfer`` raised before writing (its MESSAGE names it)."""
+    if name == "from_not_found":
+        return NotFound("no such card", param="from_card_id")
+    if name == "to_not_found":
+        return NotFound("no such card", param="to_card_id")
+    if name == "email_unverified":
+        return Forbidden("verify your email address before moving money", code="email_unverified")
+    if name == "same_card":
+        return InvalidInput("cannot transfer to the same card", param="to_card_id")
+    param = {"source_currency": "currency", "dest_currency": "to_card_id"}[name]
+    return CurrencyMismatch(f"the card holds {detail}, not {amount.currency}", param=param)
+
+
+def _card_param(ref: Ref) -> tuple[str | None, int | None]:
+    """(public id, internal id) of a card ref checked by ``_check_card``: one of them set."""
+    return (ref, None) if isinstance(ref, str) else (None, ref)
+
+
+def _transfer_call(
+    uow: UnitOfWork,
+    actor: Actor,
+    key: str,
+    params: dict[str, Any],
+    from_card: Ref,
+    to_card: Ref,
+    *,
+    sealed: recipients.Sealed | None,
+    amount: Money,
+    memo: str,
+) -> MovementResult | None:
+    """The transfer as one call of ``portal_transfer``: the same claim, locks, refusals and
+    writes as the movement's shape in the module docstring, in one round trip, on its own in
+    autocommit (no BEGIN, no COMMIT: see ``UnitOfWork.call``)."""
+    now = uow.now()
+    from_public, from_id = _card_param(from_card)
+    to_public, to_id = _card_param(to_card)
+    person = sealed is not None and sealed.person
+    try:
+        row = uow.call(
+            _TRANSFER_SQL,
+            {
+                "scope": actor.scope, "key": key,
+                "hash": idempotency.request_hash("transfer", params), "now": now,
+                "expires": now + timedelta(hours=uow.settings.idempotency_ttl_hours),
+                "from_public": from_public, "from_id": from_id,
+                "to_public": to_public, "to_id": to_id,
+                "owner": actor.id if actor.kind == "user" else None,
+                "manage": actor.can("money:manage"),
+                # A public card id names only one's own cards; another's needs a reference.
+                "dest_by_owner": sealed is None and not isinstance(to_card, int),
+                "require_verified": uow.settings.require_verified_email,
+                "amount": amount.amount_minor, "currency": amount.currency,
+                "exponent": money_exponent(amount.currency), "memo": memo, "person": person,
+                "public_id": new_public_id("transfer"), "actor_kind": str(actor.kind),
+                "actor_id": actor.id, "address": audit.current_address(),
+                "month": now.year * 12 + now.month, "created_at": now.isoformat(),
+                "brands": _BRAND_NAMES,
+            },
+            alone=True,
+        ).one()  # fmt: skip
+    except DBAPIError as exc:
+        state = getattr(exc.orig, "sqlstate", None)
+        if state != _UNWRITTEN:
+            raise
+        diag = exc.orig.diag  # type: ignore[union-attr]
+        raise _unwritten_refusal(diag.message_primary or "", diag.message_detail, amount) from None
+    if row.outcome == "replay":
+        return _replay(uow, "transfer", row.response)
+    if row.outcome == "conflict":
+        raise IdempotencyConflict(
+            "this idempotency key was already used for a different request",
+            param="idempotency_key",
+        )
+    if row.outcome == "refused":
+        refusal = error_from_dict(row.response["error"])
+        uow.refuse_after_commit(refusal)
+        uow.observe("refusals", kind="transfer", code=refusal.code)
+        return None
+    result = replace(_result_from_dict(row.response["result"]), replayed=False)
+    _observe(uow, result)
+    return result
 
 
 # -- withdrawal ------------------------------------------------------------------------------
