@@ -98,9 +98,16 @@ def test_a_planted_difference_shows_where_the_ledger_breaks(
 
 def test_the_periodic_check_is_shown_as_the_workers(as_staff: StaffClient, uow: UnitOfWork) -> None:
     support, _ = as_staff("support")
+    admin, _ = as_staff()
     reconciliation.record_check(uow)
     text = page_text(support.get("/admin/reconciliation"))
     assert "the worker's periodic check" in text and "every invariant held" in text
+    assert "data-periodic" not in text  # the newest check is the worker's itself
+    periodic = uow.read("SELECT checked_at FROM ledger_checks")[0].checked_at
+    admin.post("/admin/reconciliation/run")
+    text = page_text(support.get("/admin/reconciliation"))
+    assert "run from the console by" in text
+    assert f'The worker\'s last periodic check: <time datetime="{periodic.isoformat()}">' in text
 
 
 def test_the_statistics_roll_ups_are_recomputed_with_the_check(
