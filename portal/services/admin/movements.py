@@ -453,6 +453,8 @@ class Cell:
     text: str
     link: Link | None = None
     badge: bool = False
+    #: An amount: kept on one line.
+    num: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +684,7 @@ def _detail_payment(u: UnitOfWork, pid: str) -> Any:
         Related(
             "Refunds of this payment", ("Refund", "Created", "Status", "Amount", "Reason"),
             tuple((Cell(x.public_id, Link("refund", x.public_id)), Cell(_when(x.created_at)),
-                   Cell(x.status, badge=True), Cell(_money(x.amount_minor, x.currency)),
+                   Cell(x.status, badge=True), Cell(_money(x.amount_minor, x.currency), num=True),
                    Cell((x.reason or "").replace("_", " "))) for x in refunds),
             "Nothing of this payment was refunded.",
         ),
@@ -703,8 +705,9 @@ def _balance_transactions(u: UnitOfWork, column: str, value: int, title: str) ->
     return Related(
         title, ("Transaction", "Type", "Amount", "Fee", "Net", "Status", "Available on"),
         tuple((Cell(x.public_id), Cell(x.type.replace("_", " ")),
-               Cell(_money(x.amount_minor, x.currency)), Cell(_money(x.fee_minor, x.currency)),
-               Cell(_money(x.net_minor, x.currency)), Cell(x.status, badge=True),
+               Cell(_money(x.amount_minor, x.currency), num=True),
+               Cell(_money(x.fee_minor, x.currency), num=True),
+               Cell(_money(x.net_minor, x.currency), num=True), Cell(x.status, badge=True),
                Cell(_when(x.available_on))) for x in rows),
         "No balance transaction.",
     )  # fmt: skip
