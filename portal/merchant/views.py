@@ -138,17 +138,16 @@ def _percent_filter(rate: float | None) -> str:
 @bp.app_context_processor
 def _navigation() -> dict[str, Any]:
     """``merchant_nav()`` for the site navigation: whether to show "Merchant" (a member of a
-    merchant, or ``merchant:use``) and "Merchants" (staff with ``merchants:read``). One query,
-    at most once per request, and only when the navigation asks."""
+    merchant, or ``merchant:use``). One query, at most once per request, and only when the
+    navigation asks (staff reach merchants through the console)."""
 
     def merchant_nav() -> dict[str, bool]:
         found = g.get("merchant_nav")
         if found is not None:
             return found
-        found = {"merchant": False, "staff": False}
+        found = {"merchant": False}
         if current_user.is_authenticated:
             actor = current_user.actor
-            found["staff"] = actor.can("merchants:read")
             member = actor.can("merchant:use")
             if not member:
                 try:

@@ -846,7 +846,7 @@ def test_the_staff_page_needs_merchants_read_and_a_second_factor(
     assert page.status_code == 200 and "Kopi Kenangan" in page_text(page)
     assert "formaction=" not in page.get_data(as_text=True)
     assert support.post(f"/admin/merchants/{world.mid}/suspend").status_code == 403
-    assert 'href="/admin/merchants">Merchants</a>' in page.get_data(as_text=True)
+    assert 'href="/admin/">Console</a>' in page.get_data(as_text=True)
     # Staff read a merchant's dashboard, read only.
     seen = support.get(f"/merchant/{world.mid}/payments/{world.held.id}")
     assert seen.status_code == 200 and "/capture" not in seen.get_data(as_text=True)
