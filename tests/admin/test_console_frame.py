@@ -35,7 +35,7 @@ def test_only_staff_past_the_second_factor_open_the_console(
 
 
 def _figure(response: Any, label: str) -> int:
-    value = r'</p> <p class="console-figure__value">(\d+)<'
+    value = r'(?:</a>)?</p> <p class="console-figure__value">(\d+)<'
     found = re.search(re.escape(label) + value, page_text(response))
     assert found, f"no {label} on the overview"
     return int(found.group(1))
@@ -56,4 +56,8 @@ def test_the_overview_counts_what_waits(
         sa.text("SELECT count(*) FROM withdrawals WHERE status IN ('pending', 'processing')")
     ).scalar_one()
     assert _figure(admin.get("/admin/"), "Withdrawals waiting") == waiting
+    # Each waiting figure opens its queue.
+    html = admin.get("/admin/").get_data(as_text=True)
+    assert '<a href="/admin/queues/withdrawals">Withdrawals waiting</a>' in html
+    assert '<a href="/admin/merchants?state=pending">Merchant applications</a>' in html
     assert "has not been checked yet" in text
