@@ -84,10 +84,13 @@ class Secret:
             # Three or four digits occur everywhere (amounts, statuses, ids): only the forms a
             # leaked code takes count, labelled (cvc=123, "cvv": "123", a cvc input's value);
             # the dump is also searched cell by cell (scan_dump).
+            # "incorrect_cvc" (a decline code) labels no code, and the code follows the label in
+            # the same cell (a dump's tab ends a column: an address such as 198.51.100.20 in
+            # the next one is not a code).
             code = re.escape(self.value)
-            label = r"(?:cvc|cvv|cvc2|cvv2|security[_ ]?code)"
+            label = r"(?<!incorrect_)(?:cvc|cvv|cvc2|cvv2|security[_ ]?code)"
             return [
-                re.compile(rf"(?i){label}\W{{0,6}}{code}(?!\d)"),
+                re.compile(rf"(?i){label}[^\w\t\n]{{0,6}}{code}(?!\d)"),
                 re.compile(rf'(?i)name="{label}"[^>]*value="{code}"'),
             ]
         forms = {self.value, quote(self.value, safe=""), quote_plus(self.value)}
@@ -920,3 +923,13 @@ def test_the_transfer_review_does_not_carry_the_recipients_card_number(
     assert review.status_code == 200 and "Check and confirm" in text, text[:2000]
 
     assert not list(scan([Secret("card number", theirs.number)], "the review", text))
+
+
+def test_a_security_code_is_found_in_its_leaked_forms_and_not_beside_a_decline_code() -> None:
+    code = Secret("security code", "198")
+    leaked = ["cvc=198", '"cvv": "198"', "card_cvc: 198", 'name="cvc" value="198"']
+    assert all(list(scan([code], "text", text)) for text in leaked)
+    # A declined payment's audit row: the decline code ends one column, the address begins the
+    # next (TEST-NET-2 addresses start with 198).
+    row = '{"decline_code": "incorrect_cvc"}\t198.51.100.20\t3\t26'
+    assert list(scan([code], "the database dump", row)) == []
